@@ -1,0 +1,216 @@
+"""A batch job: a folder of still images sent through the workers as a finite stream.
+
+Producer: lists the folder, reads each file and XADDs it to the job's frame stream
+(kind=still, reply_to=the job's results stream), keeping at most ``window`` images in
+flight, then writes the end-of-stream marker. Collector: reads one result per image
+from the results stream into the journal. The job ends when every submitted image
+has a result; then ``submission.csv`` is written from the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from emotion_stream import keys
+from emotion_stream.images import IMAGE_SUFFIXES
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff
+from emotion_stream.schema import FrameKind, FrameMessage, FrameResult, MessageError
+from emotion_stream.settings import Settings
+
+from .submission import Journal, write_submission
+
+log = logging.getLogger(__name__)
+
+STALL_WARNING_S = 30.0
+
+
+@dataclass
+class BatchSummary:
+    images: int = 0  # image files found
+    rows: int = 0  # rows written to the submission
+    faces: int = 0  # faces detected over all images
+    fallbacks: int = 0  # images classified whole (no face found)
+    resumed: int = 0  # results taken from an interrupted earlier run
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
+    seconds: float = 0.0
+
+    def format_text(self) -> str:
+        rate = self.rows / self.seconds if self.seconds else 0.0
+        lines = [
+            f"images:               {self.images}",
+            f"rows written:         {self.rows}" + (f" ({self.resumed} from the interrupted run)" if self.resumed else ""),
+            f"faces found:          {self.faces}",
+            f"whole-image fallback: {self.fallbacks}",
+            f"skipped:              {len(self.skipped)}",
+        ]
+        lines += [f"  {name}: {reason}" for name, reason in sorted(self.skipped.items())]
+        lines.append(f"time:                 {self.seconds:.1f} s ({rate:.1f} images/s)")
+        return "\n".join(lines)
+
+
+def job_id(folder: Path, settings: Settings) -> str:
+    """Same folder + model + detector -> same job (a re-run resumes it)."""
+    key = f"{folder.resolve()}|{settings.detector}|{settings.model_path or 'default'}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """Image files directly in ``folder`` sorted by name, and what was left out and why."""
+    images: list[Path] = []
+    skipped: dict[str, str] = {}
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        name = path.name
+        if name.startswith("."):
+            continue  # hidden files (.DS_Store, editor droppings) are not data
+        if path.is_symlink():
+            skipped[name] = "symbolic link (not followed)"
+        elif path.is_dir():
+            continue
+        elif not path.is_file():
+            skipped[name] = "not a regular file"
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped[name] = f"not an image file extension ({path.suffix or 'none'})"
+        else:
+            images.append(path)
+    return images, skipped
+
+
+class BatchJob:
+    def __init__(self, client: aioredis.Redis, folder: Path, out: Path, settings: Settings, window: int = 256) -> None:
+        self.redis = client
+        self.folder = folder
+        self.out = out
+        self.settings = settings
+        self.window = window
+        self.id = job_id(folder, settings)
+        self.camera = f"batch-{self.id}"
+        self.stream = keys.frames(self.camera)
+        self.results = keys.results(self.id)
+        self.journal = Journal(out.with_name(out.name + ".partial"))
+        self.done: dict[str, FrameResult] = {}
+        self._slots = asyncio.Semaphore(window)
+        self._expected: set[str] = set()
+
+    async def run(self, on_result=None) -> BatchSummary:  # type: ignore[no-untyped-def]
+        """Process the folder; ``on_result(result)`` is called per image (progress bars)."""
+        started = time.monotonic()
+        summary = BatchSummary()
+        images, skipped = scan_folder(self.folder)
+        summary.images = len(images)
+        summary.skipped.update(skipped)
+        self.done = self.journal.load()
+        summary.resumed = sum(1 for r in self.done.values() if r.ok)
+        todo = [p for p in images if p.name not in self.done]
+        self._expected = {p.name for p in todo}
+        if self.done:
+            log.info("resuming: %d of %d images already done", len(images) - len(todo), len(images))
+        await self._retry(self._reset_streams)
+        try:
+            await self._retry(lambda: self.redis.sadd(keys.CAMERAS, self.camera))
+            producer = asyncio.create_task(self._produce(todo, summary))
+            await self._collect(on_result)
+            await producer
+        finally:
+            self.journal.close()
+            await self._retry(self._cleanup)
+        for name in (p.name for p in images):
+            result = self.done.get(name)
+            if result is None:
+                continue
+            if result.ok:
+                summary.faces += result.faces
+                summary.fallbacks += int(result.whole_image)
+            else:
+                summary.skipped[name] = result.error
+        rows = {name: r.emotion for name, r in self.done.items() if r.ok}
+        write_submission(self.out, rows)
+        self.journal.remove()
+        summary.rows = len(rows)
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    async def _reset_streams(self) -> None:
+        # Leftovers of an interrupted run on a persistent Redis would be redone: the
+        # journal is the record of what is finished, so start the streams afresh.
+        await self.redis.delete(self.stream, self.results)
+
+    async def _cleanup(self) -> None:
+        await self.redis.srem(keys.CAMERAS, self.camera)
+        await self.redis.delete(self.stream, self.results)
+
+    async def _produce(self, todo: list[Path], summary: BatchSummary) -> None:
+        max_bytes = self.settings.max_image_bytes
+        for seq, path in enumerate(todo):
+            await self._slots.acquire()
+            try:
+                data = await asyncio.to_thread(_read_limited, path, max_bytes)
+            except (OSError, ValueError) as exc:
+                self._record(FrameResult(self.camera, seq, path.name, ok=False, error=str(exc)))
+                continue
+            message = FrameMessage(
+                self.camera, seq, time.time(), FrameKind.STILL, data, name=path.name, reply_to=self.results
+            )
+            await self._retry(lambda m=message: self.redis.xadd(self.stream, m.to_fields()))
+        end = FrameMessage(self.camera, len(todo), time.time(), FrameKind.END)
+        await self._retry(lambda: self.redis.xadd(self.stream, end.to_fields()))
+
+    async def _collect(self, on_result) -> None:  # type: ignore[no-untyped-def]
+        last_id = "0-0"
+        last_progress = time.monotonic()
+        while self._expected - self.done.keys():
+            try:
+                reply = await self.redis.xread({self.results: last_id}, count=256, block=1000)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("batch: Redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    try:
+                        result = FrameResult.from_json(fields[b"result"])
+                    except (KeyError, MessageError) as exc:
+                        log.warning("batch: ignoring malformed result %s: %s", entry_id, exc)
+                        continue
+                    if self._record(result) and on_result is not None:
+                        on_result(result)
+                    last_progress = time.monotonic()
+            if time.monotonic() - last_progress > STALL_WARNING_S:
+                alive = await self.redis.hlen(keys.WORKERS)
+                log.warning("batch: no result for %.0f s (%d workers registered); still waiting", STALL_WARNING_S, alive)
+                last_progress = time.monotonic()
+
+    def _record(self, result: FrameResult) -> bool:
+        """Journal a result once per image; duplicates (re-deliveries) are ignored."""
+        if result.name in self.done or result.name not in self._expected:
+            return False
+        self.done[result.name] = result
+        self.journal.append(result)
+        self._slots.release()
+        return True
+
+    async def _retry(self, operation):  # type: ignore[no-untyped-def]
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                return await operation()
+            except TRANSIENT_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("batch: Redis unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+
+def _read_limited(path: Path, max_bytes: int) -> bytes:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
+    if size == 0:
+        raise ValueError("empty (0 bytes)")
+    return path.read_bytes()

@@ -1,0 +1,93 @@
+"""``emotion-stream batch FOLDER --out submission.csv``: label a folder through the workers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from emotion_stream.settings import Settings
+
+from .common import CommandError, add_command, add_model_options, add_redis_option, progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "batch", run, "label a folder of images into a Kaggle submission.csv",
+        description=(
+            "Send every image of FOLDER through the streaming workers as a finite job "
+            "stream and write image_path,emotion rows sorted by file name. Without "
+            "REDIS_URL an embedded Redis and local workers are used. An interrupted run "
+            "resumes from OUT.partial when started again with the same arguments."
+        ),
+    )
+    p.add_argument("folder", type=Path, metavar="FOLDER")
+    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default submission.csv)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local workers to start (default: one per CPU core; 0 = external workers only)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="frames per micro-batch")
+    add_model_options(p)
+    add_redis_option(p)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.redis_conn import redis_url_or_embedded
+
+    if not args.folder.is_dir():
+        raise CommandError(f"{args.folder}: not a folder")
+    workers = os.cpu_count() or 1 if args.workers is None else args.workers
+    if workers < 0:
+        raise CommandError("--workers must be 0 or more")
+    if workers == 0 and not settings.redis_url:
+        raise CommandError("--workers 0 needs external workers: set REDIS_URL")
+    with redis_url_or_embedded(settings.redis_url) as url:
+        summary = asyncio.run(_run(args, settings, url, workers))
+    print(summary.format_text())
+    print(f"wrote {args.out}")
+    return 0
+
+
+async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int):  # type: ignore[no-untyped-def]
+    from batch import BatchJob
+    from emotion_stream.lifecycle import stop_on_signals
+    from emotion_stream.redis_conn import connect
+    from model import EmotionModel, FaceAnalyzer, create_detector
+    from worker import serve
+
+    stop = asyncio.Event()
+    tasks = []
+    if workers:
+        # In-process workers share one model (its compiled function is thread-safe);
+        # each gets its own detector (OpenCV cascades are not) and CPU thread.
+        model = await asyncio.to_thread(EmotionModel, settings.model_path)
+        for i in range(workers):
+            analyzer = FaceAnalyzer(model, create_detector(settings.detector))
+            named = settings.model_copy(update={"worker_name": f"batch-{os.getpid()}-{i}"})
+            tasks.append(asyncio.create_task(serve(named, url, stop, analyzer)))
+    client = connect(url, name="emotion-stream-batch")
+    job = BatchJob(client, args.folder, args.out, settings)
+    job_task = asyncio.create_task(_with_progress(job))
+    interrupted = asyncio.Event()
+    stop_on_signals(interrupted)
+    waiter = asyncio.create_task(interrupted.wait())
+    try:
+        done, _ = await asyncio.wait({job_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if job_task not in done:
+            job_task.cancel()
+            raise KeyboardInterrupt
+        return job_task.result()
+    finally:
+        waiter.cancel()
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+
+
+async def _with_progress(job):  # type: ignore[no-untyped-def]
+    from batch import scan_folder
+
+    images, _ = scan_folder(job.folder)
+    with progress(len(images), "batch") as bar:
+        bar.update(len(job.journal.load()))
+        return await job.run(on_result=lambda _r: bar.update())

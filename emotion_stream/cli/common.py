@@ -1,0 +1,81 @@
+"""Options and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from model import FaceAnalyzer
+
+    from emotion_stream.settings import Settings
+
+Runner = Callable[[argparse.Namespace, "Settings"], int]
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def add_command(sub: Any, name: str, run: Runner, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=description or help)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detector", choices=["opencv", "mtcnn"], default=None,
+        help="face detector (env EMOTION_STREAM_DETECTOR; default opencv)",
+    )
+    parser.add_argument(
+        "--model", dest="model_path", type=Path, default=None, metavar="PATH",
+        help="Keras .keras/.h5 weights (default: the bundled model)",
+    )
+
+
+def add_redis_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis", dest="redis_url", default=None, metavar="URL",
+        help="redis://, rediss:// or unix:// URL (env REDIS_URL); unset: embedded redis-server",
+    )
+
+
+def add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT",
+        help="serve Prometheus metrics on this port (0 = any free port)",
+    )
+    parser.add_argument(
+        "--metrics-host", default=None, metavar="ADDR",
+        help="bind address for metrics (default 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
+
+
+def load_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyzer:
+    """Model + detector from settings, with load failures as one-line errors."""
+    from model import FaceAnalyzer, ModelError
+
+    try:
+        return FaceAnalyzer.create(
+            settings.detector,
+            str(settings.model_path) if settings.model_path else None,
+            threads=threads,
+        )
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+
+
+@contextmanager
+def progress(total: int | None, desc: str, unit: str = "img") -> Iterator[Any]:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=None, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,78 @@
+"""``emotion-stream demo``: the whole pipeline on one machine, printing live events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from emotion_stream.settings import Settings
+
+from .common import add_command, add_metrics_options, add_model_options, add_redis_option, load_analyzer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "demo", run, "run ingest + worker on a sample clip (or --source) and print events",
+        description=(
+            "Start an embedded Redis (unless REDIS_URL is set), a worker and an ingest of a "
+            "generated clip with real faces, and print the per-face events as they arrive. "
+            "Ctrl-C stops everything."
+        ),
+    )
+    p.add_argument("--source", default=None, help="webcam index, video file or URL instead of the sample clip")
+    p.add_argument("--camera", default="demo", help="camera id (default demo)")
+    p.add_argument("--fps", type=float, default=10.0, help="frames per second to ingest (default 10)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_model_options(p)
+    add_redis_option(p)
+    add_metrics_options(p)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.lifecycle import run_service
+    from emotion_stream.metrics import serve_metrics
+    from emotion_stream.redis_conn import redis_url_or_embedded
+
+    analyzer = load_analyzer(settings)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+    with tempfile.TemporaryDirectory(prefix="emotion-demo-") as tmp, redis_url_or_embedded(settings.redis_url) as url:
+        source = args.source or str(_sample_clip(Path(tmp)))
+        return run_service(lambda stop: _demo(args, settings, url, source, analyzer, stop), args.duration)
+
+
+def _sample_clip(folder: Path) -> Path:
+    from ingest.samples import write_clip
+
+    return write_clip(folder / "sample.avi", seconds=8.0, fps=15, faces=2)
+
+
+async def _demo(args, settings, url, source, analyzer, stop) -> int:  # type: ignore[no-untyped-def]
+    from emotion_stream.events import format_event, live_events
+    from emotion_stream.redis_conn import connect
+    from ingest.camera import IngestOptions, run_camera
+    from ingest.publisher import FramePublisher
+    from ingest.sources import SourceSpec
+    from worker import serve
+
+    client = connect(url, name="emotion-stream-demo")
+
+    async def printer() -> None:
+        async for event in live_events(client, args.camera, stop):
+            print(format_event(event), flush=True)
+
+    spec = SourceSpec.parse(source)
+    tasks = [
+        asyncio.create_task(serve(settings, url, stop, analyzer)),
+        asyncio.create_task(printer()),
+        asyncio.create_task(
+            run_camera(spec, FramePublisher(client, args.camera, settings), IngestOptions(fps=args.fps, loop=True), stop)
+        ),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+    return 0

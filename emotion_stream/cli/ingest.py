@@ -1,0 +1,60 @@
+"""``emotion-stream ingest SOURCE --camera ID``: push a camera's frames into Redis."""
+
+from __future__ import annotations
+
+import argparse
+
+from emotion_stream.settings import Settings
+
+from .common import CommandError, add_command, add_metrics_options, add_redis_option
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "ingest", run, "stream a webcam, video file or RTSP/HTTP URL into Redis",
+        description=(
+            "Read frames from SOURCE (webcam index like 0, a video file, or an rtsp:// or "
+            "http(s):// URL), JPEG-encode them and append them to the camera's bounded "
+            "frame stream. Lost live sources are reopened with backoff."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--camera", required=True, help="camera id (letters, digits, _ . : -)")
+    p.add_argument("--fps", type=float, default=0.0, help="frame rate to send (default: native/all)")
+    p.add_argument("--max-len", dest="frames_max_len", type=int, default=None, metavar="N",
+                   help="bound of the frame stream (default 256)")
+    p.add_argument("--loop", action="store_true", help="restart a video file at its end")
+    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_redis_option(p)
+    add_metrics_options(p)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.lifecycle import run_service
+    from emotion_stream.metrics import serve_metrics
+    from emotion_stream.redis_conn import connect, redis_url_or_embedded
+    from emotion_stream.schema import validate_camera_id
+    from ingest.camera import IngestOptions, run_camera
+    from ingest.publisher import FramePublisher
+    from ingest.sources import SourceError, SourceSpec
+
+    try:
+        camera = validate_camera_id(args.camera)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    spec = SourceSpec.parse(args.source)
+    options = IngestOptions(fps=args.fps, loop=args.loop)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+
+    async def main(stop):  # type: ignore[no-untyped-def]
+        client = connect(url, name=f"emotion-stream-ingest-{camera}")
+        try:
+            await run_camera(spec, FramePublisher(client, camera, settings), options, stop)
+        except (SourceError, RuntimeError) as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            await client.aclose()
+
+    with redis_url_or_embedded(settings.redis_url) as url:
+        return run_service(main, args.duration)

@@ -1,0 +1,54 @@
+"""``emotion-stream subscribe``: print live per-face events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from emotion_stream.settings import Settings
+
+from .common import CommandError, add_command, add_redis_option
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "subscribe", run, "print live events (all cameras or one)")
+    p.add_argument("--camera", default=None, help="only this camera")
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
+    p.add_argument("--count", type=int, default=None, metavar="N", help="exit after N face events")
+    p.add_argument("--until-end", action="store_true", help="exit at the camera's end-of-stream marker")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_redis_option(p)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.events import format_event, live_events
+    from emotion_stream.lifecycle import run_service
+    from emotion_stream.redis_conn import connect
+    from emotion_stream.schema import EndOfStream
+
+    if not settings.redis_url:
+        raise CommandError("subscribe needs a Redis to listen to: set REDIS_URL or --redis")
+    url = settings.redis_url
+
+    async def main(stop) -> int:  # type: ignore[no-untyped-def]
+        client = connect(url, name="emotion-stream-subscribe")
+        seen = 0
+        try:
+            async for event in live_events(client, args.camera, stop):
+                print(json.dumps(asdict(event)) if args.json else format_event(event), flush=True)
+                if isinstance(event, EndOfStream):
+                    if args.until_end and (args.camera is None or event.camera == args.camera):
+                        break
+                    continue
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+        except BrokenPipeError:  # `subscribe | head`
+            sys.stderr.close()
+        finally:
+            await client.aclose()
+        return 0
+
+    return run_service(main, args.duration)

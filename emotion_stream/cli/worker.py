@@ -1,0 +1,43 @@
+"""``emotion-stream worker``: consume every camera's frames and publish per-face events."""
+
+from __future__ import annotations
+
+import argparse
+
+from emotion_stream.settings import Settings
+
+from .common import add_command, add_metrics_options, add_model_options, add_redis_option, load_analyzer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "worker", run, "analyse frames from Redis (scale out by running more)",
+        description=(
+            "Join the Redis consumer group on every camera stream, micro-batch frames "
+            "across cameras, detect and classify faces, publish one event per face. "
+            "Stops cleanly on SIGTERM/SIGINT after finishing its in-flight batch."
+        ),
+    )
+    add_redis_option(p)
+    add_model_options(p)
+    add_metrics_options(p)
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="frames per micro-batch (default 16)")
+    p.add_argument("--max-wait-ms", type=int, default=None, metavar="MS", help="longest wait to fill a batch (default 20)")
+    p.add_argument("--max-frame-age", dest="max_frame_age_s", type=float, default=None, metavar="S",
+                   help="skip live frames older than this (default 2.0)")
+    p.add_argument("--claim-idle-ms", type=int, default=None, metavar="MS",
+                   help="reclaim entries other workers left pending this long (default 15000)")
+    p.add_argument("--name", dest="worker_name", default=None, help="consumer name (default host-pid)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.lifecycle import run_service
+    from emotion_stream.metrics import serve_metrics
+    from emotion_stream.redis_conn import redis_url_or_embedded
+    from worker import serve
+
+    analyzer = load_analyzer(settings)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+    with redis_url_or_embedded(settings.redis_url) as url:
+        return run_service(lambda stop: serve(settings, url, stop, analyzer), args.duration)

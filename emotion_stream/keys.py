@@ -1,0 +1,40 @@
+"""Every Redis key, stream, group and channel name used by the system, in one place.
+
+Streams (all bounded with MAXLEN ~):
+  {prefix}:frames:{camera}   frames (or batch images) waiting for a worker
+  {prefix}:events:{camera}   per-face events, durable; also the pub/sub channel name
+  {prefix}:results:{job}     one result per image of a batch job (request/reply)
+  {prefix}:dead-letter       messages that could not be processed, with the reason
+Other keys:
+  {prefix}:cameras           set of camera ids whose frame streams workers consume
+  {prefix}:workers           hash worker-name -> last heartbeat (unix seconds)
+"""
+
+from __future__ import annotations
+
+PREFIX = "emotion-stream"
+WORKER_GROUP = "workers"
+
+CAMERAS = f"{PREFIX}:cameras"
+WORKERS = f"{PREFIX}:workers"
+DEAD_LETTER = f"{PREFIX}:dead-letter"
+EVENTS_PATTERN = f"{PREFIX}:events:*"  # pub/sub pattern for every camera
+
+
+def frames(camera: str) -> str:
+    return f"{PREFIX}:frames:{camera}"
+
+
+def events(camera: str) -> str:
+    """Durable events stream of a camera; the pub/sub channel has the same name."""
+    return f"{PREFIX}:events:{camera}"
+
+
+def results(job: str) -> str:
+    return f"{PREFIX}:results:{job}"
+
+
+def camera_of_frames_key(key: str | bytes) -> str:
+    if isinstance(key, bytes):
+        key = key.decode()
+    return key.removeprefix(f"{PREFIX}:frames:")

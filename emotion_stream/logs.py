@@ -1,0 +1,42 @@
+"""Logging set-up for services, and a throttle for per-frame warnings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+    # TensorFlow/absl chatter is not ours to show at INFO.
+    for noisy in ("tensorflow", "absl", "h5py", "aioice", "aiortc", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Throttled:
+    """Log a recurring condition at most once per ``interval`` seconds, with the count since.
+
+    Per-frame problems (stale frames, corrupt JPEGs) can happen hundreds of times a second;
+    every one is counted in a metric, and this keeps the log readable while never silent.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        self._count[key] = self._count.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self._interval:
+            n = self._count.pop(key)
+            self._last[key] = now
+            suffix = f" ({n} times since last report)" if n > 1 else ""
+            self._logger.warning(msg + suffix, *args)

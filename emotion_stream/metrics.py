@@ -1,0 +1,103 @@
+"""Every Prometheus metric of the system, in one place (one namespace: ``emotion_stream_``).
+
+Conventions: base units (``_seconds``), ``_total`` counters, histograms for latency,
+labels of bounded cardinality only. Camera ids come from outside, so the camera label
+goes through :func:`camera_label`, which caps the number of distinct values.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+
+NS = "emotion_stream"
+# 1 ms ... 5 s, dense where live latency targets sit (10-100 ms).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+MAX_CAMERA_LABELS = 64
+_camera_labels: set[str] = set()
+_camera_lock = threading.Lock()
+
+
+def camera_label(camera: str) -> str:
+    """The camera id as a label value; past MAX_CAMERA_LABELS distinct ids, ``other``."""
+    with _camera_lock:
+        if camera in _camera_labels:
+            return camera
+        if len(_camera_labels) < MAX_CAMERA_LABELS:
+            _camera_labels.add(camera)
+            return camera
+    return "other"
+
+
+# ---------------------------------------------------------------- ingest
+FRAMES_INGESTED = Counter(f"{NS}_frames_ingested_total", "Frames written to a frame stream", ["camera"])
+FRAMES_DROPPED = Counter(
+    f"{NS}_frames_dropped_total",
+    "Frames lost before reaching Redis (source errors, Redis unavailable, too large)",
+    ["camera", "reason"],
+)
+SOURCE_RECONNECTS = Counter(f"{NS}_source_reconnects_total", "Video source reopen attempts", ["camera"])
+SOURCE_UP = Gauge(f"{NS}_source_up", "1 while the video source delivers frames", ["camera"])
+
+# ---------------------------------------------------------------- worker
+FRAMES_PROCESSED = Counter(f"{NS}_frames_processed_total", "Frames analysed and published", ["camera"])
+FRAMES_SKIPPED = Counter(
+    f"{NS}_frames_skipped_total",
+    "Frames not analysed on purpose: stale (older than max age) or trimmed (stream bound)",
+    ["camera", "reason"],
+)
+FRAMES_DEAD_LETTERED = Counter(
+    f"{NS}_frames_dead_lettered_total", "Messages moved to the dead-letter stream", ["reason"]
+)
+FRAMES_RECLAIMED = Counter(f"{NS}_frames_reclaimed_total", "Pending entries claimed from idle consumers")
+FACES_DETECTED = Counter(f"{NS}_faces_detected_total", "Faces found in frames", ["detector"])
+WHOLE_IMAGE_FALLBACKS = Counter(
+    f"{NS}_whole_image_fallbacks_total", "Still images classified whole because no face was found"
+)
+EVENTS_PUBLISHED = Counter(f"{NS}_events_published_total", "Per-face events published", ["emotion"])
+STAGE_SECONDS = Histogram(
+    f"{NS}_stage_seconds",
+    "Latency each frame spends in a stage: queue_wait (XADD to batch start), then the "
+    "decode, detect, classify and publish time of the micro-batch it was part of",
+    ["stage", "detector", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_BUSY_SECONDS = Counter(
+    f"{NS}_stage_busy_seconds_total",
+    "Wall time spent in each stage, summed over batches (cost per frame = rate / frames rate)",
+    ["stage"],
+)
+END_TO_END_SECONDS = Histogram(
+    f"{NS}_end_to_end_seconds",
+    "Capture to event published, per frame",
+    ["detector", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_FRAMES = Histogram(f"{NS}_batch_frames", "Frames per micro-batch", buckets=BATCH_BUCKETS)
+BACKLOG = Gauge(
+    f"{NS}_stream_backlog_frames",
+    "Frames waiting in a camera stream: lag = not yet delivered, pending = delivered, not acked",
+    ["camera", "state"],
+)
+WORKERS_ALIVE = Gauge(f"{NS}_workers_alive", "Workers with a heartbeat in the last 10 s")
+REDIS_ERRORS = Counter(f"{NS}_redis_errors_total", "Redis connection failures seen", ["component"])
+MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector")
+
+# ---------------------------------------------------------------- webrtc gateway
+PEERS_CONNECTED = Gauge(f"{NS}_webrtc_peers", "Browser peer connections open")
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
+    """Start the /metrics HTTP server; returns the bound port (port 0 = any free one)."""
+    if port is None:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound

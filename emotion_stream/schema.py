@@ -1,0 +1,288 @@
+"""Message schemas: frames into the workers, events and results out of them.
+
+A frame message is a flat Redis stream entry (binary JPEG in one field); events and
+results are JSON documents. Every message carries a schema version ``v``; a reader
+rejects versions it does not know instead of guessing.
+
+Parsing never trusts the writer: anyone with access to Redis can XADD. A message that
+fails validation raises :class:`MessageError`, and the worker moves it to the
+dead-letter stream with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from . import keys
+from .labels import EMOTIONS
+
+SCHEMA_VERSION = 1
+
+_CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_MAX_NAME = 255
+_MAX_DIMENSION = 1 << 16
+
+
+class MessageError(ValueError):
+    """A message that cannot be processed; its text is the dead-letter reason."""
+
+
+class FrameKind(StrEnum):
+    LIVE = "live"  # camera frame: may be skipped when stale, no whole-image fallback
+    STILL = "still"  # still image (batch): never stale, whole image classified if no face
+    END = "end"  # end-of-stream marker from a finite source
+
+
+def validate_camera_id(camera: str) -> str:
+    if not _CAMERA_ID.match(camera):
+        raise ValueError(
+            f"invalid camera id {camera!r}: use 1-128 letters, digits, '_', '.', ':' or '-'"
+        )
+    return camera
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMessage:
+    """One frame (or still image) on a camera's frame stream."""
+
+    camera: str
+    seq: int
+    captured_at: float  # unix seconds at capture (live) or enqueue (still)
+    kind: FrameKind = FrameKind.LIVE
+    image: bytes = b""  # encoded JPEG/PNG
+    width: int = 0
+    height: int = 0
+    name: str = ""  # file name of a still image
+    reply_to: str = ""  # results stream of a batch job
+
+    def to_fields(self) -> dict[str, bytes | str | int | float]:
+        fields: dict[str, bytes | str | int | float] = {
+            "v": SCHEMA_VERSION,
+            "camera": self.camera,
+            "seq": self.seq,
+            "captured_at": repr(self.captured_at),
+            "kind": self.kind.value,
+        }
+        if self.kind is not FrameKind.END:
+            fields.update(image=self.image, width=self.width, height=self.height)
+        if self.name:
+            fields["name"] = self.name
+        if self.reply_to:
+            fields["reply_to"] = self.reply_to
+        return fields
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes, bytes], *, max_image_bytes: int) -> FrameMessage:
+        """Validate a stream entry. Raises :class:`MessageError` with a one-line reason."""
+        f = _Fields(raw)
+        version = f.integer("v")
+        if version != SCHEMA_VERSION:
+            raise MessageError(f"unknown message version {version} (this worker reads {SCHEMA_VERSION})")
+        try:
+            camera = validate_camera_id(f.text("camera", 128))
+        except ValueError as exc:
+            raise MessageError(str(exc)) from None
+        try:
+            kind = FrameKind(f.text("kind", 16))
+        except ValueError:
+            raise MessageError(f"unknown frame kind {f.text('kind', 16)!r}") from None
+        seq = f.integer("seq")
+        if seq < 0:
+            raise MessageError(f"negative seq {seq}")
+        captured_at = f.number("captured_at")
+        name = f.text("name", _MAX_NAME, default="")
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise MessageError(f"invalid image name {name!r}: must be a bare file name")
+        reply_to = f.text("reply_to", 512, default="")
+        if reply_to and not reply_to.startswith(keys.results("")):
+            # A hostile writer must not make workers write to arbitrary keys.
+            raise MessageError(f"reply_to {reply_to!r} is not a results stream")
+        if kind is FrameKind.END:
+            return cls(camera, seq, captured_at, kind, name=name, reply_to=reply_to)
+        image = f.blob("image", max_image_bytes)
+        width, height = f.integer("width"), f.integer("height")
+        if not (0 <= width <= _MAX_DIMENSION and 0 <= height <= _MAX_DIMENSION):
+            raise MessageError(f"implausible frame size {width}x{height}")
+        return cls(camera, seq, captured_at, kind, image, width, height, name, reply_to)
+
+
+class _Fields:
+    """Typed access to a raw stream entry, raising MessageError on anything off."""
+
+    def __init__(self, raw: Mapping[bytes, bytes]) -> None:
+        self._raw = raw
+
+    def _get(self, name: str) -> bytes | None:
+        value = self._raw.get(name.encode())
+        if value is None:
+            value = self._raw.get(name)  # type: ignore[call-overload]  # decoded clients
+        if isinstance(value, str):
+            value = value.encode()
+        return value
+
+    def _required(self, name: str) -> bytes:
+        value = self._get(name)
+        if value is None:
+            raise MessageError(f"missing field {name!r}")
+        return value
+
+    def text(self, name: str, max_len: int, default: str | None = None) -> str:
+        value = self._get(name)
+        if value is None:
+            if default is None:
+                raise MessageError(f"missing field {name!r}")
+            return default
+        if len(value) > max_len:
+            raise MessageError(f"field {name!r} is {len(value)} bytes, over the limit {max_len}")
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageError(f"field {name!r} is not UTF-8 text") from None
+
+    def integer(self, name: str) -> int:
+        value = self._required(name)
+        if len(value) > 20:
+            raise MessageError(f"field {name!r} is not an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise MessageError(f"field {name!r} is not an integer: {value[:20]!r}") from None
+
+    def number(self, name: str) -> float:
+        value = self._required(name)
+        try:
+            number = float(value[:40])
+        except ValueError:
+            raise MessageError(f"field {name!r} is not a number: {value[:20]!r}") from None
+        if not math.isfinite(number):
+            raise MessageError(f"field {name!r} is not finite")
+        return number
+
+    def blob(self, name: str, max_len: int) -> bytes:
+        value = self._required(name)
+        if not value:
+            raise MessageError(f"field {name!r} is empty")
+        if len(value) > max_len:
+            raise MessageError(f"field {name!r} is {len(value)} bytes, over the limit {max_len}")
+        return value
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class FaceEvent:
+    """One face in one frame: what subscribers, dashboards and batch mode consume."""
+
+    camera: str
+    seq: int
+    captured_at: float
+    processed_at: float
+    face_index: int
+    faces_in_frame: int
+    box: tuple[int, int, int, int]  # x, y, width, height in frame pixels
+    emotion: str
+    confidence: float
+    probabilities: dict[str, float]  # all nine labels, in EMOTIONS order
+    whole_image: bool  # no face found: the whole still image was classified
+    detector: str
+    model: str
+    worker: str
+    name: str = ""
+    type: str = field(default="face", init=False)
+    v: int = field(default=SCHEMA_VERSION, init=False)
+
+    @property
+    def latency_s(self) -> float:
+        return self.processed_at - self.captured_at
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """A finite source (video file, batch job) has no more frames."""
+
+    camera: str
+    seq: int
+    type: str = field(default="end", init=False)
+    v: int = field(default=SCHEMA_VERSION, init=False)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+Event = FaceEvent | EndOfStream
+
+
+def parse_event(data: str | bytes) -> Event:
+    """Parse an event document; raises MessageError on unknown versions or types."""
+    try:
+        doc: dict[str, Any] = json.loads(data)
+        if doc.pop("v", None) != SCHEMA_VERSION:
+            raise MessageError("unknown event version")
+        kind = doc.pop("type", None)
+        if kind == "face":
+            doc["box"] = tuple(doc["box"])
+            return FaceEvent(**doc)
+        if kind == "end":
+            return EndOfStream(**doc)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MessageError(f"malformed event: {exc}") from None
+    raise MessageError(f"unknown event type {kind!r}")
+
+
+# -------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """One result per still image of a batch job, written to the job's results stream."""
+
+    camera: str
+    seq: int
+    name: str
+    ok: bool
+    emotion: str = ""
+    confidence: float = 0.0
+    faces: int = 0
+    whole_image: bool = False
+    error: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> FrameResult:
+        try:
+            result = cls(**json.loads(data))
+        except (ValueError, TypeError) as exc:
+            raise MessageError(f"malformed result: {exc}") from None
+        if result.ok and result.emotion not in EMOTIONS:
+            raise MessageError(f"result with unknown emotion {result.emotion!r}")
+        return result
+
+
+def dead_letter_fields(
+    raw: Mapping[bytes, bytes], *, stream: str, entry_id: str, reason: str, worker: str, at: float
+) -> dict[bytes | str, bytes | str]:
+    """A dead-letter entry: the reason plus the original fields (prefixed ``msg.``) so
+    nothing accepted is lost and an operator can replay it."""
+    fields: dict[bytes | str, bytes | str] = {
+        "reason": reason,
+        "stream": stream,
+        "id": entry_id,
+        "worker": worker,
+        "at": repr(at),
+    }
+    for name, value in raw.items():
+        key = name if isinstance(name, bytes) else name.encode()
+        fields[b"msg." + key] = value
+    return fields

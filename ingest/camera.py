@@ -1,0 +1,132 @@
+"""The ingest loop of one camera: source -> rate limit -> publisher, with reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from emotion_stream import metrics
+from emotion_stream.logs import Throttled
+from emotion_stream.redis_conn import Backoff
+
+from .publisher import FramePublisher
+from .sources import RateLimiter, SourceSpec, VideoSource, valid_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    fps: float = 0.0  # 0 = native rate for files, every frame for live sources
+    loop: bool = False  # restart a file at its end instead of ending the stream
+    stall_timeout: float = 10.0  # a live read taking longer than this means the source is lost
+    max_backoff: float = 30.0
+
+
+async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: IngestOptions, stop: asyncio.Event) -> None:
+    """Pull frames until the file ends (end marker written) or ``stop`` is set."""
+    source: VideoSource | None = VideoSource(spec)  # raises SourceError for a missing file
+    camera = publisher.camera
+    label = metrics.camera_label(camera)
+    throttled = Throttled(log)
+    backoff = Backoff(0.5, options.max_backoff)
+    await publisher.register()
+
+    while not stop.is_set():
+        if source is None:
+            source = VideoSource(spec)
+        if not await asyncio.to_thread(source.open):
+            metrics.SOURCE_UP.labels(label).set(0)
+            if spec.is_file:
+                raise RuntimeError(f"{spec.describe()}: cannot be opened as video")
+            delay = backoff.next_delay()
+            metrics.SOURCE_RECONNECTS.labels(label).inc()
+            log.warning("camera %s: cannot open %s; retrying in %.1f s", camera, spec.describe(), delay)
+            await _sleep_or_stop(stop, delay)
+            continue
+        log.info("camera %s: reading %s (native %.1f fps)", camera, spec.describe(), source.native_fps)
+        metrics.SOURCE_UP.labels(label).set(1)
+        ended, stalled = await _pump(source, spec, publisher, options, stop, backoff, throttled)
+        metrics.SOURCE_UP.labels(label).set(0)
+        if stalled:
+            source = None  # its reader thread is still blocked; it closes the capture itself
+        if ended:
+            await publisher.end()
+            log.info("camera %s: end of %s after %d frames", camera, spec.describe(), publisher.seq)
+            break
+        if not stop.is_set():
+            delay = backoff.next_delay()
+            metrics.SOURCE_RECONNECTS.labels(label).inc()
+            log.warning("camera %s: source lost; reconnecting in %.1f s", camera, delay)
+            await _sleep_or_stop(stop, delay)
+    if source is not None:
+        source.close()
+
+
+async def _pump(
+    source: VideoSource,
+    spec: SourceSpec,
+    publisher: FramePublisher,
+    options: IngestOptions,
+    stop: asyncio.Event,
+    backoff: Backoff,
+    throttled: Throttled,
+) -> tuple[bool, bool]:
+    """Read and publish until a file ends or the source fails: returns (ended, stalled)."""
+    camera = publisher.camera
+    label = metrics.camera_label(camera)
+    # Files are paced to their own frame rate (or --fps) as if they were live; live
+    # sources are read as fast as they deliver and thinned to --fps, keeping the freshest.
+    file_fps = options.fps or source.native_fps or 15.0
+    limiter = RateLimiter(0 if spec.is_file else options.fps)
+    next_due = time.monotonic()
+    while not stop.is_set():
+        read = asyncio.ensure_future(asyncio.to_thread(source.read))
+        done, _ = await asyncio.wait({read}, timeout=options.stall_timeout)
+        if not done:
+            # OpenCV cannot interrupt a blocked read, and releasing a capture under a
+            # reading thread is unsafe: abandon this capture, close it when read returns.
+            read.add_done_callback(lambda _: source.close())
+            metrics.FRAMES_DROPPED.labels(label, "source_stalled").inc()
+            log.warning("camera %s: no frame for %.0f s; treating the source as lost", camera, options.stall_timeout)
+            return False, True
+        frame = read.result()
+        if frame is None:
+            if spec.is_file:
+                if options.loop and await asyncio.to_thread(source.rewind):
+                    continue
+                return True, False
+            return False, False
+        if not valid_frame(frame):
+            metrics.FRAMES_DROPPED.labels(label, "bad_frame").inc()
+            throttled.warning(f"bad:{camera}", "camera %s: unusable frame %s dropped", camera, _describe(frame))
+            continue
+        backoff.reset()
+        captured_at = time.time()
+        if spec.is_file:
+            next_due += 1.0 / file_fps
+            delay = next_due - time.monotonic()
+            if delay > 0:
+                await _sleep_or_stop(stop, delay)
+            else:
+                next_due = time.monotonic()  # fell behind: do not burst to catch up
+            captured_at = time.time()
+        elif not limiter.ready():
+            continue
+        await publisher.publish(frame, captured_at)
+    return False, False
+
+
+def _describe(frame: object) -> str:
+    shape = getattr(frame, "shape", None)
+    dtype = getattr(frame, "dtype", None)
+    return f"(shape {shape}, dtype {dtype})"
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,124 @@
+"""FramePublisher: encode frames and append them to a camera's bounded frame stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import cv2
+import numpy as np
+import redis.asyncio as aioredis
+
+from emotion_stream import keys, metrics
+from emotion_stream.logs import Throttled
+from emotion_stream.redis_conn import TRANSIENT_ERRORS
+from emotion_stream.schema import FrameKind, FrameMessage
+from emotion_stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# XADD, then trim to exactly MAXLEN. Trimmed entries the consumer group never received
+# are frames lost to the bound: return their number so they are counted, not silent.
+_ADD_BOUNDED = """
+local function after(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
+local lost = 0
+if excess > 0 then
+  local delivered = '0-0'
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+  if ok then
+    for _, g in ipairs(groups) do
+      local info = {}
+      for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+      if info['name'] == ARGV[2] then delivered = info['last-delivered-id'] end
+    end
+  end
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)) do
+    if after(entry[1], delivered) then lost = lost + 1 end
+  end
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+end
+return {id, lost}
+"""
+
+
+class FramePublisher:
+    """Writes one camera's frames. ``publish`` never raises for Redis outages: the frame
+    is dropped and counted (live frames are worthless late), and the next call retries."""
+
+    def __init__(self, redis: aioredis.Redis, camera: str, settings: Settings) -> None:
+        self.redis = redis
+        self.camera = camera
+        self.stream = keys.frames(camera)
+        self.settings = settings
+        self.seq = 0
+        self._label = metrics.camera_label(camera)
+        self._add = redis.register_script(_ADD_BOUNDED)
+        self._registered = False
+        self._throttled = Throttled(log)
+
+    async def register(self) -> None:
+        """Announce the camera so workers start consuming its stream."""
+        await self.redis.sadd(keys.CAMERAS, self.camera)
+        self._registered = True
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        return buf.tobytes()
+
+    async def publish(self, frame: np.ndarray, captured_at: float, *, encoded: bytes | None = None) -> bool:
+        """Encode (off the event loop) and append one live frame. True if it was accepted."""
+        try:
+            data = encoded if encoded is not None else await asyncio.to_thread(self.encode, frame)
+        except (ValueError, cv2.error) as exc:
+            self._drop("encode_error", "camera %s: cannot encode frame: %s", exc)
+            return False
+        if len(data) > self.settings.max_image_bytes:
+            self._drop("too_large", "camera %s: frame of %d bytes over the limit", len(data))
+            return False
+        message = FrameMessage(
+            self.camera, self.seq, captured_at, FrameKind.LIVE, data, frame.shape[1], frame.shape[0]
+        )
+        return await self._append(message)
+
+    async def end(self) -> bool:
+        """Write the end-of-stream marker (a finite source is exhausted)."""
+        return await self._append(FrameMessage(self.camera, self.seq, time.time(), FrameKind.END))
+
+    async def _append(self, message: FrameMessage) -> bool:
+        args: list[object] = [self.settings.frames_max_len, keys.WORKER_GROUP]
+        for name, value in message.to_fields().items():
+            args += [name, value]
+        try:
+            if not self._registered:
+                await self.register()
+            _id, lost = await self._add(keys=[self.stream], args=args)
+        except TRANSIENT_ERRORS as exc:
+            metrics.REDIS_ERRORS.labels("ingest").inc()
+            self._drop("redis_unavailable", "camera %s: Redis unavailable, frame dropped: %s", exc)
+            self._registered = False  # re-announce after a Redis restart
+            return False
+        self.seq += 1
+        if message.kind is FrameKind.LIVE:
+            metrics.FRAMES_INGESTED.labels(self._label).inc()
+        if lost:
+            metrics.FRAMES_SKIPPED.labels(self._label, "trimmed").inc(lost)
+            self._throttled.warning(
+                f"trim:{self.camera}",
+                "camera %s: %d unread frames trimmed by the stream bound (workers behind)",
+                self.camera, lost,
+            )
+        return True
+
+    def _drop(self, reason: str, msg: str, detail: object) -> None:
+        metrics.FRAMES_DROPPED.labels(self._label, reason).inc()
+        self._throttled.warning(f"{reason}:{self.camera}", msg, self.camera, detail)

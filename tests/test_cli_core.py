@@ -1,0 +1,124 @@
+"""The CLI as users run it: help, predict, evaluate, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from emotion_stream.cli import COMMANDS, main
+
+from .hostile import hostile_images
+
+EXE = Path(sys.executable).with_name("emotion-stream")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_subcommand():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in COMMANDS:
+        assert f"\n    {name} " in result.stdout, name
+    assert run_cli("no-such-command").returncode == 2
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path, face_bgr):
+    """Good faces and every hostile file, with an answers CSV covering all of them."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    corpus = hostile_images(face_bgr)
+    for name, (data, _) in corpus.items():
+        (folder / name).write_bytes(data)
+    cv2.imwrite(str(folder / "hopper.jpg"), face_bgr)
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_path", "emotion"])
+        for name in sorted(p.name for p in folder.iterdir()):
+            writer.writerow([name, "neutral"])
+        writer.writerow(["not-there.jpg", "happy"])
+    bad = {n for n, (_, expected) in corpus.items() if expected is not None}
+    return folder, labels, bad
+
+
+def test_predict_reports_bad_files_in_one_line_and_exits_1(mixed_folder):
+    folder, _, bad = mixed_folder
+    result = run_cli("predict", "--json", *(str(p) for p in sorted(folder.iterdir())))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(docs) == len(list(folder.iterdir()))
+    errors = {Path(d["image"]).name for d in docs if "error" in d}
+    assert errors == bad
+    for name in bad:
+        assert any(line.startswith("emotion-stream predict:") and name in line for line in result.stderr.splitlines())
+    hopper = next(d for d in docs if d["image"].endswith("hopper.jpg"))
+    assert len(hopper["faces"]) == 1 and not hopper["faces"][0]["whole_image"]
+    assert set(hopper["faces"][0]["probabilities"]) == {
+        "anger", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise", "uncertain"
+    }
+
+
+def test_predict_table_and_bad_weights(face_bgr, tmp_path, capsys):
+    image = tmp_path / "hopper.png"
+    cv2.imwrite(str(image), face_bgr)
+    assert main(["predict", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "hopper.png" in out and "emotion" in out.splitlines()[0]
+    result = run_cli("predict", "--model", str(tmp_path / "nope.keras"), str(image))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"emotion-stream predict: error: {tmp_path / 'nope.keras'}: weights file not found"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_folder_carries_on_and_counts_skips(mixed_folder, capsys):
+    folder, labels, bad = mixed_folder
+    assert main(["evaluate", str(folder), "--labels", str(labels), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    good = len(list(folder.iterdir())) - len(bad)
+    assert report["scored"] == good
+    assert report["skipped"] == len(bad) + 1  # + the labelled file that is missing
+    assert set(report["skipped_files"]) == bad | {"not-there.jpg"}
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert len(report["confusion"]) == 9 and sum(map(sum, report["confusion"])) == good
+
+
+def test_evaluate_scores_a_submission_csv_exactly(tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_path,emotion\na.jpg,happy\nb.jpg,sad\nc.jpg,anger\nd.jpg,neutral\n")
+    submission = tmp_path / "submission.csv"
+    submission.write_text("image_path,emotion\na.jpg,happy\nb.jpg,sad\nc.jpg,happy\nd.jpg,neutral\n")
+    assert main(["evaluate", str(submission), "--labels", str(labels)]) == 0
+    text = capsys.readouterr().out
+    assert "categorical accuracy: 0.7500  (3/4 images)" in text
+    assert "anger       0.000  (n=1)" in text and "happy       1.000  (n=1)" in text
+
+
+def test_evaluate_rejects_bad_label_files(tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,label\na.jpg,happy\n")
+    assert main(["evaluate", str(tmp_path), "--labels", str(labels)]) == 1
+    assert "expected header 'image_path,emotion'" in capsys.readouterr().err
+    labels.write_text("image_path,emotion\na.jpg,joyful-ish\n")
+    assert main(["evaluate", str(tmp_path), "--labels", str(labels)]) == 1
+    assert "labels.csv:2: unknown emotion label 'joyful-ish'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("detector", ["opencv", "mtcnn"])
+def test_evaluate_on_the_shared_dev_set(shared_faces, detector, capsys):
+    args = ["evaluate", str(shared_faces / "test_kaggle"), "--labels", str(shared_faces / "test_labels.csv")]
+    assert main([*args, "--detector", detector, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scored"] == 219 and report["skipped"] == 0
+    assert report["accuracy"] > 0.35  # far above the 1/8 of guessing

@@ -1,0 +1,66 @@
+"""Both detectors on a real face photo; the analyzer's batching and whole-image fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ingest.samples import sample_frame
+
+# Where Grace Hopper's face is in the 512x600 portrait (checked by eye).
+FACE_REGION = (150, 100, 390, 350)  # x0, y0, x1, y1
+
+
+def _inside(box, region, slack=30):
+    x, y, w, h = box
+    x0, y0, x1, y1 = region
+    return x >= x0 - slack and y >= y0 - slack and x + w <= x1 + slack and y + h <= y1 + slack
+
+
+@pytest.mark.parametrize("name", ["opencv", "mtcnn"])
+def test_detector_finds_the_face_in_a_real_photo(name, face_bgr, request):
+    analyzer = request.getfixturevalue(f"{name}_analyzer")
+    found = analyzer.detector.detect(face_bgr)
+    assert len(found) == 1, found
+    assert _inside(found[0].box, FACE_REGION)
+    assert found[0].box[2] > 120  # a face, not a detail of the uniform
+    assert 0.5 < found[0].score <= 1.0
+
+
+@pytest.mark.parametrize("name", ["opencv", "mtcnn"])
+def test_detector_finds_nothing_in_a_blank_frame(name, request):
+    analyzer = request.getfixturevalue(f"{name}_analyzer")
+    assert analyzer.detector.detect(np.full((480, 640, 3), 127, np.uint8)) == []
+
+
+@pytest.mark.parametrize("name", ["opencv", "mtcnn"])
+def test_analyzer_batches_frames_with_several_faces(name, request):
+    analyzer = request.getfixturevalue(f"{name}_analyzer")
+    frames = [sample_frame(0.0, faces=1), sample_frame(1.0, faces=2), sample_frame(2.0, faces=3)]
+    results = analyzer.analyze_batch(frames)
+    assert [len(r) for r in results] == [1, 2, 3]
+    for faces in results:
+        areas = [f.box[2] * f.box[3] for f in faces]
+        assert areas == sorted(areas, reverse=True)  # largest face first
+        for face in faces:
+            assert not face.whole_image
+            assert face.probabilities.shape == (9,)
+            assert abs(float(face.probabilities.sum()) - 1.0) < 1e-4
+            assert face.emotion in ("neutral", "sad", "happy")
+
+
+def test_whole_image_fallback_only_when_asked(opencv_analyzer):
+    blank = np.full((100, 100, 3), 90, np.uint8)
+    assert opencv_analyzer.analyze(blank) == []
+    [result] = opencv_analyzer.analyze(blank, whole_image_fallback=True)
+    assert result.whole_image and result.box == (0, 0, 100, 100)
+
+
+def test_detection_runs_on_a_downscaled_frame_and_maps_back(opencv_analyzer, face_bgr):
+    import cv2
+
+    big = cv2.resize(face_bgr, (face_bgr.shape[1] * 3, face_bgr.shape[0] * 3))
+    [small_hit] = opencv_analyzer.detector.detect(face_bgr)
+    [big_hit] = opencv_analyzer.detector.detect(big)
+    # Same face, coordinates in the big frame's pixels (3x), within a few pixels.
+    assert np.allclose(np.array(big_hit.box) / 3, small_hit.box, atol=12)

@@ -1,0 +1,128 @@
+"""The streaming pipeline against a real redis-server with real ingest/worker processes."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import cv2
+import pytest
+
+from emotion_stream import keys
+from emotion_stream.labels import EMOTIONS
+from emotion_stream.schema import EndOfStream, FaceEvent, FrameKind, FrameMessage, parse_event
+from ingest.samples import sample_frame, write_clip
+
+from .procs import wait_for
+
+WORKER_FLAGS = ("--max-frame-age", "600", "--claim-idle-ms", "1500", "--batch-size", "4")
+
+
+def events_of(client, camera: str) -> list:
+    return [parse_event(fields[b"event"]) for _id, fields in client.xrange(keys.events(camera))]
+
+
+def faces_of(client, camera: str) -> list[FaceEvent]:
+    return [e for e in events_of(client, camera) if isinstance(e, FaceEvent)]
+
+
+def ended(client, camera: str) -> bool:
+    return any(isinstance(e, EndOfStream) for e in events_of(client, camera))
+
+
+def test_video_file_to_events(redis_server, redis_client, services, tmp_path):
+    clip = write_clip(tmp_path / "two-faces.avi", seconds=2.0, fps=10, faces=2)
+    url = redis_server.url
+    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", str(clip), "--camera", "lobby", "--redis", url, "--fps", "20")
+    assert ingest.wait(60) == 0, ingest.output
+    wait_for(lambda: ended(redis_client, "lobby"), 90, "the end-of-stream event")
+
+    faces = faces_of(redis_client, "lobby")
+    assert sorted({f.seq for f in faces}) == list(range(20))
+    per_frame = Counter(f.seq for f in faces)
+    assert set(per_frame.values()) == {2}, per_frame  # both portraits in every frame
+    for face in faces:
+        assert face.camera == "lobby" and face.faces_in_frame == 2 and face.face_index in (0, 1)
+        assert face.emotion in ("neutral", "sad", "happy")  # a calm portrait
+        assert set(face.probabilities) == set(EMOTIONS)
+        assert abs(sum(face.probabilities.values()) - 1.0) < 1e-3
+        assert face.confidence == max(face.probabilities.values())
+        x, y, w, h = face.box
+        assert 0 <= x and 0 <= y and x + w <= 640 and y + h <= 480 and w > 60
+        assert face.captured_at <= face.processed_at
+        assert face.detector == "opencv" and face.model.startswith("fer2013-mini-xception@")
+        assert not face.whole_image
+    # Pub/sub channel name == stream name; the stream is bounded.
+    assert redis_client.sismember(keys.CAMERAS, "lobby")
+    assert worker.stop() == 0  # SIGTERM: clean exit
+    assert redis_client.xpending(keys.frames("lobby"), keys.WORKER_GROUP)["pending"] == 0
+
+
+def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):
+    url = redis_server.url
+    frames = 80
+    clip = write_clip(tmp_path / "one-face.avi", seconds=frames / 10, fps=10, faces=1)
+    slow = ("--batch-size", "2", "--max-wait-ms", "0")
+    victim = services("victim", "worker", "--redis", url, *WORKER_FLAGS, *slow, "--name", "victim")
+    survivor = services("survivor", "worker", "--redis", url, *WORKER_FLAGS, *slow, "--name", "survivor")
+    ingest = services("ingest", "ingest", str(clip), "--camera", "door", "--redis", url, "--fps", "40")
+
+    def victim_has_pending():
+        try:
+            info = redis_client.xpending_range(keys.frames("door"), keys.WORKER_GROUP, "-", "+", 10, consumername="victim")
+        except Exception:
+            return False
+        done = any(f.worker == "victim" for f in faces_of(redis_client, "door"))
+        return bool(info) and done
+
+    wait_for(victim_has_pending, 120, "the victim worker to hold in-flight frames")
+    victim.signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    assert ingest.wait(60) == 0, ingest.output
+    wait_for(lambda: ended(redis_client, "door") and
+             len({f.seq for f in faces_of(redis_client, "door")}) == frames, 120, "all frames processed")
+
+    faces = faces_of(redis_client, "door")
+    per_frame = Counter(f.seq for f in faces)
+    assert sorted(per_frame) == list(range(frames))
+    assert set(per_frame.values()) == {1}, "a frame produced duplicate or missing events"
+    by_worker = Counter(f.worker for f in faces)
+    assert by_worker["victim"] > 0 and by_worker["survivor"] > 0
+    assert "reclaimed" in survivor.output  # the dead worker's pending entries were taken over
+    assert redis_client.xpending(keys.frames("door"), keys.WORKER_GROUP)["pending"] == 0
+    assert survivor.stop() == 0
+
+
+def test_malformed_messages_go_to_dead_letter_and_worker_keeps_serving(redis_server, redis_client, services):
+    camera = "hostile"
+    stream = keys.frames(camera)
+    redis_client.sadd(keys.CAMERAS, camera)
+    good = FrameMessage(camera, 0, 0.0, FrameKind.STILL,
+                        cv2.imencode(".jpg", sample_frame(0.0))[1].tobytes(), 640, 480).to_fields()
+    bad_messages = {
+        "missing field 'seq'": {k: v for k, v in good.items() if k != "seq"},
+        "unknown message version 9": {**good, "v": 9},
+        "field 'seq' is not an integer": {**good, "seq": "seven"},
+        "undecodable image: truncated JPEG": {**good, "image": good["image"][:2000]},
+        "undecodable image: not a recognised image format": {**good, "image": b"GIF? no, text"},
+        "invalid camera id": {**good, "camera": "../../etc"},
+        "is not a results stream": {**good, "reply_to": "some:other:key"},
+    }
+    for fields in bad_messages.values():
+        redis_client.xadd(stream, fields)
+    redis_client.xadd(stream, {**good, "seq": 1})  # a good frame after the bad ones
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
+
+    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) >= len(bad_messages), 90, "dead letters")
+    wait_for(lambda: faces_of(redis_client, camera), 30, "the good frame's event")
+    letters = [fields for _id, fields in redis_client.xrange(keys.DEAD_LETTER)]
+    reasons = [f[b"reason"].decode() for f in letters]
+    for expected in bad_messages:
+        assert any(expected in r for r in reasons), (expected, reasons)
+    for letter in letters:  # the original message is kept for replay
+        assert letter[b"stream"].decode() == stream and any(k.startswith(b"msg.") for k in letter)
+    assert [f.seq for f in faces_of(redis_client, camera)] == [1]
+    assert redis_client.xpending(stream, keys.WORKER_GROUP)["pending"] == 0
+    assert worker.alive() and "dead-lettered" in worker.output
+    assert worker.stop() == 0

@@ -1,0 +1,99 @@
+"""Writing a batch's outcome to Redis: events, results, dead letters - each atomic with its ACK.
+
+Delivery from the consumer group is at-least-once: a worker that stalls past the claim
+timeout can see its entries reclaimed and processed again elsewhere. Each frame's
+outputs are therefore written by a Lua script that first XACKs the entry and only writes
+if that ACK removed it from the pending list. Whichever worker acks first publishes;
+the other's copy is discarded. Each frame's events appear exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from emotion_stream import keys
+
+RESULTS_TTL_S = 7 * 24 * 3600  # a batch job abandoned by its collector does not linger forever
+
+# KEYS: frames stream, output stream, results stream
+# ARGV: group, entry id, output maxlen, result json or '', results ttl, payload...
+_PREAMBLE = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[3], '*', 'result', ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+"""
+
+# payload: event JSON documents; each goes to the events stream and its pub/sub channel.
+_PUBLISH = _PREAMBLE + """
+for i = 6, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', KEYS[2], ARGV[i])
+end
+return 1
+"""
+
+# payload: field/value pairs of the dead-letter entry.
+_DEAD_LETTER = _PREAMBLE + """
+if #ARGV > 5 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6))
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to write for one consumed entry."""
+
+    stream: str
+    entry_id: str
+    camera: str = ""
+    events: list[str] = field(default_factory=list)  # event JSON documents
+    result: str = ""  # FrameResult JSON for a batch job's results stream
+    reply_to: str = ""
+    dead_letter: dict[bytes | str, bytes | str] | None = None  # dead-letter entry fields
+    captured_at: float | None = None  # set for analysed frames (latency and accounting)
+
+    @property
+    def plain_ack(self) -> bool:
+        return not self.events and not self.result and self.dead_letter is None
+
+
+class OutcomeWriter:
+    def __init__(self, client: aioredis.Redis, group: str, events_max_len: int, dead_letter_max_len: int) -> None:
+        self.redis = client
+        self.group = group
+        self.events_max_len = events_max_len
+        self.dead_letter_max_len = dead_letter_max_len
+        self._publish = client.register_script(_PUBLISH)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
+
+    async def write(self, outcomes: list[Outcome]) -> list[bool]:
+        """Write all outcomes in one round trip; True where this worker's ACK won."""
+        if not outcomes:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for o in outcomes:
+            if o.plain_ack:
+                await pipe.xack(o.stream, self.group, o.entry_id)
+                continue
+            results_key = o.reply_to or keys.results("none")
+            if o.dead_letter is not None:
+                payload = [item for pair in o.dead_letter.items() for item in pair]
+                await self._dead_letter(
+                    keys=[o.stream, keys.DEAD_LETTER, results_key],
+                    args=[self.group, o.entry_id, self.dead_letter_max_len, o.result, RESULTS_TTL_S, *payload],
+                    client=pipe,
+                )
+            else:
+                await self._publish(
+                    keys=[o.stream, keys.events(o.camera), results_key],
+                    args=[self.group, o.entry_id, self.events_max_len, o.result, RESULTS_TTL_S, *o.events],
+                    client=pipe,
+                )
+        replies = await pipe.execute()
+        return [bool(r) for r in replies]

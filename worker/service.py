@@ -1,0 +1,362 @@
+"""The worker service: consume frames, micro-batch, analyse off the loop, publish, ack.
+
+Tasks of one worker process:
+  reader      XREADGROUP across all camera streams into a small bounded queue
+  processor   gathers up to ``batch_size`` frames or ``max_wait_ms``, runs the CPU stage
+              in an executor thread, writes outcomes (events/results/dead letters + ACK)
+  reclaimer   XAUTOCLAIM entries left idle by dead workers
+  housekeeper camera discovery, heartbeat, backlog gauges
+
+Shutdown (SIGTERM/SIGINT): the reader stops after its current read, the processor drains
+the queue, so no entry is left pending for others to wait out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from emotion_stream import keys, metrics
+from emotion_stream.images import ImageLimits
+from emotion_stream.logs import Throttled
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff
+from emotion_stream.schema import (
+    EndOfStream,
+    FaceEvent,
+    FrameKind,
+    FrameMessage,
+    FrameResult,
+    MessageError,
+    dead_letter_fields,
+)
+from emotion_stream.settings import Settings
+from model import FaceAnalyzer
+
+from .processing import FrameAnalysis, FrameProcessor
+from .publishing import Outcome, OutcomeWriter
+from .streams import ConsumerGroup, Entry
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+ALIVE_WINDOW_S = 10.0
+READ_BLOCK_MS = 250  # also bounds how long shutdown waits for the reader
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(slots=True)
+class _Item:
+    entry: Entry
+    received: float  # monotonic time the worker received it
+
+
+class Worker:
+    def __init__(self, client: aioredis.Redis, analyzer: FaceAnalyzer, settings: Settings) -> None:
+        self.redis = client
+        self.analyzer = analyzer
+        self.settings = settings
+        self.name = settings.worker_name or default_worker_name()
+        self.group = ConsumerGroup(client, self.name)
+        self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
+        self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels))
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=2 * settings.batch_size)
+        # One CPU thread per worker process: scale with processes, not threads.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="cpu")
+        self.detector = analyzer.detector.name
+        self.model_id = analyzer.model.id
+        self._throttled = Throttled(log)
+        self._reading_done = asyncio.Event()
+        metrics.MODEL_INFO.info({"model": self.model_id, "detector": self.detector})
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker %s: detector=%s model=%s batch=%d wait=%dms", self.name, self.detector,
+                 self.model_id, self.settings.batch_size, self.settings.max_wait_ms)
+        await self._until_connected(stop)
+        background = [
+            asyncio.create_task(self._reclaimer(stop), name="reclaimer"),
+            asyncio.create_task(self._housekeeper(stop), name="housekeeper"),
+        ]
+        reader = asyncio.create_task(self._reader(stop), name="reader")
+        processor = asyncio.create_task(self._processor(), name="processor")
+        try:
+            await reader
+            await processor  # drains what the reader queued
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._leave()
+            self.executor.shutdown(wait=True)
+        log.info("worker %s: stopped", self.name)
+
+    async def _until_connected(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while not stop.is_set():
+            try:
+                await self.redis.ping()
+                await self.group.refresh()
+                return
+            except TRANSIENT_ERRORS as exc:
+                metrics.REDIS_ERRORS.labels("worker").inc()
+                delay = backoff.next_delay()
+                log.warning("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, delay)
+                await _sleep_or_stop(stop, delay)
+
+    async def _leave(self) -> None:
+        try:
+            await self.group.leave()
+            await self.redis.hdel(keys.WORKERS, self.name)
+        except TRANSIENT_ERRORS:
+            pass
+
+    # ------------------------------------------------------------------ tasks
+    async def _reader(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.1, 5.0)
+        try:
+            while not stop.is_set():
+                # Only ask for what the queue can take: the rest stays in Redis for others.
+                room = self.queue.maxsize - self.queue.qsize()
+                if room <= 0:
+                    await asyncio.sleep(0.005)
+                    continue
+                try:
+                    entries = await self.group.read(min(room, self.settings.batch_size), READ_BLOCK_MS)
+                    backoff.reset()
+                except TRANSIENT_ERRORS as exc:
+                    await self._redis_down("read", exc, backoff, stop)
+                    continue
+                if not entries and not self.group.streams:
+                    await _sleep_or_stop(stop, READ_BLOCK_MS / 1000)
+                for entry in entries:
+                    await self.queue.put(_Item(entry, time.monotonic()))
+        finally:
+            self._reading_done.set()
+
+    async def _processor(self) -> None:
+        batch_size = self.settings.batch_size
+        max_wait = self.settings.max_wait_ms / 1000
+        while (first := await self._get(None)) is not None:
+            batch = [first]
+            deadline = time.monotonic() + max_wait
+            while len(batch) < batch_size and (item := await self._get(deadline - time.monotonic())) is not None:
+                batch.append(item)
+            await self._handle(batch)
+
+    async def _get(self, timeout: float | None) -> _Item | None:
+        """Next queued entry, waiting up to ``timeout`` (None: until reading has stopped
+        and the queue is empty). Never loses an item to a timeout."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        if timeout is not None and timeout <= 0:
+            return None
+        if timeout is None and self._reading_done.is_set():
+            return None
+        getter = asyncio.ensure_future(self.queue.get())
+        waiters: set[asyncio.Future[object]] = {getter}
+        if timeout is None:
+            waiters.add(asyncio.ensure_future(self._reading_done.wait()))
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters - {getter}:
+            waiter.cancel()
+        if getter.done():
+            return getter.result()
+        getter.cancel()  # an item not yet taken stays in the queue
+        return self.queue.get_nowait() if not self.queue.empty() else None
+
+    async def _reclaimer(self, stop: asyncio.Event) -> None:
+        interval = max(0.2, self.settings.claim_idle_ms / 2000)
+        while not stop.is_set():
+            await _sleep_or_stop(stop, interval)
+            if stop.is_set():
+                return
+            try:
+                claimed = await self.group.claim_idle(self.settings.claim_idle_ms, self.settings.batch_size)
+            except TRANSIENT_ERRORS:
+                continue  # the reader logs outages
+            if claimed:
+                metrics.FRAMES_RECLAIMED.inc(len(claimed))
+                log.info("worker %s: reclaimed %d idle entries", self.name, len(claimed))
+            for entry in claimed:
+                await self.queue.put(_Item(entry, time.monotonic()))
+
+    async def _housekeeper(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                added = await self.group.refresh()
+                if added:
+                    log.info("worker %s: consuming %s", self.name, ", ".join(keys.camera_of_frames_key(s) for s in added))
+                now = time.time()
+                await self.redis.hset(keys.WORKERS, self.name, repr(now))
+                beats = await self.redis.hgetall(keys.WORKERS)
+                alive = sum(1 for t in beats.values() if now - float(t) < ALIVE_WINDOW_S)
+                metrics.WORKERS_ALIVE.set(alive)
+                for stream, (lag, pending) in (await self.group.backlog()).items():
+                    camera = metrics.camera_label(keys.camera_of_frames_key(stream))
+                    metrics.BACKLOG.labels(camera, "lag").set(lag)
+                    metrics.BACKLOG.labels(camera, "pending").set(pending)
+            except TRANSIENT_ERRORS:
+                pass  # the reader logs outages and backs off
+            except Exception:  # noqa: BLE001 - housekeeping must never kill the worker
+                log.exception("housekeeping failed")
+            await _sleep_or_stop(stop, HEARTBEAT_S)
+
+    # ------------------------------------------------------------------ batch handling
+    async def _handle(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        now = time.time()
+        outcomes: list[Outcome] = []
+        work: list[tuple[Entry, FrameMessage]] = []
+        labels = (self.detector, self.model_id)
+        for item in batch:
+            entry = item.entry
+            queue_wait = max(0.0, now - entry.enqueued_at)
+            camera = keys.camera_of_frames_key(entry.stream)
+            if entry.fields is None:
+                metrics.FRAMES_SKIPPED.labels(metrics.camera_label(camera), "trimmed").inc()
+                outcomes.append(Outcome(entry.stream, entry.id))
+                continue
+            try:
+                message = FrameMessage.from_fields(entry.fields, max_image_bytes=self.settings.max_image_bytes)
+            except MessageError as exc:
+                outcomes.append(self._dead_letter(entry, str(exc), None, "malformed_message"))
+                continue
+            if message.kind is FrameKind.END:
+                outcomes.append(Outcome(entry.stream, entry.id, message.camera,
+                                        [EndOfStream(message.camera, message.seq).to_json()]))
+                continue
+            if message.kind is FrameKind.LIVE and now - message.captured_at > self.settings.max_frame_age_s:
+                metrics.FRAMES_SKIPPED.labels(metrics.camera_label(message.camera), "stale").inc()
+                self._throttled.warning(
+                    f"stale:{message.camera}", "camera %s: skipped stale frame %d (%.2f s old)",
+                    message.camera, message.seq, now - message.captured_at,
+                )
+                outcomes.append(Outcome(entry.stream, entry.id))
+                continue
+            metrics.STAGE_SECONDS.labels("queue_wait", *labels).observe(queue_wait)
+            work.append((entry, message))
+
+        if work:
+            loop = asyncio.get_running_loop()
+            analyses, times = await loop.run_in_executor(self.executor, self.processor.process, [m for _, m in work])
+            metrics.BATCH_FRAMES.observe(len(work))
+            processed_at = time.time()
+            for (entry, message), analysis in zip(work, analyses):
+                outcomes.append(self._outcome(entry, message, analysis, processed_at))
+        else:
+            times = None
+
+        publish_start = time.monotonic()
+        accepted = await self._write(outcomes)
+        published_at = time.time()
+        publish_s = time.monotonic() - publish_start
+        stages = {"publish": publish_s}
+        if times is not None:
+            stages.update(decode=times.decode, detect=times.detect, classify=times.classify)
+        for stage, seconds in stages.items():
+            metrics.STAGE_BUSY_SECONDS.labels(stage).inc(seconds)
+        for outcome, won in zip(outcomes, accepted):
+            if not won or outcome.captured_at is None:
+                continue  # another worker's ACK won, or not an analysed frame
+            for stage, seconds in stages.items():
+                metrics.STAGE_SECONDS.labels(stage, *labels).observe(seconds)
+            metrics.END_TO_END_SECONDS.labels(*labels).observe(max(0.0, published_at - outcome.captured_at))
+            metrics.FRAMES_PROCESSED.labels(metrics.camera_label(outcome.camera)).inc()
+        lost = accepted.count(False)
+        if lost:
+            log.info("worker %s: %d entries were already handled by another worker", self.name, lost)
+        log.debug("batch of %d handled in %.1f ms", len(batch), (time.monotonic() - started) * 1000)
+
+    def _outcome(self, entry: Entry, message: FrameMessage, analysis: FrameAnalysis, processed_at: float) -> Outcome:
+        if analysis.error:
+            return self._dead_letter(entry, analysis.error, message, analysis.error_kind)
+        events = [
+            FaceEvent(
+                camera=message.camera,
+                seq=message.seq,
+                captured_at=message.captured_at,
+                processed_at=processed_at,
+                face_index=index,
+                faces_in_frame=len(analysis.faces),
+                box=tuple(int(v) for v in face.box),  # type: ignore[arg-type]
+                emotion=face.emotion,
+                confidence=round(face.confidence, 5),
+                probabilities=face.probabilities_dict(),
+                whole_image=face.whole_image,
+                detector=self.detector,
+                model=self.model_id,
+                worker=self.name,
+                name=message.name,
+            )
+            for index, face in enumerate(analysis.faces)
+        ]
+        detected = sum(1 for face in analysis.faces if not face.whole_image)
+        metrics.FACES_DETECTED.labels(self.detector).inc(detected)
+        if analysis.faces and analysis.faces[0].whole_image:
+            metrics.WHOLE_IMAGE_FALLBACKS.inc()
+        for event in events:
+            metrics.EVENTS_PUBLISHED.labels(event.emotion).inc()
+        result = ""
+        if message.reply_to:
+            top = analysis.faces[0] if analysis.faces else None
+            result = FrameResult(
+                message.camera, message.seq, message.name, ok=top is not None,
+                emotion=top.emotion if top else "", confidence=top.confidence if top else 0.0,
+                faces=detected, whole_image=bool(top and top.whole_image),
+                error="" if top else "no face",
+            ).to_json()
+        # A frame without faces still gets an outcome: it is acked and counted as processed.
+        return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
+                       message.reply_to, captured_at=message.captured_at)
+
+    def _dead_letter(self, entry: Entry, reason: str, message: FrameMessage | None, kind: str) -> Outcome:
+        metrics.FRAMES_DEAD_LETTERED.labels(kind).inc()
+        self._throttled.warning(f"dlq:{kind}", "dead-lettered %s %s: %s", entry.stream, entry.id, reason)
+        result = ""
+        if message is not None and message.reply_to:
+            result = FrameResult(message.camera, message.seq, message.name, ok=False, error=reason).to_json()
+        fields = dead_letter_fields(
+            entry.fields or {}, stream=entry.stream, entry_id=entry.id, reason=reason, worker=self.name, at=time.time()
+        )
+        return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
+                       reply_to=message.reply_to if message else "")
+
+    async def _write(self, outcomes: list[Outcome]) -> list[bool]:
+        """Write outcomes, retrying through Redis outages: the work is already done."""
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                return await self.writer.write(outcomes)
+            except TRANSIENT_ERRORS as exc:
+                if self._reading_done.is_set() and backoff.attempt > 5:
+                    # Shutting down with Redis gone: leave the entries pending for others.
+                    log.error("worker %s: giving up on %d outcomes (Redis down at shutdown)", self.name, len(outcomes))
+                    return [False] * len(outcomes)
+                await self._redis_down("write", exc, backoff, None)
+
+    async def _redis_down(self, what: str, exc: Exception, backoff: Backoff, stop: asyncio.Event | None) -> None:
+        metrics.REDIS_ERRORS.labels("worker").inc()
+        delay = backoff.next_delay()
+        self._throttled.warning(f"redis:{what}", "worker %s: Redis %s failed (%s); retrying in %.1f s",
+                                self.name, what, exc, delay)
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            await _sleep_or_stop(stop, delay)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
