@@ -93,6 +93,41 @@ MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector")
 PEERS_CONNECTED = Gauge(f"{NS}_webrtc_peers", "Browser peer connections open")
 
 
+STAGES = ("queue_wait", "decode", "detect", "classify", "publish")
+DEAD_LETTER_KINDS = ("malformed_message", "undecodable_image", "analysis_failed")
+SKIP_REASONS = ("stale", "trimmed")
+DROP_REASONS = ("redis_unavailable", "encode_error", "too_large", "bad_frame", "source_stalled")
+
+
+def init_camera_series(camera: str, *, ingest: bool = False) -> str:
+    """Create a camera's series at 0 so dashboards show zeros, not gaps, until something
+    happens (Prometheus guidance: avoid missing metrics). Returns the label value."""
+    label = camera_label(camera)
+    FRAMES_PROCESSED.labels(label)
+    for reason in SKIP_REASONS:
+        FRAMES_SKIPPED.labels(label, reason)
+    if ingest:
+        FRAMES_INGESTED.labels(label)
+        SOURCE_RECONNECTS.labels(label)
+        for reason in DROP_REASONS:
+            FRAMES_DROPPED.labels(label, reason)
+    return label
+
+
+def init_worker_series(detector: str, model: str) -> None:
+    from emotion_stream.labels import EMOTIONS
+
+    for emotion in EMOTIONS:
+        EVENTS_PUBLISHED.labels(emotion)
+    for kind in DEAD_LETTER_KINDS:
+        FRAMES_DEAD_LETTERED.labels(kind)
+    for stage in STAGES:
+        STAGE_BUSY_SECONDS.labels(stage)
+    FACES_DETECTED.labels(detector)
+    REDIS_ERRORS.labels("worker")
+    MODEL_INFO.info({"model": model, "detector": detector})
+
+
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
     """Start the /metrics HTTP server; returns the bound port (port 0 = any free one)."""
     if port is None:

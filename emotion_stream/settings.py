@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=64, description="largest width*height accepted")
     # --- ingest ------------------------------------------------------------------------
     jpeg_quality: int = Field(85, ge=10, le=100)
+    # --- webrtc gateway ----------------------------------------------------------------
+    webrtc_token: str | None = Field(None, description="access token for the WebRTC page and offer endpoint")
     # --- observability -----------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="bind address of /metrics")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="unset = no metrics server")

@@ -12,7 +12,7 @@ from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import Backoff
 
 from .publisher import FramePublisher
-from .sources import RateLimiter, SourceSpec, VideoSource, valid_frame
+from .sources import RateLimiter, SampleSource, SourceSpec, VideoSource, open_source, valid_frame
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class IngestOptions:
 
 async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: IngestOptions, stop: asyncio.Event) -> None:
     """Pull frames until the file ends (end marker written) or ``stop`` is set."""
-    source: VideoSource | None = VideoSource(spec)  # raises SourceError for a missing file
+    source: VideoSource | SampleSource | None = open_source(spec)  # SourceError: missing file
     camera = publisher.camera
     label = metrics.camera_label(camera)
     throttled = Throttled(log)
@@ -36,7 +36,7 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
 
     while not stop.is_set():
         if source is None:
-            source = VideoSource(spec)
+            source = open_source(spec)
         if not await asyncio.to_thread(source.open):
             metrics.SOURCE_UP.labels(label).set(0)
             if spec.is_file:
@@ -66,7 +66,7 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
 
 
 async def _pump(
-    source: VideoSource,
+    source: VideoSource | SampleSource,
     spec: SourceSpec,
     publisher: FramePublisher,
     options: IngestOptions,
@@ -80,7 +80,7 @@ async def _pump(
     # Files are paced to their own frame rate (or --fps) as if they were live; live
     # sources are read as fast as they deliver and thinned to --fps, keeping the freshest.
     file_fps = options.fps or source.native_fps or 15.0
-    limiter = RateLimiter(0 if spec.is_file else options.fps)
+    limiter = RateLimiter(0 if spec.paced else options.fps)
     next_due = time.monotonic()
     while not stop.is_set():
         read = asyncio.ensure_future(asyncio.to_thread(source.read))
@@ -105,7 +105,7 @@ async def _pump(
             continue
         backoff.reset()
         captured_at = time.time()
-        if spec.is_file:
+        if spec.paced:
             next_due += 1.0 / file_fps
             delay = next_due - time.monotonic()
             if delay > 0:

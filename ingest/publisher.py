@@ -59,7 +59,8 @@ class FramePublisher:
         self.stream = keys.frames(camera)
         self.settings = settings
         self.seq = 0
-        self._label = metrics.camera_label(camera)
+        self._label = metrics.init_camera_series(camera, ingest=True)
+        metrics.REDIS_ERRORS.labels("ingest")
         self._add = redis.register_script(_ADD_BOUNDED)
         self._registered = False
         self._throttled = Throttled(log)

@@ -8,6 +8,7 @@ so nothing has to be downloaded or committed.
 from __future__ import annotations
 
 import math
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -16,15 +17,28 @@ import numpy as np
 FRAME_SIZE = (640, 480)  # width, height
 
 
-def sample_face() -> np.ndarray:
-    """The Grace Hopper portrait (BGR, 600x512), one clearly visible face."""
+@cache
+def _portrait() -> np.ndarray:
     import matplotlib.cbook
 
     path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"cannot read matplotlib sample image {path}")
+    image.setflags(write=False)
     return image
+
+
+@cache
+def _scaled_portraits(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The portrait at one size, and its mirror image (a second, distinct-looking face)."""
+    small = cv2.resize(_portrait(), (width, height), interpolation=cv2.INTER_AREA)
+    return small, np.ascontiguousarray(small[:, ::-1])
+
+
+def sample_face() -> np.ndarray:
+    """The Grace Hopper portrait (BGR, 600x512), one clearly visible face."""
+    return _portrait().copy()
 
 
 def sample_frame(t: float = 0.0, size: tuple[int, int] = FRAME_SIZE, faces: int = 1) -> np.ndarray:
@@ -38,14 +52,14 @@ def sample_frame(t: float = 0.0, size: tuple[int, int] = FRAME_SIZE, faces: int 
     frame[..., 0] = (90 + 60 * xs + 20 * math.sin(t)).astype(np.uint8)
     frame[..., 1] = (110 + 50 * ys).astype(np.uint8)
     frame[..., 2] = (120 + 40 * (1 - xs) * ys).astype(np.uint8)
-    face = sample_face()
+    face = _portrait()
     slot_w = width // faces
     portrait_h = int(height * 0.8)
     portrait_w = min(slot_w - 8, int(portrait_h * face.shape[1] / face.shape[0]))
     portrait_h = int(portrait_w * face.shape[0] / face.shape[1])
-    portrait = cv2.resize(face, (portrait_w, portrait_h), interpolation=cv2.INTER_AREA)
+    portraits = _scaled_portraits(portrait_w, portrait_h)
     for i in range(faces):
-        image = portrait if i % 2 == 0 else portrait[:, ::-1]
+        image = portraits[i % 2]
         dx = int((slot_w - portrait_w) / 2 * (1 + 0.6 * math.sin(0.7 * t + i)))
         dy = int((height - portrait_h) / 2 * (1 + 0.6 * math.cos(0.5 * t + i)))
         x0 = min(width - portrait_w, max(0, i * slot_w + dx))

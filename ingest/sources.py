@@ -25,17 +25,29 @@ class SourceError(RuntimeError):
     """The source cannot be used at all (e.g. a file path that does not exist)."""
 
 
+SAMPLE = "sample"  # synthetic camera: moving portraits generated in-process
+
+
 @dataclass(frozen=True)
 class SourceSpec:
-    target: int | str  # webcam index or path/URL
+    target: int | str  # webcam index, path/URL, or "sample" / "sample:N" (N faces)
 
     @classmethod
     def parse(cls, text: str) -> SourceSpec:
         return cls(int(text)) if text.isdigit() else cls(text)
 
     @property
+    def is_sample(self) -> bool:
+        return isinstance(self.target, str) and (self.target == SAMPLE or self.target.startswith(SAMPLE + ":"))
+
+    @property
     def is_file(self) -> bool:
-        return isinstance(self.target, str) and "://" not in self.target
+        return isinstance(self.target, str) and "://" not in self.target and not self.is_sample
+
+    @property
+    def paced(self) -> bool:
+        """Sources that deliver frames as fast as asked (files, samples) are paced."""
+        return self.is_file or self.is_sample
 
     @property
     def is_live(self) -> bool:
@@ -47,6 +59,37 @@ class SourceSpec:
         from emotion_stream.redis_conn import redact
 
         return redact(self.target)  # RTSP URLs often carry credentials
+
+
+class SampleSource:
+    """Synthetic frames of moving real portraits (see ingest.samples): a camera that
+    needs no device, for demos, compose and load tests."""
+
+    native_fps = 15.0
+
+    def __init__(self, spec: SourceSpec) -> None:
+        from .samples import sample_frame
+
+        self._frame = sample_frame
+        _, _, count = str(spec.target).partition(":")
+        self.faces = int(count) if count.isdigit() and int(count) > 0 else 1
+        self._start = time.monotonic()
+
+    def open(self) -> bool:
+        return True
+
+    def read(self) -> np.ndarray:
+        return self._frame(time.monotonic() - self._start, faces=self.faces)
+
+    def rewind(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(spec: SourceSpec) -> VideoSource | SampleSource:
+    return SampleSource(spec) if spec.is_sample else VideoSource(spec)
 
 
 class VideoSource:

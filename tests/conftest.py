@@ -13,15 +13,20 @@ SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def missing_system_part(message: str) -> None:
+    """A system part the test needs is absent: skip locally, fail in CI."""
+    message += "; run scripts/install-system-deps.sh"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_system(binary: str, why: str) -> str:
-    """Path of a system binary the test needs. Missing: skip locally, fail in CI."""
+    """Path of a system binary the test needs."""
     path = shutil.which(binary)
     if path is None:
-        message = f"{binary} not installed ({why}); run scripts/install-system-deps.sh"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+        missing_system_part(f"{binary} not installed ({why})")
+    return path  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")

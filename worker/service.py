@@ -76,7 +76,7 @@ class Worker:
         self.model_id = analyzer.model.id
         self._throttled = Throttled(log)
         self._reading_done = asyncio.Event()
-        metrics.MODEL_INFO.info({"model": self.model_id, "detector": self.detector})
+        metrics.init_worker_series(self.detector, self.model_id)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -194,6 +194,8 @@ class Worker:
         while not stop.is_set():
             try:
                 added = await self.group.refresh()
+                for stream in added:
+                    metrics.init_camera_series(keys.camera_of_frames_key(stream))
                 if added:
                     log.info("worker %s: consuming %s", self.name, ", ".join(keys.camera_of_frames_key(s) for s in added))
                 now = time.time()

@@ -25,8 +25,12 @@ COMMANDS = (
     "worker",
     "subscribe",
     "batch",
+    "webrtc",
     "predict",
     "evaluate",
+    "prepare",
+    "train",
+    "bench",
 )
 
 

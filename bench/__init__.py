@@ -1,0 +1,1 @@
+"""Benchmarks behind ``emotion-stream bench``: figures, never pass/fail."""

@@ -1,0 +1,35 @@
+"""The original solution's inference path, rebuilt for timing only.
+
+Haar cascade box (``detectMultiScale(gray, 1.3, 5)``), the face resized to 224x224 RGB,
+VGG19 + GlobalAveragePooling2D + Dense(9) with random weights (speed does not depend on
+the weights), and one ``model.predict`` call per face - as the notebooks did.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+class OriginalPath:
+    def __init__(self) -> None:
+        from model.runtime import tensorflow
+
+        tensorflow()
+        import keras
+
+        base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(224, 224, 3))
+        x = keras.layers.GlobalAveragePooling2D()(base.output)
+        self.model = keras.Model(base.input, keras.layers.Dense(9, activation="softmax")(x))
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def predict_file(self, path: str) -> list[int]:
+        image = cv2.imread(path)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        faces = self.cascade.detectMultiScale(grey, 1.3, 5)
+        boxes = list(faces) if len(faces) else [(0, 0, image.shape[1], image.shape[0])]
+        labels = []
+        for x, y, w, h in boxes:
+            face = cv2.resize(image[y : y + h, x : x + w], (224, 224))[:, :, ::-1].astype(np.float32) / 255.0
+            labels.append(int(np.argmax(self.model.predict(face[None], verbose=0))))
+        return labels

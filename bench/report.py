@@ -1,0 +1,69 @@
+"""Assembling and printing the benchmark figures."""
+
+from __future__ import annotations
+
+import os
+
+
+def summarise(results: dict[str, dict[str, object]]) -> dict[str, object]:
+    """Ratios against the original path and the compute limit, from one run's results."""
+    out: dict[str, object] = {"cores": os.cpu_count(), **results}
+    original = results.get("original")
+    ratios: dict[str, float] = {}
+    if original:
+        base = float(original["images_per_s"])  # type: ignore[arg-type]
+        for name in ("direct", "batch"):
+            if name in results:
+                ratios[f"{name}/original (images/s)"] = float(results[name]["images_per_s"]) / base  # type: ignore[arg-type]
+    out["ratios"] = ratios
+    direct = results.get("direct")
+    if direct:
+        cpu = direct["stage_cpu_ms_per_image"]  # type: ignore[index]
+        per_image_s = sum(cpu.values()) / 1000  # type: ignore[union-attr]
+        limit = (os.cpu_count() or 1) / per_image_s if per_image_s else float("inf")
+        out["compute_limit"] = {
+            "cpu_ms_per_image (decode+detect+classify)": round(per_image_s * 1000, 2),
+            "images_per_s": round(limit, 1),
+        }
+        if "batch" in results:
+            out["compute_limit"]["batch_fraction_of_limit"] = round(  # type: ignore[index]
+                float(results["batch"]["images_per_s"]) / limit, 3)  # type: ignore[arg-type]
+    return out
+
+
+def format_text(summary: dict[str, object]) -> str:
+    lines = [f"cores: {summary['cores']}"]
+    o = summary.get("original")
+    if o:
+        lines.append(f"(a) original path     {o['ms_per_image']:8.1f} ms/image  {o['images_per_s']:7.1f} images/s  ({o['images']} images)")
+    d = summary.get("direct")
+    if d:
+        lines.append(f"(b) direct analyzer   {d['ms_per_image']:8.1f} ms/image  {d['images_per_s']:7.1f} images/s  ({d['images']} images)")
+        lines.append("    per stage (wall ms / CPU ms per image): " + ", ".join(
+            f"{k} {d['stage_ms_per_image'][k]:.2f}/{d['stage_cpu_ms_per_image'][k]:.2f}" for k in d["stage_ms_per_image"]))
+    b = summary.get("batch")
+    if b:
+        lines.append(f"(c) batch via Redis   {1000 / b['images_per_s']:8.1f} ms/image  {b['images_per_s']:7.1f} images/s  "
+                     f"({b['images']} images, {b['workers']} workers)")
+        lines.append("    worker time per image (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in b["stage_ms_per_image"].items()))
+    live = summary.get("live")
+    if live:
+        lat = live["capture_to_event_ms"]
+        lines.append(f"(d) live {live['cameras']} cameras x {live['offered_fps'] / live['cameras']:.0f} fps for {live['seconds']:.0f} s, "
+                     f"{live['workers']} workers")
+        lines.append(f"    ingested {live['ingested_fps']:.1f} fps, processed {live['processed_fps']:.1f} fps, "
+                     f"stale skipped {live['stale_skipped']:.0f}, trimmed {live['trimmed']:.0f}")
+        lines.append(f"    capture -> event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
+        lines.append(f"    backlog (frames): first tenth {live['backlog_first_tenth']}, last tenth {live['backlog_last_tenth']}")
+        lines.append("    worker time per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in live["stage_ms_per_frame"].items()))
+    for name in ("original", "direct", "batch", "live"):
+        section = summary.get(name)
+        for proc in (section or {}).get("processes", []):  # type: ignore[union-attr]
+            lines.append(f"    [{name}] {proc['process']}: CPU {proc['cpu_seconds']} s ({proc['cpu_cores_used']} cores), "
+                         f"peak RSS {proc['peak_rss_mb']} MB, RSS 1st/2nd half {proc['rss_first_half_mb']}/{proc['rss_second_half_mb']} MB")
+    for name, value in summary.get("ratios", {}).items():  # type: ignore[union-attr]
+        lines.append(f"ratio {name}: {value:.1f}x")
+    limit = summary.get("compute_limit")
+    if limit:
+        lines.append("compute limit: " + ", ".join(f"{k} {v}" for k, v in limit.items()))  # type: ignore[union-attr]
+    return "\n".join(lines)

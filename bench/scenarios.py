@@ -1,0 +1,285 @@
+"""The four measured paths of ``emotion-stream bench``, run on the same images.
+
+(a) original: Haar + VGG19 224 RGB, one predict per face (``original.py``)
+(b) direct:   our FaceAnalyzer on the files, batched, one process
+(c) batch:    batch mode through an embedded Redis with N in-process workers
+(d) live:     K synthetic 640x480 cameras at F fps through ingest -> Redis -> workers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from emotion_stream import keys, metrics
+from emotion_stream.redis_conn import EmbeddedRedis, connect
+from emotion_stream.settings import Settings
+
+from .measure import UsageSampler, percentiles
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    images: list[Path]
+    detector: str = "opencv"
+    workers: int = 2
+    batch_size: int = 16
+    max_wait_ms: int = 20
+    cameras: int = 4
+    fps: float = 15.0
+    live_seconds: float = 60.0
+    original_limit: int = 60
+
+
+def _settings(config: BenchConfig, **extra: object) -> Settings:
+    return Settings(detector=config.detector, batch_size=config.batch_size, max_wait_ms=config.max_wait_ms, **extra)
+
+
+def _stage_busy() -> dict[str, float]:
+    return {
+        stage: metrics.STAGE_BUSY_SECONDS.labels(stage)._value.get()  # noqa: SLF001 - own registry
+        for stage in metrics.STAGES
+    }
+
+
+def _processed_total() -> float:
+    return sum(
+        sample.value
+        for metric in metrics.FRAMES_PROCESSED.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def _counter_sum(counter, **labels: str) -> float:  # type: ignore[no-untyped-def]
+    total = 0.0
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+# ------------------------------------------------------------------------- (a)
+def run_original(config: BenchConfig) -> dict[str, object]:
+    from .original import OriginalPath
+
+    path = OriginalPath()
+    images = config.images[: config.original_limit]
+    path.predict_file(str(images[0]))  # warm-up (graph build)
+    with UsageSampler({"bench": os.getpid()}) as usage:
+        start = time.perf_counter()
+        for image in images:
+            path.predict_file(str(image))
+        wall = time.perf_counter() - start
+    return {
+        "images": len(images),
+        "ms_per_image": 1000 * wall / len(images),
+        "images_per_s": len(images) / wall,
+        "processes": usage.summaries(),
+    }
+
+
+# ------------------------------------------------------------------------- (b)
+def run_direct(config: BenchConfig, analyzer) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Per-stage CPU seconds (process time: includes OpenCV and TensorFlow threads)."""
+    from emotion_stream.images import read_image_file
+
+    batch = 32
+    cpu = {"decode": 0.0, "detect": 0.0, "classify": 0.0}
+    wall = {"decode": 0.0, "detect": 0.0, "classify": 0.0}
+    analyzer.analyze_batch([read_image_file(config.images[0])], whole_image_fallback=True)  # warm-up
+    faces = 0
+    with UsageSampler({"bench": os.getpid()}) as usage:
+        start = time.perf_counter()
+        for i in range(0, len(config.images), batch):
+            chunk = config.images[i : i + batch]
+            t, c = time.perf_counter(), time.process_time()
+            frames = [read_image_file(p) for p in chunk]
+            wall["decode"] += time.perf_counter() - t
+            cpu["decode"] += time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            detections = analyzer.detector.detect_batch(frames)
+            wall["detect"] += time.perf_counter() - t
+            cpu["detect"] += time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            results = analyzer.classify(frames, detections, [True] * len(frames))
+            wall["classify"] += time.perf_counter() - t
+            cpu["classify"] += time.process_time() - c
+            faces += sum(len(r) for r in results)
+        total = time.perf_counter() - start
+    n = len(config.images)
+    return {
+        "images": n,
+        "faces": faces,
+        "ms_per_image": 1000 * total / n,
+        "images_per_s": n / total,
+        "stage_ms_per_image": {k: 1000 * v / n for k, v in wall.items()},
+        "stage_cpu_ms_per_image": {k: 1000 * v / n for k, v in cpu.items()},
+        "processes": usage.summaries(),
+    }
+
+
+# ------------------------------------------------------------------------- (c)
+@contextlib.contextmanager
+def _folder_of(images: list[Path]) -> Iterator[Path]:
+    """The images in one folder (linked), as batch mode reads a folder."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    try:
+        for image in images:
+            target = folder / image.name
+            if not target.exists():
+                try:
+                    os.link(image, target)
+                except OSError:
+                    shutil.copy(image, target)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from batch import BatchJob
+    from model import FaceAnalyzer, create_detector
+    from worker import serve
+
+    settings = _settings(config)
+
+    async def main(url: str, folder: Path, out: Path) -> dict[str, object]:
+        stop = asyncio.Event()
+        workers = [
+            asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"bench-{i}"}), url, stop,
+                                      FaceAnalyzer(model, create_detector(config.detector))))
+            for i in range(config.workers)
+        ]
+        client = connect(url, "bench-batch")
+        busy0, processed0 = _stage_busy(), _processed_total()
+        start = time.perf_counter()
+        summary = await BatchJob(client, folder, out, settings).run()
+        wall = time.perf_counter() - start
+        busy1, processed1 = _stage_busy(), _processed_total()
+        stop.set()
+        await asyncio.gather(*workers)
+        await client.aclose()
+        frames = max(1.0, processed1 - processed0)
+        return {
+            "images": summary.rows,
+            "images_per_s": summary.rows / wall,
+            "seconds": wall,
+            "stage_ms_per_image": {s: 1000 * (busy1[s] - busy0[s]) / frames for s in busy1},
+        }
+
+    with _folder_of(config.images) as folder, EmbeddedRedis() as redis:
+        out = folder.parent / f"{folder.name}-submission.csv"
+        with UsageSampler({"bench (workers + job)": os.getpid(), "redis-server": redis._process.pid}) as usage:  # noqa: SLF001
+            result = asyncio.run(main(redis.url, folder, out))
+        out.unlink(missing_ok=True)
+    result["workers"] = config.workers
+    result["processes"] = usage.summaries()
+    return result
+
+
+# ------------------------------------------------------------------------- (d)
+def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from emotion_stream.events import live_events
+    from emotion_stream.schema import FaceEvent
+    from ingest.camera import IngestOptions, run_camera
+    from ingest.publisher import FramePublisher
+    from ingest.sources import SourceSpec
+    from model import FaceAnalyzer, create_detector
+    from worker import serve
+
+    settings = _settings(config)
+    latencies: list[float] = []
+    frames_seen: set[tuple[str, int]] = set()
+    backlog: list[int] = []
+
+    async def main(url: str) -> dict[str, object]:
+        stop = asyncio.Event()
+        client = connect(url, "bench-live")
+        tasks = [
+            asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"live-{i}"}), url, stop,
+                                      FaceAnalyzer(model, create_detector(config.detector))))
+            for i in range(config.workers)
+        ]
+        await asyncio.sleep(1.0)  # workers subscribed before the cameras start
+
+        async def subscriber() -> None:
+            async for event in live_events(client, None, stop):
+                if isinstance(event, FaceEvent) and event.face_index == 0:
+                    latencies.append(time.time() - event.captured_at)
+                    frames_seen.add((event.camera, event.seq))
+
+        async def watch_backlog() -> None:
+            while not stop.is_set():
+                total = 0
+                for cam in range(config.cameras):
+                    with contextlib.suppress(Exception):
+                        for info in await client.xinfo_groups(keys.frames(f"cam{cam}")):
+                            total += int(info["pending"])
+                        total += await _lag(client, keys.frames(f"cam{cam}"))
+                backlog.append(total)
+                await asyncio.sleep(1.0)
+
+        tasks.append(asyncio.create_task(subscriber()))
+        tasks.append(asyncio.create_task(watch_backlog()))
+        ingested0 = _counter_sum(metrics.FRAMES_INGESTED)
+        stale0 = _counter_sum(metrics.FRAMES_SKIPPED, reason="stale")
+        trimmed0 = _counter_sum(metrics.FRAMES_SKIPPED, reason="trimmed")
+        busy0, processed0 = _stage_busy(), _processed_total()
+        cameras = [
+            asyncio.create_task(run_camera(SourceSpec.parse("sample:1"), FramePublisher(client, f"cam{c}", settings),
+                                           IngestOptions(fps=config.fps), stop))
+            for c in range(config.cameras)
+        ]
+        start = time.perf_counter()
+        await asyncio.sleep(config.live_seconds)
+        stop.set()
+        await asyncio.gather(*cameras, *tasks, return_exceptions=True)
+        wall = time.perf_counter() - start
+        processed = _processed_total() - processed0
+        busy1 = _stage_busy()
+        await client.aclose()
+        return {
+            "ingested_fps": (_counter_sum(metrics.FRAMES_INGESTED) - ingested0) / wall,
+            "processed_fps": processed / wall,
+            "stale_skipped": _counter_sum(metrics.FRAMES_SKIPPED, reason="stale") - stale0,
+            "trimmed": _counter_sum(metrics.FRAMES_SKIPPED, reason="trimmed") - trimmed0,
+            "stage_ms_per_frame": {s: 1000 * (busy1[s] - busy0[s]) / max(1.0, processed) for s in busy1},
+        }
+
+    with EmbeddedRedis() as redis:
+        with UsageSampler({"bench (ingest + workers)": os.getpid(), "redis-server": redis._process.pid}) as usage:  # noqa: SLF001
+            result = asyncio.run(main(redis.url))
+    # Skip the first 5 s of latencies: workers warming up their compiled functions.
+    steady = latencies[int(len(latencies) * 5 / max(1.0, config.live_seconds)):]
+    tenth = max(1, len(backlog) // 10)
+    result.update(
+        cameras=config.cameras,
+        offered_fps=config.cameras * config.fps,
+        seconds=config.live_seconds,
+        workers=config.workers,
+        capture_to_event_ms={k: 1000 * v for k, v in percentiles(steady).items()},
+        frames_with_events=len(frames_seen),
+        backlog_first_tenth=sum(backlog[:tenth]) / tenth if backlog else None,
+        backlog_last_tenth=sum(backlog[-tenth:]) / tenth if backlog else None,
+        processes=usage.summaries(),
+    )
+    return result
+
+
+async def _lag(client, stream: str) -> int:  # type: ignore[no-untyped-def]
+    for info in await client.xinfo_groups(stream):
+        if info.get("lag") is not None:
+            return int(info["lag"])
+        last = info["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else last
+        return len(await client.xrange(stream, min=f"({last}", max="+", count=10_000))
+    return 0

@@ -1,0 +1,83 @@
+"""``emotion-stream bench``: the original path, our direct path, batch and live, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from emotion_stream.settings import Settings
+
+from .common import CommandError, add_command
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "faces" / "test_kaggle"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "bench", run, "measure throughput, latency, CPU and memory",
+        description=(
+            "Run, in one invocation on the same images: (a) the original solution's path "
+            "(Haar + VGG19 224, one predict per face), (b) our direct analyzer, (c) batch "
+            "mode through Redis with N workers, (d) a live load of K synthetic cameras. "
+            "Prints figures and ratios; asserts nothing."
+        ),
+    )
+    p.add_argument("--images", type=Path, default=None,
+                   help=f"folder of images (default {DEFAULT_IMAGES} if present, else generated samples)")
+    p.add_argument("--detector", choices=["opencv", "mtcnn"], default=None)
+    p.add_argument("--workers", type=int, default=None, help="workers for (c) and (d) (default: cores)")
+    p.add_argument("--cameras", type=int, default=4)
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--live-seconds", type=float, default=60.0)
+    p.add_argument("--original-limit", type=int, default=60, help="images timed on the slow original path")
+    p.add_argument("--only", default="original,direct,batch,live", help="comma-separated subset to run")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from bench.report import format_text, summarise
+    from bench.scenarios import BenchConfig, run_batch, run_direct, run_live, run_original
+    from emotion_stream.images import IMAGE_SUFFIXES
+    from model import EmotionModel, FaceAnalyzer, create_detector
+
+    chosen = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = chosen - {"original", "direct", "batch", "live"}
+    if unknown:
+        raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
+        folder = args.images or (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() else _sample_images(Path(tmp)))
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise CommandError(f"{folder}: no images")
+        config = BenchConfig(
+            images=images, detector=settings.detector, workers=args.workers or os.cpu_count() or 1,
+            cameras=args.cameras, fps=args.fps, live_seconds=args.live_seconds, original_limit=args.original_limit,
+        )
+        model = EmotionModel(settings.model_path)
+        results: dict[str, dict[str, object]] = {"config": {
+            "images": str(folder), "count": len(images), "detector": config.detector, "model": model.id}}
+        if "original" in chosen:
+            results["original"] = run_original(config)
+        if "direct" in chosen:
+            results["direct"] = run_direct(config, FaceAnalyzer(model, create_detector(config.detector)))
+        if "batch" in chosen:
+            results["batch"] = run_batch(config, model)
+        if "live" in chosen:
+            results["live"] = run_live(config, model)
+    summary = summarise(results)
+    print(json.dumps(summary, indent=2) if args.json else format_text(summary))
+    return 0
+
+
+def _sample_images(folder: Path) -> Path:
+    import cv2
+
+    from ingest.samples import sample_frame
+
+    for i in range(40):
+        cv2.imwrite(str(folder / f"sample_{i:03d}.jpg"), sample_frame(i * 0.37, size=(350, 350)))
+    return folder

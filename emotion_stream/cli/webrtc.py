@@ -1,0 +1,59 @@
+"""``emotion-stream webrtc``: the browser gateway."""
+
+from __future__ import annotations
+
+import argparse
+
+from emotion_stream.settings import Settings
+
+from .common import add_command, add_metrics_options, add_redis_option
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "webrtc", run, "serve a web page that streams the browser's camera (WebRTC)",
+        description=(
+            "Serve a page that sends the browser's camera over WebRTC. Frames go into the "
+            "camera's Redis stream like any ingest; the workers' events come back as boxes "
+            "and labels drawn on the returned video and as a live list. Each browser gets "
+            "its own camera id."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--fps", type=float, default=10.0, help="frames per second sent to the workers (default 10)")
+    p.add_argument("--token", default=None,
+                   help="required as ?token= for the page and in the offer (env EMOTION_STREAM_WEBRTC_TOKEN)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_redis_option(p)
+    add_metrics_options(p)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from emotion_stream.lifecycle import run_service
+    from emotion_stream.metrics import serve_metrics
+    from emotion_stream.redis_conn import connect, redis_url_or_embedded
+    from ingest.webrtc import Gateway
+
+    token = args.token or settings.webrtc_token
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+
+    async def main(stop):  # type: ignore[no-untyped-def]
+        client = connect(url, name="emotion-stream-webrtc")
+        runner = web.AppRunner(Gateway(client, settings, fps=args.fps, token=token).app())
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port).start()
+        import logging
+
+        logging.getLogger("emotion_stream.webrtc").info(
+            "serving http://%s:%d/%s", args.host, args.port, "?token=..." if token else "")
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            await client.aclose()
+
+    with redis_url_or_embedded(settings.redis_url) as url:
+        return run_service(main, args.duration)

@@ -1,0 +1,5 @@
+"""Browser ingest over WebRTC (aiortc + aiohttp)."""
+
+from .gateway import Gateway
+
+__all__ = ["Gateway"]

@@ -1,0 +1,253 @@
+"""The WebRTC gateway: a browser's camera in, annotated video and events back.
+
+One aiohttp app with three routes, as in aiortc's server example: ``/`` (the page),
+``/client.js`` and ``/offer``. Per browser (``Session``):
+
+  browser track --pump--> latest frame --rate limit--> FramePublisher -> Redis (like any ingest)
+  Redis pub/sub events:{camera} --> Overlay (boxes, labels) + data channel "events"
+  AnnotatedTrack: latest frame + overlay --> back to the browser
+
+Freshness over completeness: only the newest incoming frame is kept for the returned
+video. Each session has its own camera id; a closed peer connection stops its tasks and
+withdraws the camera.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from emotion_stream import keys, metrics
+from emotion_stream.events import live_events
+from emotion_stream.schema import FaceEvent
+from emotion_stream.settings import Settings
+from ingest.publisher import FramePublisher
+from ingest.sources import RateLimiter
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+OVERLAY_TTL_S = 1.5  # boxes older than this fade out (no face any more)
+COLOURS = {  # BGR per emotion
+    "anger": (40, 40, 230), "contempt": (160, 80, 160), "disgust": (40, 150, 60), "fear": (180, 60, 160),
+    "happy": (30, 200, 250), "neutral": (200, 200, 200), "sad": (200, 120, 40), "surprise": (0, 140, 255),
+    "uncertain": (128, 128, 128),
+}
+
+
+class Overlay:
+    """The faces of the most recent analysed frame, drawn onto outgoing video."""
+
+    def __init__(self) -> None:
+        self._seq = -1
+        self._faces: list[FaceEvent] = []
+        self._updated = 0.0
+
+    def update(self, event: FaceEvent) -> None:
+        if event.seq > self._seq:
+            self._seq, self._faces = event.seq, []
+        if event.seq == self._seq:
+            self._faces.append(event)
+            self._updated = time.monotonic()
+
+    def draw(self, image: np.ndarray, source_size: tuple[int, int]) -> None:
+        if time.monotonic() - self._updated > OVERLAY_TTL_S:
+            return
+        sx = image.shape[1] / max(1, source_size[0])
+        sy = image.shape[0] / max(1, source_size[1])
+        for face in self._faces:
+            x, y, w, h = face.box
+            p0, p1 = (int(x * sx), int(y * sy)), (int((x + w) * sx), int((y + h) * sy))
+            colour = COLOURS.get(face.emotion, (255, 255, 255))
+            cv2.rectangle(image, p0, p1, colour, 2)
+            label = f"{face.emotion} {face.confidence:.2f}"
+            (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
+            top = max(0, p0[1] - th - 8)
+            cv2.rectangle(image, (p0[0], top), (p0[0] + tw + 6, top + th + 8), colour, -1)
+            cv2.putText(image, label, (p0[0] + 3, top + th + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (20, 20, 20), 1, cv2.LINE_AA)
+
+
+class AnnotatedTrack(MediaStreamTrack):
+    """Outgoing video: the newest incoming frame with the overlay drawn on it."""
+
+    kind = "video"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    async def recv(self) -> VideoFrame:
+        frame = await self.session.next_display_frame()
+        image = frame.to_ndarray(format="bgr24")
+        self.session.overlay.draw(image, self.session.published_size)
+        out = VideoFrame.from_ndarray(image, format="bgr24")
+        out.pts, out.time_base = frame.pts, frame.time_base
+        return out
+
+
+class Session:
+    """One browser: its peer connection, camera id, tasks and overlay."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.camera = f"webrtc-{secrets.token_hex(4)}"
+        self.pc = RTCPeerConnection()
+        self.overlay = Overlay()
+        self.publisher = FramePublisher(gateway.redis, self.camera, gateway.settings)
+        self.channel = None
+        self.published_size = (640, 480)
+        self._display: asyncio.Queue[VideoFrame] = asyncio.Queue(maxsize=1)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def start(self, track: MediaStreamTrack) -> None:
+        self._tasks.append(asyncio.create_task(self._pump(track), name=f"pump-{self.camera}"))
+        self._tasks.append(asyncio.create_task(self._relay_events(), name=f"events-{self.camera}"))
+
+    async def next_display_frame(self) -> VideoFrame:
+        return await self._display.get()
+
+    async def _pump(self, track: MediaStreamTrack) -> None:
+        """Read every incoming frame; keep the newest for display; publish at --fps."""
+        limiter = RateLimiter(self.gateway.fps)
+        await self.publisher.register()
+        received = 0
+        try:
+            while not self._stop.is_set():
+                frame = await track.recv()
+                received += 1
+                if received == 1:
+                    log.info("camera %s: first frame %dx%d", self.camera, frame.width, frame.height)
+                elif received % 100 == 0:
+                    log.debug("camera %s: %d frames received, %d published", self.camera, received, self.publisher.seq)
+                if self._display.full():
+                    self._display.get_nowait()  # drop the stale one: freshness first
+                self._display.put_nowait(frame)
+                if limiter.ready():
+                    captured_at = time.time()  # arrival at the gateway
+                    # On the loop (~1 ms): PyAV frame conversion from another thread while
+                    # aiortc's decoder thread runs has stalled the pump here.
+                    image = frame.to_ndarray(format="bgr24")
+                    self.published_size = (image.shape[1], image.shape[0])
+                    await self.publisher.publish(image, captured_at)
+        except MediaStreamError:
+            log.info("camera %s: browser track ended", self.camera)
+        except Exception:
+            log.exception("camera %s: ingest from the browser failed", self.camera)
+        finally:
+            await self.close()
+
+    async def _relay_events(self) -> None:
+        async for event in live_events(self.gateway.redis, self.camera, self._stop):
+            if isinstance(event, FaceEvent):
+                self.overlay.update(event)
+            if self.channel is not None and self.channel.readyState == "open":
+                self.channel.send(json.dumps(asdict(event)))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        await self.pc.close()
+        try:
+            await self.gateway.redis.srem(keys.CAMERAS, self.camera)
+        except Exception:  # noqa: BLE001 - Redis down at close: the camera set is advisory
+            log.warning("camera %s: could not withdraw from the cameras set", self.camera)
+        self.gateway.sessions.discard(self)
+        metrics.PEERS_CONNECTED.set(len(self.gateway.sessions))
+        log.info("camera %s: session closed (%d open)", self.camera, len(self.gateway.sessions))
+
+
+class Gateway:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, fps: float, token: str | None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.fps = fps
+        self.token = token
+        self.sessions: set[Session] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024)  # SDP offers are a few KB
+        app.router.add_get("/", self.index)
+        app.router.add_get("/client.js", self.client_js)
+        app.router.add_post("/offer", self.offer)
+        app.on_shutdown.append(self.on_shutdown)
+        return app
+
+    def _authorised(self, given: str | None) -> bool:
+        if not self.token:
+            return True
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def index(self, request: web.Request) -> web.Response:
+        if not self._authorised(request.query.get("token")):
+            raise web.HTTPUnauthorized(text="a valid ?token= is required\n")
+        return web.FileResponse(STATIC / "index.html")
+
+    async def client_js(self, request: web.Request) -> web.Response:
+        return web.FileResponse(STATIC / "client.js")
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            params = await request.json()
+            description = RTCSessionDescription(sdp=str(params["sdp"]), type=str(params["type"]))
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text="expected JSON {sdp, type, token}\n") from None
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
+        if not self._authorised(params.get("token") or bearer):
+            raise web.HTTPUnauthorized(text="a valid token is required\n")
+        session = Session(self)
+        self.sessions.add(session)
+        metrics.PEERS_CONNECTED.set(len(self.sessions))
+        pc = session.pc
+
+        @pc.on("datachannel")
+        def on_datachannel(channel) -> None:  # type: ignore[no-untyped-def]
+            session.channel = channel
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            log.info("camera %s: connection %s", session.camera, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
+                await session.close()
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind != "video":
+                return
+            pc.addTrack(AnnotatedTrack(session))
+            session.start(track)
+
+        try:
+            await pc.setRemoteDescription(description)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - a broken offer must not leave a session
+            await session.close()
+            raise web.HTTPBadRequest(text=f"cannot negotiate: {exc}\n") from None
+        log.info("camera %s: browser connected (%d open)", session.camera, len(self.sessions))
+        return web.json_response(
+            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "camera": session.camera}
+        )
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions)), return_exceptions=True)
