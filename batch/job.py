@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.images import IMAGE_SUFFIXES
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff
-from emotion_stream.schema import FrameKind, FrameMessage, FrameResult, MessageError
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
+from emotion_stream.schema import FrameKind, FrameMessage, FrameResult, MessageError, validate_image_name
 from emotion_stream.settings import Settings
 
 from .submission import Journal, write_submission
@@ -68,8 +68,8 @@ def scan_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         name = path.name
         if name.startswith("."):
-            continue  # hidden files (.DS_Store, editor droppings) are not data
-        if path.is_symlink():
+            skipped[name] = "hidden file (name starts with '.')"
+        elif path.is_symlink():
             skipped[name] = "symbolic link (not followed)"
         elif path.is_dir():
             continue
@@ -78,7 +78,11 @@ def scan_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped[name] = f"not an image file extension ({path.suffix or 'none'})"
         else:
-            images.append(path)
+            try:
+                validate_image_name(name)
+                images.append(path)
+            except ValueError as exc:
+                skipped[name] = str(exc)
     return images, skipped
 
 
@@ -167,6 +171,8 @@ class BatchJob:
         while self._expected - self.done.keys():
             try:
                 reply = await self.redis.xread({self.results: last_id}, count=256, block=1000)
+            except ACCESS_ERRORS:
+                raise
             except TRANSIENT_ERRORS as exc:
                 log.warning("batch: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
@@ -201,6 +207,8 @@ class BatchJob:
         while True:
             try:
                 return await operation()
+            except ACCESS_ERRORS:
+                raise
             except TRANSIENT_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning("batch: Redis unavailable (%s); retrying in %.1f s", exc, delay)

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from . import keys
 from .logs import Throttled
-from .redis_conn import TRANSIENT_ERRORS, Backoff
+from .redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
 from .schema import EndOfStream, Event, FaceEvent, MessageError, parse_event
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ async def live_events(client: aioredis.Redis, camera: str | None = None, stop: a
                     yield parse_event(message["data"])
                 except MessageError as exc:
                     throttled.warning("bad-event", "ignored malformed event: %s", exc)
+        except ACCESS_ERRORS:
+            raise
         except TRANSIENT_ERRORS as exc:
             delay = backoff.next_delay()
             throttled.warning("events-down", "event subscription lost (%s); retrying in %.1f s", exc, delay)

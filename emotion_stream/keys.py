@@ -8,6 +8,10 @@ Streams (all bounded with MAXLEN ~):
 Other keys:
   {prefix}:cameras           set of camera ids whose frame streams workers consume
   {prefix}:workers           hash worker-name -> last heartbeat (unix seconds)
+  {prefix}:stats:{camera}    hash of frame counts, updated atomically with each add/ack:
+                             ingested, trimmed, processed, stale, dead_lettered
+                             (ingested = processed + stale + trimmed + dead_lettered
+                             once the stream is drained)
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ def frames(camera: str) -> str:
 def events(camera: str) -> str:
     """Durable events stream of a camera; the pub/sub channel has the same name."""
     return f"{PREFIX}:events:{camera}"
+
+
+STAT_FIELDS = ("ingested", "trimmed", "processed", "stale", "dead_lettered")
+
+
+def stats(camera: str) -> str:
+    return f"{PREFIX}:stats:{camera}"
 
 
 def results(job: str) -> str:

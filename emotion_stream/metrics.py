@@ -94,7 +94,7 @@ PEERS_CONNECTED = Gauge(f"{NS}_webrtc_peers", "Browser peer connections open")
 
 
 STAGES = ("queue_wait", "decode", "detect", "classify", "publish")
-DEAD_LETTER_KINDS = ("malformed_message", "undecodable_image", "analysis_failed")
+DEAD_LETTER_KINDS = ("malformed_message", "undecodable_image", "analysis_failed", "poison")
 SKIP_REASONS = ("stale", "trimmed")
 DROP_REASONS = ("redis_unavailable", "encode_error", "too_large", "bad_frame", "source_stalled")
 

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # Errors after which a connection is worth retrying (Redis restarting, network blip).
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError)
+# Refused credentials or permissions: retrying cannot help. redis-py derives
+# AuthenticationError from ConnectionError, so handlers re-raise these first.
+ACCESS_ERRORS = (redis.AuthenticationError, redis.exceptions.NoPermissionError)
 
 
 def redact(url: str) -> str:

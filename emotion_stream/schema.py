@@ -47,6 +47,13 @@ def validate_camera_id(camera: str) -> str:
     return camera
 
 
+def validate_image_name(name: str) -> str:
+    """A still image's name must be a bare file name: consumers may use it as one."""
+    if "/" in name or "\\" in name or name in (".", "..") or "\x00" in name or len(name.encode()) > _MAX_NAME:
+        raise ValueError(f"invalid image name {name!r}: must be a bare file name")
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class FrameMessage:
     """One frame (or still image) on a camera's frame stream."""
@@ -97,8 +104,10 @@ class FrameMessage:
             raise MessageError(f"negative seq {seq}")
         captured_at = f.number("captured_at")
         name = f.text("name", _MAX_NAME, default="")
-        if "/" in name or "\\" in name or name in (".", ".."):
-            raise MessageError(f"invalid image name {name!r}: must be a bare file name")
+        try:
+            validate_image_name(name) if name else None
+        except ValueError as exc:
+            raise MessageError(str(exc)) from None
         reply_to = f.text("reply_to", 512, default="")
         if reply_to and not reply_to.startswith(keys.results("")):
             # A hostile writer must not make workers write to arbitrary keys.

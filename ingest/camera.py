@@ -32,7 +32,6 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
     label = metrics.camera_label(camera)
     throttled = Throttled(log)
     backoff = Backoff(0.5, options.max_backoff)
-    await publisher.register()
 
     while not stop.is_set():
         if source is None:

@@ -12,14 +12,15 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS
 from emotion_stream.schema import FrameKind, FrameMessage
 from emotion_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # XADD, then trim to exactly MAXLEN. Trimmed entries the consumer group never received
-# are frames lost to the bound: return their number so they are counted, not silent.
+# are frames lost to the bound: counted in the camera's stats hash and returned, never
+# silent. KEYS: stream, stats hash. ARGV: maxlen, group, frames counted (0|1), fields...
 _ADD_BOUNDED = """
 local function after(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -27,7 +28,8 @@ local function after(a, b)
   ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
   return ams > bms or (ams == bms and aseq > bseq)
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'ingested', 1) end
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
 local lost = 0
 if excess > 0 then
@@ -44,6 +46,7 @@ if excess > 0 then
     if after(entry[1], delivered) then lost = lost + 1 end
   end
   redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+  if lost > 0 then redis.call('HINCRBY', KEYS[2], 'trimmed', lost) end
 end
 return {id, lost}
 """
@@ -96,13 +99,16 @@ class FramePublisher:
         return await self._append(FrameMessage(self.camera, self.seq, time.time(), FrameKind.END))
 
     async def _append(self, message: FrameMessage) -> bool:
-        args: list[object] = [self.settings.frames_max_len, keys.WORKER_GROUP]
+        counted = 1 if message.kind is FrameKind.LIVE else 0
+        args: list[object] = [self.settings.frames_max_len, keys.WORKER_GROUP, counted]
         for name, value in message.to_fields().items():
             args += [name, value]
         try:
             if not self._registered:
                 await self.register()
-            _id, lost = await self._add(keys=[self.stream], args=args)
+            _id, lost = await self._add(keys=[self.stream, keys.stats(self.camera)], args=args)
+        except ACCESS_ERRORS:
+            raise
         except TRANSIENT_ERRORS as exc:
             metrics.REDIS_ERRORS.labels("ingest").inc()
             self._drop("redis_unavailable", "camera %s: Redis unavailable, frame dropped: %s", exc)

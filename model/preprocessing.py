@@ -43,11 +43,14 @@ def to_model_input(faces: Sequence[np.ndarray], meta: ModelMetadata) -> np.ndarr
     size = (meta.input_width, meta.input_height)
     batch = np.empty((len(faces), meta.input_height, meta.input_width, meta.channels), np.float32)
     for i, face in enumerate(faces):
-        batch[i] = _convert(face, size, meta)
+        batch[i] = resize_face(face, meta)
     return scale_pixels(batch, meta.preprocessing)
 
 
-def _convert(face: np.ndarray, size: tuple[int, int], meta: ModelMetadata) -> np.ndarray:
+def resize_face(face: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """A uint8 crop at the model's size and channel order, not yet scaled. Training
+    uses this too, so the model sees exactly the pixels it will see in service."""
+    size = (meta.input_width, meta.input_height)
     if face.ndim == 2:
         face = face[:, :, None]
     if face.shape[0] < 1 or face.shape[1] < 1:

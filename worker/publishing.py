@@ -17,10 +17,12 @@ from emotion_stream import keys
 
 RESULTS_TTL_S = 7 * 24 * 3600  # a batch job abandoned by its collector does not linger forever
 
-# KEYS: frames stream, output stream, results stream
-# ARGV: group, entry id, output maxlen, result json or '', results ttl, payload...
+# KEYS: frames stream, output stream, results stream, stats hash
+# ARGV: group, entry id, output maxlen, result json or '', results ttl, stats field or '',
+#       payload...
 _PREAMBLE = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[6], 1) end
 if ARGV[4] ~= '' then
   redis.call('XADD', KEYS[3], '*', 'result', ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[5])
@@ -29,7 +31,7 @@ end
 
 # payload: event JSON documents; each goes to the events stream and its pub/sub channel.
 _PUBLISH = _PREAMBLE + """
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[i])
   redis.call('PUBLISH', KEYS[2], ARGV[i])
 end
@@ -38,8 +40,8 @@ return 1
 
 # payload: field/value pairs of the dead-letter entry.
 _DEAD_LETTER = _PREAMBLE + """
-if #ARGV > 5 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6))
+if #ARGV > 6 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 7))
 end
 return 1
 """
@@ -57,10 +59,7 @@ class Outcome:
     reply_to: str = ""
     dead_letter: dict[bytes | str, bytes | str] | None = None  # dead-letter entry fields
     captured_at: float | None = None  # set for analysed frames (latency and accounting)
-
-    @property
-    def plain_ack(self) -> bool:
-        return not self.events and not self.result and self.dead_letter is None
+    stat: str = ""  # field of the camera's stats hash to count this frame under
 
 
 class OutcomeWriter:
@@ -78,21 +77,19 @@ class OutcomeWriter:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for o in outcomes:
-            if o.plain_ack:
-                await pipe.xack(o.stream, self.group, o.entry_id)
-                continue
             results_key = o.reply_to or keys.results("none")
+            stats_key = keys.stats(keys.camera_of_frames_key(o.stream))
             if o.dead_letter is not None:
                 payload = [item for pair in o.dead_letter.items() for item in pair]
                 await self._dead_letter(
-                    keys=[o.stream, keys.DEAD_LETTER, results_key],
-                    args=[self.group, o.entry_id, self.dead_letter_max_len, o.result, RESULTS_TTL_S, *payload],
+                    keys=[o.stream, keys.DEAD_LETTER, results_key, stats_key],
+                    args=[self.group, o.entry_id, self.dead_letter_max_len, o.result, RESULTS_TTL_S, o.stat, *payload],
                     client=pipe,
                 )
             else:
                 await self._publish(
-                    keys=[o.stream, keys.events(o.camera), results_key],
-                    args=[self.group, o.entry_id, self.events_max_len, o.result, RESULTS_TTL_S, *o.events],
+                    keys=[o.stream, keys.events(o.camera or "none"), results_key, stats_key],
+                    args=[self.group, o.entry_id, self.events_max_len, o.result, RESULTS_TTL_S, o.stat, *o.events],
                     client=pipe,
                 )
         replies = await pipe.execute()

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from emotion_stream import keys, metrics
 from emotion_stream.images import ImageLimits
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
 from emotion_stream.schema import (
     EndOfStream,
     FaceEvent,
@@ -46,6 +46,7 @@ from .streams import ConsumerGroup, Entry
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+MAX_DELIVERIES = 3  # an entry handed out this often without completing is poison
 ALIVE_WINDOW_S = 10.0
 READ_BLOCK_MS = 250  # also bounds how long shutdown waits for the reader
 
@@ -107,6 +108,8 @@ class Worker:
                 await self.redis.ping()
                 await self.group.refresh()
                 return
+            except ACCESS_ERRORS:
+                raise
             except TRANSIENT_ERRORS as exc:
                 metrics.REDIS_ERRORS.labels("worker").inc()
                 delay = backoff.next_delay()
@@ -133,6 +136,8 @@ class Worker:
                 try:
                     entries = await self.group.read(min(room, self.settings.batch_size), READ_BLOCK_MS)
                     backoff.reset()
+                except ACCESS_ERRORS:
+                    raise
                 except TRANSIENT_ERRORS as exc:
                     await self._redis_down("read", exc, backoff, stop)
                     continue
@@ -226,12 +231,17 @@ class Worker:
             camera = keys.camera_of_frames_key(entry.stream)
             if entry.fields is None:
                 metrics.FRAMES_SKIPPED.labels(metrics.camera_label(camera), "trimmed").inc()
-                outcomes.append(Outcome(entry.stream, entry.id))
+                outcomes.append(Outcome(entry.stream, entry.id, stat="trimmed"))
                 continue
             try:
                 message = FrameMessage.from_fields(entry.fields, max_image_bytes=self.settings.max_image_bytes)
             except MessageError as exc:
                 outcomes.append(self._dead_letter(entry, str(exc), None, "malformed_message"))
+                continue
+            if entry.deliveries > MAX_DELIVERIES:
+                # Workers died on it repeatedly (e.g. a crash in a codec): stop the cycle.
+                reason = f"delivered {entry.deliveries} times without completing (poison message?)"
+                outcomes.append(self._dead_letter(entry, reason, message, "poison"))
                 continue
             if message.kind is FrameKind.END:
                 outcomes.append(Outcome(entry.stream, entry.id, message.camera,
@@ -243,7 +253,7 @@ class Worker:
                     f"stale:{message.camera}", "camera %s: skipped stale frame %d (%.2f s old)",
                     message.camera, message.seq, now - message.captured_at,
                 )
-                outcomes.append(Outcome(entry.stream, entry.id))
+                outcomes.append(Outcome(entry.stream, entry.id, stat="stale"))
                 continue
             metrics.STAGE_SECONDS.labels("queue_wait", *labels).observe(queue_wait)
             work.append((entry, message))
@@ -319,7 +329,8 @@ class Worker:
             ).to_json()
         # A frame without faces still gets an outcome: it is acked and counted as processed.
         return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
-                       message.reply_to, captured_at=message.captured_at)
+                       message.reply_to, captured_at=message.captured_at,
+                       stat="processed" if message.kind is FrameKind.LIVE else "")
 
     def _dead_letter(self, entry: Entry, reason: str, message: FrameMessage | None, kind: str) -> Outcome:
         metrics.FRAMES_DEAD_LETTERED.labels(kind).inc()
@@ -330,8 +341,9 @@ class Worker:
         fields = dead_letter_fields(
             entry.fields or {}, stream=entry.stream, entry_id=entry.id, reason=reason, worker=self.name, at=time.time()
         )
+        live = message is None or message.kind is FrameKind.LIVE  # unparsed: count it
         return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
-                       reply_to=message.reply_to if message else "")
+                       reply_to=message.reply_to if message else "", stat="dead_lettered" if live else "")
 
     async def _write(self, outcomes: list[Outcome]) -> list[bool]:
         """Write outcomes, retrying through Redis outages: the work is already done."""
@@ -339,6 +351,8 @@ class Worker:
         while True:
             try:
                 return await self.writer.write(outcomes)
+            except ACCESS_ERRORS:
+                raise
             except TRANSIENT_ERRORS as exc:
                 if self._reading_done.is_set() and backoff.attempt > 5:
                     # Shutting down with Redis gone: leave the entries pending for others.

@@ -23,6 +23,7 @@ class Entry:
     stream: str
     id: str
     fields: dict[bytes, bytes] | None  # None: the entry was trimmed while pending
+    deliveries: int = 1  # times Redis has handed this entry to a consumer
 
     @property
     def enqueued_at(self) -> float:
@@ -106,7 +107,18 @@ class ConsumerGroup:
                     claimed.append(Entry(stream, _decode(entry_id), fields or None))
             for entry_id in reply[2] if len(reply) > 2 else []:
                 claimed.append(Entry(stream, _decode(entry_id), None))
-        return claimed
+        return await self._with_deliveries(claimed)
+
+    async def _with_deliveries(self, entries: list[Entry]) -> list[Entry]:
+        """Attach each claimed entry's delivery count (one XPENDING call per stream)."""
+        counted: list[Entry] = []
+        for stream in {e.stream for e in entries}:
+            mine = [e for e in entries if e.stream == stream]
+            ids = sorted(mine, key=lambda e: tuple(int(p) for p in e.id.split("-")))
+            pending = await self.redis.xpending_range(stream, self.group, ids[0].id, ids[-1].id, len(mine) + 100)
+            times = {_decode(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            counted += [Entry(e.stream, e.id, e.fields, times.get(e.id, 1)) for e in mine]
+        return counted
 
     async def backlog(self) -> dict[str, tuple[int, int]]:
         """stream -> (lag: not yet delivered, pending: delivered, not acked)."""

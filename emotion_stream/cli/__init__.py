@@ -60,10 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-stream: error: invalid setting: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
     try:
         return int(args.run(args, settings) or 0)
     except CommandError as exc:
         print(f"emotion-stream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (AuthenticationError, NoPermissionError) as exc:
+        # Wrong credentials do not heal by retrying: say so and stop.
+        print(f"emotion-stream {args.command}: error: Redis refused access: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         logging.getLogger("emotion_stream").info("interrupted")

@@ -125,7 +125,6 @@ class Session:
     async def _pump(self, track: MediaStreamTrack) -> None:
         """Read every incoming frame; keep the newest for display; publish at --fps."""
         limiter = RateLimiter(self.gateway.fps)
-        await self.publisher.register()
         received = 0
         try:
             while not self._stop.is_set():

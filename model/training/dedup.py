@@ -148,19 +148,25 @@ def _rescale(t: np.ndarray, s: float) -> np.ndarray:
     return cv2.warpAffine(t, m, (_N, _N), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
+_MIN_DETAIL = 0.5  # std of the band-pass image below which a picture is flat
+
+
 def _best_match(a: np.ndarray, b: np.ndarray) -> float:
     """Best normalised correlation of a's central 70 % anywhere in b, and vice versa."""
     m = int(_N * 0.15)
-    return max(
-        float(cv2.minMaxLoc(cv2.matchTemplate(y, x[m : _N - m, m : _N - m], cv2.TM_CCOEFF_NORMED))[1])
-        for x, y in ((a, b), (b, a))
-    )
+    scores = [cv2.minMaxLoc(cv2.matchTemplate(y, x[m : _N - m, m : _N - m], cv2.TM_CCOEFF_NORMED))[1]
+              for x, y in ((a, b), (b, a))]
+    return float(np.nan_to_num(max(scores), nan=0.0))  # flat regions give NaN: no evidence
 
 
 def similarity(a: Fingerprint, b: Fingerprint) -> float:
     """Detail correlation after registration: ~1 for copies, below 0.6 for other photos."""
     ta, tb = a.thumb.astype(np.float32), b.thumb.astype(np.float32)
     da, db = _detail(ta), _detail(tb)
+    flat_a, flat_b = da.std() < _MIN_DETAIL, db.std() < _MIN_DETAIL
+    if flat_a or flat_b:
+        # No detail to compare: only two flat pictures of the same brightness are copies.
+        return 1.0 if flat_a and flat_b and abs(float(ta.mean() - tb.mean())) < 4 else 0.0
     best = _best_match(da, db)
     if best >= DEFAULT_THRESHOLD:
         return best

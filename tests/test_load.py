@@ -1,0 +1,99 @@
+"""Overload: cameras push faster than the worker can process, for a bounded time."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from emotion_stream import keys
+from emotion_stream.redis_conn import free_port
+
+from .procs import wait_for
+from .test_observability import sample_value, scrape
+
+CAMERAS = 6
+FPS = 15
+SECONDS = 25
+MAX_LEN = 32
+MAX_AGE = 1.0
+
+
+@pytest.mark.slow
+def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redis_client, services):
+    url = redis_server.url
+    metrics_port = free_port()
+    worker = services("worker", "worker", "--redis", url, "--max-frame-age", str(MAX_AGE), "--batch-size", "8",
+                      "--metrics-port", str(metrics_port))
+    wait_for(lambda: _up(metrics_port), 60, "the worker")
+    ingests = [
+        services(f"ingest-{i}", "ingest", "sample:1", "--camera", f"load{i}", "--fps", str(FPS), "--redis", url,
+                 "--max-len", str(MAX_LEN), "--duration", str(SECONDS))
+        for i in range(CAMERAS)
+    ]
+    redis_memory, worker_rss = [], []
+    worker_process = psutil.Process(worker.process.pid)
+    start = time.monotonic()
+    while any(p.alive() for p in ingests):
+        redis_memory.append(int(redis_client.info("memory")["used_memory"]))
+        worker_rss.append(worker_process.memory_info().rss)
+        for i in range(CAMERAS):
+            assert redis_client.xlen(keys.frames(f"load{i}")) <= MAX_LEN + 1  # the bound holds
+        time.sleep(1.0)
+        assert time.monotonic() - start < SECONDS + 60
+    for p in ingests:
+        assert p.wait(30) == 0, p.output
+
+    def drained() -> bool:
+        for i in range(CAMERAS):
+            for info in redis_client.xinfo_groups(keys.frames(f"load{i}")):
+                if info["pending"] or info.get("lag"):
+                    return False
+                last = info["last-delivered-id"].decode()
+                if redis_client.xrange(keys.frames(f"load{i}"), min=f"({last}", max="+", count=1):
+                    return False
+        return True
+
+    wait_for(drained, 60, "the streams to drain")
+    totals = {field: 0 for field in keys.STAT_FIELDS}
+    for i in range(CAMERAS):
+        stats = {k.decode(): int(v) for k, v in redis_client.hgetall(keys.stats(f"load{i}")).items()}
+        counted = sum(stats.get(f, 0) for f in ("processed", "stale", "trimmed", "dead_lettered"))
+        assert stats["ingested"] == counted, (f"load{i}", stats)  # no frame unaccounted
+        for field in totals:
+            totals[field] += stats.get(field, 0)
+    offered = CAMERAS * FPS * SECONDS
+    assert totals["ingested"] >= 0.6 * offered
+    assert totals["stale"] + totals["trimmed"] > 0.1 * totals["ingested"], "the worker was not overloaded"
+    assert totals["processed"] > 0
+
+    # Worker metrics agree with the durable counts.
+    text = scrape(metrics_port)
+    processed_metric = sum(sample_value(text, "emotion_stream_frames_processed_total", camera=f"load{i}") for i in range(CAMERAS))
+    assert processed_metric == totals["processed"]
+
+    # Memory stays bounded: the second half of the run is not above the first by more than noise.
+    half = len(redis_memory) // 2
+    assert max(redis_memory[half:]) < 1.5 * max(redis_memory[:half]) + 2_000_000
+    assert max(worker_rss[half:]) < 1.2 * max(worker_rss[:half])
+
+    # Freshest frames stay fresh: what is processed was at most MAX_AGE old when it started.
+    latencies = [json.loads(fields[b"event"])
+                 for i in range(CAMERAS) for _, fields in redis_client.xrange(keys.events(f"load{i}"))]
+    lat = [e["processed_at"] - e["captured_at"] for e in latencies if e["type"] == "face"]
+    p99 = float(np.percentile(lat, 99))
+    assert p99 < MAX_AGE + 1.5, p99
+    print(f"\nload: {json.dumps(totals)}; p99 capture->processed {p99 * 1000:.0f} ms; "
+          f"redis {max(redis_memory) / 2**20:.1f} MB peak; worker RSS {max(worker_rss) / 2**20:.0f} MB peak")
+    assert worker.stop() == 0
+
+
+def _up(port: int) -> bool:
+    try:
+        scrape(port)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,127 @@
+"""Faults with real processes and signals: dead workers, Redis outages, bad cameras."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import time
+
+import cv2
+import pytest
+
+from emotion_stream import keys
+from emotion_stream.redis_conn import free_port
+
+from .mjpeg_camera import MJPEGCamera
+from .procs import wait_for
+from .test_observability import sample_value, scrape
+from .test_pipeline import WORKER_FLAGS, faces_of
+
+
+@pytest.mark.slow
+def test_batch_writes_every_row_once_when_a_worker_is_killed(redis_server, redis_client, services, tmp_path, face_bgr):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    total = 240
+    for i in range(total):
+        cv2.imwrite(str(folder / f"face_{i:04d}.jpg"), cv2.resize(face_bgr, (220 + i % 9 * 15, 260 + i % 4 * 20)))
+    url = redis_server.url
+    slow = ("--batch-size", "4", "--max-wait-ms", "0", "--claim-idle-ms", "1500")
+    victim = services("victim", "worker", "--redis", url, *slow, "--name", "victim")
+    services("survivor", "worker", "--redis", url, *slow, "--name", "survivor")
+    out = tmp_path / "submission.csv"
+    job = services("batch", "batch", str(folder), "--out", str(out), "--redis", url, "--workers", "0")
+
+    def victim_busy() -> bool:
+        for stream in redis_client.smembers(keys.CAMERAS):
+            name = keys.frames(stream.decode())
+            try:
+                if redis_client.xpending_range(name, keys.WORKER_GROUP, "-", "+", 5, consumername="victim"):
+                    return True
+            except Exception:
+                pass
+        return False
+
+    wait_for(victim_busy, 120, "the victim to hold in-flight images")
+    victim.signal(signal.SIGKILL)
+    assert job.wait(300) == 0, job.output
+    with out.open(newline="") as fh:
+        names = [row[0] for row in list(csv.reader(fh))[1:]]
+    assert names == [f"face_{i:04d}.jpg" for i in range(total)]  # every row exactly once
+
+
+@pytest.mark.slow
+def test_redis_outage_and_restart_pipeline_resumes(redis_server, redis_client, services):
+    url = redis_server.url
+    ingest_metrics, worker_metrics = free_port(), free_port()
+    worker = services("worker", "worker", "--redis", url, "--metrics-port", str(worker_metrics))
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "lab", "--fps", "10", "--redis", url,
+                      "--metrics-port", str(ingest_metrics))
+    wait_for(lambda: len(faces_of(redis_client, "lab")) >= 10, 90, "events before the outage")
+    before = max(f.seq for f in faces_of(redis_client, "lab"))
+
+    redis_server.stop()  # SIGTERM: AOF flushed, like a maintenance restart
+    time.sleep(10)
+    assert worker.alive() and ingest.alive()
+    redis_server.start()
+
+    wait_for(lambda: max(f.seq for f in faces_of(redis_client, "lab")) >= before + 20, 90,
+             "events to resume after Redis came back")
+    ingest_text, worker_text = scrape(ingest_metrics), scrape(worker_metrics)
+    dropped = sample_value(ingest_text, "emotion_stream_frames_dropped_total", camera="lab", reason="redis_unavailable")
+    assert dropped > 0, "live frames lost during the outage must be counted"
+    assert sample_value(ingest_text, "emotion_stream_redis_errors_total", component="ingest") > 0
+    assert sample_value(worker_text, "emotion_stream_redis_errors_total", component="worker") > 0
+    assert "Redis unavailable" in ingest.output and "Redis read failed" in worker.output
+    assert worker.stop() == 0 and ingest.stop() == 0
+
+
+@pytest.mark.slow
+def test_camera_that_changes_resolution_sends_garbage_and_stalls(redis_server, redis_client, services):
+    url = redis_server.url
+    metrics_port = free_port()
+    with MJPEGCamera(free_port()) as camera:
+        services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+        ingest = services("ingest", "ingest", camera.url, "--camera", "flaky", "--fps", "10", "--redis", url,
+                          "--metrics-port", str(metrics_port))
+
+        def events_after(seq: int) -> bool:
+            faces = faces_of(redis_client, "flaky")
+            return bool(faces) and max(f.seq for f in faces) >= seq
+
+        wait_for(lambda: events_after(5), 90, "first events")
+        camera.mode = "small"  # resolution change mid-stream
+        seq = max(f.seq for f in faces_of(redis_client, "flaky"))
+        wait_for(lambda: events_after(seq + 10), 60, "events after the resolution change")
+        camera.mode = "garbage"  # bytes that are not a JPEG
+        time.sleep(3)
+        camera.mode = "stall"  # connection open, nothing sent
+        time.sleep(8)
+        camera.mode = "normal"
+        seq = max(f.seq for f in faces_of(redis_client, "flaky"))
+        wait_for(lambda: events_after(seq + 10), 90, "events after garbage and a stall")
+        reconnects = sample_value(scrape(metrics_port), "emotion_stream_source_reconnects_total", camera="flaky")
+        assert reconnects >= 1
+        assert ingest.alive() and "reconnecting" in ingest.output
+
+
+@pytest.mark.slow
+def test_sigterm_worker_finishes_in_flight_work_and_exits_0(redis_server, redis_client, services, tmp_path):
+    url = redis_server.url
+    worker = services("worker", "worker", "--redis", url, "--name", "w1", "--detector", "mtcnn",
+                      "--batch-size", "8", "--max-frame-age", "600")
+    services("ingest", "ingest", "sample:3", "--camera", "hall", "--fps", "30", "--redis", url)
+    stream = keys.frames("hall")
+
+    def w1_pending() -> int:
+        try:
+            return len(redis_client.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 100, consumername="w1"))
+        except Exception:
+            return 0
+
+    wait_for(lambda: faces_of(redis_client, "hall") and w1_pending() > 0, 120, "w1 busy with frames")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.output
+    assert w1_pending() == 0, "the stopped worker left entries pending for others to wait out"
+    consumers = {c["name"].decode() for c in redis_client.xinfo_consumers(stream, keys.WORKER_GROUP)}
+    assert "w1" not in consumers  # it left the group cleanly

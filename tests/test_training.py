@@ -1,0 +1,142 @@
+"""prepare (faces, planted near-duplicates, no-face images) and a short train run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emotion_stream.cli import main
+from emotion_stream.labels import EMOTIONS
+
+EXE = str(Path(sys.executable).with_name("emotion-stream"))
+
+
+def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), (w, h),
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def distinct_faces(face: np.ndarray) -> dict[str, np.ndarray]:
+    """Five images that are not copies of each other (checked: pairwise similarity
+    <= 0.56), each with a detectable face: the portrait, its mirror image, rotations."""
+    mirror = np.ascontiguousarray(face[:, ::-1])
+    return {"orig": face, "mirror": mirror, "o-15": _rotate(face, -15), "m+15": _rotate(mirror, 15),
+            "m-15": _rotate(mirror, -15)}
+
+
+def _shift(image: np.ndarray, fraction: float = 0.07) -> np.ndarray:
+    dy, dx = int(image.shape[0] * fraction), int(image.shape[1] * fraction / 2)
+    return cv2.copyMakeBorder(image[dy:, dx:], 0, dy, 0, dx, cv2.BORDER_REPLICATE)
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        h.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture()
+def planted(tmp_path, face_bgr):
+    faces = distinct_faces(face_bgr)
+    root = tmp_path / "train"
+    files: dict[str, np.ndarray | bytes] = {
+        "happy/orig.jpg": faces["orig"],
+        "happy/orig_small.jpg": cv2.resize(faces["orig"], None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA),
+        "happy/m-15.jpg": faces["m-15"],
+        "sad/mirror.jpg": faces["mirror"],
+        "sad/mirror_q30.jpg": cv2.imencode(".jpg", faces["mirror"], [cv2.IMWRITE_JPEG_QUALITY, 30])[1].tobytes(),
+        "angry/o-15.jpg": faces["o-15"],  # "angry": a dataset spelling of anger
+        "angry/m+15.png": faces["m+15"],
+        "surprise/o-15_shifted.jpg": _shift(faces["o-15"]),
+        "neutral/blank.jpg": np.full((300, 300, 3), 128, np.uint8),
+        "neutral/noise.png": np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8),
+        "happy/notes.txt": b"not an image",
+    }
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            cv2.imwrite(str(path), content)
+    return root
+
+
+def test_prepare_finds_exactly_the_planted_duplicates_and_no_face_images(planted, tmp_path, capsys):
+    before = _digest(planted)
+    out = tmp_path / "clean"
+    assert main(["prepare", str(planted), "--out", str(out), "--detector", "opencv", "--workers", "2"]) == 0
+    summary = capsys.readouterr().out
+    assert _digest(planted) == before  # the input folder is never modified
+    report = json.loads((out / "report.json").read_text())
+    groups = sorted((g["kind"], tuple(g["members"])) for g in report["groups"])
+    assert groups == [
+        ("across", ("anger/o-15.jpg", "surprise/o-15_shifted.jpg")),
+        ("within", ("happy/orig.jpg", "happy/orig_small.jpg")),
+        ("within", ("sad/mirror.jpg", "sad/mirror_q30.jpg")),
+    ]
+    kept = sorted(str(p.relative_to(out)) for p in out.glob("*/*.jpg"))
+    assert kept == ["anger/m+15.png.jpg", "happy/m-15.jpg", "happy/orig.jpg", "sad/mirror.jpg"]
+    assert report["no_face"] == 2 and report["before"]["neutral"] == 2 and "neutral" not in report["after"]
+    assert report["skipped_files"] == {"happy/notes.txt": "not an image file extension (.txt)"}
+    rows = (out / "report.csv").read_text().splitlines()
+    assert rows[0] == "image,label,outcome,faces,duplicate_group,error" and len(rows) == 11
+    assert "duplicate groups:     3 (2 within one label" in summary
+    for crop in out.glob("*/*.jpg"):  # square face crops
+        image = cv2.imread(str(crop))
+        assert image.shape[0] == image.shape[1] and image.shape[0] >= 64
+
+    # Resumable: a second run reuses the cache and decides the same.
+    assert main(["prepare", str(planted), "--out", str(out), "--detector", "opencv", "--workers", "1"]) == 0
+    assert json.loads((out / "report.json").read_text())["groups"] == report["groups"]
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.jpg")) == kept
+
+
+@pytest.mark.slow
+def test_train_one_short_epoch_then_load_and_evaluate(tmp_path, face_bgr, capsys):
+    faces = distinct_faces(face_bgr)
+    data = tmp_path / "clean"
+    labels_csv = tmp_path / "labels.csv"
+    rows = ["image_path,emotion"]
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    for label, base in (("happy", "orig"), ("sad", "mirror"), ("surprise", "o-15")):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            variant = cv2.convertScaleAbs(faces[base], alpha=0.8 + 0.08 * i, beta=i * 3)
+            cv2.imwrite(str(data / label / f"{base}_{i}.jpg"), cv2.resize(variant, (160, 160)))
+        cv2.imwrite(str(test_dir / f"{label}.jpg"), faces[base])
+        rows.append(f"{label}.jpg,{label}")
+    labels_csv.write_text("\n".join(rows) + "\n")
+    model_dir = tmp_path / "model"
+    result = subprocess.run(
+        [EXE, "train", str(data), "--out", str(model_dir), "--weights", "none", "--epochs", "1",
+         "--frozen-epochs", "0", "--train-batch-size", "4"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.keras", "model.json", "curves.png", "MODEL_CARD.md", "history.json", "report.json"):
+        assert (model_dir / name).is_file(), name
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["labels"] == list(EMOTIONS) and meta["input_height"] == 64 and meta["channels"] == 1
+
+    from model import EmotionModel
+
+    model = EmotionModel(model_dir / "model.keras")
+    probs = model.predict_proba([face_bgr])
+    assert probs.shape == (1, 9) and abs(float(probs.sum()) - 1) < 1e-4
+    assert main(["evaluate", str(test_dir), "--labels", str(labels_csv), "--model",
+                 str(model_dir / "model.keras"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scored"] == 3 and 0.0 <= report["accuracy"] <= 1.0
