@@ -36,6 +36,12 @@ def format_text(summary: dict[str, object]) -> str:
     o = summary.get("original")
     if o:
         lines.append(f"(a) original path     {o['ms_per_image']:8.1f} ms/image  {o['images_per_s']:7.1f} images/s  ({o['images']} images)")
+    det = summary.get("detector")
+    if det:
+        found = det["images_with_faces"]
+        lines.append(f"    detector {det['detector']}: naive per image {det['naive_ms_per_image']:.1f} ms, ours "
+                     f"{det['ours_ms_per_image']:.1f} ms ({det['speedup']:.1f}x); images with faces "
+                     f"{found['naive']}/{found['of']} naive, {found['ours']}/{found['of']} ours")
     d = summary.get("direct")
     if d:
         lines.append(f"(b) direct analyzer   {d['ms_per_image']:8.1f} ms/image  {d['images_per_s']:7.1f} images/s  ({d['images']} images)")

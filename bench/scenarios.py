@@ -36,6 +36,7 @@ class BenchConfig:
     fps: float = 15.0
     live_seconds: float = 60.0
     original_limit: int = 60
+    detect_max_side: int = 192
 
 
 def _settings(config: BenchConfig, **extra: object) -> Settings:
@@ -84,6 +85,50 @@ def run_original(config: BenchConfig) -> dict[str, object]:
         "ms_per_image": 1000 * wall / len(images),
         "images_per_s": len(images) / wall,
         "processes": usage.summaries(),
+    }
+
+
+# ------------------------------------------------------------- detector baseline
+def run_detector(config: BenchConfig) -> dict[str, object]:
+    """Our detector (shrunk, batched) against calling the library naively per image."""
+    from emotion_stream.images import read_image_file
+    from model import create_detector
+
+    frames = [read_image_file(p) for p in config.images]
+    ours = create_detector(config.detector, config.detect_max_side)
+    if config.detector == "mtcnn":
+        import cv2
+        from mtcnn import MTCNN
+
+        naive_model = MTCNN()
+
+        def naive(frame):  # type: ignore[no-untyped-def]
+            return naive_model.detect_faces(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    else:
+        import cv2
+
+        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+        def naive(frame):  # type: ignore[no-untyped-def]
+            return cascade.detectMultiScale(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), 1.3, 5)
+
+    naive(frames[0])
+    ours.detect_batch(frames[:2])  # warm-up
+    start = time.perf_counter()
+    naive_found = sum(1 for f in frames if len(naive(f)))
+    naive_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ours_found = 0
+    for i in range(0, len(frames), 16):
+        ours_found += sum(1 for found in ours.detect_batch(frames[i : i + 16]) if found)
+    ours_s = time.perf_counter() - start
+    n = len(frames)
+    return {
+        "detector": config.detector,
+        "naive_ms_per_image": 1000 * naive_s / n,
+        "ours_ms_per_image": 1000 * ours_s / n,
+        "speedup": naive_s / ours_s,
+        "images_with_faces": {"naive": naive_found, "ours": ours_found, "of": n},
     }
 
 
@@ -151,15 +196,21 @@ def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[
     from worker import serve
 
     settings = _settings(config)
+    import cv2
+
+    threads = cv2.getNumThreads()
+    if config.workers >= (os.cpu_count() or 1):
+        cv2.setNumThreads(1)  # as `emotion-stream batch` does
 
     async def main(url: str, folder: Path, out: Path) -> dict[str, object]:
         stop = asyncio.Event()
         workers = [
             asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"bench-{i}"}), url, stop,
-                                      FaceAnalyzer(model, create_detector(config.detector))))
+                                      FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side))))
             for i in range(config.workers)
         ]
         client = connect(url, "bench-batch")
+        await _workers_ready(client, config.workers)
         busy0, processed0 = _stage_busy(), _processed_total()
         start = time.perf_counter()
         summary = await BatchJob(client, folder, out, settings).run()
@@ -181,6 +232,7 @@ def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[
         with UsageSampler({"bench (workers + job)": os.getpid(), "redis-server": redis._process.pid}) as usage:  # noqa: SLF001
             result = asyncio.run(main(redis.url, folder, out))
         out.unlink(missing_ok=True)
+    cv2.setNumThreads(threads)
     result["workers"] = config.workers
     result["processes"] = usage.summaries()
     return result
@@ -206,10 +258,10 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
         client = connect(url, "bench-live")
         tasks = [
             asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"live-{i}"}), url, stop,
-                                      FaceAnalyzer(model, create_detector(config.detector))))
+                                      FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side))))
             for i in range(config.workers)
         ]
-        await asyncio.sleep(1.0)  # workers subscribed before the cameras start
+        await _workers_ready(client, config.workers)
 
         async def subscriber() -> None:
             async for event in live_events(client, None, stop):
@@ -273,6 +325,15 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
         processes=usage.summaries(),
     )
     return result
+
+
+async def _workers_ready(client, n: int, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until n workers have a heartbeat: loaded, warmed up and connected."""
+    deadline = time.monotonic() + timeout
+    while len(await client.hgetall(keys.WORKERS)) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(await client.hgetall(keys.WORKERS))} of {n} workers came up")
+        await asyncio.sleep(0.1)
 
 
 async def _lag(client, stream: str) -> int:  # type: ignore[no-untyped-def]

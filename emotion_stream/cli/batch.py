@@ -59,10 +59,15 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     tasks = []
     if workers:
         # In-process workers share one model (its compiled function is thread-safe);
-        # each gets its own detector (OpenCV cascades are not) and CPU thread.
+        # each gets its own detector (OpenCV cascades are not) and CPU thread. With a
+        # worker per core, OpenCV's own threads only add overhead.
+        if workers >= (os.cpu_count() or 1):
+            import cv2
+
+            cv2.setNumThreads(1)
         model = await asyncio.to_thread(EmotionModel, settings.model_path)
         for i in range(workers):
-            analyzer = FaceAnalyzer(model, create_detector(settings.detector))
+            analyzer = FaceAnalyzer(model, create_detector(settings.detector, settings.detect_max_side))
             named = settings.model_copy(update={"worker_name": f"batch-{os.getpid()}-{i}"})
             tasks.append(asyncio.create_task(serve(named, url, stop, analyzer)))
     client = connect(url, name="emotion-stream-batch")

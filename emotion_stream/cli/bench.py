@@ -27,12 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, default=None,
                    help=f"folder of images (default {DEFAULT_IMAGES} if present, else generated samples)")
     p.add_argument("--detector", choices=["opencv", "mtcnn"], default=None)
+    p.add_argument("--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX")
     p.add_argument("--workers", type=int, default=None, help="workers for (c) and (d) (default: cores)")
     p.add_argument("--cameras", type=int, default=4)
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--original-limit", type=int, default=60, help="images timed on the slow original path")
-    p.add_argument("--only", default="original,direct,batch,live", help="comma-separated subset to run")
+    p.add_argument("--only", default="original,detector,direct,batch,live", help="comma-separated subset to run")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -40,12 +41,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
     from bench.report import format_text, summarise
-    from bench.scenarios import BenchConfig, run_batch, run_direct, run_live, run_original
+    from bench.scenarios import BenchConfig, run_batch, run_detector, run_direct, run_live, run_original
     from emotion_stream.images import IMAGE_SUFFIXES
     from model import EmotionModel, FaceAnalyzer, create_detector
 
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - {"original", "direct", "batch", "live"}
+    unknown = chosen - {"original", "detector", "direct", "batch", "live"}
     if unknown:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
@@ -56,14 +57,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         config = BenchConfig(
             images=images, detector=settings.detector, workers=args.workers or os.cpu_count() or 1,
             cameras=args.cameras, fps=args.fps, live_seconds=args.live_seconds, original_limit=args.original_limit,
+            detect_max_side=settings.detect_max_side,
         )
         model = EmotionModel(settings.model_path)
         results: dict[str, dict[str, object]] = {"config": {
             "images": str(folder), "count": len(images), "detector": config.detector, "model": model.id}}
         if "original" in chosen:
             results["original"] = run_original(config)
+        if "detector" in chosen:
+            results["detector"] = run_detector(config)
         if "direct" in chosen:
-            results["direct"] = run_direct(config, FaceAnalyzer(model, create_detector(config.detector)))
+            results["direct"] = run_direct(config, FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side)))
         if "batch" in chosen:
             results["batch"] = run_batch(config, model)
         if "live" in chosen:

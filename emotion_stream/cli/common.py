@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
 if TYPE_CHECKING:
     from model import FaceAnalyzer
@@ -33,7 +34,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model", dest="model_path", type=Path, default=None, metavar="PATH",
-        help="Keras .keras/.h5 weights (default: the bundled model)",
+        help="Keras .keras/.h5 weights (default: the bundled model; 'fer2013': the FER2013 baseline)",
+    )
+    parser.add_argument(
+        "--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX",
+        help="shrink frames to this longest side for detection (default 192; larger finds smaller faces)",
     )
 
 
@@ -64,6 +69,7 @@ def load_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyze
             settings.detector,
             str(settings.model_path) if settings.model_path else None,
             threads=threads,
+            detect_max_side=settings.detect_max_side,
         )
     except ModelError as exc:
         raise CommandError(str(exc)) from None
