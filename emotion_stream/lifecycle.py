@@ -26,6 +26,14 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, handler, signum)
 
 
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake up as soon as ``stop`` is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
 def run_service(main: Callable[[asyncio.Event], Awaitable[int | None]], duration: float | None = None) -> int:
     """``asyncio.run`` a service coroutine that stops when the event is set."""
 

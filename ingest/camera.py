@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from emotion_stream import metrics
+from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import Backoff
 
@@ -43,7 +44,7 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
             delay = backoff.next_delay()
             metrics.SOURCE_RECONNECTS.labels(label).inc()
             log.warning("camera %s: cannot open %s; retrying in %.1f s", camera, spec.describe(), delay)
-            await _sleep_or_stop(stop, delay)
+            await sleep_or_stop(stop, delay)
             continue
         log.info("camera %s: reading %s (native %.1f fps)", camera, spec.describe(), source.native_fps)
         metrics.SOURCE_UP.labels(label).set(1)
@@ -59,7 +60,7 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
             delay = backoff.next_delay()
             metrics.SOURCE_RECONNECTS.labels(label).inc()
             log.warning("camera %s: source lost; reconnecting in %.1f s", camera, delay)
-            await _sleep_or_stop(stop, delay)
+            await sleep_or_stop(stop, delay)
     if source is not None:
         source.close()
 
@@ -103,18 +104,16 @@ async def _pump(
             throttled.warning(f"bad:{camera}", "camera %s: unusable frame %s dropped", camera, _describe(frame))
             continue
         backoff.reset()
-        captured_at = time.time()
         if spec.paced:
             next_due += 1.0 / file_fps
             delay = next_due - time.monotonic()
             if delay > 0:
-                await _sleep_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
             else:
                 next_due = time.monotonic()  # fell behind: do not burst to catch up
-            captured_at = time.time()
         elif not limiter.ready():
             continue
-        await publisher.publish(frame, captured_at)
+        await publisher.publish(frame, time.time())
     return False, False
 
 
@@ -122,10 +121,3 @@ def _describe(frame: object) -> str:
     shape = getattr(frame, "shape", None)
     dtype = getattr(frame, "dtype", None)
     return f"(shape {shape}, dtype {dtype})"
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass

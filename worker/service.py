@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.images import ImageLimits
+from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
 from emotion_stream.schema import (
@@ -112,7 +113,7 @@ class Worker:
                 metrics.REDIS_ERRORS.labels("worker").inc()
                 delay = backoff.next_delay()
                 log.warning("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, delay)
-                await _sleep_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
 
     async def _leave(self) -> None:
         try:
@@ -144,7 +145,7 @@ class Worker:
                     await self._redis_down("read", exc, backoff, stop)
                     continue
                 if not entries and not self.group.streams:
-                    await _sleep_or_stop(stop, READ_BLOCK_MS / 1000)
+                    await sleep_or_stop(stop, READ_BLOCK_MS / 1000)
                 for entry in entries:
                     await self.queue.put(entry)
         finally:
@@ -184,7 +185,7 @@ class Worker:
     async def _reclaimer(self, stop: asyncio.Event) -> None:
         interval = max(0.2, self.settings.claim_idle_ms / 2000)
         while not stop.is_set():
-            await _sleep_or_stop(stop, interval)
+            await sleep_or_stop(stop, interval)
             if stop.is_set():
                 return
             try:
@@ -213,7 +214,7 @@ class Worker:
                 pass  # the reader logs outages and backs off
             except Exception:  # noqa: BLE001 - housekeeping must never kill the worker
                 log.exception("housekeeping failed")
-            await _sleep_or_stop(stop, HEARTBEAT_S)
+            await sleep_or_stop(stop, HEARTBEAT_S)
 
     async def _discover(self) -> None:
         added = await self.group.refresh()
@@ -371,11 +372,4 @@ class Worker:
         if stop is None:
             await asyncio.sleep(delay)
         else:
-            await _sleep_or_stop(stop, delay)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
+            await sleep_or_stop(stop, delay)

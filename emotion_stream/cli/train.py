@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation metric that picks the best epoch (default balanced)")
     p.add_argument("--adapt-batchnorm", action="store_true",
                    help="let BatchNorm statistics adapt while fine-tuning (large domain shifts)")
+    p.add_argument("--val-split", type=float, default=0.2,
+                   help="validation fraction (default 0.2); 0 = refit on all data for the given epochs")
     p.add_argument("--seed", type=int, default=42)
 
 
@@ -56,11 +58,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         backbone=args.backbone, weights=args.weights, init=args.init, input_size=args.input_size,
         frozen_epochs=args.frozen_epochs, epochs=args.epochs, batch_size=args.train_batch_size,
         seed=args.seed, monitor=args.monitor, face_margin=margin, adapt_batchnorm=args.adapt_batchnorm,
+        val_split=args.val_split,
     )
     try:
         report = train(args.clean_dir, args.out, options)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    print(f"validation accuracy {report['accuracy']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f}")
+    print(f"accuracy {report['accuracy']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f} "
+          f"({report['evaluated_on']})")
     print(f"wrote {args.out}/model.keras, model.json, curves.png, MODEL_CARD.md")
     return 0

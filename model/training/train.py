@@ -12,6 +12,7 @@ FER2013 mini-Xception), which needs no download; ``--weights imagenet`` needs in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -99,7 +100,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         n_val = int(round(len(members) * fraction))
-        if len(members) >= 2:
+        if fraction > 0 and len(members) >= 2:
             n_val = min(max(n_val, 1), len(members) - 1)
         val += list(members[:n_val])
         train += list(members[n_val:])
@@ -141,8 +142,9 @@ def train(clean_dir: Path, out_dir: Path, options: TrainOptions) -> dict[str, ob
         labels=EMOTIONS, input_height=size, input_width=size, channels=spec.channels,
         preprocessing=spec.preprocessing, name=f"emotion-{options.backbone}", face_margin=options.face_margin,
     )
+    refit = len(val_idx) == 0  # --val-split 0: fixed epochs on all data, last epoch kept
     train_ds = _pipeline(tf, data, train_idx, meta, options, augment=True, weights=weights)
-    val_ds = _pipeline(tf, data, val_idx, meta, options, augment=False, weights=weights)
+    val_ds = None if refit else _pipeline(tf, data, val_idx, meta, options, augment=False, weights=weights)
 
     model, backbone = _build(keras, options, meta)
     checkpoint = out_dir / "model.keras"
@@ -164,25 +166,29 @@ def train(clean_dir: Path, out_dir: Path, options: TrainOptions) -> dict[str, ob
         )
         log.info("phase %s: %d epochs at lr %g (backbone %s)", name, epochs, lr, "trainable" if trainable else "frozen")
         saver = _BestSaver(checkpoint, monitor, best)
-        result = model.fit(
-            train_ds, validation_data=val_ds, epochs=epochs, verbose=2,
-            callbacks=[saver, keras.callbacks.EarlyStopping(monitor, mode="max", patience=options.patience)],
-        )
+        callbacks = [] if refit else [saver, keras.callbacks.EarlyStopping(monitor, mode="max", patience=options.patience)]
+        result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=2, callbacks=callbacks)
         best = saver.best
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
+    if refit:
+        model.save(checkpoint)
     model = keras.models.load_model(checkpoint, compile=False)
     meta.save(checkpoint.with_suffix(".json"))
 
-    report = _evaluate(model, data, val_idx, meta, options, tf)
+    # Without a validation split the figures below are on the training data: say so.
+    report = _evaluate(model, data, val_idx if not refit else train_idx, meta, options, tf)
+    report["evaluated_on"] = "training data (refit, no validation split)" if refit else "validation split"
     report.update(
         backbone=options.backbone, options=asdict(options), seconds=round(time.monotonic() - started, 1),
         counts={EMOTIONS[c]: n for c, n in sorted(Counter(data.labels.tolist()).items())},
-        train_images=int(len(train_idx)), val_images=int(len(val_idx)), monitor=monitor, best=best,
+        train_images=int(len(train_idx)), val_images=int(len(val_idx)), monitor="none (fixed epochs)" if refit else monitor,
+        best=None if refit else best,
     )
-    meta = ModelMetadata(**{**asdict(meta), "labels": EMOTIONS, "preprocessing": meta.preprocessing,
-                            "extra": {"validation": {k: report[k] for k in ("accuracy", "balanced_accuracy")},
-                                      "trained_on": str(clean_dir.name), "init": options.init or options.weights}})
+    meta = dataclasses.replace(meta, extra={
+        "metrics": {k: report[k] for k in ("accuracy", "balanced_accuracy", "evaluated_on")},
+        "trained_on": str(clean_dir.name), "init": options.init or options.weights,
+    })
     meta.save(checkpoint.with_suffix(".json"))
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -369,7 +375,7 @@ def _model_card(report: dict[str, object], meta: ModelMetadata) -> str:
         "  " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
         f"- Selection: best epoch by `{report['monitor']}`; training took {report['seconds']} s.",
         "",
-        "## Validation",
+        f"## Metrics ({report['evaluated_on']})",
         "",
         f"- Categorical accuracy: {report['accuracy']:.4f}",
         f"- Balanced accuracy (mean per-class recall): {report['balanced_accuracy']:.4f}",

@@ -1,0 +1,38 @@
+"""`bench` runs end to end on a few generated images. Figures are not asserted: they
+belong to the benchmark, not to tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from ingest.samples import sample_frame
+
+EXE = str(Path(sys.executable).with_name("emotion-stream"))
+
+
+@pytest.mark.slow
+def test_bench_smoke(tmp_path):
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"img_{i}.jpg"), sample_frame(i * 0.5, size=(350, 350)))
+    result = subprocess.run(
+        [EXE, "bench", "--images", str(tmp_path), "--json", "--original-limit", "2", "--live-seconds", "4",
+         "--cameras", "1", "--fps", "5", "--workers", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    for section in ("original", "detector", "direct", "batch", "live", "ratios", "compute_limit"):
+        assert section in report, section
+    assert report["batch"]["images"] == 6 and report["direct"]["images"] == 6
+    assert set(report["direct"]["stage_cpu_ms_per_image"]) == {"decode", "detect", "classify"}
+    assert {"p50", "p95", "p99"} == set(report["live"]["capture_to_event_ms"])
+    assert report["live"]["frames_with_events"] > 0
+    assert {"direct/original (images/s)", "batch/original (images/s)"} == set(report["ratios"])
+    for proc in report["live"]["processes"]:
+        assert proc["peak_rss_mb"] > 0
