@@ -29,7 +29,7 @@ def ended(client, camera: str) -> bool:
     return any(isinstance(e, EndOfStream) for e in events_of(client, camera))
 
 
-def test_video_file_to_events(redis_server, redis_client, services, tmp_path):
+def test_video_file_to_events(redis_server, redis_client, services, tmp_path, default_model):
     clip = write_clip(tmp_path / "two-faces.avi", seconds=2.0, fps=10, faces=2)
     url = redis_server.url
     worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
@@ -39,18 +39,19 @@ def test_video_file_to_events(redis_server, redis_client, services, tmp_path):
 
     faces = faces_of(redis_client, "lobby")
     assert sorted({f.seq for f in faces}) == list(range(20))
+    calm = sum(f.emotion in ("neutral", "sad", "happy") for f in faces)
+    assert calm >= 0.7 * len(faces), [f.emotion for f in faces]  # a calm portrait, mostly so
     per_frame = Counter(f.seq for f in faces)
     assert set(per_frame.values()) == {2}, per_frame  # both portraits in every frame
     for face in faces:
         assert face.camera == "lobby" and face.faces_in_frame == 2 and face.face_index in (0, 1)
-        assert face.emotion in ("neutral", "sad", "happy")  # a calm portrait
         assert set(face.probabilities) == set(EMOTIONS)
         assert abs(sum(face.probabilities.values()) - 1.0) < 1e-3
         assert face.confidence == max(face.probabilities.values())
         x, y, w, h = face.box
         assert 0 <= x and 0 <= y and x + w <= 640 and y + h <= 480 and w > 60
         assert face.captured_at <= face.processed_at
-        assert face.detector == "opencv" and face.model.startswith("fer2013-mini-xception@")
+        assert face.detector == "opencv" and face.model == default_model.id
         assert not face.whole_image
     # Pub/sub channel name == stream name; the stream is bounded.
     assert redis_client.sismember(keys.CAMERAS, "lobby")
