@@ -101,6 +101,7 @@ class BatchJob:
         self.done: dict[str, FrameResult] = {}
         self._slots = asyncio.Semaphore(window)
         self._expected: set[str] = set()
+        self._remaining = 0
 
     async def run(self, on_result=None) -> BatchSummary:  # type: ignore[no-untyped-def]
         """Process the folder; ``on_result(result)`` is called per image (progress bars)."""
@@ -113,14 +114,20 @@ class BatchJob:
         summary.resumed = sum(1 for r in self.done.values() if r.ok)
         todo = [p for p in images if p.name not in self.done]
         self._expected = {p.name for p in todo}
+        self._remaining = len(self._expected)
         if self.done:
             log.info("resuming: %d of %d images already done", len(images) - len(todo), len(images))
         await self._retry(self._reset_streams)
         try:
             await self._retry(lambda: self.redis.sadd(keys.CAMERAS, self.camera))
-            producer = asyncio.create_task(self._produce(todo, summary))
-            await self._collect(on_result)
-            await producer
+            producer = asyncio.create_task(self._produce(todo))
+            collector = asyncio.create_task(self._collect(on_result))
+            # If either fails (e.g. Redis refuses access), the other must not wait forever.
+            done, pending = await asyncio.wait({producer, collector}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in pending:
+                if any(t.exception() for t in done):
+                    task.cancel()
+            await asyncio.gather(producer, collector)
         finally:
             self.journal.close()
             await self._retry(self._cleanup)
@@ -149,7 +156,7 @@ class BatchJob:
         await self.redis.srem(keys.CAMERAS, self.camera)
         await self.redis.delete(self.stream, self.results)
 
-    async def _produce(self, todo: list[Path], summary: BatchSummary) -> None:
+    async def _produce(self, todo: list[Path]) -> None:
         max_bytes = self.settings.max_image_bytes
         for seq, path in enumerate(todo):
             await self._slots.acquire()
@@ -168,7 +175,7 @@ class BatchJob:
     async def _collect(self, on_result) -> None:  # type: ignore[no-untyped-def]
         last_id = "0-0"
         last_progress = time.monotonic()
-        while self._expected - self.done.keys():
+        while self._remaining > 0:
             try:
                 reply = await self.redis.xread({self.results: last_id}, count=256, block=1000)
             except ACCESS_ERRORS:
@@ -200,6 +207,7 @@ class BatchJob:
         self.done[result.name] = result
         self.journal.append(result)
         self._slots.release()
+        self._remaining -= 1
         return True
 
     async def _retry(self, operation):  # type: ignore[no-untyped-def]

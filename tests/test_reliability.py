@@ -45,6 +45,7 @@ def test_batch_writes_every_row_once_when_a_worker_is_killed(redis_server, redis
     wait_for(victim_busy, 120, "the victim to hold in-flight images")
     victim.signal(signal.SIGKILL)
     assert job.wait(300) == 0, job.output
+    assert "batch-" not in job.output  # --workers 0: no local workers, only the external two
     with out.open(newline="") as fh:
         names = [row[0] for row in list(csv.reader(fh))[1:]]
     assert names == [f"face_{i:04d}.jpg" for i in range(total)]  # every row exactly once

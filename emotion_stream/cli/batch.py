@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.folder.is_dir():
         raise CommandError(f"{args.folder}: not a folder")
-    workers = os.cpu_count() or 1 if args.workers is None else args.workers
+    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 0:
         raise CommandError("--workers must be 0 or more")
     if workers == 0 and not settings.redis_url:
