@@ -124,8 +124,8 @@ class BatchJob:
             collector = asyncio.create_task(self._collect(on_result))
             # If either fails (e.g. Redis refuses access), the other must not wait forever.
             done, pending = await asyncio.wait({producer, collector}, return_when=asyncio.FIRST_EXCEPTION)
-            for task in pending:
-                if any(t.exception() for t in done):
+            if any(task.exception() for task in done):
+                for task in pending:
                     task.cancel()
             await asyncio.gather(producer, collector)
         finally:

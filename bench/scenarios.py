@@ -22,6 +22,8 @@ from emotion_stream import keys, metrics
 from emotion_stream.redis_conn import EmbeddedRedis, connect
 from emotion_stream.settings import Settings
 
+from model.runtime import share_cores
+
 from .measure import UsageSampler, percentiles
 
 
@@ -192,23 +194,13 @@ def _folder_of(images: list[Path]) -> Iterator[Path]:
 
 def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[no-untyped-def]
     from batch import BatchJob
-    from model import FaceAnalyzer, create_detector
-    from worker import serve
 
     settings = _settings(config)
-    import cv2
-
-    threads = cv2.getNumThreads()
-    if config.workers >= (os.cpu_count() or 1):
-        cv2.setNumThreads(1)  # as `emotion-stream batch` does
+    threads = share_cores(config.workers)  # as `emotion-stream batch` does
 
     async def main(url: str, folder: Path, out: Path) -> dict[str, object]:
         stop = asyncio.Event()
-        workers = [
-            asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"bench-{i}"}), url, stop,
-                                      FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side))))
-            for i in range(config.workers)
-        ]
+        workers = _start_workers(config, settings, model, url, stop, "bench")
         client = connect(url, "bench-batch")
         await _workers_ready(client, config.workers)
         busy0, processed0 = _stage_busy(), _processed_total()
@@ -232,6 +224,8 @@ def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[
         with UsageSampler({"bench (workers + job)": os.getpid(), "redis-server": redis._process.pid}) as usage:  # noqa: SLF001
             result = asyncio.run(main(redis.url, folder, out))
         out.unlink(missing_ok=True)
+    import cv2
+
     cv2.setNumThreads(threads)
     result["workers"] = config.workers
     result["processes"] = usage.summaries()
@@ -245,8 +239,6 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher
     from ingest.sources import SourceSpec
-    from model import FaceAnalyzer, create_detector
-    from worker import serve
 
     settings = _settings(config)
     latencies: list[float] = []
@@ -256,11 +248,7 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
     async def main(url: str) -> dict[str, object]:
         stop = asyncio.Event()
         client = connect(url, "bench-live")
-        tasks = [
-            asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"live-{i}"}), url, stop,
-                                      FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side))))
-            for i in range(config.workers)
-        ]
+        tasks = _start_workers(config, settings, model, url, stop, "live")
         await _workers_ready(client, config.workers)
 
         async def subscriber() -> None:
@@ -325,6 +313,18 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
         processes=usage.summaries(),
     )
     return result
+
+
+def _start_workers(config: BenchConfig, settings: Settings, model, url: str, stop: asyncio.Event, prefix: str):  # type: ignore[no-untyped-def]
+    """In-process workers sharing one model, each with its own detector (as batch mode)."""
+    from model import FaceAnalyzer, create_detector
+    from worker import serve
+
+    return [
+        asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"{prefix}-{i}"}), url, stop,
+                                  FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side))))
+        for i in range(config.workers)
+    ]
 
 
 async def _workers_ready(client, n: int, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]

@@ -61,5 +61,16 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def share_cores(workers: int) -> int:
+    """With at least one in-process worker per core, OpenCV's own threads only add
+    contention: use one. Returns the previous thread count (to restore it)."""
+    import cv2
+
+    previous = cv2.getNumThreads()
+    if workers >= (os.cpu_count() or 1):
+        cv2.setNumThreads(1)
+    return previous
+
+
 def has_gpu() -> bool:
     return bool(tensorflow().config.list_physical_devices("GPU"))

@@ -109,3 +109,29 @@ def test_image_size_limits_are_configurable(tmp_path, face_bgr, capsys, monkeypa
     monkeypatch.setenv("EMOTION_STREAM_MAX_IMAGE_PIXELS", "10000")
     assert main(["predict", str(image)]) == 1
     assert "over the limit of 10000 pixels" in capsys.readouterr().err
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_as_poison(redis_server, redis_client, services):
+    """A frame that keeps killing workers must not cycle forever, nor hang a batch job."""
+    from emotion_stream.schema import FrameResult
+
+    camera, job = "poison-job", "poison"
+    stream = keys.frames(camera)
+    redis_client.sadd(keys.CAMERAS, camera)
+    redis_client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+    image = cv2.imencode(".jpg", sample_frame(0.0))[1].tobytes()
+    entry_id = redis_client.xadd(stream, FrameMessage(
+        camera, 0, 0.0, FrameKind.STILL, image, name="killer.jpg", reply_to=keys.results(job)).to_fields())
+    # A consumer that takes it and "dies", four times over.
+    redis_client.xreadgroup(keys.WORKER_GROUP, "ghost", {stream: ">"})
+    for _ in range(3):
+        redis_client.xclaim(stream, keys.WORKER_GROUP, "ghost", 0, [entry_id])
+    worker = services("worker", "worker", "--redis", redis_server.url, "--claim-idle-ms", "300")
+    wait_for(lambda: redis_client.xlen(keys.results(job)) >= 1, 90, "a result for the poisoned image")
+    [(_, fields)] = redis_client.xrange(keys.results(job))
+    result = FrameResult.from_json(fields[b"result"])
+    assert not result.ok and result.name == "killer.jpg" and "poison" in result.error
+    [(_, letter)] = redis_client.xrange(keys.DEAD_LETTER)
+    assert b"delivered" in letter[b"reason"] and letter[b"msg.name"] == b"killer.jpg"
+    assert redis_client.xpending(stream, keys.WORKER_GROUP)["pending"] == 0
+    assert worker.stop() == 0

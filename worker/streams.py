@@ -115,7 +115,9 @@ class ConsumerGroup:
         for stream in {e.stream for e in entries}:
             mine = [e for e in entries if e.stream == stream]
             ids = sorted(mine, key=lambda e: tuple(int(p) for p in e.id.split("-")))
-            pending = await self.redis.xpending_range(stream, self.group, ids[0].id, ids[-1].id, len(mine) + 100)
+            pending = await self.redis.xpending_range(
+                stream, self.group, ids[0].id, ids[-1].id, len(mine) + 2 * 1024, consumername=self.consumer
+            )
             times = {_decode(p["message_id"]): int(p["times_delivered"]) for p in pending}
             counted += [Entry(e.stream, e.id, e.fields, times.get(e.id, 1)) for e in mine]
         return counted

@@ -53,18 +53,15 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     from emotion_stream.lifecycle import stop_on_signals
     from emotion_stream.redis_conn import connect
     from model import EmotionModel, FaceAnalyzer, create_detector
+    from model.runtime import share_cores
     from worker import serve
 
     stop = asyncio.Event()
     tasks = []
     if workers:
         # In-process workers share one model (its compiled function is thread-safe);
-        # each gets its own detector (OpenCV cascades are not) and CPU thread. With a
-        # worker per core, OpenCV's own threads only add overhead.
-        if workers >= (os.cpu_count() or 1):
-            import cv2
-
-            cv2.setNumThreads(1)
+        # each gets its own detector (OpenCV cascades are not) and CPU thread.
+        share_cores(workers)
         model = await asyncio.to_thread(EmotionModel, settings.model_path)
         for i in range(workers):
             analyzer = FaceAnalyzer(model, create_detector(settings.detector, settings.detect_max_side))

@@ -165,10 +165,14 @@ def train(clean_dir: Path, out_dir: Path, options: TrainOptions) -> dict[str, ob
             weighted_metrics=["categorical_accuracy"],  # with class weights: balanced accuracy
         )
         log.info("phase %s: %d epochs at lr %g (backbone %s)", name, epochs, lr, "trainable" if trainable else "frozen")
-        saver = _BestSaver(checkpoint, monitor, best)
+        # Phase 2 only replaces phase 1's checkpoint when it beats it (initial threshold).
+        saver = keras.callbacks.ModelCheckpoint(
+            checkpoint, monitor=monitor, mode="max", save_best_only=True, verbose=1,
+            initial_value_threshold=None if math.isinf(best) else best,
+        )
         callbacks = [] if refit else [saver, keras.callbacks.EarlyStopping(monitor, mode="max", patience=options.patience)]
         result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=2, callbacks=callbacks)
-        best = saver.best
+        best = float(saver.best)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
     if refit:
@@ -195,28 +199,6 @@ def train(clean_dir: Path, out_dir: Path, options: TrainOptions) -> dict[str, ob
     _plot(history, out_dir / "curves.png")
     (out_dir / "MODEL_CARD.md").write_text(_model_card(report, meta))
     return report
-
-
-class _BestSaver:
-    """Keras callback: save the model whenever the monitored metric improves (across
-    both phases, so phase 2 only replaces phase 1's model when it is better)."""
-
-    def __new__(cls, path: Path, monitor: str, best: float):  # type: ignore[no-untyped-def]
-        import keras
-
-        class Saver(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.best = best
-
-            def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
-                value = (logs or {}).get(monitor)
-                if value is not None and value > self.best:
-                    self.best = float(value)
-                    self.model.save(path)
-                    log.info("epoch %d: %s improved to %.4f, saved", epoch + 1, monitor, value)
-
-        return Saver()
 
 
 def _build(keras, options: TrainOptions, meta: ModelMetadata):  # type: ignore[no-untyped-def]
