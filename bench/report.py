@@ -15,6 +15,9 @@ def summarise(results: dict[str, dict[str, object]]) -> dict[str, object]:
         for name in ("direct", "batch"):
             if name in results:
                 ratios[f"{name}/original (images/s)"] = float(results[name]["images_per_s"]) / base  # type: ignore[arg-type]
+    if "direct" in results and "direct_opencv" in results:
+        ratios["direct/direct with opencv (images/s)"] = (
+            float(results["direct"]["images_per_s"]) / float(results["direct_opencv"]["images_per_s"]))  # type: ignore[arg-type]
     out["ratios"] = ratios
     direct = results.get("direct")
     if direct:
@@ -38,15 +41,21 @@ def format_text(summary: dict[str, object]) -> str:
         lines.append(f"(a) original path     {o['ms_per_image']:8.1f} ms/image  {o['images_per_s']:7.1f} images/s  ({o['images']} images)")
     det = summary.get("detector")
     if det:
-        found = det["images_with_faces"]
-        lines.append(f"    detector {det['detector']}: naive per image {det['naive_ms_per_image']:.1f} ms, ours "
-                     f"{det['ours_ms_per_image']:.1f} ms ({det['speedup']:.1f}x); images with faces "
-                     f"{found['naive']}/{found['of']} naive, {found['ours']}/{found['of']} ours")
-    d = summary.get("direct")
-    if d:
-        lines.append(f"(b) direct analyzer   {d['ms_per_image']:8.1f} ms/image  {d['images_per_s']:7.1f} images/s  ({d['images']} images)")
-        lines.append("    per stage (wall ms / CPU ms per image): " + ", ".join(
-            f"{k} {d['stage_ms_per_image'][k]:.2f}/{d['stage_cpu_ms_per_image'][k]:.2f}" for k in d["stage_ms_per_image"]))
+        lines.append(f"    detectors (CPU ms; photos: {det['photos']} stills; frame: 640x480, "
+                     f"{det['planted_faces']} faces 40-60 px; * = default size)")
+        lines.append(f"    {'detector':<14} {'size':>5} {'ms/photo':>9} {'photos w/ face':>15} {'ms/frame':>9} {'faces found':>12}")
+        for row in det["rows"]:
+            star = "*" if row.get("default") else " "
+            lines.append(f"    {row['detector']:<14} {row['size']!s:>4}{star} {row['photo_cpu_ms']:9.2f} "
+                         f"{row['photos_with_face']:>9}/{det['photos']:<5} {row['frame_cpu_ms']:9.2f} "
+                         f"{row['frame_faces']:>8}/{det['planted_faces']:<3}")
+    for key, title in (("direct", "(b) direct analyzer  "), ("direct_opencv", "    same, opencv     ")):
+        d = summary.get(key)
+        if d:
+            lines.append(f"{title} {d['ms_per_image']:8.1f} ms/image  {d['images_per_s']:7.1f} images/s  "
+                         f"({d['images']} images, {d['faces']} faces)")
+            lines.append("    per stage (wall ms / CPU ms per image): " + ", ".join(
+                f"{k} {d['stage_ms_per_image'][k]:.2f}/{d['stage_cpu_ms_per_image'][k]:.2f}" for k in d["stage_ms_per_image"]))
     b = summary.get("batch")
     if b:
         lines.append(f"(c) batch via Redis   {1000 / b['images_per_s']:8.1f} ms/image  {b['images_per_s']:7.1f} images/s  "

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -204,6 +204,9 @@ class FaceEvent:
     model: str
     worker: str
     name: str = ""
+    # Six (x, y) frame-pixel points when the detector gives them (BlazeFace): eye, eye,
+    # nose tip, mouth, ear, ear. Optional: consumers that predate it ignore it.
+    landmarks: list[list[float]] | None = None
     type: str = field(default="face", init=False)
     v: int = field(default=SCHEMA_VERSION, init=False)
 
@@ -231,6 +234,13 @@ class EndOfStream:
 Event = FaceEvent | EndOfStream
 
 
+def _known(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
+    """The fields ``cls`` takes: optional fields added by a newer producer are ignored,
+    so adding one never breaks an older consumer of the same schema version."""
+    names = {f.name for f in fields(cls) if f.init}
+    return {k: v for k, v in doc.items() if k in names}
+
+
 def parse_event(data: str | bytes) -> Event:
     """Parse an event document; raises MessageError on unknown versions or types."""
     try:
@@ -240,9 +250,9 @@ def parse_event(data: str | bytes) -> Event:
         kind = doc.pop("type", None)
         if kind == "face":
             doc["box"] = tuple(doc["box"])
-            return FaceEvent(**doc)
+            return FaceEvent(**_known(FaceEvent, doc))
         if kind == "end":
-            return EndOfStream(**doc)
+            return EndOfStream(**_known(EndOfStream, doc))
     except (ValueError, TypeError, KeyError) as exc:
         raise MessageError(f"malformed event: {exc}") from None
     raise MessageError(f"unknown event type {kind!r}")

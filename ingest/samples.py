@@ -68,6 +68,39 @@ def sample_frame(t: float = 0.0, size: tuple[int, int] = FRAME_SIZE, faces: int 
     return frame
 
 
+# Width of the face in the portrait, as the detectors box it (BlazeFace 215, Haar 225).
+_PORTRAIT_FACE_WIDTH = 220
+
+
+def small_faces_frame(
+    widths: tuple[int, ...] = (40, 44, 48, 52, 56, 60, 42, 58), size: tuple[int, int] = FRAME_SIZE, seed: int = 0
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A frame of several small faces (distant people) on a noisy background, and the
+    planted face boxes (x, y, w, h). Portraits alternate with their mirror image and sit
+    on a grid of four columns, so up to eight fit in 640x480."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    frame = np.full((height, width, 3), (100, 120, 130), np.uint8)
+    frame = cv2.add(frame, rng.integers(0, 30, frame.shape, dtype=np.uint8))
+    face = _portrait()
+    boxes = []
+    columns = 4
+    for i, face_w in enumerate(widths):
+        scale = face_w / _PORTRAIT_FACE_WIDTH
+        pw, ph = round(face.shape[1] * scale), round(face.shape[0] * scale)
+        portrait = cv2.resize(face, (pw, ph), interpolation=cv2.INTER_AREA)
+        if i % 2:
+            portrait = portrait[:, ::-1]
+        x = 20 + (i % columns) * (width // columns)
+        y = 20 + (i // columns) * (height // 2)
+        if x + pw > width or y + ph > height:
+            raise ValueError(f"{len(widths)} faces of up to {max(widths)} px do not fit in {width}x{height}")
+        frame[y : y + ph, x : x + pw] = portrait
+        # The face sits at about (155, 115) of the 512x600 portrait.
+        boxes.append((x + round(155 * scale), y + round(115 * scale), face_w, face_w))
+    return frame, boxes
+
+
 def write_clip(path: Path, seconds: float = 4.0, fps: int = 15, faces: int = 1, size: tuple[int, int] = FRAME_SIZE) -> Path:
     """Write an MJPEG .avi (any suffix works) of :func:`sample_frame` frames."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)

@@ -10,7 +10,7 @@ import numpy as np
 
 from emotion_stream.labels import EMOTIONS
 
-from .detectors import Detection, FaceDetector, create_detector
+from .detectors import Detection, FaceDetector, Landmarks, create_detector
 from .emotion_model import EmotionModel
 from .preprocessing import Box, crop_face
 
@@ -23,6 +23,7 @@ class FaceResult:
     probabilities: np.ndarray  # (9,) in EMOTIONS order
     detector_score: float
     whole_image: bool = False  # no face was found; the whole image was classified
+    landmarks: Landmarks | None = None  # frame pixels, when the detector gives them
 
     def probabilities_dict(self) -> dict[str, float]:
         return {label: round(float(p), 5) for label, p in zip(EMOTIONS, self.probabilities)}
@@ -66,7 +67,7 @@ class FaceAnalyzer:
         if isinstance(whole_image_fallback, bool):
             whole_image_fallback = [whole_image_fallback] * len(frames)
         t0 = time.perf_counter()
-        detections = self.detector.detect_batch(frames)
+        detections = self.detector.detect_batch(frames, whole_image_fallback)
         t1 = time.perf_counter()
         results = self.classify(frames, detections, whole_image_fallback)
         if times is not None:
@@ -85,10 +86,12 @@ class FaceAnalyzer:
         crops: list[np.ndarray] = []
         owners: list[tuple[int, Detection, bool]] = []
         margin = self.model.face_margin
+        # Crops at twice the model's input keep detail for its own area resize.
+        crop_size = 2 * max(self.model.metadata.input_height, self.model.metadata.input_width)
         for i, (frame, found) in enumerate(zip(frames, detections)):
             if found:
                 for det in found:
-                    crops.append(crop_face(frame, det.box, margin))
+                    crops.append(crop_face(frame, det.box, margin, det.landmarks, crop_size))
                     owners.append((i, det, False))
             elif whole_image_fallback[i]:
                 h, w = frame.shape[:2]
@@ -99,6 +102,6 @@ class FaceAnalyzer:
         for (i, det, whole), probs in zip(owners, probabilities):
             best = int(np.argmax(probs))
             results[i].append(
-                FaceResult(det.box, EMOTIONS[best], float(probs[best]), probs, det.score, whole)
+                FaceResult(det.box, EMOTIONS[best], float(probs[best]), probs, det.score, whole, det.landmarks)
             )
         return results

@@ -1,6 +1,6 @@
-"""Face detectors: OpenCV Haar cascade (fast) and MTCNN (more accurate).
+"""Face detectors: BlazeFace (default, ``blazeface.py``), OpenCV Haar cascade and MTCNN.
 
-Both detect on a copy of the frame downscaled to ``max_side`` pixels and map the boxes
+Haar and MTCNN detect on a copy of the frame downscaled to ``max_side`` pixels and map the boxes
 back to full resolution: detection cost grows with pixel count, and faces that matter
 for emotion are large enough to survive the downscale.
 """
@@ -16,17 +16,22 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from emotion_stream.settings import DEFAULT_DETECT_SIZE, DETECTORS
+
 from .preprocessing import Box
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("opencv", "mtcnn")
+Landmarks = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Detection:
     box: Box  # x, y, width, height in full-resolution pixels
     score: float  # detector confidence in [0, 1]
+    # Frame pixels, BlazeFace order: eye, eye, nose tip, mouth, ear, ear; None if the
+    # detector gives none. The two eyes level the crop (preprocessing.crop_face).
+    landmarks: Landmarks | None = None
 
     @property
     def area(self) -> int:
@@ -37,10 +42,15 @@ class FaceDetector(Protocol):
     name: str
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
-        """Every face in a BGR frame, largest first."""
+        """Every face in one BGR frame, largest first."""
         ...
 
-    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]: ...
+    def detect_batch(
+        self, frames: Sequence[np.ndarray], stills: Sequence[bool] | None = None
+    ) -> list[list[Detection]]:
+        """Every face in each BGR frame, largest first. ``stills`` marks still photos,
+        often tight face crops, for detectors that need context added around them."""
+        ...
 
 
 def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -53,14 +63,14 @@ def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), factor
 
 
-def _to_full(box: Sequence[float], factor: float, shape: tuple[int, ...]) -> Box:
+def to_full_box(box: Sequence[float], factor: float, shape: tuple[int, ...]) -> Box:
     x, y, w, h = (v / factor for v in box)
     x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
     x1, y1 = min(shape[1], int(round(x + w))), min(shape[0], int(round(y + h)))
     return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
 
 
-def _largest_first(found: list[Detection]) -> list[Detection]:
+def largest_first(found: list[Detection]) -> list[Detection]:
     return sorted(found, key=lambda d: d.area, reverse=True)
 
 
@@ -102,12 +112,14 @@ class OpenCVDetector:
         )
         found = [
             # Level weights are unbounded margins; squash to (0, 1) for a comparable score.
-            Detection(_to_full(b, factor, frame.shape), 1.0 / (1.0 + math.exp(-float(w))))
+            Detection(to_full_box(b, factor, frame.shape), 1.0 / (1.0 + math.exp(-float(w))))
             for b, w in zip(boxes, np.ravel(weights))
         ]
-        return _largest_first(found)
+        return largest_first(found)
 
-    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+    def detect_batch(
+        self, frames: Sequence[np.ndarray], stills: Sequence[bool] | None = None
+    ) -> list[list[Detection]]:
         return [self.detect(frame) for frame in frames]
 
 
@@ -149,7 +161,9 @@ class MTCNNDetector:
             frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), factor
 
-    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+    def detect_batch(
+        self, frames: Sequence[np.ndarray], stills: Sequence[bool] | None = None
+    ) -> list[list[Detection]]:
         results: list[list[Detection]] = [[] for _ in frames]
         # MTCNN pads a batch to its largest image: batch frames of one shape together.
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -159,9 +173,9 @@ class MTCNNDetector:
             shrunk = [self._shrink(frames[i]) for i in indices]
             found = self._mtcnn.detect_faces([img for img, _ in shrunk])
             for i, (_, factor), faces in zip(indices, shrunk, found):
-                results[i] = _largest_first(
+                results[i] = largest_first(
                     [
-                        Detection(_to_full(f["box"], factor, frames[i].shape), float(f["confidence"]))
+                        Detection(to_full_box(f["box"], factor, frames[i].shape), float(f["confidence"]))
                         for f in faces
                         if f["confidence"] >= self.min_confidence
                     ]
@@ -169,14 +183,20 @@ class MTCNNDetector:
         return results
 
 
-def create_detector(name: str, max_side: int = 192) -> FaceDetector:
-    """``max_side``: frames are shrunk to this longest side for detection, boxes mapped
-    back. Measured on the 350 px dev photos and 640x480 frames: at 192 px the Haar
-    cascade finds about the same faces as at 480 px (157 vs 160 of 219 photos) for half
-    the CPU, and accuracy did not drop. Faces smaller than ~10 % of the frame's shorter
-    side (about 64 px in 640x480) are missed: raise it for distant faces."""
+def create_detector(name: str, max_side: int | None = None) -> FaceDetector:
+    """A detector by name. ``max_side`` (unset: ``DEFAULT_DETECT_SIZE``) is the longest
+    side frames are analysed at: BlazeFace tiles frames above its 192 px input (see
+    ``BlazeFaceDetector``); Haar and MTCNN shrink frames to it and map boxes back. For
+    Haar, 192 px found about the same faces as 480 px on the 350 px dev photos (157 vs
+    160 of 219) for half the CPU, but misses faces under ~10 % of the frame's shorter
+    side (about 64 px in 640x480)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    max_side = max_side or DEFAULT_DETECT_SIZE[name]
+    if name == "blazeface":
+        from .blazeface import BlazeFaceDetector
+
+        return BlazeFaceDetector(detect_max_side=max_side)
     if name == "opencv":
         return OpenCVDetector(max_side=max_side)
-    if name == "mtcnn":
-        return MTCNNDetector(max_side=max_side)
-    raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return MTCNNDetector(max_side=max_side)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -23,19 +24,62 @@ def square_box(box: Box, margin: float) -> Box:
     return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_i, side_i
 
 
-def crop_face(frame: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """Square crop around a face; parts outside the frame are filled by edge replication
-    so faces at the border keep their aspect ratio."""
+def eye_angle(landmarks: Sequence[tuple[float, float]]) -> float:
+    """Degrees the line through the two eyes (landmarks 0 and 1) is turned from level,
+    positive when the eye on the right of the image is lower."""
+    (ax, ay), (bx, by) = landmarks[0], landmarks[1]
+    if ax > bx:  # which eye is "left" depends on mirroring: take them in image order
+        (ax, ay), (bx, by) = (bx, by), (ax, ay)
+    return math.degrees(math.atan2(by - ay, bx - ax))
+
+
+def crop_face(
+    frame: np.ndarray,
+    box: Box,
+    margin: float,
+    landmarks: Sequence[tuple[float, float]] | None = None,
+    max_size: int | None = None,
+) -> np.ndarray:
+    """The one crop geometry of inference, ``prepare`` and ``train``: a square around the
+    face box enlarged by ``margin`` per side. With eye landmarks, the crop is rotated
+    about the box centre so the eyes are level (a tilted head then looks like the upright
+    faces the classifier learned from). Parts outside the frame are filled by edge
+    replication, so faces at the border keep their aspect ratio. ``max_size`` shrinks
+    larger crops to that side (area interpolation)."""
     x, y, s, _ = square_box(box, margin)
     fh, fw = frame.shape[:2]
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + s, fw), min(y + s, fh)
-    if x1 <= x0 or y1 <= y0:
+    if not (x < fw and y < fh and x + s > 0 and y + s > 0):
         raise ValueError(f"face box {box} lies outside the {fw}x{fh} frame")
+    out = min(s, max_size) if max_size else s
+    if landmarks is None or len(landmarks) < 2:
+        return _shrink(_square(frame, x, y, s), out)
+    # Rotate a shrunken copy of a square wide enough for any angle (side * sqrt 2): area
+    # resizing first keeps the pixels alias-free and makes the rotation cheap (0.15 ms
+    # instead of 0.75 ms for a 400 px face; shrinking inside the warp cost accuracy).
+    wide = int(math.ceil(s * math.sqrt(2.0)))
+    offset = (wide - s) // 2
+    region = _shrink(_square(frame, x - offset, y - offset, wide), round(wide * out / s))
+    centre = region.shape[0] / 2.0
+    rotation = cv2.getRotationMatrix2D((centre, centre), eye_angle(landmarks), 1.0)
+    rotation[:, 2] += out / 2.0 - centre
+    return cv2.warpAffine(region, rotation, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _square(frame: np.ndarray, x: int, y: int, side: int) -> np.ndarray:
+    """frame[y:y+side, x:x+side], edge-replicated where it extends past the frame."""
+    fh, fw = frame.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + side, fw), min(y + side, fh)
     crop = frame[y0:y1, x0:x1]
-    pads = (y0 - y, (y + s) - y1, x0 - x, (x + s) - x1)
+    pads = (y0 - y, (y + side) - y1, x0 - x, (x + side) - x1)
     if any(pads):
         crop = cv2.copyMakeBorder(crop, *pads, borderType=cv2.BORDER_REPLICATE)
     return crop
+
+
+def _shrink(image: np.ndarray, side: int) -> np.ndarray:
+    if side >= image.shape[0]:
+        return image
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
 
 
 def to_model_input(faces: Sequence[np.ndarray], meta: ModelMetadata) -> np.ndarray:

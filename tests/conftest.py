@@ -52,6 +52,13 @@ def default_model():
 
 
 @pytest.fixture(scope="session")
+def blazeface_analyzer(default_model):
+    from model import FaceAnalyzer, create_detector
+
+    return FaceAnalyzer(default_model, create_detector("blazeface"))
+
+
+@pytest.fixture(scope="session")
 def opencv_analyzer(default_model):
     from model import FaceAnalyzer, create_detector
 

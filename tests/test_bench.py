@@ -33,6 +33,6 @@ def test_bench_smoke(tmp_path):
     assert set(report["direct"]["stage_cpu_ms_per_image"]) == {"decode", "detect", "classify"}
     assert {"p50", "p95", "p99"} == set(report["live"]["capture_to_event_ms"])
     assert report["live"]["frames_with_events"] > 0
-    assert {"direct/original (images/s)", "batch/original (images/s)"} == set(report["ratios"])
+    assert {"direct/original (images/s)", "batch/original (images/s)", "direct/direct with opencv (images/s)"} == set(report["ratios"])
     for proc in report["live"]["processes"]:
         assert proc["peak_rss_mb"] > 0

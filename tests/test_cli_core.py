@@ -12,6 +12,7 @@ import cv2
 import pytest
 
 from emotion_stream.cli import COMMANDS, main
+from emotion_stream.settings import DETECTORS
 
 from .hostile import hostile_images
 
@@ -115,7 +116,7 @@ def test_evaluate_rejects_bad_label_files(tmp_path, capsys):
     assert "labels.csv:2: unknown emotion label 'joyful-ish'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("detector", ["opencv", "mtcnn"])
+@pytest.mark.parametrize("detector", DETECTORS)
 def test_evaluate_on_the_shared_dev_set(shared_faces, detector, capsys):
     args = ["evaluate", str(shared_faces / "test_kaggle"), "--labels", str(shared_faces / "test_labels.csv")]
     assert main([*args, "--detector", detector, "--json"]) == 0

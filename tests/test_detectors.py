@@ -1,10 +1,11 @@
-"""Both detectors on a real face photo; the analyzer's batching and whole-image fallback."""
+"""Every detector on a real face photo; the analyzer's batching and whole-image fallback."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from emotion_stream.settings import DETECTORS
 from ingest.samples import sample_frame
 
 # Where Grace Hopper's face is in the 512x600 portrait (checked by eye).
@@ -17,7 +18,7 @@ def _inside(box, region, slack=30):
     return x >= x0 - slack and y >= y0 - slack and x + w <= x1 + slack and y + h <= y1 + slack
 
 
-@pytest.mark.parametrize("name", ["opencv", "mtcnn"])
+@pytest.mark.parametrize("name", DETECTORS)
 def test_detector_finds_the_face_in_a_real_photo(name, face_bgr, request):
     analyzer = request.getfixturevalue(f"{name}_analyzer")
     found = analyzer.detector.detect(face_bgr)
@@ -27,13 +28,13 @@ def test_detector_finds_the_face_in_a_real_photo(name, face_bgr, request):
     assert 0.5 < found[0].score <= 1.0
 
 
-@pytest.mark.parametrize("name", ["opencv", "mtcnn"])
+@pytest.mark.parametrize("name", DETECTORS)
 def test_detector_finds_nothing_in_a_blank_frame(name, request):
     analyzer = request.getfixturevalue(f"{name}_analyzer")
     assert analyzer.detector.detect(np.full((480, 640, 3), 127, np.uint8)) == []
 
 
-@pytest.mark.parametrize("name", ["opencv", "mtcnn"])
+@pytest.mark.parametrize("name", DETECTORS)
 def test_analyzer_batches_frames_with_several_faces(name, request):
     analyzer = request.getfixturevalue(f"{name}_analyzer")
     frames = [sample_frame(0.0, faces=1), sample_frame(1.0, faces=2), sample_frame(2.0, faces=3)]
@@ -56,11 +57,13 @@ def test_whole_image_fallback_only_when_asked(opencv_analyzer):
     assert result.whole_image and result.box == (0, 0, 100, 100)
 
 
-def test_detection_runs_on_a_downscaled_frame_and_maps_back(opencv_analyzer, face_bgr):
+@pytest.mark.parametrize("name", ["opencv", "blazeface"])
+def test_detection_runs_on_a_downscaled_frame_and_maps_back(name, face_bgr, request):
     import cv2
 
+    detector = request.getfixturevalue(f"{name}_analyzer").detector
     big = cv2.resize(face_bgr, (face_bgr.shape[1] * 3, face_bgr.shape[0] * 3))
-    [small_hit] = opencv_analyzer.detector.detect(face_bgr)
-    [big_hit] = opencv_analyzer.detector.detect(big)
+    [small_hit] = detector.detect(face_bgr)
+    [big_hit] = detector.detect(big)
     # Same face, coordinates in the big frame's pixels (3x), within a few pixels.
     assert np.allclose(np.array(big_hit.box) / 3, small_hit.box, atol=12)

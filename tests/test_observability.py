@@ -95,7 +95,7 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
             assert sample_value(text, "emotion_stream_stage_seconds_count", stage=stage) >= 30, stage
         assert 'le="0.001"' in text and 'le="5.0"' in text  # buckets resolve 1 ms ... 5 s
         assert sample_value(text, "emotion_stream_frames_dead_lettered_total", reason="malformed_message") == 1
-        assert sample_value(text, "emotion_stream_faces_detected_total", detector="opencv") >= 60
+        assert sample_value(text, "emotion_stream_faces_detected_total", detector="blazeface") >= 60
         assert sample_value(scrape(ingest_port), "emotion_stream_frames_ingested_total", camera="cam-a") >= 30
 
         api = f"http://127.0.0.1:{prom_port}/api/v1/query?query="

@@ -51,8 +51,11 @@ def test_video_file_to_events(redis_server, redis_client, services, tmp_path, de
         x, y, w, h = face.box
         assert 0 <= x and 0 <= y and x + w <= 640 and y + h <= 480 and w > 60
         assert face.captured_at <= face.processed_at
-        assert face.detector == "opencv" and face.model == default_model.id
+        assert face.detector == "blazeface" and face.model == default_model.id
         assert not face.whole_image
+        # BlazeFace's six landmarks travel with the event, inside the face's box.
+        assert len(face.landmarks) == 6
+        assert all(x - 10 <= px <= x + w + 10 and y - 10 <= py <= y + h + 10 for px, py in face.landmarks)
     # Pub/sub channel name == stream name; the stream is bounded.
     assert redis_client.sismember(keys.CAMERAS, "lobby")
     assert worker.stop() == 0  # SIGTERM: clean exit

@@ -313,6 +313,7 @@ class Worker:
                 model=self.model_id,
                 worker=self.name,
                 name=message.name,
+                landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks] if face.landmarks else None,
             )
             for index, face in enumerate(analysis.faces)
         ]

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from emotion_stream.settings import Settings
+from emotion_stream.settings import DETECTORS, Settings
 
 from .common import CommandError, add_command
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", type=Path, default=None,
                    help=f"folder of images (default {DEFAULT_IMAGES} if present, else generated samples)")
-    p.add_argument("--detector", choices=["opencv", "mtcnn"], default=None)
+    p.add_argument("--detector", choices=DETECTORS, default=None)
     p.add_argument("--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX")
     p.add_argument("--workers", type=int, default=None, help="workers for (c) and (d) (default: cores)")
     p.add_argument("--cameras", type=int, default=4)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
     from bench.report import format_text, summarise
-    from bench.scenarios import BenchConfig, run_batch, run_detector, run_direct, run_live, run_original
+    from bench.scenarios import BenchConfig, run_batch, run_detectors, run_direct, run_live, run_original
     from emotion_stream.images import IMAGE_SUFFIXES
     from model import EmotionModel, FaceAnalyzer, create_detector
 
@@ -65,9 +65,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if "original" in chosen:
             results["original"] = run_original(config)
         if "detector" in chosen:
-            results["detector"] = run_detector(config)
+            results["detector"] = run_detectors(config)
         if "direct" in chosen:
             results["direct"] = run_direct(config, FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side)))
+            if config.detector != "opencv":
+                # The Haar path that was the default before BlazeFace, for a same-run ratio.
+                results["direct_opencv"] = run_direct(config, FaceAnalyzer(model, create_detector("opencv")))
         if "batch" in chosen:
             results["batch"] = run_batch(config, model)
         if "live" in chosen:

@@ -27,9 +27,11 @@ def add_command(sub: Any, name: str, run: Runner, help: str, description: str | 
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from emotion_stream.settings import DETECTORS
+
     parser.add_argument(
-        "--detector", choices=["opencv", "mtcnn"], default=None,
-        help="face detector (env EMOTION_STREAM_DETECTOR; default opencv)",
+        "--detector", choices=DETECTORS, default=None,
+        help="face detector (env EMOTION_STREAM_DETECTOR; default blazeface)",
     )
     parser.add_argument(
         "--model", dest="model_path", type=Path, default=None, metavar="PATH",
@@ -37,7 +39,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX",
-        help="shrink frames to this longest side for detection (default 192; larger finds smaller faces)",
+        help="longest side frames are analysed at for detection; larger finds smaller faces "
+        "for more CPU (default per detector: blazeface 320, opencv and mtcnn 192)",
     )
 
 

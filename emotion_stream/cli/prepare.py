@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emotion_stream.settings import Settings
+from emotion_stream.settings import DETECTORS, Settings
 
 from .common import CommandError, add_command, progress
 
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("train_dir", type=Path, metavar="TRAIN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="CLEAN_DIR")
-    p.add_argument("--detector", choices=["mtcnn", "opencv"], default="mtcnn", help="face detector (default mtcnn)")
+    p.add_argument("--detector", choices=DETECTORS, default="blazeface",
+                   help="face detector; use the one you will serve with (default blazeface)")
     p.add_argument("--margin", type=float, default=0.2, help="crop margin, fraction of the face box (default 0.2)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     p.add_argument("--threshold", type=float, default=None, help="duplicate similarity threshold (default 0.95)")

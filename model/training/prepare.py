@@ -27,6 +27,7 @@ import numpy as np
 from emotion_stream.images import IMAGE_SUFFIXES, ImageError, read_image_file
 from emotion_stream.labels import EMOTIONS, canonical
 
+from ..detectors import Detection
 from . import dedup
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ SETTINGS_FILE = "prepare.json"  # read by `train` (crop margin, detector)
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    detector: str = "mtcnn"
+    detector: str = "blazeface"
     margin: float = 0.2  # crop margin around the face box, fraction of its size
     crop_size: int = 256  # longest side of saved crops (no upscaling)
     workers: int = 0  # 0 = one per core
@@ -115,23 +116,25 @@ def _init_worker(detector_name: str) -> None:
     _detector = create_detector(detector_name)
 
 
-def _detect(image: np.ndarray) -> list:
-    """Faces in the image; tight crops (face filling the frame) are found again on a
-    copy with a replicated border, since detectors need some context around a face."""
+def _detect(image: np.ndarray) -> list[Detection]:
+    """Faces in the image, detected as a still photo (as inference does); tight crops
+    the detector still misses are tried again on a copy with a replicated border, since
+    detectors need some context around a face."""
     assert _detector is not None
-    found = _detector.detect(image)
+    found = _detector.detect_batch([image], [True])[0]
     if found:
         return found
     pad = max(image.shape[:2]) // 4
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     h, w = image.shape[:2]
     boxes = []
-    for det in _detector.detect(padded):
+    for det in _detector.detect_batch([padded])[0]:
         x, y, bw, bh = det.box
         x0, y0 = max(0, x - pad), max(0, y - pad)
         x1, y1 = min(w, x - pad + bw), min(h, y - pad + bh)
         if x1 - x0 >= 0.5 * bw and y1 - y0 >= 0.5 * bh:  # mostly inside the original
-            boxes.append(type(det)((x0, y0, x1 - x0, y1 - y0), det.score))
+            landmarks = tuple((px - pad, py - pad) for px, py in det.landmarks) if det.landmarks else None
+            boxes.append(Detection((x0, y0, x1 - x0, y1 - y0), det.score, landmarks))
     return boxes
 
 
@@ -151,7 +154,7 @@ def _process(task: tuple[str, str, str, str, int, int, float, int]) -> Record:
     if found:
         box = found[0].box  # largest
         record.status, record.box = "face", [int(v) for v in box]
-        crop = crop_face(image, box, margin)
+        crop = crop_face(image, box, margin, found[0].landmarks)
         if max(crop.shape[:2]) > crop_size:
             crop = cv2.resize(crop, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
         target = Path(cache_dir) / crop_name(key)

@@ -1,0 +1,185 @@
+"""BlazeFace: landmarks on a real photo, small and many faces, noise, alignment, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from ingest.samples import sample_face, sample_frame, small_faces_frame
+from model import ModelError, create_detector
+from model.blazeface import VARIANTS, BlazeFaceDetector, ssd_anchors, weighted_nms
+from model.preprocessing import crop_face, eye_angle
+
+# Grace Hopper's pupils in the 512x600 portrait (looked up on the image by eye).
+EYES = ((215, 188), (305, 184))
+
+
+@pytest.fixture(scope="module")
+def detector() -> BlazeFaceDetector:
+    return create_detector("blazeface")  # type: ignore[return-value]
+
+
+def _near(point, target, tolerance):
+    return math.dist(point, target) <= tolerance
+
+
+@pytest.mark.parametrize("still", [False, True])
+def test_landmarks_land_on_the_eyes_of_a_real_photo(detector, still):
+    [face] = detector.detect(sample_face(), still=still)
+    assert face.score > 0.5 and len(face.landmarks) == 6
+    eyes = sorted(face.landmarks[:2])
+    assert _near(eyes[0], EYES[0], 15) and _near(eyes[1], EYES[1], 15), eyes
+    nose, mouth = face.landmarks[2], face.landmarks[3]
+    assert EYES[0][1] < nose[1] < mouth[1] < 320  # nose below the eyes, mouth below the nose
+    x, y, w, h = face.box
+    assert x < EYES[0][0] and EYES[1][0] < x + w and y < EYES[0][1] < y + h
+
+
+def test_finds_every_face_of_a_multi_face_frame(detector):
+    for faces in (1, 2, 3):
+        found = detector.detect(sample_frame(1.0, faces=faces))
+        assert len(found) == faces, found
+
+
+def test_finds_small_faces_at_the_default_size(detector):
+    frame, planted = small_faces_frame()
+    found = detector.detect(frame)
+    assert len(found) == len(planted)
+    for x, y, w, h in planted:
+        assert any(abs(d.box[0] + d.box[2] / 2 - (x + w / 2)) < w / 2 and
+                   abs(d.box[1] + d.box[3] / 2 - (y + h / 2)) < h / 2 for d in found), (x, y, w, h)
+    # One letterboxed 192 px view cannot see them all: the tiles are doing the work.
+    assert len(create_detector("blazeface", 192).detect(frame)) < len(planted)
+
+
+def test_no_false_positives_on_noise(detector):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        noise = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        assert detector.detect(noise) == []
+
+
+def test_tight_crops_need_the_still_padding(detector):
+    x, y, w, h = 156, 117, 215, 215
+    tight = np.ascontiguousarray(sample_face()[y : y + h, x : x + w])
+    assert len(detector.detect(tight, still=True)) == 1
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((50, 10000, 3), np.uint8),
+        np.zeros((10000, 50, 3), np.uint8),
+        np.full((480, 640), 128, np.uint8),  # grey, 2-D
+        np.zeros((480, 640, 4), np.uint8),  # BGRA
+        np.zeros((480, 640, 3), np.uint8),  # all black
+    ],
+    ids=["1x1", "10000x50", "50x10000", "grey", "bgra", "black"],
+)
+def test_odd_frames_do_not_crash(detector, frame):
+    assert detector.detect(frame) == []
+    assert detector.detect(frame, still=True) == []
+
+
+def test_grey_and_bgra_faces_are_still_found(detector):
+    face = sample_face()
+    assert len(detector.detect(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))) == 1
+    assert len(detector.detect(cv2.cvtColor(face, cv2.COLOR_BGR2BGRA))) == 1
+
+
+def test_missing_model_file_is_one_clear_error(tmp_path):
+    missing = tmp_path / "nope.tflite"
+    with pytest.raises(ModelError, match="nope.tflite"):
+        BlazeFaceDetector(path=missing)
+
+
+@pytest.mark.parametrize("runtime", ["tflite", "opencv"])
+def test_corrupt_model_file_is_one_clear_error(tmp_path, runtime):
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    with pytest.raises(ModelError, match="corrupt.tflite") as info:
+        BlazeFaceDetector(path=corrupt, runtime=runtime)
+    assert "\n" not in str(info.value)
+
+
+def test_both_runtimes_agree():
+    frame = sample_frame(0.5, faces=2)
+    tflite = BlazeFaceDetector(runtime="tflite").detect(frame)
+    opencv = BlazeFaceDetector(runtime="opencv").detect(frame)
+    assert len(tflite) == len(opencv) == 2
+    for a, b in zip(tflite, opencv):
+        assert np.allclose(a.box, b.box, atol=2) and abs(a.score - b.score) < 0.01
+        assert np.allclose(a.landmarks, b.landmarks, atol=2)
+
+
+def test_anchor_layouts_match_the_models():
+    assert len(ssd_anchors(VARIANTS["full"])) == 48 * 48
+    assert len(ssd_anchors(VARIANTS["short"])) == 16 * 16 * 2 + 8 * 8 * 6
+
+
+def test_weighted_nms_merges_overlapping_candidates():
+    def box(x0, y0, size, score_landmark):
+        points = np.zeros((8, 2), np.float32)
+        points[0], points[1] = (x0, y0), (x0 + size, y0 + size)
+        points[2:] = score_landmark
+        return points
+
+    points = np.stack([box(0.10, 0.10, 0.2, 0.2), box(0.12, 0.10, 0.2, 0.3), box(0.6, 0.6, 0.2, 0.7)])
+    scores = np.array([0.9, 0.6, 0.8], np.float32)
+    merged = weighted_nms(points, scores, min_score=0.5)
+    assert [round(s, 2) for _, s in merged] == [0.9, 0.8]
+    first = merged[0][0]
+    # Score-weighted mean of the two overlapping candidates.
+    assert first[0, 0] == pytest.approx((0.9 * 0.10 + 0.6 * 0.12) / 1.5)
+    assert first[2, 0] == pytest.approx((0.9 * 0.2 + 0.6 * 0.3) / 1.5)
+    assert weighted_nms(points, scores, min_score=0.95) == []
+
+
+def test_alignment_levels_the_eyes(detector):
+    face = sample_face()
+    [upright] = detector.detect(face, still=True)
+    h, w = face.shape[:2]
+    tilt = cv2.getRotationMatrix2D((w / 2, h / 2), 20, 1.0)  # head turned 20 degrees
+    tilted = cv2.warpAffine(face, tilt, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    [found] = detector.detect(tilted, still=True)
+    expected = eye_angle(upright.landmarks) - 20  # counter-clockwise on screen: negative
+    assert eye_angle(found.landmarks) == pytest.approx(expected, abs=5)
+    aligned = crop_face(tilted, found.box, 0.2, found.landmarks)
+    [again] = detector.detect(aligned, still=True)
+    # Within the landmarks' own noise (a few degrees each time they are measured).
+    assert abs(eye_angle(again.landmarks)) < 10
+    # Without landmarks the crop keeps the tilt.
+    [unaligned] = detector.detect(crop_face(tilted, found.box, 0.2), still=True)
+    assert eye_angle(unaligned.landmarks) == pytest.approx(expected, abs=5)
+    assert abs(eye_angle(again.landmarks)) < abs(eye_angle(unaligned.landmarks)) - 10
+
+
+def test_crop_size_limit_keeps_the_geometry(detector):
+    [found] = detector.detect(sample_face(), still=True)
+    full = crop_face(sample_face(), found.box, 0.2, found.landmarks)
+    small = crop_face(sample_face(), found.box, 0.2, found.landmarks, max_size=128)
+    assert small.shape[:2] == (128, 128)
+    reference = cv2.resize(full, (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.mean(np.abs(small.astype(int) - reference.astype(int))) < 6
+
+
+def test_events_carry_landmarks_and_older_consumers_ignore_new_fields():
+    import json
+
+    from emotion_stream.schema import FaceEvent, parse_event
+
+    event = FaceEvent(
+        camera="c", seq=1, captured_at=1.0, processed_at=1.1, face_index=0, faces_in_frame=1,
+        box=(1, 2, 3, 4), emotion="happy", confidence=0.9, probabilities={}, whole_image=False,
+        detector="blazeface", model="m", worker="w", landmarks=[[1.0, 2.0]] * 6,
+    )
+    assert parse_event(event.to_json()) == event
+    doc = json.loads(event.to_json())
+    doc["added_by_a_newer_producer"] = 1
+    assert parse_event(json.dumps(doc)) == event
+    del doc["landmarks"]  # from a producer that predates landmarks
+    assert parse_event(json.dumps(doc)).landmarks is None
