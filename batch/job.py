@@ -72,7 +72,7 @@ def scan_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
         elif path.is_symlink():
             skipped[name] = "symbolic link (not followed)"
         elif path.is_dir():
-            continue
+            skipped[name] = "folder (batch mode reads only the images directly in FOLDER)"
         elif not path.is_file():
             skipped[name] = "not a regular file"
         elif path.suffix.lower() not in IMAGE_SUFFIXES:

@@ -61,17 +61,20 @@ def format_text(summary: dict[str, object]) -> str:
         lines.append(f"(c) batch via Redis   {1000 / b['images_per_s']:8.1f} ms/image  {b['images_per_s']:7.1f} images/s  "
                      f"({b['images']} images, {b['workers']} workers)")
         lines.append("    worker time per image (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in b["stage_ms_per_image"].items()))
-    live = summary.get("live")
-    if live:
+    for key in ("live", "live_idle"):
+        live = summary.get(key)
+        if not live:
+            continue
         lat = live["capture_to_event_ms"]
+        idle = f", {live['idle_cameras']} idle cameras announced" if live.get("idle_cameras") else ""
         lines.append(f"(d) live {live['cameras']} cameras x {live['offered_fps'] / live['cameras']:.0f} fps for {live['seconds']:.0f} s, "
-                     f"{live['workers']} workers")
+                     f"{live['workers']} workers{idle}")
         lines.append(f"    ingested {live['ingested_fps']:.1f} fps, processed {live['processed_fps']:.1f} fps, "
                      f"stale skipped {live['stale_skipped']:.0f}, trimmed {live['trimmed']:.0f}")
         lines.append(f"    capture -> event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         lines.append(f"    backlog (frames): first tenth {live['backlog_first_tenth']}, last tenth {live['backlog_last_tenth']}")
         lines.append("    worker time per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in live["stage_ms_per_frame"].items()))
-    for name in ("original", "direct", "batch", "live"):
+    for name in ("original", "direct", "direct_opencv", "batch", "live", "live_idle"):
         section = summary.get(name)
         for proc in (section or {}).get("processes", []):  # type: ignore[union-attr]
             lines.append(f"    [{name}] {proc['process']}: CPU {proc['cpu_seconds']} s ({proc['cpu_cores_used']} cores), "

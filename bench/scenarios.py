@@ -21,7 +21,6 @@ from pathlib import Path
 from emotion_stream import keys, metrics
 from emotion_stream.redis_conn import EmbeddedRedis, connect
 from emotion_stream.settings import Settings
-
 from model.runtime import share_cores
 
 from .measure import UsageSampler, percentiles
@@ -252,7 +251,9 @@ def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[
 
 
 # ------------------------------------------------------------------------- (d)
-def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run_live(config: BenchConfig, model, idle_cameras: int = 0) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """K sample cameras through ingest -> Redis -> workers; ``idle_cameras`` more ids are
+    announced first that never send a frame (what many registered cameras cost)."""
     from emotion_stream.events import live_events
     from emotion_stream.schema import FaceEvent
     from ingest.camera import IngestOptions, run_camera
@@ -267,6 +268,8 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
     async def main(url: str) -> dict[str, object]:
         stop = asyncio.Event()
         client = connect(url, "bench-live")
+        for first in range(0, idle_cameras, 1000):
+            await client.sadd(keys.CAMERAS, *(f"idle-{i:05d}" for i in range(first, min(idle_cameras, first + 1000))))
         tasks = _start_workers(config, settings, model, url, stop, "live")
         await _workers_ready(client, config.workers)
 
@@ -322,6 +325,7 @@ def run_live(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[n
     tenth = max(1, len(backlog) // 10)
     result.update(
         cameras=config.cameras,
+        idle_cameras=idle_cameras,
         offered_fps=config.cameras * config.fps,
         seconds=config.live_seconds,
         workers=config.workers,

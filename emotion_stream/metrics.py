@@ -86,6 +86,9 @@ BACKLOG = Gauge(
     ["camera", "state"],
 )
 WORKERS_ALIVE = Gauge(f"{NS}_workers_alive", "Workers with a heartbeat in the last 10 s")
+INVALID_CAMERA_IDS = Counter(
+    f"{NS}_invalid_camera_ids_total", "Distinct ids in the cameras set that workers refuse to consume"
+)
 REDIS_ERRORS = Counter(f"{NS}_redis_errors_total", "Redis connection failures seen", ["component"])
 MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector")
 

@@ -11,6 +11,7 @@ dead-letter stream with that reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -289,19 +290,47 @@ class FrameResult:
         return result
 
 
+# A dead-letter entry copies the original message within this budget, so the stream's
+# memory is bounded by dead_letter_max_len x budget (2,000 x 16 KiB = 32 MiB by default)
+# whatever arrives. Values over DEAD_LETTER_VALUE_BYTES keep only a prefix, their size
+# and SHA-256: enough to recognise a payload, never a 50 MB copy of one.
+DEAD_LETTER_ENTRY_BYTES = 16 * 1024
+DEAD_LETTER_VALUE_BYTES = 1024
+DEAD_LETTER_PREFIX_BYTES = 128
+_NAME_BYTES = 64
+
+
 def dead_letter_fields(
     raw: Mapping[bytes, bytes], *, stream: str, entry_id: str, reason: str, worker: str, at: float
 ) -> dict[bytes | str, bytes | str]:
-    """A dead-letter entry: the reason plus the original fields (prefixed ``msg.``) so
-    nothing accepted is lost and an operator can replay it."""
+    """A dead-letter entry: the reason, then the original fields (``msg.<name>``) within
+    ``DEAD_LETTER_ENTRY_BYTES``. A value too large to copy is stored as ``msg.<name>``
+    (its first bytes), ``size.<name>`` and ``sha256.<name>``; fields past the budget are
+    only counted (``fields_dropped``). Small messages stay whole, ready to replay."""
     fields: dict[bytes | str, bytes | str] = {
-        "reason": reason,
+        "reason": reason[:1000],
         "stream": stream,
         "id": entry_id,
         "worker": worker,
         "at": repr(at),
     }
+    budget = DEAD_LETTER_ENTRY_BYTES
+    dropped = 0
     for name, value in raw.items():
-        key = name if isinstance(name, bytes) else name.encode()
-        fields[b"msg." + key] = value
+        key = (name if isinstance(name, bytes) else name.encode())[:_NAME_BYTES]
+        whole = len(b"msg.") + len(key) + len(value)
+        # prefix + "size."/"sha256." entries: names, up to 20 digits and 64 hex digits
+        digest = len(b"msg.size.sha256.") + 3 * len(key) + DEAD_LETTER_PREFIX_BYTES + 20 + 64
+        if len(value) <= DEAD_LETTER_VALUE_BYTES and whole <= budget:
+            fields[b"msg." + key] = value
+            budget -= whole
+        elif digest <= budget:
+            fields[b"msg." + key] = value[:DEAD_LETTER_PREFIX_BYTES]
+            fields[b"size." + key] = str(len(value))
+            fields[b"sha256." + key] = hashlib.sha256(value).hexdigest()
+            budget -= digest
+        else:
+            dropped += 1
+    if dropped:
+        fields["fields_dropped"] = str(dropped)
     return fields

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 DetectorName = Literal["blazeface", "opencv", "mtcnn"]
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
 # Longest side a frame is analysed at, per detector, when --detect-size is not given.
@@ -50,7 +54,10 @@ class Settings(BaseSettings):
     # --- streams -----------------------------------------------------------------------
     frames_max_len: int = Field(256, ge=8, description="approximate bound of each frame stream")
     events_max_len: int = Field(10_000, ge=100, description="approximate bound of each events stream")
-    dead_letter_max_len: int = Field(10_000, ge=100)
+    dead_letter_max_len: int = Field(
+        2_000, ge=100,
+        description="approximate bound of the dead-letter stream; each entry is at most 16 KiB",
+    )
     # --- hostile-input limits ----------------------------------------------------------
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest frame/image accepted")
     max_image_pixels: int = Field(40_000_000, ge=64, description="largest width*height accepted")
@@ -61,21 +68,37 @@ class Settings(BaseSettings):
     # --- observability -----------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="bind address of /metrics")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="unset = no metrics server")
-    log_level: str = "INFO"
+    log_level: LogLevel = Field("INFO", description="log verbosity")
 
     @property
     def detect_size(self) -> int:
         """The detection size in force: the setting, or the detector's default."""
         return self.detect_max_side or DEFAULT_DETECT_SIZE[self.detector]
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in REDIS_SCHEMES:
+            raise ValueError(f"URL scheme must be one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        return url
+
     def with_args(self, args: argparse.Namespace) -> Settings:
-        """Return a copy where every CLI flag that was given (not None) overrides."""
+        """A copy where every CLI flag that was given (not None) overrides, validated
+        exactly like the environment (a ValidationError names the field)."""
         given: dict[str, Any] = {
             name: value
             for name, value in vars(args).items()
             if name in type(self).model_fields and value is not None
         }
-        return self.model_copy(update=given) if given else self
+        if not given:
+            return self
+        # model_validate runs the field constraints without re-reading the environment.
+        return type(self).model_validate({**self.model_dump(), **given})
+
+
+def env_name(field: str) -> str:
+    """The environment variable a setting is read from."""
+    return "REDIS_URL" if field == "redis_url" else f"EMOTION_STREAM_{field.upper()}"
 
 
 def load_settings(args: argparse.Namespace | None = None) -> Settings:

@@ -16,6 +16,7 @@ TensorFlow). Measured here at 192 px with one thread: 4.9 ms/frame with TFLite a
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import math
 import threading
@@ -156,12 +157,15 @@ class _TFLiteRunner:
     per image here (3.8 ms at 1, 4.5 ms at 16; the working set outgrows the cache)."""
 
     def __init__(self, path: Path, threads: int) -> None:
+        from .runtime import quiet_stderr
+
         interpreter_cls = _tflite_interpreter_class()
-        with warnings.catch_warnings():
-            # tf.lite.Interpreter warns that it moves to ai_edge_litert; same API.
+        with warnings.catch_warnings(), quiet_stderr():
+            # tf.lite.Interpreter warns that it moves to ai_edge_litert (same API), and
+            # the XNNPACK delegate announces itself on stderr.
             warnings.simplefilter("ignore")
             self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
-        self._interpreter.allocate_tensors()
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = self._interpreter.get_output_details()
         # Regressors have 16 values per anchor, classifiers 1: tell them apart by shape.
@@ -341,6 +345,8 @@ class BlazeFaceDetector:
             for view in frame_views:
                 points, scores = decode(raw_boxes[row], raw_scores[row], self._anchors, size, self.min_score)
                 row += 1
+                cut = _cut_by_tile_edge(points, view, frame.shape[1] * view.scale, frame.shape[0] * view.scale, size)
+                points, scores = points[~cut], scores[~cut]
                 # Normalised view coordinates -> frame pixels.
                 origin = np.array([view.x, view.y], np.float32)
                 points_all.append((points * size + origin) / view.scale)
@@ -348,6 +354,22 @@ class BlazeFaceDetector:
             faces = weighted_nms(np.concatenate(points_all), np.concatenate(scores_all), self.min_score)
             results.append(largest_first([_detection(p, s, frame.shape) for p, s in faces]))
         return results
+
+
+_EDGE = 0.02  # of a view's side: a box this close to a tile's inner edge is cut off
+
+
+def _cut_by_tile_edge(points: np.ndarray, view: _View, width: float, height: float, size: int) -> np.ndarray:
+    """Boxes reaching an edge of the view that lies inside the frame: a face cut by a
+    tile seam. The neighbouring tile (they overlap) or the whole-frame view sees it whole;
+    kept, the half face would survive NMS as a second, smaller face (IoU under 0.3)."""
+    inner_left, inner_top = view.x > 0, view.y > 0
+    inner_right, inner_bottom = view.x + size < width - 1, view.y + size < height - 1
+    (x0, y0), (x1, y1) = points[:, 0].T, points[:, 1].T
+    return (
+        (inner_left & (x0 < _EDGE)) | (inner_top & (y0 < _EDGE))
+        | (inner_right & (x1 > 1 - _EDGE)) | (inner_bottom & (y1 > 1 - _EDGE))
+    )
 
 
 def _centred(height: int, width: int, scale: float, size: int) -> _View:
@@ -367,7 +389,7 @@ def _starts(length: int, tile: int) -> list[int]:
 def _min_overlap(starts: Sequence[int], tile: int, length: int) -> float:
     if len(starts) == 1:
         return float(length)  # one tile spans the axis: nothing is cut
-    return float(min(tile - (b - a) for a, b in zip(starts, starts[1:])))
+    return float(min(tile - (b - a) for a, b in itertools.pairwise(starts)))
 
 def _to_rgb(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2 or frame.shape[2] == 1:

@@ -27,14 +27,21 @@ def read_labels_csv(path: Path) -> dict[str, str]:
             if not reader.fieldnames or {"image_path", "emotion"} - set(reader.fieldnames):
                 raise LabelsError(f"{path}: expected header 'image_path,emotion', got {reader.fieldnames}")
             labels: dict[str, str] = {}
+            first_line: dict[str, int] = {}
             for line, row in enumerate(reader, start=2):
                 name = (row["image_path"] or "").strip()
                 if not name:
                     raise LabelsError(f"{path}:{line}: empty image_path")
                 try:
-                    labels[Path(name).name] = canonical(row["emotion"] or "")
+                    label = canonical(row["emotion"] or "")
                 except ValueError as exc:
                     raise LabelsError(f"{path}:{line}: {exc}") from None
+                key = Path(name).name
+                if key in labels and labels[key] != label:
+                    raise LabelsError(f"{path}:{line}: {key} is {label}, but line {first_line[key]} "
+                                      f"says {labels[key]}")
+                labels[key] = label
+                first_line.setdefault(key, line)
     except OSError as exc:
         raise LabelsError(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -47,6 +54,7 @@ class EvaluationReport:
     confusion: np.ndarray  # (9, 9): rows = truth, columns = prediction, EMOTIONS order
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> reason
     seconds_per_image: float | None = None
+    unlabelled: list[str] = field(default_factory=list)  # predictions with no answer
 
     @property
     def scored(self) -> int:
@@ -70,6 +78,8 @@ class EvaluationReport:
             "scored": self.scored,
             "skipped": len(self.skipped),
             "skipped_files": self.skipped,
+            "unlabelled": len(self.unlabelled),
+            "unlabelled_files": self.unlabelled,
             "per_class_recall": self.recall(),
             "labels": list(EMOTIONS),
             "confusion": self.confusion.tolist(),
@@ -85,6 +95,11 @@ class EvaluationReport:
             lines.append(f"  {name}: {reason}")
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more")
+        lines.append(f"without a label:      {len(self.unlabelled)}")
+        for name in self.unlabelled[:20]:
+            lines.append(f"  {name}")
+        if len(self.unlabelled) > 20:
+            lines.append(f"  ... and {len(self.unlabelled) - 20} more")
         lines.append("")
         lines.append("per-class recall:")
         support = self.confusion.sum(axis=1)
@@ -105,7 +120,9 @@ def score(
     predicted: Mapping[str, str],
     skipped: Mapping[str, str] | None = None,
 ) -> EvaluationReport:
-    """Confusion matrix over images that have both a truth label and a prediction."""
+    """Confusion matrix over images that have both a truth label and a prediction;
+    labels without a prediction are reported as skipped, predictions without a label as
+    unlabelled."""
     index = {label: i for i, label in enumerate(EMOTIONS)}
     confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), np.int64)
     missed = dict(skipped or {})
@@ -114,4 +131,5 @@ def score(
             confusion[index[true_label], index[predicted[name]]] += 1
         elif name not in missed:
             missed[name] = "no prediction"
-    return EvaluationReport(confusion, missed)
+    unlabelled = sorted(set(predicted) - set(truth))
+    return EvaluationReport(confusion, missed, unlabelled=unlabelled)

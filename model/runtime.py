@@ -24,7 +24,7 @@ def tensorflow(threads: int | None = None) -> ModuleType:
     thread each avoids oversubscription. A GPU is used automatically when visible.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _quiet_stderr():
+    with quiet_stderr():
         import tensorflow as tf
 
     if threads:
@@ -44,8 +44,8 @@ def tensorflow(threads: int | None = None) -> ModuleType:
 
 
 @contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Hide the C++ banners TensorFlow prints while loading (oneDNN notice and the like):
+def quiet_stderr() -> Iterator[None]:
+    """Hide the C++ banners TensorFlow and TFLite print while loading (oneDNN notice, XNNPACK):
     they are written before TF_CPP_MIN_LOG_LEVEL takes effect. Python errors raised by
     the import still surface, after stderr is restored."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "0":

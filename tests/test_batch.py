@@ -36,6 +36,7 @@ def messy_folder(tmp_path, face_bgr):
     (folder / "notes.txt").write_text("not an image")
     (folder / ".DS_Store").write_bytes(b"\x00\x01")
     (folder / "subdir").mkdir()
+    (folder / "album.jpg").mkdir()  # a folder named like an image
     (folder / "link.jpg").symlink_to("/etc/passwd")
     (folder / "comma, in name.jpg").write_bytes(cv2.imencode(".jpg", face_bgr)[1].tobytes())
     readable.add("comma, in name.jpg")
@@ -57,7 +58,8 @@ def test_batch_writes_one_row_per_readable_image(messy_folder, tmp_path, capsys)
     assert f"rows written:         {len(readable)}" in summary
     for reason in ("empty.jpg: empty", "text.jpg: undecodable image: not a recognised image format",
                    "truncated.jpg: undecodable image: truncated JPEG", "bomb.png: undecodable image: declared size",
-                   "link.jpg: symbolic link", "notes.txt: not an image file extension"):
+                   "link.jpg: symbolic link", "notes.txt: not an image file extension",
+                   "subdir: folder (batch mode reads only", "album.jpg: folder"):
         assert reason in summary, reason
     assert "whole-image fallback: " in summary and "faces found:" in summary
     assert not (tmp_path / "submission.csv.partial").exists()

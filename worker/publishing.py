@@ -9,11 +9,15 @@ the other's copy is discarded. Each frame's events appear exactly once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+import redis
 import redis.asyncio as aioredis
 
-from emotion_stream import keys
+from emotion_stream import keys, metrics
+
+log = logging.getLogger(__name__)
 
 RESULTS_TTL_S = 7 * 24 * 3600  # a batch job abandoned by its collector does not linger forever
 
@@ -92,5 +96,13 @@ class OutcomeWriter:
                     args=[self.group, o.entry_id, self.events_max_len, o.result, RESULTS_TTL_S, o.stat, *o.events],
                     client=pipe,
                 )
-        replies = await pipe.execute()
-        return [bool(r) for r in replies]
+        replies = await pipe.execute(raise_on_error=False)
+        for o, reply in zip(outcomes, replies):
+            if isinstance(reply, redis.ConnectionError):
+                raise reply  # an outage: the caller retries the whole write
+            if isinstance(reply, redis.ResponseError):
+                # Refused (a key of another type where a stream belongs): the entry
+                # stays pending, is reclaimed, and ends as poison after a few tries.
+                metrics.REDIS_ERRORS.labels("worker").inc()
+                log.error("cannot write outcome of %s %s: %s", o.stream, o.entry_id, reply)
+        return [not isinstance(reply, Exception) and bool(reply) for reply in replies]

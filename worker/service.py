@@ -20,6 +20,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
@@ -144,8 +145,13 @@ class Worker:
                 except TRANSIENT_ERRORS as exc:
                     await self._redis_down("read", exc, backoff, stop)
                     continue
-                if not entries and not self.group.streams:
-                    await sleep_or_stop(stop, READ_BLOCK_MS / 1000)
+                except redis.ResponseError as exc:
+                    # Not an outage but a refusal (the cameras set replaced by another
+                    # type, say): a worker outlives whatever is done to its keys.
+                    metrics.REDIS_ERRORS.labels("worker").inc()
+                    self._throttled.warning("reader", "worker %s: Redis refused a read: %s", self.name, exc)
+                    await sleep_or_stop(stop, backoff.next_delay())
+                    continue
                 for entry in entries:
                     await self.queue.put(entry)
         finally:

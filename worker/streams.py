@@ -2,18 +2,24 @@
 
 Cameras announce themselves in the ``cameras`` set; every worker joins the shared
 consumer group on each camera's frame stream, so N workers split the frames between
-them and a new camera is picked up within a refresh interval, without restarts.
+them and a new camera is picked up within a refresh interval, without restarts. Ids that
+are not valid camera ids are ignored and counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
 
-from emotion_stream import keys
+from emotion_stream import keys, metrics
+from emotion_stream.logs import Throttled
+from emotion_stream.schema import validate_camera_id
 
 log = logging.getLogger(__name__)
 
@@ -35,78 +41,167 @@ def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Reading thousands of mostly idle streams: only "hot" streams (an entry in the last
+# HOT_IDLE_S, or just joined) are in the blocking XREADGROUP; the others are swept with
+# non-blocking reads every SWEEP_S, SWEEP_CHUNK streams a call. A camera's first frame
+# after a quiet spell waits at most SWEEP_S, then its stream is hot again.
+HOT_IDLE_S = 30.0
+SWEEP_S = 1.0
+SWEEP_CHUNK = 500
+_INVALID_IDS_KEPT = 10_000  # distinct invalid ids remembered (each counted once)
+
+
+def _chunks(items: list[str], size: int = SWEEP_CHUNK) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 class ConsumerGroup:
+    """This worker's membership of the shared consumer group on every camera stream.
+
+    Keys may vanish under a worker at any time (a batch job deletes its stream when it
+    ends, an operator runs FLUSHDB, Redis restarts empty): every Redis error a read gets
+    back makes it re-read the cameras set and rejoin what is still announced.
+    """
+
     def __init__(self, client: aioredis.Redis, consumer: str, group: str = keys.WORKER_GROUP) -> None:
         self.redis = client
         self.group = group
         self.consumer = consumer
         self.streams: list[str] = []
+        self._hot: dict[str, float] = {}  # stream -> monotonic time of its last entry
+        self._swept = 0.0
+        self._members: frozenset[bytes] | None = None
+        self._invalid: set[bytes] = set()
         self._claim_cursor: dict[str, str] = {}
+        self._throttled = Throttled(log)
 
-    async def refresh(self) -> list[str]:
-        """Join the group on every announced camera stream; returns the new ones."""
-        cameras = sorted(_decode(c) for c in await self.redis.smembers(keys.CAMERAS))
-        wanted = [keys.frames(c) for c in cameras]
-        added = [s for s in wanted if s not in self.streams]
-        for stream in added:
-            await self.ensure_group(stream)
-        self.streams = wanted
+    async def refresh(self, rejoin: bool = False) -> list[str]:
+        """Join the group on every announced camera stream; returns the new ones.
+        ``rejoin`` creates the group again on every stream (keys vanished under us)."""
+        members = frozenset(await self.redis.smembers(keys.CAMERAS))
+        if members == self._members and not rejoin:
+            return []
+        self._members = members
+        wanted = sorted(keys.frames(c) for c in self._valid_cameras(members))
+        joined = set() if rejoin else set(self.streams)
+        failed = await self._ensure_groups([s for s in wanted if s not in joined])
+        if failed:
+            self._members = None  # try those again at the next refresh
+        previous = set(self.streams)
+        self.streams = [s for s in wanted if s not in failed]
+        added = [s for s in self.streams if s not in previous]
+        now = time.monotonic()
+        self._hot = {s: t for s, t in self._hot.items() if s in set(self.streams)}
+        self._hot.update({s: now for s in added})
         return added
 
+    def _valid_cameras(self, members: frozenset[bytes]) -> list[str]:
+        cameras = []
+        for raw in members:
+            try:
+                cameras.append(validate_camera_id(raw.decode("utf-8")))
+                continue
+            except (UnicodeDecodeError, ValueError):
+                pass
+            if raw not in self._invalid and len(self._invalid) < _INVALID_IDS_KEPT:
+                self._invalid.add(raw)
+                metrics.INVALID_CAMERA_IDS.inc()
+            self._throttled.warning(
+                "invalid-camera", "ignoring invalid camera id %r (%d bytes) in %s",
+                raw[:40], len(raw), keys.CAMERAS,
+            )
+        return cameras
+
+    async def _ensure_groups(self, streams: list[str]) -> set[str]:
+        """Create the group on each stream (pipelined); returns the streams that failed."""
+        failed: set[str] = set()
+        for chunk in _chunks(streams):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in chunk:
+                # From the start of the stream: frames written before the first worker
+                # came up are still processed (or skipped as stale, and counted).
+                pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
+            for stream, reply in zip(chunk, await pipe.execute(raise_on_error=False)):
+                if isinstance(reply, redis.ResponseError) and "BUSYGROUP" not in str(reply):
+                    failed.add(stream)  # e.g. WRONGTYPE: someone wrote another type there
+                    self._throttled.warning(f"join:{stream}", "cannot consume %s: %s", stream, reply)
+        return failed
+
     async def ensure_group(self, stream: str) -> None:
-        try:
-            # From the start of the stream: frames written before the first worker came
-            # up are still processed (or skipped as stale, and counted).
-            await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        if await self._ensure_groups([stream]):
+            raise redis.ResponseError(f"cannot create consumer group on {stream}")
 
     async def read(self, count: int, block_ms: int) -> list[Entry]:
-        """New entries for this consumer across all streams (blocks up to ``block_ms``)."""
-        if not self.streams:
-            return []
+        """New entries for this consumer: hot streams with a blocking read of up to
+        ``block_ms``, the others swept every SWEEP_S."""
         try:
+            if time.monotonic() - self._swept >= SWEEP_S:
+                self._swept = time.monotonic()
+                entries = await self._sweep(count)
+                if entries:
+                    return entries
+            hot = [s for s in self.streams if s in self._hot]
+            if not hot:
+                await asyncio.sleep(block_ms / 1000)
+                return []
             reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {s: ">" for s in self.streams}, count=count, block=block_ms
+                self.group, self.consumer, {s: ">" for s in hot}, count=count, block=block_ms
             )
         except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                # Redis lost its data (restart without persistence): rejoin and carry on.
-                log.warning("consumer group missing (Redis restarted empty?); recreating")
-                for stream in self.streams:
-                    await self.ensure_group(stream)
-                return []
-            raise
-        return [
-            Entry(_decode(stream), _decode(entry_id), fields)
-            for stream, entries in reply or []
-            for entry_id, fields in entries
-        ]
+            # UNBLOCKED (a stream deleted while we waited on it), NOGROUP (group destroyed,
+            # FLUSHDB, Redis restarted empty), WRONGTYPE...: start again from the cameras set.
+            metrics.REDIS_ERRORS.labels("worker").inc()
+            self._throttled.warning("read-error", "consumer group read failed (%s); rejoining", exc)
+            await self.refresh(rejoin=True)
+            return []
+        entries = self._entries(reply)
+        self._cool_down()
+        return entries
+
+    async def _sweep(self, count: int) -> list[Entry]:
+        cold = [s for s in self.streams if s not in self._hot]
+        for chunk in _chunks(cold):
+            reply = await self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in chunk}, count=count)
+            if reply:
+                return self._entries(reply)
+        return []
+
+    def _entries(self, reply: list | None) -> list[Entry]:  # type: ignore[type-arg]
+        now = time.monotonic()
+        entries = []
+        for stream, items in reply or []:
+            name = _decode(stream)
+            self._hot[name] = now
+            entries += [Entry(name, _decode(entry_id), fields) for entry_id, fields in items]
+        return entries
+
+    def _cool_down(self) -> None:
+        cutoff = time.monotonic() - HOT_IDLE_S
+        for stream in [s for s, t in self._hot.items() if t < cutoff]:
+            del self._hot[stream]
 
     async def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries other consumers left pending for ``min_idle_ms`` (dead workers)."""
         claimed: list[Entry] = []
-        for stream in self.streams:
-            start = self._claim_cursor.get(stream, "0-0")
-            try:
-                reply = await self.redis.xautoclaim(
-                    stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
-                )
-            except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    continue
-                raise
-            cursor, entries = reply[0], reply[1]
-            self._claim_cursor[stream] = _decode(cursor)
-            for entry in entries:
-                # Redis 6.2 returns trimmed entries as (id, None); 7.x drops them and
-                # lists their ids in a third element.
-                entry_id, fields = (entry[0], entry[1]) if entry else (None, None)
-                if entry_id is not None:
-                    claimed.append(Entry(stream, _decode(entry_id), fields or None))
-            for entry_id in reply[2] if len(reply) > 2 else []:
-                claimed.append(Entry(stream, _decode(entry_id), None))
+        for chunk in _chunks(self.streams):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in chunk:
+                start = self._claim_cursor.get(stream, "0-0")
+                pipe.xautoclaim(stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count)
+            for stream, reply in zip(chunk, await pipe.execute(raise_on_error=False)):
+                if isinstance(reply, redis.ResponseError):
+                    continue  # NOGROUP or the key vanished: the reader rejoins
+                cursor, entries = reply[0], reply[1]
+                self._claim_cursor[stream] = _decode(cursor)
+                for entry in entries:
+                    # Redis 6.2 returns trimmed entries as (id, None); 7.x drops them and
+                    # lists their ids in a third element.
+                    entry_id, fields = (entry[0], entry[1]) if entry else (None, None)
+                    if entry_id is not None:
+                        claimed.append(Entry(stream, _decode(entry_id), fields or None))
+                for entry_id in reply[2] if len(reply) > 2 else []:
+                    claimed.append(Entry(stream, _decode(entry_id), None))
         return await self._with_deliveries(claimed)
 
     async def _with_deliveries(self, entries: list[Entry]) -> list[Entry]:
@@ -115,9 +210,12 @@ class ConsumerGroup:
         for stream in {e.stream for e in entries}:
             mine = [e for e in entries if e.stream == stream]
             ids = sorted(mine, key=lambda e: tuple(int(p) for p in e.id.split("-")))
-            pending = await self.redis.xpending_range(
-                stream, self.group, ids[0].id, ids[-1].id, len(mine) + 2 * 1024, consumername=self.consumer
-            )
+            try:
+                pending = await self.redis.xpending_range(
+                    stream, self.group, ids[0].id, ids[-1].id, len(mine) + 2 * 1024, consumername=self.consumer
+                )
+            except redis.ResponseError:
+                pending = []  # the stream vanished since the claim: count them once
             times = {_decode(p["message_id"]): int(p["times_delivered"]) for p in pending}
             counted += [Entry(e.stream, e.id, e.fields, times.get(e.id, 1)) for e in mine]
         return counted
@@ -125,27 +223,36 @@ class ConsumerGroup:
     async def backlog(self) -> dict[str, tuple[int, int]]:
         """stream -> (lag: not yet delivered, pending: delivered, not acked)."""
         result: dict[str, tuple[int, int]] = {}
-        for stream in self.streams:
-            try:
-                groups = await self.redis.xinfo_groups(stream)
-            except redis.ResponseError:
-                continue
-            for info in groups:
-                if _decode(info["name"]) != self.group:
+        for chunk in _chunks(self.streams):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in chunk:
+                pipe.xinfo_groups(stream)
+            for stream, groups in zip(chunk, await pipe.execute(raise_on_error=False)):
+                if isinstance(groups, redis.ResponseError):
                     continue
-                lag = info.get("lag")
-                if lag is None:  # Redis < 7: count entries after the last delivered id
-                    last = _decode(info["last-delivered-id"])
-                    lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000))
-                result[stream] = (int(lag), int(info["pending"]))
+                for info in groups:
+                    if _decode(info["name"]) != self.group:
+                        continue
+                    lag = info.get("lag")
+                    if lag is None:  # Redis < 7: count entries after the last delivered id
+                        lag = await self._lag(stream, _decode(info["last-delivered-id"]))
+                    result[stream] = (int(lag), int(info["pending"]))
         return result
 
+    async def _lag(self, stream: str, last_delivered: str) -> int:
+        if stream not in self._hot:
+            return 0  # swept every SWEEP_S: nothing waits longer than that
+        return len(await self.redis.xrange(stream, min=f"({last_delivered}", max="+", count=100_000))
+
     async def leave(self) -> None:
-        """Remove this consumer from every group if it holds no pending entries."""
-        for stream in self.streams:
-            try:
-                pending = await self.redis.xpending_range(stream, self.group, "-", "+", 1, consumername=self.consumer)
-                if not pending:
-                    await self.redis.xgroup_delconsumer(stream, self.group, self.consumer)
-            except redis.ResponseError:
-                pass
+        """Remove this consumer from every group where it holds no pending entries."""
+        for chunk in _chunks(self.streams):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in chunk:
+                pipe.xpending_range(stream, self.group, "-", "+", 1, consumername=self.consumer)
+            replies = await pipe.execute(raise_on_error=False)
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, pending in zip(chunk, replies):
+                if not isinstance(pending, Exception) and not pending:
+                    pipe.xgroup_delconsumer(stream, self.group, self.consumer)
+            await pipe.execute(raise_on_error=False)

@@ -12,11 +12,15 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from emotion_stream import __version__
 from emotion_stream.logs import setup_logging
 
 from .common import CommandError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 # Order shown in --help.
 COMMANDS = (
@@ -34,30 +38,70 @@ COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit code 2 (subcommands inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from emotion_stream.settings import LOG_LEVELS
+
+    parser = _Parser(
         prog="emotion-stream",
         description="Streaming facial-emotion analytics over Redis streams.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity (env EMOTION_STREAM_LOG_LEVEL; default INFO)",
-    )
+    log_help = "log verbosity (env EMOTION_STREAM_LOG_LEVEL; default INFO)"
+    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS, help=log_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
+    for command in sub.choices.values():
+        # Also after the subcommand; SUPPRESS keeps an absent flag from hiding one given before.
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help=log_help)
     return parser
 
 
+def _setting_error(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: ValidationError) -> str:
+    """One line naming the flag (or environment variable) that carried the bad value."""
+    from emotion_stream.settings import env_name
+
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if getattr(args, field, None) is not None:
+        source = _flag_of(parser, args.command, field)
+    elif field.isupper():  # reported under the alias it was read from (REDIS_URL)
+        source = field
+    else:
+        source = env_name(field)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{source}: {message} (got {error.get('input')!r})"
+
+
+def _flag_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str:
+    for action in parser._actions:  # argparse has no public walk of its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for option in action.choices[command]._actions:
+                if option.dest == dest and option.option_strings:
+                    return option.option_strings[0]
+        elif action.dest == dest and action.option_strings:
+            return action.option_strings[0]
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from emotion_stream.settings import load_settings
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         settings = load_settings(args)
-    except ValueError as exc:  # pydantic ValidationError is a ValueError
-        print(f"emotion-stream: error: invalid setting: {exc}", file=sys.stderr)
+    except ValidationError as exc:
+        print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
     from redis.exceptions import AuthenticationError, NoPermissionError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, add_model_options, add_redis_option, progress
+from .common import CommandError, add_command, add_model_options, add_redis_option, number, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folder", type=Path, metavar="FOLDER")
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default submission.csv)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
                    help="local workers to start (default: one per CPU core; 0 = external workers only)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="frames per micro-batch")
     add_model_options(p)
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.folder.is_dir():
         raise CommandError(f"{args.folder}: not a folder")
+    _check_output(args.out)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 0:
         raise CommandError("--workers must be 0 or more")
@@ -46,6 +47,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(summary.format_text())
     print(f"wrote {args.out}")
     return 0
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output path that cannot be written before doing any work."""
+    if out.is_dir():
+        raise CommandError(f"--out {out}: is a folder; give a file path such as {out / 'submission.csv'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"--out {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CommandError(f"--out {out}: folder {parent} is not writable")
 
 
 async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int):  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emotion_stream.settings import DETECTORS, Settings
 
-from .common import CommandError, add_command
+from .common import POSITIVE_SECONDS, CommandError, add_command, number
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "faces" / "test_kaggle"
 
@@ -28,12 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"folder of images (default {DEFAULT_IMAGES} if present, else generated samples)")
     p.add_argument("--detector", choices=DETECTORS, default=None)
     p.add_argument("--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX")
-    p.add_argument("--workers", type=int, default=None, help="workers for (c) and (d) (default: cores)")
-    p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--fps", type=float, default=15.0)
-    p.add_argument("--live-seconds", type=float, default=60.0)
-    p.add_argument("--original-limit", type=int, default=60, help="images timed on the slow original path")
+    p.add_argument("--workers", type=number(int, 1), default=None, help="workers for (c) and (d) (default: cores)")
+    p.add_argument("--cameras", type=number(int, 1), default=4)
+    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=15.0)
+    p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0)
+    p.add_argument("--original-limit", type=number(int, 1), default=60, help="images timed on the slow original path")
     p.add_argument("--only", default="original,detector,direct,batch,live", help="comma-separated subset to run")
+    p.add_argument("--idle-cameras", type=number(int, 0), default=0, metavar="N",
+                   help="also run (d) with N more cameras announced that never send a frame")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -41,7 +43,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
     from bench.report import format_text, summarise
-    from bench.scenarios import BenchConfig, run_batch, run_detectors, run_direct, run_live, run_original
+    from bench.scenarios import (
+        BenchConfig,
+        run_batch,
+        run_detectors,
+        run_direct,
+        run_live,
+        run_original,
+    )
     from emotion_stream.images import IMAGE_SUFFIXES
     from model import EmotionModel, FaceAnalyzer, create_detector
 
@@ -75,6 +84,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results["batch"] = run_batch(config, model)
         if "live" in chosen:
             results["live"] = run_live(config, model)
+            if args.idle_cameras:
+                results["live_idle"] = run_live(config, model, idle_cameras=args.idle_cameras)
     summary = summarise(results)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0

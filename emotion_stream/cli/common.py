@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model import FaceAnalyzer
-
     from emotion_stream.settings import Settings
+    from model import FaceAnalyzer
 
 Runner = Callable[[argparse.Namespace, "Settings"], int]
 
@@ -24,6 +23,29 @@ def add_command(sub: Any, name: str, run: Runner, help: str, description: str | 
     parser = sub.add_parser(name, help=help, description=description or help)
     parser.set_defaults(run=run)
     return parser
+
+
+def number(kind: type[int | float], low: float | None = None, high: float | None = None,
+           *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for flags that are not settings: a number in [low, high]
+    (``above``: strictly above ``low``). A bad value exits 2 naming the flag, like a
+    setting's validation does."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if low is not None and (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low:g} (got {text})")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g} (got {text})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+POSITIVE_SECONDS = number(float, 0, above=True)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

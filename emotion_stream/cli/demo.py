@@ -9,7 +9,16 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import add_command, add_metrics_options, add_model_options, add_redis_option, load_analyzer
+from .common import (
+    POSITIVE_SECONDS,
+    CommandError,
+    add_command,
+    add_metrics_options,
+    add_model_options,
+    add_redis_option,
+    load_analyzer,
+    number,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--source", default=None, help="webcam index, video file or URL instead of the sample clip")
     p.add_argument("--camera", default="demo", help="camera id (default demo)")
-    p.add_argument("--fps", type=float, default=10.0, help="frames per second to ingest (default 10)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second to ingest (default 10)")
+    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_model_options(p)
     add_redis_option(p)
     add_metrics_options(p)
@@ -35,6 +44,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.metrics import serve_metrics
     from emotion_stream.redis_conn import redis_url_or_embedded
 
+    from ingest.sources import SourceSpec
+
+    if args.source and SourceSpec.parse(args.source).is_file and not Path(args.source).is_file():
+        raise CommandError(f"{args.source}: no such video file")
     analyzer = load_analyzer(settings)
     serve_metrics(settings.metrics_port, settings.metrics_host)
     with tempfile.TemporaryDirectory(prefix="emotion-demo-") as tmp, redis_url_or_embedded(settings.redis_url) as url:
@@ -63,16 +76,19 @@ async def _demo(args, settings, url, source, analyzer, stop) -> int:  # type: ig
             print(format_event(event), flush=True)
 
     spec = SourceSpec.parse(source)
-    tasks = [
-        asyncio.create_task(serve(settings, url, stop, analyzer)),
-        asyncio.create_task(printer()),
-        asyncio.create_task(
-            run_camera(spec, FramePublisher(client, args.camera, settings), IngestOptions(fps=args.fps, loop=True), stop)
-        ),
-    ]
+    camera = asyncio.create_task(
+        run_camera(spec, FramePublisher(client, args.camera, settings), IngestOptions(fps=args.fps, loop=True), stop)
+    )
+    tasks = [asyncio.create_task(serve(settings, url, stop, analyzer)), asyncio.create_task(printer()), camera]
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        # Any part failing ends the demo with its error, instead of a silent idle run.
+        done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+        failed = next((t for t in done if t is not stopped and not t.cancelled() and t.exception()), None)
+        if failed is not None:
+            raise CommandError(str(failed.exception()))
     finally:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stop.set()
+        await asyncio.gather(*tasks, stopped, return_exceptions=True)
         await client.aclose()
     return 0

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         raise CommandError(f"{args.target}: no such folder or file")
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    if not report.scored:
+        raise CommandError("nothing was scored: no image has both a label and a prediction")
     return 0
 
 

@@ -6,26 +6,34 @@ import argparse
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, add_metrics_options, add_redis_option
+from .common import (
+    POSITIVE_SECONDS,
+    CommandError,
+    add_command,
+    add_metrics_options,
+    add_redis_option,
+    number,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "ingest", run, "stream a webcam, video file or RTSP/HTTP URL into Redis",
         description=(
-            "Read frames from SOURCE (webcam index like 0, a video file, or an rtsp:// or "
-            "http(s):// URL), JPEG-encode them and append them to the camera's bounded "
-            "frame stream. Lost live sources are reopened with backoff."
+            "Read frames from SOURCE (webcam index like 0, a video file, an rtsp:// or "
+            "http(s):// URL, or sample[:N]: a synthetic camera of N moving portraits), "
+            "JPEG-encode them and append them to the camera's bounded frame stream. Lost "
+            "live sources are reopened with backoff."
         ),
     )
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("source", metavar="SOURCE", help="0, video.mp4, rtsp://..., http(s)://... or sample[:N]")
     p.add_argument("--camera", required=True, help="camera id (letters, digits, _ . : -)")
-    p.add_argument("--fps", type=float, default=0.0, help="frame rate to send (default: native/all)")
+    p.add_argument("--fps", type=number(float, 0, 1000), default=0.0, help="frame rate to send (default: native/all)")
     p.add_argument("--max-len", dest="frames_max_len", type=int, default=None, metavar="N",
                    help="bound of the frame stream (default 256)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
-    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q", help="JPEG quality 10-100 (default 85)")
+    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_redis_option(p)
     add_metrics_options(p)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emotion_stream.settings import DETECTORS, Settings
 
-from .common import CommandError, add_command, progress
+from .common import CommandError, add_command, number, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="CLEAN_DIR")
     p.add_argument("--detector", choices=DETECTORS, default="blazeface",
                    help="face detector; use the one you will serve with (default blazeface)")
-    p.add_argument("--margin", type=float, default=0.2, help="crop margin, fraction of the face box (default 0.2)")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
-    p.add_argument("--threshold", type=float, default=None, help="duplicate similarity threshold (default 0.95)")
+    p.add_argument("--margin", type=number(float, 0, 1), default=0.2, help="crop margin, fraction of the face box (default 0.2)")
+    p.add_argument("--workers", type=number(int, 0), default=0, help="processes (default: one per core)")
+    p.add_argument("--threshold", type=number(float, 0, 1, above=True), default=None, help="duplicate similarity threshold (default 0.95)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

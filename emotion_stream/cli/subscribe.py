@@ -9,16 +9,16 @@ from dataclasses import asdict
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, add_redis_option
+from .common import POSITIVE_SECONDS, CommandError, add_command, add_redis_option, number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "subscribe", run, "print live events (all cameras or one)")
     p.add_argument("--camera", default=None, help="only this camera")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
-    p.add_argument("--count", type=int, default=None, metavar="N", help="exit after N face events")
+    p.add_argument("--count", type=number(int, 1), default=None, metavar="N", help="exit after N face events")
     p.add_argument("--until-end", action="store_true", help="exit at the camera's end-of-stream marker")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_redis_option(p)
 
 

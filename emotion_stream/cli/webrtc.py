@@ -6,7 +6,7 @@ import argparse
 
 from emotion_stream.settings import Settings
 
-from .common import add_command, add_metrics_options, add_redis_option
+from .common import POSITIVE_SECONDS, add_command, add_metrics_options, add_redis_option, number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--fps", type=float, default=10.0, help="frames per second sent to the workers (default 10)")
+    p.add_argument("--port", type=number(int, 0, 65535), default=8080)
+    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second sent to the workers (default 10)")
     p.add_argument("--token", default=None,
                    help="required as ?token= for the page and in the offer (env EMOTION_STREAM_WEBRTC_TOKEN)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_redis_option(p)
     add_metrics_options(p)
 

@@ -6,7 +6,14 @@ import argparse
 
 from emotion_stream.settings import Settings
 
-from .common import add_command, add_metrics_options, add_model_options, add_redis_option, load_analyzer
+from .common import (
+    POSITIVE_SECONDS,
+    add_command,
+    add_metrics_options,
+    add_model_options,
+    add_redis_option,
+    load_analyzer,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--claim-idle-ms", type=int, default=None, metavar="MS",
                    help="reclaim entries other workers left pending this long (default 15000)")
     p.add_argument("--name", dest="worker_name", default=None, help="consumer name (default host-pid)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,197 @@
+"""What a hostile first hour found (issue 15), each against real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+
+import cv2
+import pytest
+
+from emotion_stream import keys
+from emotion_stream.schema import DEAD_LETTER_ENTRY_BYTES, FrameKind, FrameMessage
+from ingest.samples import sample_frame
+
+from .procs import EXE, wait_for
+from .test_observability import sample_value, scrape
+from .test_pipeline import WORKER_FLAGS, faces_of
+
+JPEG = cv2.imencode(".jpg", sample_frame(0.0))[1].tobytes()
+
+
+def _feed(client, camera: str, seq: int = 0) -> None:
+    client.sadd(keys.CAMERAS, camera)
+    client.xadd(keys.frames(camera), FrameMessage(camera, seq, time.time(), FrameKind.STILL, JPEG, 640, 480).to_fields())
+
+
+def _has_event(client, camera: str, seq: int = 0) -> bool:
+    return any(f.seq == seq for f in faces_of(client, camera))
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# ------------------------------------------------------------ 1. keys vanishing
+def test_worker_survives_every_key_vanishing_under_it(redis_server, redis_client, services):
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
+    _feed(redis_client, "one")
+    wait_for(lambda: _has_event(redis_client, "one"), 90, "the first event")
+
+    redis_client.delete(keys.frames("one"))  # while the worker blocks reading it: UNBLOCKED
+    time.sleep(1.0)
+    _feed(redis_client, "two")
+    wait_for(lambda: _has_event(redis_client, "two"), 30, "an event after the stream was deleted")
+
+    redis_client.xgroup_destroy(keys.frames("two"), keys.WORKER_GROUP)  # NOGROUP
+    time.sleep(0.5)
+    _feed(redis_client, "two", seq=1)
+    wait_for(lambda: _has_event(redis_client, "two", 1), 30, "an event after the group was destroyed")
+
+    redis_client.flushdb()
+    time.sleep(0.5)
+    _feed(redis_client, "three")
+    wait_for(lambda: _has_event(redis_client, "three"), 30, "an event after FLUSHDB")
+
+    redis_client.sadd(keys.CAMERAS, "typo")
+    redis_client.set(keys.frames("typo"), "not a stream")  # WRONGTYPE for the whole read
+    _feed(redis_client, "four")
+    wait_for(lambda: _has_event(redis_client, "four"), 30, "an event beside a wrong-typed key")
+    assert worker.alive(), worker.output[-3000:]
+    assert "cannot consume emotion-stream:frames:typo" in worker.output
+    assert worker.stop() == 0
+
+
+@pytest.mark.slow
+def test_external_worker_outlives_batch_jobs(redis_server, services, tmp_path):
+    """The README's MTCNN set-up: `batch --workers 0` deletes its stream when it ends."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"img_{i}.jpg"), sample_frame(float(i)))
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
+    for run in range(2):
+        out = tmp_path / f"run{run}.csv"
+        job = services(f"batch-{run}", "batch", str(folder), "--workers", "0", "--out", str(out),
+                       "--redis", redis_server.url)
+        assert job.wait(120) == 0, job.output[-3000:]
+        assert out.read_text().count("\n") == 4
+        time.sleep(1.0)
+        assert worker.alive(), worker.output[-3000:]
+    assert worker.stop() == 0
+
+
+# ------------------------------------------------------- 2. flags are validated
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["worker", "--batch-size", "0"], "--batch-size"),
+        (["batch", ".", "--batch-size", "-3"], "--batch-size"),
+        (["ingest", "sample", "--camera", "c", "--jpeg-quality", "500"], "--jpeg-quality"),
+        (["ingest", "sample", "--camera", "c", "--fps", "-1"], "--fps"),
+        (["ingest", "sample", "--camera", "c", "--max-len", "0"], "--max-len"),
+        (["worker", "--detect-size", "10"], "--detect-size"),
+        (["worker", "--max-frame-age", "0"], "--max-frame-age"),
+        (["subscribe", "--count", "0"], "--count"),
+        (["demo", "--duration", "-5"], "--duration"),
+        (["worker", "--redis", "http://localhost:6379"], "--redis"),
+    ],
+)
+def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(argv, flag):
+    result = _run(*argv, timeout=60)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert flag in line, line
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [({"EMOTION_STREAM_BATCH_SIZE": "0"}, "EMOTION_STREAM_BATCH_SIZE"),
+     ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL")],
+)
+def test_bad_environment_values_exit_2_naming_the_variable(env, name):
+    result = _run("worker", env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"emotion-stream worker: error: {name}:"), line
+
+
+# ------------------------------------------------- 3. dead letters stay small
+def test_oversized_payloads_are_not_copied_into_dead_letters(redis_server, redis_client, services):
+    camera = "flood"
+    redis_client.sadd(keys.CAMERAS, camera)
+    payload = os.urandom(3 * 1024 * 1024)
+    for seq in range(6):
+        fields = FrameMessage(camera, seq, time.time(), FrameKind.STILL, payload, 640, 480).to_fields()
+        redis_client.xadd(keys.frames(camera), fields)
+    services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS,
+             env={"EMOTION_STREAM_MAX_IMAGE_BYTES": str(1024 * 1024)})
+    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) == 6, 90, "six dead letters")
+    for _id, letter in redis_client.xrange(keys.DEAD_LETTER):
+        assert b"over the limit" in letter[b"reason"]
+        assert letter[b"size.image"] == str(len(payload)).encode()
+        assert letter[b"sha256.image"] == hashlib.sha256(payload).hexdigest().encode()
+        assert payload.startswith(letter[b"msg.image"]) and len(letter[b"msg.image"]) <= 128
+        assert letter[b"msg.camera"] == camera.encode()  # small fields are kept whole
+        assert sum(len(k) + len(v) for k, v in letter.items()) < DEAD_LETTER_ENTRY_BYTES + 512
+    # Six 3 MB payloads cost the dead-letter stream kilobytes, not megabytes.
+    assert redis_client.memory_usage(keys.DEAD_LETTER) < 64 * 1024
+
+
+def test_a_message_with_thousands_of_fields_is_bounded_too(redis_server, redis_client, services):
+    camera = "wide"
+    redis_client.sadd(keys.CAMERAS, camera)
+    redis_client.xadd(keys.frames(camera), {f"field{i}": "x" * 100 for i in range(5000)})
+    services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
+    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) == 1, 90, "the dead letter")
+    [(_id, letter)] = redis_client.xrange(keys.DEAD_LETTER)
+    assert int(letter[b"fields_dropped"]) > 4000
+    assert sum(len(k) + len(v) for k, v in letter.items()) < DEAD_LETTER_ENTRY_BYTES + 512
+
+
+# ------------------------------------------------------ 4. many announced cameras
+def test_ten_thousand_idle_cameras_and_hostile_ids(redis_server, redis_client, services):
+    from emotion_stream.redis_conn import free_port
+
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(10_000):
+        pipe.sadd(keys.CAMERAS, f"idle-{i:05d}")
+    hostile = ["x" * 10_000, "../../etc/passwd", "has space", "\u00e9t\u00e9"]
+    pipe.sadd(keys.CAMERAS, *hostile)
+    pipe.execute()
+    port = free_port()
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS, "--metrics-port", str(port))
+    wait_for(lambda: redis_client.exists(keys.frames("idle-09999")), 120, "groups on the idle cameras")
+    for seq in range(5):  # an active camera among them keeps being served
+        _feed(redis_client, "busy", seq)
+        wait_for(lambda s=seq: _has_event(redis_client, "busy", s), 30, f"event {seq} of the active camera")
+    text = scrape(port)
+    assert sample_value(text, "emotion_stream_invalid_camera_ids_total") == len(hostile)
+    assert "x" * 200 not in text  # never a label
+    assert not redis_client.exists(keys.frames("x" * 10_000))  # never a key
+    assert max(len(line) for line in worker.output.splitlines()) < 2000  # never a 100 kB log line
+    assert "ignoring invalid camera id" in worker.output
+    assert worker.stop() == 0
+
+
+# ----------------------------------------------------- 5. one line, not a traceback
+def test_batch_output_path_is_checked_before_any_work(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), sample_frame(0.0))
+    for out, expected in ((tmp_path / "missing" / "sub.csv", "does not exist"), (tmp_path, "is a folder")):
+        result = _run("batch", str(folder), "--out", str(out), "--workers", "1")
+        assert result.returncode == 1, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert expected in line and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no temp files left
+
+
+def test_demo_with_a_missing_source_fails_with_one_line():
+    result = _run("demo", "--source", "/nonexistent.mp4", timeout=60)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "/nonexistent.mp4: no such video file" in line
