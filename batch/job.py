@@ -86,13 +86,27 @@ def scan_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
     return images, skipped
 
 
+class BatchStalled(RuntimeError):
+    """No result arrived within the job's timeout (no worker running, or all stuck)."""
+
+
 class BatchJob:
-    def __init__(self, client: aioredis.Redis, folder: Path, out: Path, settings: Settings, window: int = 256) -> None:
+    """One folder as a finite job stream: the producer sends every image as a still
+    frame, the collector journals each result once, and ``run`` writes the CSV.
+
+    ``timeout``: fail with BatchStalled after that many seconds without a result (None:
+    wait for workers indefinitely, warning every 30 s). Either way, the job's camera and
+    streams are removed from Redis when it ends; the journal is kept for a resume.
+    """
+
+    def __init__(self, client: aioredis.Redis, folder: Path, out: Path, settings: Settings, window: int = 256,
+                 timeout: float | None = None) -> None:
         self.redis = client
         self.folder = folder
         self.out = out
         self.settings = settings
         self.window = window
+        self.timeout = timeout
         self.id = job_id(folder, settings)
         self.camera = f"batch-{self.id}"
         self.stream = keys.frames(self.camera)
@@ -175,6 +189,7 @@ class BatchJob:
     async def _collect(self, on_result) -> None:  # type: ignore[no-untyped-def]
         last_id = "0-0"
         last_progress = time.monotonic()
+        warned = 0
         while self._remaining > 0:
             try:
                 reply = await self.redis.xread({self.results: last_id}, count=256, block=1000)
@@ -194,11 +209,16 @@ class BatchJob:
                         continue
                     if self._record(result) and on_result is not None:
                         on_result(result)
-                    last_progress = time.monotonic()
-            if time.monotonic() - last_progress > STALL_WARNING_S:
+                    last_progress, warned = time.monotonic(), 0
+            waited = time.monotonic() - last_progress
+            if self.timeout is not None and waited > self.timeout:
                 alive = await self.redis.hlen(keys.WORKERS)
-                log.warning("batch: no result for %.0f s (%d workers registered); still waiting", STALL_WARNING_S, alive)
-                last_progress = time.monotonic()
+                raise BatchStalled(f"no result for {self.timeout:g} s ({alive} workers registered; "
+                                   f"{self._remaining} images left, resumable)")
+            if waited > STALL_WARNING_S * (1 + warned):
+                alive = await self.redis.hlen(keys.WORKERS)
+                log.warning("batch: no result for %.0f s (%d workers registered); still waiting", waited, alive)
+                warned += 1
 
     def _record(self, result: FrameResult) -> bool:
         """Journal a result once per image; duplicates (re-deliveries) are ignored."""

@@ -8,6 +8,7 @@ Streams (all bounded with MAXLEN ~):
 Other keys:
   {prefix}:cameras           set of camera ids whose frame streams workers consume
   {prefix}:workers           hash worker-name -> last heartbeat (unix seconds)
+  {prefix}:worker-lease:{name}  the live worker holding a consumer name (expiring lease)
   {prefix}:stats:{camera}    hash of frame counts, updated atomically with each add/ack:
                              ingested, trimmed, processed, stale, dead_lettered
                              (ingested = processed + stale + trimmed + dead_lettered
@@ -23,6 +24,10 @@ CAMERAS = f"{PREFIX}:cameras"
 WORKERS = f"{PREFIX}:workers"
 DEAD_LETTER = f"{PREFIX}:dead-letter"
 EVENTS_PATTERN = f"{PREFIX}:events:*"  # pub/sub pattern for every camera
+
+
+def worker_lease(name: str) -> str:
+    return f"{PREFIX}:worker-lease:{name}"
 
 
 def frames(camera: str) -> str:

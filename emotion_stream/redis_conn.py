@@ -107,6 +107,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_DIR_PREFIX = "es-redis-"
+_OWNER_FILE = "owner.pid"
+
+
+def _die_with_parent() -> list[str]:
+    """A command prefix that makes redis-server get SIGTERM when this process dies, even
+    by SIGKILL (Linux's parent-death signal, set by util-linux's setpriv between fork and
+    exec: Popen's preexec_fn is unsafe with TensorFlow's threads running)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
+def remove_stale_dirs() -> None:
+    """Delete data folders of embedded servers whose owner process is gone (killed
+    before it could clean up); their redis-server died with it."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*"):
+        try:
+            owner = int((folder / _OWNER_FILE).read_text())
+            if folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a process that was killed", folder)
+        except (OSError, ValueError):
+            continue  # not ours, or in use, or being set up right now
+
+
 class EmbeddedRedis:
     """A private redis-server child process. Use as a context manager, or start()/stop().
 
@@ -124,7 +152,11 @@ class EmbeddedRedis:
         extra_config: dict[str, str] | None = None,
     ) -> None:
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="es-redis-"))
+        if self._own_dir:
+            remove_stale_dirs()
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix=_DIR_PREFIX))
+        if self._own_dir:
+            (self.data_dir / _OWNER_FILE).write_text(str(os.getpid()))
         self.port = port
         self.password = password
         self.binary = binary or redis_server_binary()
@@ -166,7 +198,7 @@ class EmbeddedRedis:
         conf.write_text(self._config())
         os.chmod(conf, 0o600)  # may hold the password
         self._process = subprocess.Popen(
-            [self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*_die_with_parent(), self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         client = connect_sync(self.url, "embedded-probe")
         deadline = time.monotonic() + timeout

@@ -195,3 +195,108 @@ def test_demo_with_a_missing_source_fails_with_one_line():
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert "/nonexistent.mp4: no such video file" in line
+
+
+# ------------------------------------------------------------------ rough edges
+def test_frames_lying_about_camera_or_time_are_dead_lettered(redis_server, redis_client, services):
+    camera = "honest"
+    redis_client.sadd(keys.CAMERAS, camera)
+    stream = keys.frames(camera)
+    redis_client.xadd(stream, FrameMessage("other", 0, time.time(), FrameKind.LIVE, JPEG, 640, 480).to_fields())
+    redis_client.xadd(stream, FrameMessage(camera, 1, time.time() + 3600, FrameKind.LIVE, JPEG, 640, 480).to_fields())
+    redis_client.xadd(stream, FrameMessage(camera, 2, time.time(), FrameKind.STILL, JPEG, 640, 480).to_fields())
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
+    wait_for(lambda: _has_event(redis_client, camera, 2), 90, "the honest frame's event")
+    reasons = [letter[b"reason"].decode() for _id, letter in redis_client.xrange(keys.DEAD_LETTER)]
+    assert len(reasons) == 2, reasons
+    assert "camera field 'other' does not match its stream" in reasons[0]
+    assert "captured_at is 3600 s after the frame reached Redis" in reasons[1]
+    assert not redis_client.exists(keys.events("other"))  # nothing published as the other camera
+    assert [f.seq for f in faces_of(redis_client, camera)] == [2]
+    assert redis_client.hget(keys.stats(camera), "dead_lettered") == b"2"
+    assert worker.stop() == 0
+
+
+def test_evaluate_reports_unmatched_rows_and_fails_when_nothing_is_scored(tmp_path):
+    answers = tmp_path / "answers.csv"
+    answers.write_text("image_path,emotion\na.jpg,happy\nb.jpg,sad\n")
+    submission = tmp_path / "submission.csv"
+    submission.write_text("image_path,emotion\na.jpg,happy\nc.jpg,sad\n")
+    result = _run("evaluate", str(submission), "--labels", str(answers))
+    assert result.returncode == 0
+    assert "without a label:      1\n  c.jpg" in result.stdout
+    assert "b.jpg: no prediction" in result.stdout
+    unrelated = tmp_path / "unrelated.csv"
+    unrelated.write_text("image_path,emotion\nx.jpg,happy\n")
+    result = _run("evaluate", str(unrelated), "--labels", str(answers))
+    assert result.returncode == 1 and "nothing was scored" in result.stderr
+    answers.write_text("image_path,emotion\na.jpg,happy\na.jpg,sad\n")
+    result = _run("evaluate", str(submission), "--labels", str(answers))
+    assert result.returncode == 1
+    assert "answers.csv:3: a.jpg is sad, but line 2 says happy" in result.stderr
+
+
+def test_log_level_is_accepted_after_the_subcommand():
+    result = _run("subscribe", "--log-level", "DEBUG", "--help", timeout=60)
+    assert result.returncode == 0 and "--log-level" in result.stdout
+    assert "sample[:N]" in _run("ingest", "--help", timeout=60).stdout
+
+
+def test_a_second_worker_with_the_same_name_is_refused(redis_server, redis_client, services):
+    first = services("first", "worker", "--redis", redis_server.url, "--name", "twin")
+    wait_for(lambda: redis_client.exists(keys.worker_lease("twin")), 90, "the first worker's name lease")
+    second = services("second", "worker", "--redis", redis_server.url, "--name", "twin")
+    assert second.wait(90) == 1
+    assert "worker name 'twin' is in use by a running worker" in second.output
+    assert first.alive()
+    assert first.stop() == 0
+    # A clean stop frees the name at once.
+    third = services("third", "worker", "--redis", redis_server.url, "--name", "twin", "--duration", "3")
+    assert third.wait(90) == 0, third.output[-2000:]
+
+
+def test_batch_without_workers_times_out_or_is_interrupted_and_cleans_up(redis_server, redis_client, services, tmp_path):
+    import signal
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), sample_frame(0.0))
+    url = redis_server.url
+    job = services("timeout", "batch", str(folder), "--workers", "0", "--out", str(tmp_path / "a.csv"),
+                   "--redis", url, "--timeout", "2")
+    assert job.wait(60) == 1
+    assert "error: no result for 2 s (0 workers registered; 1 images left, resumable)" in job.output
+    assert redis_client.smembers(keys.CAMERAS) == set()
+    assert not redis_client.keys(keys.frames("*")) and not redis_client.keys(keys.results("*"))
+
+    job = services("interrupted", "batch", str(folder), "--workers", "0", "--out", str(tmp_path / "b.csv"),
+                   "--redis", url)
+    wait_for(lambda: redis_client.smembers(keys.CAMERAS), 60, "the job's camera")
+    job.signal(signal.SIGINT)
+    assert job.wait(30) == 130
+    assert redis_client.smembers(keys.CAMERAS) == set()
+    assert not redis_client.keys(keys.frames("*")) and not redis_client.keys(keys.results("*"))
+
+
+def test_embedded_redis_dies_with_a_killed_command_and_its_folder_is_reclaimed(services, tmp_path):
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+
+    sub = services("ingest", "ingest", "sample", "--camera", "c")  # no REDIS_URL: an embedded server
+    parent = psutil.Process(sub.process.pid)
+    server = wait_for(lambda: next((c for c in parent.children() if "redis-server" in c.name()), None),
+                      60, "the embedded redis-server")
+    folders = {p for p in Path(tempfile.gettempdir()).glob("es-redis-*") if (p / "owner.pid").is_file()
+               and (p / "owner.pid").read_text() == str(sub.process.pid)}
+    assert len(folders) == 1
+    sub.signal(signal.SIGKILL)
+    sub.wait(10)
+    server.wait(10)  # got SIGTERM from the kernel when its parent died
+    assert folders.pop().exists()  # nobody could clean up after a SIGKILL...
+    again = services("again", "ingest", "sample", "--camera", "c", "--duration", "0.5")
+    assert again.wait(60) == 0
+    assert not any((p / "owner.pid").is_file() and (p / "owner.pid").read_text() == str(sub.process.pid)
+                   for p in Path(tempfile.gettempdir()).glob("es-redis-*"))  # ...until the next start

@@ -8,7 +8,7 @@ from emotion_stream.redis_conn import connect
 from emotion_stream.settings import Settings
 from model import FaceAnalyzer
 
-from .service import Worker
+from .service import NameInUse, Worker
 
 
 async def serve(settings: Settings, redis_url: str, stop: asyncio.Event, analyzer: FaceAnalyzer | None = None) -> None:
@@ -26,4 +26,4 @@ async def serve(settings: Settings, redis_url: str, stop: asyncio.Event, analyze
         await client.aclose()
 
 
-__all__ = ["Worker", "serve"]
+__all__ = ["NameInUse", "Worker", "serve"]

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
@@ -50,7 +51,29 @@ HEARTBEAT_S = 2.0
 DISCOVERY_S = 0.2  # how soon a new camera or batch job is picked up (SMEMBERS: cheap)
 MAX_DELIVERIES = 3  # an entry handed out this often without completing is poison
 ALIVE_WINDOW_S = 10.0
+MAX_CLOCK_SKEW_S = 30.0  # captured_at may be this far past the XADD time (Redis' clock)
 READ_BLOCK_MS = 100  # bounds discovery latency and how long shutdown waits for the reader
+
+
+LEASE_MS = int(3 * HEARTBEAT_S * 1000)  # a worker's name is free this long after it died
+
+# KEYS: lease key; ARGV: this worker's token, lease ms. 1 = held (taken or renewed).
+_HOLD_NAME = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_RELEASE_NAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class NameInUse(RuntimeError):
+    """Another running worker has this consumer name: the two would share one consumer
+    and its pending entries, each acking and reclaiming the other's work."""
 
 
 def default_worker_name() -> str:
@@ -74,6 +97,9 @@ class Worker:
         self.model_id = analyzer.model.id
         self._throttled = Throttled(log)
         self._reading_done = asyncio.Event()
+        self._token = uuid.uuid4().hex
+        self._hold_name = client.register_script(_HOLD_NAME)
+        self._release_name = client.register_script(_RELEASE_NAME)
         metrics.init_worker_series(self.detector, self.model_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -83,7 +109,11 @@ class Worker:
         await asyncio.get_running_loop().run_in_executor(
             self.executor, self.analyzer.model.warm_up, 2 * self.settings.batch_size  # ~2 faces a frame
         )
-        await self._until_connected(stop)
+        try:
+            await self._until_connected(stop)
+        except BaseException:
+            self.executor.shutdown(wait=False)
+            raise
         background = [
             asyncio.create_task(self._reclaimer(stop), name="reclaimer"),
             asyncio.create_task(self._housekeeper(stop), name="housekeeper"),
@@ -106,6 +136,11 @@ class Worker:
         while not stop.is_set():
             try:
                 await self.redis.ping()
+                if not await self._hold_name(keys=[keys.worker_lease(self.name)], args=[self._token, LEASE_MS]):
+                    raise NameInUse(
+                        f"worker name {self.name!r} is in use by a running worker (free {LEASE_MS / 1000:.0f} s "
+                        "after that one stops); give each worker its own --name"
+                    )
                 await self.group.refresh()
                 return
             except ACCESS_ERRORS:
@@ -120,6 +155,7 @@ class Worker:
         try:
             await self.group.leave()
             await self.redis.hdel(keys.WORKERS, self.name)
+            await self._release_name(keys=[keys.worker_lease(self.name)], args=[self._token])
         except TRANSIENT_ERRORS:
             pass
 
@@ -208,6 +244,9 @@ class Worker:
         while not stop.is_set():
             try:
                 now = time.time()
+                if not await self._hold_name(keys=[keys.worker_lease(self.name)], args=[self._token, LEASE_MS]):
+                    # Only if this worker stalled past its lease and another took the name.
+                    self._throttled.warning("lease", "worker %s: another worker holds this name now", self.name)
                 await self.redis.hset(keys.WORKERS, self.name, repr(now))
                 beats = await self.redis.hgetall(keys.WORKERS)
                 alive = sum(1 for t in beats.values() if now - float(t) < ALIVE_WINDOW_S)
@@ -247,6 +286,18 @@ class Worker:
                 message = FrameMessage.from_fields(entry.fields, max_image_bytes=self.settings.max_image_bytes)
             except MessageError as exc:
                 outcomes.append(self._dead_letter(entry, str(exc), None, "malformed_message"))
+                continue
+            if message.camera != camera:
+                # The stream is the truth: a frame claiming another camera would publish
+                # into that camera's events while being counted under this one.
+                reason = f"camera field {message.camera!r} does not match its stream {entry.stream!r}"
+                outcomes.append(self._dead_letter(entry, reason, None, "malformed_message"))
+                continue
+            if message.captured_at > entry.enqueued_at + MAX_CLOCK_SKEW_S:
+                # A capture time after the frame reached Redis would never count as stale.
+                ahead = message.captured_at - entry.enqueued_at
+                reason = f"captured_at is {ahead:.0f} s after the frame reached Redis (clock skew?)"
+                outcomes.append(self._dead_letter(entry, reason, message, "malformed_message"))
                 continue
             if entry.deliveries > MAX_DELIVERIES:
                 # Workers died on it repeatedly (e.g. a crash in a codec): stop the cycle.

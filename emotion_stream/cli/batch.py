@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, add_model_options, add_redis_option, number, progress
+from .common import POSITIVE_SECONDS, CommandError, add_command, add_model_options, add_redis_option, number, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
                    help="local workers to start (default: one per CPU core; 0 = external workers only)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="frames per micro-batch")
+    p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
+                   help="fail when no result arrives for S seconds (default: wait for workers)")
     add_model_options(p)
     add_redis_option(p)
 
@@ -61,7 +63,7 @@ def _check_output(out: Path) -> None:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int):  # type: ignore[no-untyped-def]
-    from batch import BatchJob
+    from batch import BatchJob, BatchStalled
     from emotion_stream.lifecycle import stop_on_signals
     from emotion_stream.redis_conn import connect
     from model import EmotionModel, FaceAnalyzer, create_detector
@@ -80,7 +82,7 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
             named = settings.model_copy(update={"worker_name": f"batch-{os.getpid()}-{i}"})
             tasks.append(asyncio.create_task(serve(named, url, stop, analyzer)))
     client = connect(url, name="emotion-stream-batch")
-    job = BatchJob(client, args.folder, args.out, settings)
+    job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout)
     job_task = asyncio.create_task(_with_progress(job))
     interrupted = asyncio.Event()
     stop_on_signals(interrupted)
@@ -89,8 +91,13 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
         done, _ = await asyncio.wait({job_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if job_task not in done:
             job_task.cancel()
+            # Let the job remove its camera and streams from Redis before we go.
+            await asyncio.gather(job_task, return_exceptions=True)
             raise KeyboardInterrupt
-        return job_task.result()
+        try:
+            return job_task.result()
+        except BatchStalled as exc:
+            raise CommandError(str(exc)) from None
     finally:
         waiter.cancel()
         stop.set()

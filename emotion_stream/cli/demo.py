@@ -43,7 +43,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.lifecycle import run_service
     from emotion_stream.metrics import serve_metrics
     from emotion_stream.redis_conn import redis_url_or_embedded
-
     from ingest.sources import SourceSpec
 
     if args.source and SourceSpec.parse(args.source).is_file and not Path(args.source).is_file():

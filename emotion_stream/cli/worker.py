@@ -8,6 +8,7 @@ from emotion_stream.settings import Settings
 
 from .common import (
     POSITIVE_SECONDS,
+    CommandError,
     add_command,
     add_metrics_options,
     add_model_options,
@@ -42,9 +43,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.lifecycle import run_service
     from emotion_stream.metrics import serve_metrics
     from emotion_stream.redis_conn import redis_url_or_embedded
-    from worker import serve
+    from worker import NameInUse, serve
 
     analyzer = load_analyzer(settings)
     serve_metrics(settings.metrics_port, settings.metrics_host)
     with redis_url_or_embedded(settings.redis_url) as url:
-        return run_service(lambda stop: serve(settings, url, stop, analyzer), args.duration)
+        try:
+            return run_service(lambda stop: serve(settings, url, stop, analyzer), args.duration)
+        except NameInUse as exc:
+            raise CommandError(str(exc)) from None
