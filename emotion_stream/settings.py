@@ -70,11 +70,6 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="unset = no metrics server")
     log_level: LogLevel = Field("INFO", description="log verbosity")
 
-    @property
-    def detect_size(self) -> int:
-        """The detection size in force: the setting, or the detector's default."""
-        return self.detect_max_side or DEFAULT_DETECT_SIZE[self.detector]
-
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:

