@@ -42,12 +42,23 @@ def _decode(value: bytes | str) -> str:
 
 
 # Reading thousands of mostly idle streams: only "hot" streams (an entry in the last
-# HOT_IDLE_S, or just joined) are in the blocking XREADGROUP; the others are swept with
-# non-blocking reads every SWEEP_S, SWEEP_CHUNK streams a call. A camera's first frame
-# after a quiet spell waits at most SWEEP_S, then its stream is hot again.
-HOT_IDLE_S = 30.0
+# HOT_IDLE_S, or just announced) are in the blocking XREADGROUP; the others are swept
+# with non-blocking reads of SWEEP_CHUNK streams a call, every SWEEP_S or, with many
+# cold streams, at SWEEP_STREAMS_PER_S. A camera's first frame after a quiet spell waits
+# for the next sweep (1 s; 5 s with 10,000 idle cameras), then its stream is hot again.
+HOT_IDLE_S = 60.0
 SWEEP_S = 1.0
+SWEEP_STREAMS_PER_S = 2000
 SWEEP_CHUNK = 500
+# Newly announced streams start hot (read at once) unless many arrive together.
+HOT_ON_JOIN_MAX = 64
+# Pending entries of a dead worker sit in streams it read, which are hot for HOT_IDLE_S:
+# those are checked every claim round, every stream (XPENDING first, pipelined) only
+# every FULL_CLAIM_ROUNDS-th.
+FULL_CLAIM_ROUNDS = 10
+# SMEMBERS of a large set costs the worker more than Redis: re-read it when SCARD changes,
+# and at least this often (a removal and an addition in one interval keep the count).
+FULL_REFRESH_S = 5.0
 _INVALID_IDS_KEPT = 10_000  # distinct invalid ids remembered (each counted once)
 
 
@@ -72,6 +83,9 @@ class ConsumerGroup:
         self._hot: dict[str, float] = {}  # stream -> monotonic time of its last entry
         self._swept = 0.0
         self._members: frozenset[bytes] | None = None
+        self._refreshed = 0.0
+        self._failed: set[str] = set()
+        self._claim_round = 0
         self._invalid: set[bytes] = set()
         self._claim_cursor: dict[str, str] = {}
         self._throttled = Throttled(log)
@@ -79,21 +93,26 @@ class ConsumerGroup:
     async def refresh(self, rejoin: bool = False) -> list[str]:
         """Join the group on every announced camera stream; returns the new ones.
         ``rejoin`` creates the group again on every stream (keys vanished under us)."""
+        if not rejoin and self._members is not None and time.monotonic() - self._refreshed < FULL_REFRESH_S:
+            if await self.redis.scard(keys.CAMERAS) == len(self._members):
+                return []
         members = frozenset(await self.redis.smembers(keys.CAMERAS))
-        if members == self._members and not rejoin:
+        self._refreshed = time.monotonic()
+        if members == self._members and not rejoin and not self._failed:
             return []
         self._members = members
         wanted = sorted(keys.frames(c) for c in self._valid_cameras(members))
         joined = set() if rejoin else set(self.streams)
-        failed = await self._ensure_groups([s for s in wanted if s not in joined])
-        if failed:
-            self._members = None  # try those again at the next refresh
+        # Streams that could not be joined are tried again at the next full refresh.
+        self._failed = await self._ensure_groups([s for s in wanted if s not in joined])
         previous = set(self.streams)
-        self.streams = [s for s in wanted if s not in failed]
+        self.streams = [s for s in wanted if s not in self._failed]
+        current = set(self.streams)
         added = [s for s in self.streams if s not in previous]
         now = time.monotonic()
-        self._hot = {s: t for s, t in self._hot.items() if s in set(self.streams)}
-        self._hot.update({s: now for s in added})
+        self._hot = {s: t for s, t in self._hot.items() if s in current}
+        if len(added) <= HOT_ON_JOIN_MAX:
+            self._hot.update({s: now for s in added})
         return added
 
     def _valid_cameras(self, members: frozenset[bytes]) -> list[str]:
@@ -136,12 +155,13 @@ class ConsumerGroup:
         """New entries for this consumer: hot streams with a blocking read of up to
         ``block_ms``, the others swept every SWEEP_S."""
         try:
-            if time.monotonic() - self._swept >= SWEEP_S:
+            cold = len(self.streams) - len(self._hot)
+            if time.monotonic() - self._swept >= max(SWEEP_S, cold / SWEEP_STREAMS_PER_S):
                 self._swept = time.monotonic()
                 entries = await self._sweep(count)
                 if entries:
                     return entries
-            hot = [s for s in self.streams if s in self._hot]
+            hot = list(self._hot)
             if not hot:
                 await asyncio.sleep(block_ms / 1000)
                 return []
@@ -182,9 +202,15 @@ class ConsumerGroup:
             del self._hot[stream]
 
     async def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
-        """Take over entries other consumers left pending for ``min_idle_ms`` (dead workers)."""
+        """Take over entries other consumers left pending for ``min_idle_ms`` (dead workers):
+        in hot streams every call, in all streams every FULL_CLAIM_ROUNDS-th call."""
+        self._claim_round += 1
+        if self._claim_round % FULL_CLAIM_ROUNDS == 1:
+            streams = await self._with_pending(self.streams)
+        else:
+            streams = list(self._hot)
         claimed: list[Entry] = []
-        for chunk in _chunks(self.streams):
+        for chunk in _chunks(streams):
             pipe = self.redis.pipeline(transaction=False)
             for stream in chunk:
                 start = self._claim_cursor.get(stream, "0-0")
@@ -204,6 +230,18 @@ class ConsumerGroup:
                     claimed.append(Entry(stream, _decode(entry_id), None))
         return await self._with_deliveries(claimed)
 
+    async def _with_pending(self, streams: list[str]) -> list[str]:
+        """The streams whose group has pending entries (XPENDING summaries, pipelined)."""
+        found: list[str] = []
+        for chunk in _chunks(streams):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in chunk:
+                pipe.xpending(stream, self.group)
+            for stream, summary in zip(chunk, await pipe.execute(raise_on_error=False)):
+                if not isinstance(summary, Exception) and summary["pending"]:
+                    found.append(stream)
+        return found
+
     async def _with_deliveries(self, entries: list[Entry]) -> list[Entry]:
         """Attach each claimed entry's delivery count (one XPENDING call per stream)."""
         counted: list[Entry] = []
@@ -221,9 +259,10 @@ class ConsumerGroup:
         return counted
 
     async def backlog(self) -> dict[str, tuple[int, int]]:
-        """stream -> (lag: not yet delivered, pending: delivered, not acked)."""
+        """stream -> (lag: not yet delivered, pending: delivered, not acked), for the hot
+        streams: the others have nothing waiting longer than a sweep."""
         result: dict[str, tuple[int, int]] = {}
-        for chunk in _chunks(self.streams):
+        for chunk in _chunks(list(self._hot)):
             pipe = self.redis.pipeline(transaction=False)
             for stream in chunk:
                 pipe.xinfo_groups(stream)
@@ -235,14 +274,10 @@ class ConsumerGroup:
                         continue
                     lag = info.get("lag")
                     if lag is None:  # Redis < 7: count entries after the last delivered id
-                        lag = await self._lag(stream, _decode(info["last-delivered-id"]))
+                        last = _decode(info["last-delivered-id"])
+                        lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000))
                     result[stream] = (int(lag), int(info["pending"]))
         return result
-
-    async def _lag(self, stream: str, last_delivered: str) -> int:
-        if stream not in self._hot:
-            return 0  # swept every SWEEP_S: nothing waits longer than that
-        return len(await self.redis.xrange(stream, min=f"({last_delivered}", max="+", count=100_000))
 
     async def leave(self) -> None:
         """Remove this consumer from every group where it holds no pending entries."""
