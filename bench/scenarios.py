@@ -118,7 +118,7 @@ def _time_detector(detect, photos: list, frame) -> dict[str, float]:  # type: ig
 
 
 def run_detectors(config: BenchConfig) -> dict[str, object]:
-    """Every detector at each size in DETECT_SIZES, in one run, on the same inputs: the
+    """Every detector at each size in DETECT_SIZES and its default, in one run, on the same inputs: the
     bench photos (as batch mode sends them: stills) and a generated 640x480 frame with
     eight faces 40-60 px wide. The original solution's Haar call is the first row."""
     import cv2
@@ -138,7 +138,7 @@ def run_detectors(config: BenchConfig) -> dict[str, object]:
 
     rows = [{"detector": "original haar", "size": "full", **_time_detector(original, photos, frame)}]
     for name in DETECTORS:
-        for size in DETECT_SIZES:
+        for size in sorted({*DETECT_SIZES, DEFAULT_DETECT_SIZE[name]}):
             detector = create_detector(name, size)
             row = _time_detector(lambda f, s, d=detector: d.detect_batch(f, [s] * len(f)), photos, frame)
             rows.append({"detector": name, "size": size, "default": size == DEFAULT_DETECT_SIZE[name], **row})
