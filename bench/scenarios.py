@@ -41,7 +41,8 @@ class BenchConfig:
 
 
 def _settings(config: BenchConfig, **extra: object) -> Settings:
-    return Settings(detector=config.detector, batch_size=config.batch_size, max_wait_ms=config.max_wait_ms, **extra)
+    return Settings(detector=config.detector, detect_max_side=config.detect_max_side, batch_size=config.batch_size,
+                    max_wait_ms=config.max_wait_ms, **extra)
 
 
 def _stage_busy() -> dict[str, float]:
@@ -340,14 +341,9 @@ def run_live(config: BenchConfig, model, idle_cameras: int = 0) -> dict[str, obj
 
 def _start_workers(config: BenchConfig, settings: Settings, model, url: str, stop: asyncio.Event, prefix: str):  # type: ignore[no-untyped-def]
     """In-process workers sharing one model, each with its own detector (as batch mode)."""
-    from model import FaceAnalyzer, create_detector
-    from worker import serve
+    from worker import start_in_process
 
-    return [
-        asyncio.create_task(serve(settings.model_copy(update={"worker_name": f"{prefix}-{i}"}), url, stop,
-                                  FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side))))
-        for i in range(config.workers)
-    ]
+    return start_in_process(settings, url, stop, config.workers, model, prefix)
 
 
 async def _workers_ready(client, n: int, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]

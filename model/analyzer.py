@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emotion_stream.labels import EMOTIONS
+from emotion_stream.settings import Settings
 
 from .detectors import Detection, FaceDetector, Landmarks, create_detector
 from .emotion_model import EmotionModel
@@ -50,9 +51,12 @@ class FaceAnalyzer:
         self.detector = detector
 
     @classmethod
-    def create(cls, detector: str = "opencv", weights: str | None = None, threads: int | None = None,
-               detect_max_side: int = 192) -> FaceAnalyzer:
-        return cls(EmotionModel(weights, threads=threads), create_detector(detector, detect_max_side))
+    def from_settings(cls, settings: Settings, model: EmotionModel | None = None) -> FaceAnalyzer:
+        """The detector the settings name, and their model unless one is given to share
+        (one model serves several in-process workers; each needs its own detector)."""
+        if model is None:
+            model = EmotionModel(str(settings.model_path) if settings.model_path else None)
+        return cls(model, create_detector(settings.detector, settings.detect_max_side))
 
     def analyze(self, frame: np.ndarray, *, whole_image_fallback: bool = False) -> list[FaceResult]:
         return self.analyze_batch([frame], whole_image_fallback=[whole_image_fallback])[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from emotion_stream.cli import main
+from cli import main
 from ingest.samples import sample_frame
 
 from .hostile import hostile_images

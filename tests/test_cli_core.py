@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from emotion_stream.cli import COMMANDS, main
+from cli import COMMANDS, main
 from emotion_stream.settings import DETECTORS
 
 from .hostile import hostile_images

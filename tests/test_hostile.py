@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from emotion_stream import keys
-from emotion_stream.cli import main
+from cli import main
 from emotion_stream.schema import FrameKind, FrameMessage
 from ingest.samples import sample_frame
 

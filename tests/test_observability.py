@@ -137,7 +137,7 @@ def _scalar(api: str, expr: str) -> float:
 
 
 def test_compose_file_runs_real_commands_with_valid_flags():
-    from emotion_stream.cli import build_parser
+    from cli import build_parser
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

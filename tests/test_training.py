@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emotion_stream.cli import main
+from cli import main
 from emotion_stream.labels import EMOTIONS
 
 EXE = str(Path(sys.executable).with_name("emotion-stream"))

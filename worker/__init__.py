@@ -6,7 +6,7 @@ import asyncio
 
 from emotion_stream.redis_conn import connect
 from emotion_stream.settings import Settings
-from model import FaceAnalyzer
+from model import EmotionModel, FaceAnalyzer
 
 from .service import NameInUse, Worker
 
@@ -14,11 +14,7 @@ from .service import NameInUse, Worker
 async def serve(settings: Settings, redis_url: str, stop: asyncio.Event, analyzer: FaceAnalyzer | None = None) -> None:
     """Run one worker until ``stop`` is set (then drain and return)."""
     if analyzer is None:
-        analyzer = await asyncio.to_thread(
-            FaceAnalyzer.create, settings.detector,
-            str(settings.model_path) if settings.model_path else None,
-            detect_max_side=settings.detect_max_side,
-        )
+        analyzer = await asyncio.to_thread(FaceAnalyzer.from_settings, settings)
     client = connect(redis_url, name="emotion-stream-worker")
     try:
         await Worker(client, analyzer, settings).run(stop)
@@ -26,4 +22,19 @@ async def serve(settings: Settings, redis_url: str, stop: asyncio.Event, analyze
         await client.aclose()
 
 
-__all__ = ["NameInUse", "Worker", "serve"]
+def start_in_process(
+    settings: Settings, redis_url: str, stop: asyncio.Event, count: int, model: EmotionModel, name: str
+) -> list[asyncio.Task[None]]:
+    """``count`` workers in this process (batch mode, the demo, the benchmark), named
+    ``{name}-{i}``: they share one model (its compiled function is thread-safe) and each
+    has its own detector and CPU thread (detectors are not thread-safe)."""
+    return [
+        asyncio.create_task(serve(
+            settings.model_copy(update={"worker_name": f"{name}-{i}"}), redis_url, stop,
+            FaceAnalyzer.from_settings(settings, model),
+        ))
+        for i in range(count)
+    ]
+
+
+__all__ = ["NameInUse", "Worker", "serve", "start_in_process"]

@@ -84,17 +84,12 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyzer:
+def load_analyzer(settings: Settings) -> FaceAnalyzer:
     """Model + detector from settings, with load failures as one-line errors."""
     from model import FaceAnalyzer, ModelError
 
     try:
-        return FaceAnalyzer.create(
-            settings.detector,
-            str(settings.model_path) if settings.model_path else None,
-            threads=threads,
-            detect_max_side=settings.detect_max_side,
-        )
+        return FaceAnalyzer.from_settings(settings)
     except ModelError as exc:
         raise CommandError(str(exc)) from None
 

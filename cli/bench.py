@@ -11,8 +11,6 @@ from emotion_stream.settings import DETECTORS, Settings
 
 from .common import POSITIVE_SECONDS, CommandError, add_command, number
 
-DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "faces" / "test_kaggle"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
@@ -25,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--images", type=Path, default=None,
-                   help=f"folder of images (default {DEFAULT_IMAGES} if present, else generated samples)")
+                   help="folder of images, e.g. ../shared/data/faces/test_kaggle (default: 40 generated samples)")
     p.add_argument("--detector", choices=DETECTORS, default=None)
     p.add_argument("--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX")
     p.add_argument("--workers", type=number(int, 1), default=None, help="workers for (c) and (d) (default: cores)")
@@ -59,7 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
-        folder = args.images or (DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() else _sample_images(Path(tmp)))
+        folder = args.images or _sample_images(Path(tmp))
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise CommandError(f"{folder}: no images")

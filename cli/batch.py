@@ -9,7 +9,15 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import POSITIVE_SECONDS, CommandError, add_command, add_model_options, add_redis_option, number, progress
+from .common import (
+    POSITIVE_SECONDS,
+    CommandError,
+    add_command,
+    add_model_options,
+    add_redis_option,
+    number,
+    progress,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,21 +74,16 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     from batch import BatchJob, BatchStalled
     from emotion_stream.lifecycle import stop_on_signals
     from emotion_stream.redis_conn import connect
-    from model import EmotionModel, FaceAnalyzer, create_detector
+    from model import EmotionModel
     from model.runtime import share_cores
-    from worker import serve
+    from worker import start_in_process
 
     stop = asyncio.Event()
     tasks = []
     if workers:
-        # In-process workers share one model (its compiled function is thread-safe);
-        # each gets its own detector (OpenCV cascades are not) and CPU thread.
         share_cores(workers)
         model = await asyncio.to_thread(EmotionModel, settings.model_path)
-        for i in range(workers):
-            analyzer = FaceAnalyzer(model, create_detector(settings.detector, settings.detect_max_side))
-            named = settings.model_copy(update={"worker_name": f"batch-{os.getpid()}-{i}"})
-            tasks.append(asyncio.create_task(serve(named, url, stop, analyzer)))
+        tasks = start_in_process(settings, url, stop, workers, model, f"batch-{os.getpid()}")
     client = connect(url, name="emotion-stream-batch")
     job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout)
     job_task = asyncio.create_task(_with_progress(job))
