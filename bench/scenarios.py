@@ -20,6 +20,7 @@ from pathlib import Path
 
 from emotion_stream import keys, metrics
 from emotion_stream.redis_conn import EmbeddedRedis, connect
+from emotion_stream.schema import SkipReason
 from emotion_stream.settings import Settings
 from model.runtime import share_cores
 
@@ -294,8 +295,8 @@ def run_live(config: BenchConfig, model, idle_cameras: int = 0) -> dict[str, obj
         tasks.append(asyncio.create_task(subscriber()))
         tasks.append(asyncio.create_task(watch_backlog()))
         ingested0 = _counter_sum(metrics.FRAMES_INGESTED)
-        stale0 = _counter_sum(metrics.FRAMES_SKIPPED, reason="stale")
-        trimmed0 = _counter_sum(metrics.FRAMES_SKIPPED, reason="trimmed")
+        stale0 = _counter_sum(metrics.FRAMES_SKIPPED, reason=SkipReason.STALE)
+        trimmed0 = _counter_sum(metrics.FRAMES_SKIPPED, reason=SkipReason.TRIMMED)
         busy0, processed0 = _stage_busy(), _processed_total()
         cameras = [
             asyncio.create_task(run_camera(SourceSpec.parse("sample:1"), FramePublisher(client, f"cam{c}", settings),
@@ -313,8 +314,8 @@ def run_live(config: BenchConfig, model, idle_cameras: int = 0) -> dict[str, obj
         return {
             "ingested_fps": (_counter_sum(metrics.FRAMES_INGESTED) - ingested0) / wall,
             "processed_fps": processed / wall,
-            "stale_skipped": _counter_sum(metrics.FRAMES_SKIPPED, reason="stale") - stale0,
-            "trimmed": _counter_sum(metrics.FRAMES_SKIPPED, reason="trimmed") - trimmed0,
+            "stale_skipped": _counter_sum(metrics.FRAMES_SKIPPED, reason=SkipReason.STALE) - stale0,
+            "trimmed": _counter_sum(metrics.FRAMES_SKIPPED, reason=SkipReason.TRIMMED) - trimmed0,
             "stage_ms_per_frame": {s: 1000 * (busy1[s] - busy0[s]) / max(1.0, processed) for s in busy1},
         }
 

@@ -17,6 +17,8 @@ Other keys:
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 PREFIX = "emotion-stream"
 WORKER_GROUP = "workers"
 
@@ -39,7 +41,17 @@ def events(camera: str) -> str:
     return f"{PREFIX}:events:{camera}"
 
 
-STAT_FIELDS = ("ingested", "trimmed", "processed", "stale", "dead_lettered")
+class Stat(StrEnum):
+    """Fields of a camera's stats hash. Lua scripts get them as arguments, never typed again."""
+
+    INGESTED = "ingested"
+    TRIMMED = "trimmed"
+    PROCESSED = "processed"
+    STALE = "stale"
+    DEAD_LETTERED = "dead_lettered"
+
+
+STAT_FIELDS = tuple(Stat)
 
 
 def stats(camera: str) -> str:

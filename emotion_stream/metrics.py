@@ -12,6 +12,8 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
+from .schema import DeadLetterKind, SkipReason
+
 log = logging.getLogger(__name__)
 
 NS = "emotion_stream"
@@ -97,8 +99,8 @@ PEERS_CONNECTED = Gauge(f"{NS}_webrtc_peers", "Browser peer connections open")
 
 
 STAGES = ("queue_wait", "decode", "detect", "classify", "publish")
-DEAD_LETTER_KINDS = ("malformed_message", "undecodable_image", "analysis_failed", "poison")
-SKIP_REASONS = ("stale", "trimmed")
+DEAD_LETTER_KINDS = tuple(DeadLetterKind)
+SKIP_REASONS = tuple(SkipReason)
 DROP_REASONS = ("redis_unavailable", "encode_error", "too_large", "bad_frame", "source_stalled")
 
 

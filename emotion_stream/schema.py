@@ -290,6 +290,22 @@ class FrameResult:
         return result
 
 
+class DeadLetterKind(StrEnum):
+    """Why a message went to the dead-letter stream (the metric's ``reason`` label)."""
+
+    MALFORMED_MESSAGE = "malformed_message"
+    UNDECODABLE_IMAGE = "undecodable_image"
+    ANALYSIS_FAILED = "analysis_failed"
+    POISON = "poison"
+
+
+class SkipReason(StrEnum):
+    """Why a frame was not analysed although nothing was wrong with it."""
+
+    STALE = "stale"  # a live frame older than max_frame_age_s
+    TRIMMED = "trimmed"  # dropped by the stream bound before any worker read it
+
+
 # A dead-letter entry copies the original message within this budget, so the stream's
 # memory is bounded by dead_letter_max_len x budget (2,000 x 16 KiB = 32 MiB by default)
 # whatever arrives. Values over DEAD_LETTER_VALUE_BYTES keep only a prefix, their size

@@ -13,14 +13,15 @@ import redis.asyncio as aioredis
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS
-from emotion_stream.schema import FrameKind, FrameMessage
+from emotion_stream.schema import FrameKind, FrameMessage, SkipReason
 from emotion_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # XADD, then trim to exactly MAXLEN. Trimmed entries the consumer group never received
 # are frames lost to the bound: counted in the camera's stats hash and returned, never
-# silent. KEYS: stream, stats hash. ARGV: maxlen, group, frames counted (0|1), fields...
+# silent. KEYS: stream, stats hash. ARGV: maxlen, group, stats field to count this frame
+# under ('' for none), stats field for trimmed frames, fields...
 _ADD_BOUNDED = """
 local function after(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -28,8 +29,8 @@ local function after(a, b)
   ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
   return ams > bms or (ams == bms and aseq > bseq)
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'ingested', 1) end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+if ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[3], 1) end
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
 local lost = 0
 if excess > 0 then
@@ -46,7 +47,7 @@ if excess > 0 then
     if after(entry[1], delivered) then lost = lost + 1 end
   end
   redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
-  if lost > 0 then redis.call('HINCRBY', KEYS[2], 'trimmed', lost) end
+  if lost > 0 then redis.call('HINCRBY', KEYS[2], ARGV[4], lost) end
 end
 return {id, lost}
 """
@@ -99,8 +100,8 @@ class FramePublisher:
         return await self._append(FrameMessage(self.camera, self.seq, time.time(), FrameKind.END))
 
     async def _append(self, message: FrameMessage) -> bool:
-        counted = 1 if message.kind is FrameKind.LIVE else 0
-        args: list[object] = [self.settings.frames_max_len, keys.WORKER_GROUP, counted]
+        counted = keys.Stat.INGESTED if message.kind is FrameKind.LIVE else ""
+        args: list[object] = [self.settings.frames_max_len, keys.WORKER_GROUP, counted, keys.Stat.TRIMMED]
         for name, value in message.to_fields().items():
             args += [name, value]
         try:
@@ -118,7 +119,7 @@ class FramePublisher:
         if message.kind is FrameKind.LIVE:
             metrics.FRAMES_INGESTED.labels(self._label).inc()
         if lost:
-            metrics.FRAMES_SKIPPED.labels(self._label, "trimmed").inc(lost)
+            metrics.FRAMES_SKIPPED.labels(self._label, SkipReason.TRIMMED).inc(lost)
             self._throttled.warning(
                 f"trim:{self.camera}",
                 "camera %s: %d unread frames trimmed by the stream bound (workers behind)",

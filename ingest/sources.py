@@ -49,10 +49,6 @@ class SourceSpec:
         """Sources that deliver frames as fast as asked (files, samples) are paced."""
         return self.is_file or self.is_sample
 
-    @property
-    def is_live(self) -> bool:
-        return not self.is_file
-
     def describe(self) -> str:
         if isinstance(self.target, int):
             return f"webcam {self.target}"

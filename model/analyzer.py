@@ -36,7 +36,6 @@ class StageTimes:
 
     detect: float = 0.0
     classify: float = 0.0
-    faces: int = 0
 
 
 class FaceAnalyzer:
@@ -77,7 +76,6 @@ class FaceAnalyzer:
         if times is not None:
             times.detect += t1 - t0
             times.classify += time.perf_counter() - t1
-            times.faces += sum(len(r) for r in results)
         return results
 
     def classify(

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from emotion_stream.images import ImageError, ImageLimits, decode_image
-from emotion_stream.schema import FrameKind, FrameMessage
+from emotion_stream.schema import DeadLetterKind, FrameKind, FrameMessage
 from model import FaceAnalyzer, FaceResult
 from model.analyzer import StageTimes
 
@@ -27,7 +27,7 @@ class BatchTimes:
 class FrameAnalysis:
     faces: list[FaceResult] = field(default_factory=list)
     error: str = ""  # set when the frame cannot be processed (dead-letter reason)
-    error_kind: str = ""  # bounded metric label: undecodable_image | analysis_failed
+    error_kind: DeadLetterKind | None = None  # set with error
 
 
 class FrameProcessor:
@@ -47,7 +47,7 @@ class FrameProcessor:
                 frames.append(decode_image(message.image, self.limits))
                 owners.append(i)
             except ImageError as exc:
-                out[i].error, out[i].error_kind = f"undecodable image: {exc}", "undecodable_image"
+                out[i].error, out[i].error_kind = f"undecodable image: {exc}", DeadLetterKind.UNDECODABLE_IMAGE
         times.decode = time.perf_counter() - t0
         if not frames:
             return out, times
@@ -68,7 +68,7 @@ class FrameProcessor:
         for i, faces in zip(owners, results):
             if isinstance(faces, Exception):
                 out[i].error = f"analysis failed: {type(faces).__name__}: {faces}"
-                out[i].error_kind = "analysis_failed"
+                out[i].error_kind = DeadLetterKind.ANALYSIS_FAILED
             else:
                 out[i].faces = faces
         times.detect, times.classify = stage.detect, stage.classify

@@ -16,20 +16,21 @@ import redis
 import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
+from emotion_stream.keys import Stat
 
 log = logging.getLogger(__name__)
 
 RESULTS_TTL_S = 7 * 24 * 3600  # a batch job abandoned by its collector does not linger forever
 
-# KEYS: frames stream, output stream, results stream, stats hash
+# KEYS: frames stream, output stream, stats hash[, results stream when the frame has one]
 # ARGV: group, entry id, output maxlen, result json or '', results ttl, stats field or '',
 #       payload...
 _PREAMBLE = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[6], 1) end
-if ARGV[4] ~= '' then
-  redis.call('XADD', KEYS[3], '*', 'result', ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
+if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
+if KEYS[4] then
+  redis.call('XADD', KEYS[4], '*', 'result', ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
 end
 """
 
@@ -63,7 +64,7 @@ class Outcome:
     reply_to: str = ""
     dead_letter: dict[bytes | str, bytes | str] | None = None  # dead-letter entry fields
     captured_at: float | None = None  # set for analysed frames (latency and accounting)
-    stat: str = ""  # field of the camera's stats hash to count this frame under
+    stat: Stat | str = ""  # field of the camera's stats hash to count this frame under
 
 
 class OutcomeWriter:
@@ -81,18 +82,19 @@ class OutcomeWriter:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for o in outcomes:
-            results_key = o.reply_to or keys.results("none")
-            stats_key = keys.stats(keys.camera_of_frames_key(o.stream))
+            # The stream names the camera: events and stats never go anywhere else.
+            camera = keys.camera_of_frames_key(o.stream)
+            results = [o.reply_to] if o.reply_to and o.result else []
             if o.dead_letter is not None:
                 payload = [item for pair in o.dead_letter.items() for item in pair]
                 await self._dead_letter(
-                    keys=[o.stream, keys.DEAD_LETTER, results_key, stats_key],
+                    keys=[o.stream, keys.DEAD_LETTER, keys.stats(camera), *results],
                     args=[self.group, o.entry_id, self.dead_letter_max_len, o.result, RESULTS_TTL_S, o.stat, *payload],
                     client=pipe,
                 )
             else:
                 await self._publish(
-                    keys=[o.stream, keys.events(o.camera or "none"), results_key, stats_key],
+                    keys=[o.stream, keys.events(camera), keys.stats(camera), *results],
                     args=[self.group, o.entry_id, self.events_max_len, o.result, RESULTS_TTL_S, o.stat, *o.events],
                     client=pipe,
                 )

@@ -26,16 +26,19 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.images import ImageLimits
+from emotion_stream.keys import Stat
 from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
 from emotion_stream.schema import (
+    DeadLetterKind,
     EndOfStream,
     FaceEvent,
     FrameKind,
     FrameMessage,
     FrameResult,
     MessageError,
+    SkipReason,
     dead_letter_fields,
 )
 from emotion_stream.settings import Settings
@@ -279,42 +282,42 @@ class Worker:
             queue_wait = max(0.0, now - entry.enqueued_at)
             camera = keys.camera_of_frames_key(entry.stream)
             if entry.fields is None:
-                metrics.FRAMES_SKIPPED.labels(metrics.camera_label(camera), "trimmed").inc()
-                outcomes.append(Outcome(entry.stream, entry.id, stat="trimmed"))
+                metrics.FRAMES_SKIPPED.labels(metrics.camera_label(camera), SkipReason.TRIMMED).inc()
+                outcomes.append(Outcome(entry.stream, entry.id, stat=Stat.TRIMMED))
                 continue
             try:
                 message = FrameMessage.from_fields(entry.fields, max_image_bytes=self.settings.max_image_bytes)
             except MessageError as exc:
-                outcomes.append(self._dead_letter(entry, str(exc), None, "malformed_message"))
+                outcomes.append(self._dead_letter(entry, str(exc), None, DeadLetterKind.MALFORMED_MESSAGE))
                 continue
             if message.camera != camera:
                 # The stream is the truth: a frame claiming another camera would publish
                 # into that camera's events while being counted under this one.
                 reason = f"camera field {message.camera!r} does not match its stream {entry.stream!r}"
-                outcomes.append(self._dead_letter(entry, reason, None, "malformed_message"))
+                outcomes.append(self._dead_letter(entry, reason, None, DeadLetterKind.MALFORMED_MESSAGE))
                 continue
             if message.captured_at > entry.enqueued_at + MAX_CLOCK_SKEW_S:
                 # A capture time after the frame reached Redis would never count as stale.
                 ahead = message.captured_at - entry.enqueued_at
                 reason = f"captured_at is {ahead:.0f} s after the frame reached Redis (clock skew?)"
-                outcomes.append(self._dead_letter(entry, reason, message, "malformed_message"))
+                outcomes.append(self._dead_letter(entry, reason, message, DeadLetterKind.MALFORMED_MESSAGE))
                 continue
             if entry.deliveries > MAX_DELIVERIES:
                 # Workers died on it repeatedly (e.g. a crash in a codec): stop the cycle.
                 reason = f"delivered {entry.deliveries} times without completing (poison message?)"
-                outcomes.append(self._dead_letter(entry, reason, message, "poison"))
+                outcomes.append(self._dead_letter(entry, reason, message, DeadLetterKind.POISON))
                 continue
             if message.kind is FrameKind.END:
                 outcomes.append(Outcome(entry.stream, entry.id, message.camera,
                                         [EndOfStream(message.camera, message.seq).to_json()]))
                 continue
             if message.kind is FrameKind.LIVE and now - message.captured_at > self.settings.max_frame_age_s:
-                metrics.FRAMES_SKIPPED.labels(metrics.camera_label(message.camera), "stale").inc()
+                metrics.FRAMES_SKIPPED.labels(metrics.camera_label(message.camera), SkipReason.STALE).inc()
                 self._throttled.warning(
                     f"stale:{message.camera}", "camera %s: skipped stale frame %d (%.2f s old)",
                     message.camera, message.seq, now - message.captured_at,
                 )
-                outcomes.append(Outcome(entry.stream, entry.id, stat="stale"))
+                outcomes.append(Outcome(entry.stream, entry.id, stat=Stat.STALE))
                 continue
             metrics.STAGE_SECONDS.labels("queue_wait", *labels).observe(queue_wait)
             work.append((entry, message))
@@ -352,7 +355,7 @@ class Worker:
 
     def _outcome(self, entry: Entry, message: FrameMessage, analysis: FrameAnalysis, processed_at: float) -> Outcome:
         if analysis.error:
-            return self._dead_letter(entry, analysis.error, message, analysis.error_kind)
+            return self._dead_letter(entry, analysis.error, message, analysis.error_kind or DeadLetterKind.ANALYSIS_FAILED)
         events = [
             FaceEvent(
                 camera=message.camera,
@@ -392,9 +395,9 @@ class Worker:
         # A frame without faces still gets an outcome: it is acked and counted as processed.
         return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
                        message.reply_to, captured_at=message.captured_at,
-                       stat="processed" if message.kind is FrameKind.LIVE else "")
+                       stat=Stat.PROCESSED if message.kind is FrameKind.LIVE else "")
 
-    def _dead_letter(self, entry: Entry, reason: str, message: FrameMessage | None, kind: str) -> Outcome:
+    def _dead_letter(self, entry: Entry, reason: str, message: FrameMessage | None, kind: DeadLetterKind) -> Outcome:
         metrics.FRAMES_DEAD_LETTERED.labels(kind).inc()
         self._throttled.warning(f"dlq:{kind}", "dead-lettered %s %s: %s", entry.stream, entry.id, reason)
         result = ""
@@ -405,7 +408,7 @@ class Worker:
         )
         live = message is None or message.kind is FrameKind.LIVE  # unparsed: count it
         return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
-                       reply_to=message.reply_to if message else "", stat="dead_lettered" if live else "")
+                       reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "")
 
     async def _write(self, outcomes: list[Outcome]) -> list[bool]:
         """Write outcomes, retrying through Redis outages: the work is already done."""
