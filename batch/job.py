@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,14 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.images import IMAGE_SUFFIXES
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
-from emotion_stream.schema import FrameKind, FrameMessage, FrameResult, MessageError, validate_image_name
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, retrying
+from emotion_stream.schema import (
+    FrameKind,
+    FrameMessage,
+    FrameResult,
+    MessageError,
+    validate_image_name,
+)
 from emotion_stream.settings import Settings
 
 from .submission import Journal, write_submission
@@ -230,17 +237,8 @@ class BatchJob:
         self._remaining -= 1
         return True
 
-    async def _retry(self, operation):  # type: ignore[no-untyped-def]
-        backoff = Backoff(0.2, 5.0)
-        while True:
-            try:
-                return await operation()
-            except ACCESS_ERRORS:
-                raise
-            except TRANSIENT_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("batch: Redis unavailable (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+    async def _retry(self, operation: Callable[[], Awaitable[object]]) -> None:
+        await retrying(operation, what="batch job", component="batch")
 
 
 def _read_limited(path: Path, max_bytes: int) -> bytes:

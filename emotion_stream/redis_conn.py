@@ -7,6 +7,8 @@ append-only file so a restart keeps what was accepted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -14,16 +16,21 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 
+from . import metrics
+from .logs import Throttled
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Errors after which a connection is worth retrying (Redis restarting, network blip).
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError)
@@ -83,6 +90,45 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def retrying(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    component: str,
+    stop: asyncio.Event | None = None,
+    give_up: Callable[[int], bool] | None = None,
+    backoff: Backoff | None = None,
+) -> T | None:
+    """The one retry policy for Redis outages: await ``operation()`` until it succeeds.
+
+    Outages (TRANSIENT_ERRORS) are retried with capped exponential backoff, each counted
+    in ``redis_errors_total{component}`` and logged at most every 10 s; refused access
+    (ACCESS_ERRORS) is raised at once, since retrying cannot heal it. Returns None when
+    ``stop`` is set first or ``give_up(attempts)`` says so (the caller decides what an
+    unfinished operation means); redis-py's own Retry only covers one command's short
+    blips, this covers restarts that take minutes.
+    """
+    backoff = backoff or Backoff(0.1, 5.0)
+    throttled = Throttled(log)
+    while stop is None or not stop.is_set():
+        try:
+            return await operation()
+        except ACCESS_ERRORS:
+            raise
+        except TRANSIENT_ERRORS as exc:
+            metrics.REDIS_ERRORS.labels(component).inc()
+            if give_up is not None and give_up(backoff.attempt):
+                return None
+            delay = backoff.next_delay()
+            throttled.warning(what, "%s: Redis %s failed (%s); retrying in %.1f s", component, what, exc, delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+    return None
 
 
 def redis_server_binary() -> str:

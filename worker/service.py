@@ -29,7 +29,7 @@ from emotion_stream.images import ImageLimits
 from emotion_stream.keys import Stat
 from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
     EndOfStream,
@@ -100,6 +100,7 @@ class Worker:
         self.model_id = analyzer.model.id
         self._throttled = Throttled(log)
         self._reading_done = asyncio.Event()
+        self._discovered = 0.0
         self._token = uuid.uuid4().hex
         self._hold_name = client.register_script(_HOLD_NAME)
         self._release_name = client.register_script(_RELEASE_NAME)
@@ -135,24 +136,16 @@ class Worker:
         log.info("worker %s: stopped", self.name)
 
     async def _until_connected(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(0.2, 5.0)
-        while not stop.is_set():
-            try:
-                await self.redis.ping()
-                if not await self._hold_name(keys=[keys.worker_lease(self.name)], args=[self._token, LEASE_MS]):
-                    raise NameInUse(
-                        f"worker name {self.name!r} is in use by a running worker (free {LEASE_MS / 1000:.0f} s "
-                        "after that one stops); give each worker its own --name"
-                    )
-                await self.group.refresh()
-                return
-            except ACCESS_ERRORS:
-                raise
-            except TRANSIENT_ERRORS as exc:
-                metrics.REDIS_ERRORS.labels("worker").inc()
-                delay = backoff.next_delay()
-                log.warning("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, delay)
-                await sleep_or_stop(stop, delay)
+        await retrying(self._connect, what="connect", component="worker", stop=stop, backoff=Backoff(0.2, 5.0))
+
+    async def _connect(self) -> None:
+        await self.redis.ping()
+        if not await self._hold_name(keys=[keys.worker_lease(self.name)], args=[self._token, LEASE_MS]):
+            raise NameInUse(
+                f"worker name {self.name!r} is in use by a running worker (free {LEASE_MS / 1000:.0f} s "
+                "after that one stops); give each worker its own --name"
+            )
+        await self.group.refresh()
 
     async def _leave(self) -> None:
         try:
@@ -164,8 +157,7 @@ class Worker:
 
     # ------------------------------------------------------------------ tasks
     async def _reader(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(0.1, 5.0)
-        discovered = time.monotonic()
+        refused = Backoff(0.1, 5.0)
         try:
             while not stop.is_set():
                 # Only ask for what the queue can take: the rest stays in Redis for others.
@@ -174,27 +166,25 @@ class Worker:
                     await asyncio.sleep(0.005)
                     continue
                 try:
-                    if time.monotonic() - discovered > DISCOVERY_S:
-                        discovered = time.monotonic()
-                        await self._discover()
-                    entries = await self.group.read(min(room, self.settings.batch_size), READ_BLOCK_MS)
-                    backoff.reset()
-                except ACCESS_ERRORS:
-                    raise
-                except TRANSIENT_ERRORS as exc:
-                    await self._redis_down("read", exc, backoff, stop)
-                    continue
+                    entries = await retrying(lambda: self._read(room), what="read", component="worker", stop=stop)
+                    refused.reset()
                 except redis.ResponseError as exc:
                     # Not an outage but a refusal (the cameras set replaced by another
                     # type, say): a worker outlives whatever is done to its keys.
                     metrics.REDIS_ERRORS.labels("worker").inc()
                     self._throttled.warning("reader", "worker %s: Redis refused a read: %s", self.name, exc)
-                    await sleep_or_stop(stop, backoff.next_delay())
+                    await sleep_or_stop(stop, refused.next_delay())
                     continue
-                for entry in entries:
+                for entry in entries or []:
                     await self.queue.put(entry)
         finally:
             self._reading_done.set()
+
+    async def _read(self, room: int) -> list[Entry]:
+        if time.monotonic() - self._discovered > DISCOVERY_S:
+            self._discovered = time.monotonic()
+            await self._discover()
+        return await self.group.read(min(room, self.settings.batch_size), READ_BLOCK_MS)
 
     async def _processor(self) -> None:
         batch_size = self.settings.batch_size
@@ -411,26 +401,15 @@ class Worker:
                        reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "")
 
     async def _write(self, outcomes: list[Outcome]) -> list[bool]:
-        """Write outcomes, retrying through Redis outages: the work is already done."""
-        backoff = Backoff(0.1, 5.0)
-        while True:
-            try:
-                return await self.writer.write(outcomes)
-            except ACCESS_ERRORS:
-                raise
-            except TRANSIENT_ERRORS as exc:
-                if self._reading_done.is_set() and backoff.attempt > 5:
-                    # Shutting down with Redis gone: leave the entries pending for others.
-                    log.error("worker %s: giving up on %d outcomes (Redis down at shutdown)", self.name, len(outcomes))
-                    return [False] * len(outcomes)
-                await self._redis_down("write", exc, backoff, None)
+        """Write outcomes, retrying through Redis outages: the work is already done. At
+        shutdown with Redis gone, give up after a few tries and leave the entries pending
+        for other workers to reclaim."""
+        accepted = await retrying(
+            lambda: self.writer.write(outcomes), what="write", component="worker",
+            give_up=lambda attempts: self._reading_done.is_set() and attempts > 5,
+        )
+        if accepted is None:
+            log.error("worker %s: giving up on %d outcomes (Redis down at shutdown)", self.name, len(outcomes))
+            return [False] * len(outcomes)
+        return accepted
 
-    async def _redis_down(self, what: str, exc: Exception, backoff: Backoff, stop: asyncio.Event | None) -> None:
-        metrics.REDIS_ERRORS.labels("worker").inc()
-        delay = backoff.next_delay()
-        self._throttled.warning(f"redis:{what}", "worker %s: Redis %s failed (%s); retrying in %.1f s",
-                                self.name, what, exc, delay)
-        if stop is None:
-            await asyncio.sleep(delay)
-        else:
-            await sleep_or_stop(stop, delay)
