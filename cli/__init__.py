@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from emotion_stream import __version__
 from emotion_stream.logs import setup_logging
 
-from .common import CommandError
+from .common import CommandError, add_settings
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -46,21 +46,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emotion_stream.settings import LOG_LEVELS
-
     parser = _Parser(
         prog="emotion-stream",
         description="Streaming facial-emotion analytics over Redis streams.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    log_help = "log verbosity (env EMOTION_STREAM_LOG_LEVEL; default INFO)"
-    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS, help=log_help)
+    add_settings(parser, "log_level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     for command in sub.choices.values():
         # Also after the subcommand; SUPPRESS keeps an absent flag from hiding one given before.
-        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help=log_help)
+        add_settings(command, "log_level", absent=argparse.SUPPRESS)
     return parser
 
 

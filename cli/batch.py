@@ -15,6 +15,7 @@ from .common import (
     add_command,
     add_model_options,
     add_redis_option,
+    add_settings,
     number,
     progress,
 )
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default submission.csv)")
     p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
                    help="local workers to start (default: one per CPU core; 0 = external workers only)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="frames per micro-batch")
+    add_settings(p, "batch_size")
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
                    help="fail when no result arrives for S seconds (default: wait for workers)")
     add_model_options(p)

@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from emotion_stream.settings import DETECTORS, Settings
+from emotion_stream.settings import Settings
 
-from .common import POSITIVE_SECONDS, CommandError, add_command, number
+from .common import POSITIVE_SECONDS, CommandError, add_command, add_settings, number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", type=Path, default=None,
                    help="folder of images, e.g. ../shared/data/faces/test_kaggle (default: 40 generated samples)")
-    p.add_argument("--detector", choices=DETECTORS, default=None)
-    p.add_argument("--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX")
+    add_settings(p, "detector", "detect_max_side")
     p.add_argument("--workers", type=number(int, 1), default=None, help="workers for (c) and (d) (default: cores)")
     p.add_argument("--cameras", type=number(int, 1), default=4)
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=15.0)

@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 if TYPE_CHECKING:
     from emotion_stream.settings import Settings
@@ -48,40 +49,63 @@ def number(kind: type[int | float], low: float | None = None, high: float | None
 POSITIVE_SECONDS = number(float, 0, above=True)
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    from emotion_stream.settings import DETECTORS
+# Flags whose name is not the setting's name with dashes.
+FLAG_NAMES = {
+    "redis_url": "--redis",
+    "model_path": "--model",
+    "detect_max_side": "--detect-size",
+    "max_frame_age_s": "--max-frame-age",
+    "worker_name": "--name",
+    "frames_max_len": "--max-len",
+    "webrtc_token": "--token",
+}
 
-    parser.add_argument(
-        "--detector", choices=DETECTORS, default=None,
-        help="face detector (env EMOTION_STREAM_DETECTOR; default blazeface)",
-    )
-    parser.add_argument(
-        "--model", dest="model_path", type=Path, default=None, metavar="PATH",
-        help="Keras .keras/.h5 weights (default: the bundled model; 'fer2013': the FER2013 baseline)",
-    )
-    parser.add_argument(
-        "--detect-size", dest="detect_max_side", type=int, default=None, metavar="PX",
-        help="longest side frames are analysed at for detection; larger finds smaller faces "
-        "for more CPU (default per detector: blazeface 320, opencv and mtcnn 192)",
-    )
+
+def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = None) -> None:
+    """One flag per setting, generated from its field in ``emotion_stream.settings``: the
+    help is the field's description with its default and environment variable, choices
+    come from a ``Literal`` type, and the value is validated by the settings model itself
+    (a bad one exits 2 naming the flag). Nothing here restates a default. ``absent`` is
+    the value when the flag is not given (None: the settings' own value applies)."""
+    from emotion_stream.settings import Settings, env_name
+
+    for name in names:
+        field = Settings.model_fields[name]
+        kind, choices = _flag_type(field.annotation)
+        default = field.get_default()
+        shown = "" if default is None else f"default {default}; "  # the description says what unset means
+        help = f"{field.description} ({shown}env {env_name(name)})".replace("%", "%%")
+        metavar = None if choices else METAVARS.get(name, _TYPE_METAVARS.get(kind, "VALUE"))
+        parser.add_argument(
+            FLAG_NAMES.get(name, "--" + name.replace("_", "-")), dest=name, type=kind, choices=choices,
+            default=absent, metavar=metavar, help=help,
+        )
+
+
+METAVARS = {"redis_url": "URL", "metrics_host": "ADDR", "metrics_port": "PORT", "detect_max_side": "PX",
+            "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS", "worker_name": "NAME"}
+_TYPE_METAVARS: dict[object, str] = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
+
+
+def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None]:
+    """(argparse type, choices) of a field annotation such as ``int | None`` or a Literal."""
+    optional = get_origin(annotation) in (UnionType, Union)
+    [kind] = [a for a in get_args(annotation) if a is not type(None)] if optional else [annotation]
+    if get_origin(kind) is Literal:
+        return str, get_args(kind)
+    return kind, None
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    add_settings(parser, "detector", "model_path", "detect_max_side")
 
 
 def add_redis_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--redis", dest="redis_url", default=None, metavar="URL",
-        help="redis://, rediss:// or unix:// URL (env REDIS_URL); unset: embedded redis-server",
-    )
+    add_settings(parser, "redis_url")
 
 
 def add_metrics_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--metrics-port", type=int, default=None, metavar="PORT",
-        help="serve Prometheus metrics on this port (0 = any free port)",
-    )
-    parser.add_argument(
-        "--metrics-host", default=None, metavar="ADDR",
-        help="bind address for metrics (default 127.0.0.1; 0.0.0.0 for all interfaces)",
-    )
+    add_settings(parser, "metrics_port", "metrics_host")
 
 
 def load_analyzer(settings: Settings) -> FaceAnalyzer:

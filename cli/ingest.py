@@ -12,6 +12,7 @@ from .common import (
     add_command,
     add_metrics_options,
     add_redis_option,
+    add_settings,
     number,
 )
 
@@ -29,10 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="SOURCE", help="0, video.mp4, rtsp://..., http(s)://... or sample[:N]")
     p.add_argument("--camera", required=True, help="camera id (letters, digits, _ . : -)")
     p.add_argument("--fps", type=number(float, 0, 1000), default=0.0, help="frame rate to send (default: native/all)")
-    p.add_argument("--max-len", dest="frames_max_len", type=int, default=None, metavar="N",
-                   help="bound of the frame stream (default 256)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
-    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q", help="JPEG quality 10-100 (default 85)")
+    add_settings(p, "frames_max_len", "jpeg_quality")
     p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_redis_option(p)
     add_metrics_options(p)

@@ -6,7 +6,14 @@ import argparse
 
 from emotion_stream.settings import Settings
 
-from .common import POSITIVE_SECONDS, add_command, add_metrics_options, add_redis_option, number
+from .common import (
+    POSITIVE_SECONDS,
+    add_command,
+    add_metrics_options,
+    add_redis_option,
+    add_settings,
+    number,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=number(int, 0, 65535), default=8080)
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second sent to the workers (default 10)")
-    p.add_argument("--token", default=None,
-                   help="required as ?token= for the page and in the offer (env EMOTION_STREAM_WEBRTC_TOKEN)")
+    add_settings(p, "webrtc_token")
     p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_redis_option(p)
     add_metrics_options(p)
@@ -37,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.redis_conn import connect, redis_url_or_embedded
     from ingest.webrtc import Gateway
 
-    token = args.token or settings.webrtc_token
+    token = settings.webrtc_token
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
     async def main(stop):  # type: ignore[no-untyped-def]

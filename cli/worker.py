@@ -13,6 +13,7 @@ from .common import (
     add_metrics_options,
     add_model_options,
     add_redis_option,
+    add_settings,
     load_analyzer,
 )
 
@@ -29,13 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_redis_option(p)
     add_model_options(p)
     add_metrics_options(p)
-    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="frames per micro-batch (default 16)")
-    p.add_argument("--max-wait-ms", type=int, default=None, metavar="MS", help="longest wait to fill a batch (default 20)")
-    p.add_argument("--max-frame-age", dest="max_frame_age_s", type=float, default=None, metavar="S",
-                   help="skip live frames older than this (default 2.0)")
-    p.add_argument("--claim-idle-ms", type=int, default=None, metavar="MS",
-                   help="reclaim entries other workers left pending this long (default 15000)")
-    p.add_argument("--name", dest="worker_name", default=None, help="consumer name (default host-pid)")
+    add_settings(p, "batch_size", "max_wait_ms", "max_frame_age_s", "claim_idle_ms", "worker_name")
     p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
 
 

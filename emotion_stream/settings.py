@@ -36,22 +36,25 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "EMOTION_STREAM_REDIS_URL", "redis_url"),
-        description="redis://, rediss:// (TLS) or unix:// URL; unset = start an embedded redis-server",
+        description="redis://, rediss:// (TLS) or unix:// URL; unset: an embedded redis-server",
     )
     # --- model -------------------------------------------------------------------------
-    model_path: Path | None = Field(None, description="Keras .keras/.h5 file; unset = bundled default")
+    model_path: Path | None = Field(
+        None, description="Keras .keras/.h5 weights; unset: the bundled model; 'fer2013': the FER2013 baseline"
+    )
     detector: DetectorName = Field("blazeface", description="face detector")
     detect_max_side: int | None = Field(
         None, ge=64, le=4096,
-        description="longest side frames are analysed at for face detection (boxes map back); "
-        "larger finds smaller faces for more CPU; unset = the detector's own default",
+        description="longest side frames are analysed at for face detection; larger finds smaller "
+        "faces for more CPU; unset: the detector's own ("
+        + ", ".join(f"{name} {size}" for name, size in DEFAULT_DETECT_SIZE.items()) + ")",
     )
     # --- worker ------------------------------------------------------------------------
     batch_size: int = Field(16, ge=1, le=1024, description="frames per micro-batch")
     max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest wait to fill a micro-batch")
     max_frame_age_s: float = Field(2.0, gt=0, description="live frames older than this are skipped")
     claim_idle_ms: int = Field(15_000, ge=100, description="reclaim entries pending this long")
-    worker_name: str | None = Field(None, description="consumer name; default host-pid")
+    worker_name: str | None = Field(None, description="consumer name, unique per worker; unset: host-pid")
     # --- streams -----------------------------------------------------------------------
     frames_max_len: int = Field(256, ge=8, description="approximate bound of each frame stream")
     events_max_len: int = Field(10_000, ge=100, description="approximate bound of each events stream")
@@ -63,12 +66,14 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest frame/image accepted")
     max_image_pixels: int = Field(40_000_000, ge=64, description="largest width*height accepted")
     # --- ingest ------------------------------------------------------------------------
-    jpeg_quality: int = Field(85, ge=10, le=100)
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of ingested frames (10-100)")
     # --- webrtc gateway ----------------------------------------------------------------
     webrtc_token: str | None = Field(None, description="access token for the WebRTC page and offer endpoint")
     # --- observability -----------------------------------------------------------------
-    metrics_host: str = Field("127.0.0.1", description="bind address of /metrics")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="unset = no metrics server")
+    metrics_host: str = Field("127.0.0.1", description="bind address of /metrics (0.0.0.0: all interfaces)")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free one); unset: none"
+    )
     log_level: LogLevel = Field("INFO", description="log verbosity")
 
     @field_validator("redis_url")

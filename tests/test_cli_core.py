@@ -123,3 +123,15 @@ def test_evaluate_on_the_shared_dev_set(shared_faces, detector, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["scored"] == 219 and report["skipped"] == 0
     assert report["accuracy"] > 0.35  # far above the 1/8 of guessing
+
+
+def test_setting_flags_are_generated_from_the_settings_fields():
+    from emotion_stream.settings import DEFAULT_DETECT_SIZE, Settings
+
+    help_text = subprocess.run([EXE, "worker", "--help"], capture_output=True, text=True, timeout=60).stdout
+    squashed = " ".join(help_text.split())
+    for name in ("batch_size", "max_wait_ms", "claim_idle_ms"):
+        field = Settings.model_fields[name]
+        assert f"{field.description} (default {field.get_default()}; env EMOTION_STREAM_{name.upper()})" in squashed
+    # Derived text stays true when the table changes: no default is typed twice.
+    assert ", ".join(f"{k} {v}" for k, v in DEFAULT_DETECT_SIZE.items()) in squashed
