@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, cast
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -124,7 +126,7 @@ class BatchJob:
         self._expected: set[str] = set()
         self._remaining = 0
 
-    async def run(self, on_result=None) -> BatchSummary:  # type: ignore[no-untyped-def]
+    async def run(self, on_result: Callable[[FrameResult], object] | None = None) -> BatchSummary:
         """Process the folder; ``on_result(result)`` is called per image (progress bars)."""
         started = time.monotonic()
         summary = BatchSummary()
@@ -189,11 +191,11 @@ class BatchJob:
             message = FrameMessage(
                 self.camera, seq, time.time(), FrameKind.STILL, data, name=path.name, reply_to=self.results
             )
-            await self._retry(lambda m=message: self.redis.xadd(self.stream, m.to_fields()))
+            await self._retry(partial(self.redis.xadd, self.stream, message.to_fields()))
         end = FrameMessage(self.camera, len(todo), time.time(), FrameKind.END)
         await self._retry(lambda: self.redis.xadd(self.stream, end.to_fields()))
 
-    async def _collect(self, on_result) -> None:  # type: ignore[no-untyped-def]
+    async def _collect(self, on_result: Callable[[FrameResult], object] | None) -> None:
         last_id = "0-0"
         last_progress = time.monotonic()
         warned = 0
@@ -206,7 +208,7 @@ class BatchJob:
                 log.warning("batch: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
-            for _stream, entries in reply or []:
+            for _stream, entries in cast(list[Any], reply or []):
                 for entry_id, fields in entries:
                     last_id = entry_id
                     try:

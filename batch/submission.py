@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 from emotion_stream.schema import FrameResult, MessageError
 
@@ -33,7 +34,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = None
+        self._fh: TextIO | None = None
 
     def load(self) -> dict[str, FrameResult]:
         done: dict[str, FrameResult] = {}

@@ -49,7 +49,7 @@ async def live_events(client: aioredis.Redis, camera: str | None = None, stop: a
             await asyncio.sleep(delay)
         finally:
             try:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             except TRANSIENT_ERRORS:
                 pass
 

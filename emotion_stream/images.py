@@ -103,8 +103,8 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                im = ImageOps.exif_transpose(im)
+            with Image.open(io.BytesIO(data)) as opened:
+                im: Image.Image = ImageOps.exif_transpose(opened)
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     # 16/32-bit grey: scale to 8 bits rather than clip.
                     arr = np.asarray(im, dtype=np.float64)

@@ -114,8 +114,8 @@ def init_camera_series(camera: str, *, ingest: bool = False) -> str:
     if ingest:
         FRAMES_INGESTED.labels(label)
         SOURCE_RECONNECTS.labels(label)
-        for reason in DROP_REASONS:
-            FRAMES_DROPPED.labels(label, reason)
+        for drop in DROP_REASONS:
+            FRAMES_DROPPED.labels(label, drop)
     return label
 
 

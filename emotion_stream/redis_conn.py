@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -50,8 +50,8 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _client_options(url: str, name: str) -> dict[str, object]:
-    options: dict[str, object] = {
+def _client_options(url: str, name: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "socket_connect_timeout": 3,
         "socket_timeout": 15,  # longer than any BLOCK we issue
         "health_check_interval": 10,
@@ -84,7 +84,7 @@ class Backoff:
         self.base, self.cap, self.attempt = base, cap, 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2**self.attempt))
+        delay = min(self.cap, self.base * 2.0**self.attempt)
         self.attempt += 1
         return delay
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from . import keys
 from .labels import EMOTIONS
 
@@ -69,8 +71,8 @@ class FrameMessage:
     name: str = ""  # file name of a still image
     reply_to: str = ""  # results stream of a batch job
 
-    def to_fields(self) -> dict[str, bytes | str | int | float]:
-        fields: dict[str, bytes | str | int | float] = {
+    def to_fields(self) -> dict[FieldT, EncodableT]:
+        fields: dict[FieldT, EncodableT] = {
             "v": SCHEMA_VERSION,
             "camera": self.camera,
             "seq": self.seq,

@@ -9,6 +9,7 @@ import time
 import cv2
 import numpy as np
 import redis.asyncio as aioredis
+from redis.typing import EncodableT
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
@@ -101,7 +102,9 @@ class FramePublisher:
 
     async def _append(self, message: FrameMessage) -> bool:
         counted = keys.Stat.INGESTED if message.kind is FrameKind.LIVE else ""
-        args: list[object] = [self.settings.frames_max_len, keys.WORKER_GROUP, counted, keys.Stat.TRIMMED]
+        args: list[EncodableT] = [
+            self.settings.frames_max_len, keys.WORKER_GROUP, counted, keys.Stat.TRIMMED
+        ]
         for name, value in message.to_fields().items():
             args += [name, value]
         try:

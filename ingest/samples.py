@@ -80,8 +80,8 @@ def small_faces_frame(
     on a grid of four columns, so up to eight fit in 640x480."""
     width, height = size
     rng = np.random.default_rng(seed)
-    frame = np.full((height, width, 3), (100, 120, 130), np.uint8)
-    frame = cv2.add(frame, rng.integers(0, 30, frame.shape, dtype=np.uint8))
+    background = np.full((height, width, 3), (100, 120, 130), np.uint8)
+    frame = cv2.add(background, rng.integers(0, 30, background.shape, dtype=np.uint8))
     face = _portrait()
     boxes = []
     columns = 4
@@ -103,7 +103,7 @@ def small_faces_frame(
 
 def write_clip(path: Path, seconds: float = 4.0, fps: int = 15, faces: int = 1, size: tuple[int, int] = FRAME_SIZE) -> Path:
     """Write an MJPEG .avi (any suffix works) of :func:`sample_frame` frames."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"cannot open video writer for {path}")
     try:

@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -206,7 +207,7 @@ class Worker:
         if timeout is None and self._reading_done.is_set():
             return None
         getter = asyncio.ensure_future(self.queue.get())
-        waiters: set[asyncio.Future[object]] = {getter}
+        waiters: set[asyncio.Future[Any]] = {getter}
         if timeout is None:
             waiters.add(asyncio.ensure_future(self._reading_done.wait()))
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

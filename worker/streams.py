@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -82,7 +83,7 @@ class ConsumerGroup:
         self.streams: list[str] = []
         self._hot: dict[str, float] = {}  # stream -> monotonic time of its last entry
         self._swept = 0.0
-        self._members: frozenset[bytes] | None = None
+        self._members: frozenset[bytes | str] | None = None
         self._refreshed = 0.0
         self._failed: set[str] = set()
         self._claim_round = 0
@@ -115,9 +116,10 @@ class ConsumerGroup:
             self._hot.update({s: now for s in added})
         return added
 
-    def _valid_cameras(self, members: frozenset[bytes]) -> list[str]:
+    def _valid_cameras(self, members: frozenset[bytes | str]) -> list[str]:
         cameras = []
-        for raw in members:
+        for member in members:
+            raw = member.encode() if isinstance(member, str) else member
             try:
                 cameras.append(validate_camera_id(raw.decode("utf-8")))
                 continue
@@ -187,7 +189,8 @@ class ConsumerGroup:
                 return self._entries(reply)
         return []
 
-    def _entries(self, reply: list | None) -> list[Entry]:  # type: ignore[type-arg]
+    def _entries(self, reply: Any) -> list[Entry]:
+        """Entries of an XREADGROUP reply, marking their streams hot."""
         now = time.monotonic()
         entries = []
         for stream, items in reply or []:
@@ -254,7 +257,7 @@ class ConsumerGroup:
                 )
             except redis.ResponseError:
                 pending = []  # the stream vanished since the claim: count them once
-            times = {_decode(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            times = {_decode(cast(bytes, p["message_id"])): int(p["times_delivered"]) for p in pending}
             counted += [Entry(e.stream, e.id, e.fields, times.get(e.id, 1)) for e in mine]
         return counted
 
@@ -270,12 +273,12 @@ class ConsumerGroup:
                 if isinstance(groups, redis.ResponseError):
                     continue
                 for info in groups:
-                    if _decode(info["name"]) != self.group:
+                    if _decode(cast(bytes, info["name"])) != self.group:
                         continue
                     lag = info.get("lag")
                     if lag is None:  # Redis < 7: count entries after the last delivered id
-                        last = _decode(info["last-delivered-id"])
-                        lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000))
+                        last = _decode(cast(bytes, info["last-delivered-id"]))
+                        lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000) or [])
                     result[stream] = (int(lag), int(info["pending"]))
         return result
 

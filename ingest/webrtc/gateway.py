@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
@@ -108,7 +108,7 @@ class Session:
         self.pc = RTCPeerConnection()
         self.overlay = Overlay()
         self.publisher = FramePublisher(gateway.redis, self.camera, gateway.settings)
-        self.channel = None
+        self.channel: RTCDataChannel | None = None
         self.published_size = (640, 480)
         self._display: asyncio.Queue[VideoFrame] = asyncio.Queue(maxsize=1)
         self._stop = asyncio.Event()
@@ -129,6 +129,8 @@ class Session:
         try:
             while not self._stop.is_set():
                 frame = await track.recv()
+                if not isinstance(frame, VideoFrame):
+                    continue  # a video track yields frames; anything else is not ours to show
                 received += 1
                 if received == 1:
                     log.info("camera %s: first frame %dx%d", self.camera, frame.width, frame.height)
@@ -198,12 +200,12 @@ class Gateway:
             return True
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
-    async def index(self, request: web.Request) -> web.Response:
+    async def index(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request.query.get("token")):
             raise web.HTTPUnauthorized(text="a valid ?token= is required\n")
         return web.FileResponse(STATIC / "index.html")
 
-    async def client_js(self, request: web.Request) -> web.Response:
+    async def client_js(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "client.js")
 
     async def offer(self, request: web.Request) -> web.Response:
@@ -221,7 +223,7 @@ class Gateway:
         pc = session.pc
 
         @pc.on("datachannel")
-        def on_datachannel(channel) -> None:  # type: ignore[no-untyped-def]
+        def on_datachannel(channel: RTCDataChannel) -> None:
             session.channel = channel
 
         @pc.on("connectionstatechange")
