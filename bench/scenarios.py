@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotion_stream import keys, metrics
-from emotion_stream.redis_conn import EmbeddedRedis, connect
+from emotion_stream.embedded_redis import EmbeddedRedis
+from emotion_stream.redis_conn import connect
 from emotion_stream.schema import SkipReason
 from emotion_stream.settings import Settings
 from model.runtime import share_cores

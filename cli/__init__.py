@@ -91,12 +91,16 @@ def _flag_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from emotion_stream.settings import load_settings
+    from emotion_stream.settings import Settings
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args)
+        # Flags are generated from the settings' fields (add_settings), so their dests
+        # are field names; one given (not None) overrides the environment.
+        given = {name: value for name, value in vars(args).items()
+                 if name in Settings.model_fields and value is not None}
+        settings = Settings().overridden(given)
     except ValidationError as exc:
         print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream.redis_conn import redis_url_or_embedded
+    from emotion_stream.embedded_redis import redis_url_or_embedded
 
     if not args.folder.is_dir():
         raise CommandError(f"{args.folder}: not a folder")

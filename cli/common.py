@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
+from emotion_stream.schema import EndOfStream, Event, FaceEvent
+
 if TYPE_CHECKING:
     from emotion_stream.settings import Settings
     from model import FaceAnalyzer
+
+log = logging.getLogger("emotion_stream.cli")
 
 Runner = Callable[[argparse.Namespace, "Settings"], int]
 
@@ -128,3 +134,31 @@ def progress(total: int | None, desc: str, unit: str = "img") -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
+    """Start the /metrics HTTP server; returns the bound port (port 0 = any free one)."""
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host)
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound
+
+
+def format_event(event: Event) -> str:
+    """One human-readable line per event."""
+    if isinstance(event, EndOfStream):
+        return f"{event.camera:<12} end of stream after seq {event.seq}"
+    assert isinstance(event, FaceEvent)
+    clock = time.strftime("%H:%M:%S", time.localtime(event.captured_at))
+    x, y, w, h = event.box
+    note = " (whole image)" if event.whole_image else ""
+    name = f" {event.name}" if event.name else ""
+    return (
+        f"{clock} {event.camera:<12} #{event.seq:<6} face {event.face_index}/{event.faces_in_frame} "
+        f"{event.emotion:<9} {event.confidence:4.2f}  box {x},{y},{w},{h}  "
+        f"{event.latency_s * 1000:6.1f} ms{name}{note}"
+    )

@@ -16,8 +16,10 @@ from .common import (
     add_metrics_options,
     add_model_options,
     add_redis_option,
+    format_event,
     load_analyzer,
     number,
+    serve_metrics,
 )
 
 
@@ -40,9 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.embedded_redis import redis_url_or_embedded
     from emotion_stream.lifecycle import run_service
-    from emotion_stream.metrics import serve_metrics
-    from emotion_stream.redis_conn import redis_url_or_embedded
     from ingest.sources import SourceSpec
 
     if args.source and SourceSpec.parse(args.source).is_file and not Path(args.source).is_file():
@@ -61,7 +62,7 @@ def _sample_clip(folder: Path) -> Path:
 
 
 async def _demo(args, settings, url, source, analyzer, stop) -> int:  # type: ignore[no-untyped-def]
-    from emotion_stream.events import format_event, live_events
+    from emotion_stream.events import live_events
     from emotion_stream.redis_conn import connect
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher

@@ -14,6 +14,7 @@ from .common import (
     add_redis_option,
     add_settings,
     number,
+    serve_metrics,
 )
 
 
@@ -38,9 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.embedded_redis import redis_url_or_embedded
     from emotion_stream.lifecycle import run_service
-    from emotion_stream.metrics import serve_metrics
-    from emotion_stream.redis_conn import connect, redis_url_or_embedded
+    from emotion_stream.redis_conn import connect
     from emotion_stream.schema import validate_camera_id
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher

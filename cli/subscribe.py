@@ -9,7 +9,14 @@ from dataclasses import asdict
 
 from emotion_stream.settings import Settings
 
-from .common import POSITIVE_SECONDS, CommandError, add_command, add_redis_option, number
+from .common import (
+    POSITIVE_SECONDS,
+    CommandError,
+    add_command,
+    add_redis_option,
+    format_event,
+    number,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream.events import format_event, live_events
+    from emotion_stream.events import live_events
     from emotion_stream.lifecycle import run_service
     from emotion_stream.redis_conn import connect
     from emotion_stream.schema import EndOfStream

@@ -15,6 +15,7 @@ from .common import (
     add_redis_option,
     add_settings,
     load_analyzer,
+    serve_metrics,
 )
 
 
@@ -35,9 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream.embedded_redis import redis_url_or_embedded
     from emotion_stream.lifecycle import run_service
-    from emotion_stream.metrics import serve_metrics
-    from emotion_stream.redis_conn import redis_url_or_embedded
     from worker import NameInUse, serve
 
     analyzer = load_analyzer(settings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -12,7 +11,7 @@ import redis.asyncio as aioredis
 from . import keys
 from .logs import Throttled
 from .redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, Backoff
-from .schema import EndOfStream, Event, FaceEvent, MessageError, parse_event
+from .schema import Event, MessageError, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +51,3 @@ async def live_events(client: aioredis.Redis, camera: str | None = None, stop: a
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             except TRANSIENT_ERRORS:
                 pass
-
-
-def format_event(event: Event) -> str:
-    """One human-readable line per event."""
-    if isinstance(event, EndOfStream):
-        return f"{event.camera:<12} end of stream after seq {event.seq}"
-    assert isinstance(event, FaceEvent)
-    clock = time.strftime("%H:%M:%S", time.localtime(event.captured_at))
-    x, y, w, h = event.box
-    note = " (whole image)" if event.whole_image else ""
-    name = f" {event.name}" if event.name else ""
-    return (
-        f"{clock} {event.camera:<12} #{event.seq:<6} face {event.face_index}/{event.faces_in_frame} "
-        f"{event.emotion:<9} {event.confidence:4.2f}  box {x},{y},{w},{h}  "
-        f"{event.latency_s * 1000:6.1f} ms{name}{note}"
-    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from .schema import DeadLetterKind, SkipReason
 
@@ -131,13 +131,3 @@ def init_worker_series(detector: str, model: str) -> None:
     FACES_DETECTED.labels(detector)
     REDIS_ERRORS.labels("worker")
     MODEL_INFO.info({"model": model, "detector": detector})
-
-
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
-    """Start the /metrics HTTP server; returns the bound port (port 0 = any free one)."""
-    if port is None:
-        return None
-    server, _thread = start_http_server(port, addr=host)
-    bound = int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics", host, bound)
-    return bound

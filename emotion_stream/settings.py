@@ -1,4 +1,4 @@
-"""All settings, read once from the environment and overridden by CLI flags.
+"""All settings, read once from the environment and overridden by CLI flags (``cli``).
 
 Environment variables use the ``EMOTION_STREAM_`` prefix (``EMOTION_STREAM_BATCH_SIZE=32``);
 the Redis URL is also read from the conventional ``REDIS_URL``.
@@ -6,7 +6,6 @@ the Redis URL is also read from the conventional ``REDIS_URL``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -83,26 +82,15 @@ class Settings(BaseSettings):
             raise ValueError(f"URL scheme must be one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return url
 
-    def with_args(self, args: argparse.Namespace) -> Settings:
-        """A copy where every CLI flag that was given (not None) overrides, validated
-        exactly like the environment (a ValidationError names the field)."""
-        given: dict[str, Any] = {
-            name: value
-            for name, value in vars(args).items()
-            if name in type(self).model_fields and value is not None
-        }
-        if not given:
+    def overridden(self, values: dict[str, Any]) -> Settings:
+        """A copy with ``values`` (field name -> value) in place, validated exactly like the
+        environment: a bad value raises a ValidationError naming the field."""
+        if not values:
             return self
         # model_validate runs the field constraints without re-reading the environment.
-        return type(self).model_validate({**self.model_dump(), **given})
+        return type(self).model_validate({**self.model_dump(), **values})
 
 
 def env_name(field: str) -> str:
     """The environment variable a setting is read from."""
     return "REDIS_URL" if field == "redis_url" else f"EMOTION_STREAM_{field.upper()}"
-
-
-def load_settings(args: argparse.Namespace | None = None) -> Settings:
-    """Settings from the environment, then CLI flags (flags win)."""
-    settings = Settings()
-    return settings.with_args(args) if args is not None else settings

@@ -75,7 +75,7 @@ def mtcnn_analyzer(default_model):
 @pytest.fixture()
 def redis_server(tmp_path):
     """A real redis-server process (the embedded binary) on a free loopback port."""
-    from emotion_stream.redis_conn import EmbeddedRedis, free_port
+    from emotion_stream.embedded_redis import EmbeddedRedis, free_port
 
     server = EmbeddedRedis(port=free_port(), data_dir=tmp_path / "redis")
     server.start()

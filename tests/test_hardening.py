@@ -41,7 +41,8 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 def any_redis(request, tmp_path):
     """The embedded 6.2 server and Debian's 7.x: only 7 fails a reader blocked on a
     stream that is deleted (UNBLOCKED), which is how the defect showed."""
-    from emotion_stream.redis_conn import EmbeddedRedis, connect_sync, free_port
+    from emotion_stream.embedded_redis import EmbeddedRedis, free_port
+    from emotion_stream.redis_conn import connect_sync
 
     binary = None
     if request.param == "debian-7":
@@ -174,7 +175,7 @@ def test_a_message_with_thousands_of_fields_is_bounded_too(redis_server, redis_c
 
 # ------------------------------------------------------ 4. many announced cameras
 def test_ten_thousand_idle_cameras_and_hostile_ids(redis_server, redis_client, services):
-    from emotion_stream.redis_conn import free_port
+    from emotion_stream.embedded_redis import free_port
 
     pipe = redis_client.pipeline(transaction=False)
     for i in range(10_000):

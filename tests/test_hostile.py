@@ -9,8 +9,8 @@ import signal
 import cv2
 import pytest
 
-from emotion_stream import keys
 from cli import main
+from emotion_stream import keys
 from emotion_stream.schema import FrameKind, FrameMessage
 from ingest.samples import sample_frame
 
@@ -21,7 +21,7 @@ from .test_pipeline import WORKER_FLAGS, faces_of
 
 
 def test_hostile_frames_are_dead_lettered_and_counted(redis_server, redis_client, services, face_bgr):
-    from emotion_stream.redis_conn import free_port
+    from emotion_stream.embedded_redis import free_port
 
     camera = "attic"
     stream = keys.frames(camera)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from emotion_stream import keys
-from emotion_stream.redis_conn import free_port
+from emotion_stream.embedded_redis import free_port
 from ingest.samples import sample_frame, write_y4m
 
 from .conftest import missing_system_part, require_system

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from emotion_stream import keys
-from emotion_stream.redis_conn import free_port
+from emotion_stream.embedded_redis import free_port
 
 from .procs import wait_for
 from .test_observability import sample_value, scrape

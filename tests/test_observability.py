@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from emotion_stream import keys
-from emotion_stream.redis_conn import free_port
+from emotion_stream.embedded_redis import free_port
 from ingest.samples import write_clip
 
 from .conftest import require_system

@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from emotion_stream import keys
-from emotion_stream.redis_conn import free_port
+from emotion_stream.embedded_redis import free_port
 
 from .mjpeg_camera import MJPEGCamera
 from .procs import wait_for

@@ -34,17 +34,15 @@ from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
     EndOfStream,
-    FaceEvent,
     FrameKind,
     FrameMessage,
-    FrameResult,
     MessageError,
     SkipReason,
-    dead_letter_fields,
 )
 from emotion_stream.settings import Settings
 from model import FaceAnalyzer
 
+from .outcomes import Origin, analysed_outcome, dead_letter_outcome
 from .processing import FrameAnalysis, FrameProcessor
 from .publishing import Outcome, OutcomeWriter
 from .streams import ConsumerGroup, Entry
@@ -99,6 +97,7 @@ class Worker:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="cpu")
         self.detector = analyzer.detector.name
         self.model_id = analyzer.model.id
+        self.origin = Origin(self.name, self.detector, self.model_id)
         self._throttled = Throttled(log)
         self._reading_done = asyncio.Event()
         self._discovered = 0.0
@@ -347,59 +346,19 @@ class Worker:
     def _outcome(self, entry: Entry, message: FrameMessage, analysis: FrameAnalysis, processed_at: float) -> Outcome:
         if analysis.error:
             return self._dead_letter(entry, analysis.error, message, analysis.error_kind or DeadLetterKind.ANALYSIS_FAILED)
-        events = [
-            FaceEvent(
-                camera=message.camera,
-                seq=message.seq,
-                captured_at=message.captured_at,
-                processed_at=processed_at,
-                face_index=index,
-                faces_in_frame=len(analysis.faces),
-                box=tuple(int(v) for v in face.box),  # type: ignore[arg-type]
-                emotion=face.emotion,
-                confidence=round(face.confidence, 5),
-                probabilities=face.probabilities_dict(),
-                whole_image=face.whole_image,
-                detector=self.detector,
-                model=self.model_id,
-                worker=self.name,
-                name=message.name,
-                landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks] if face.landmarks else None,
-            )
-            for index, face in enumerate(analysis.faces)
-        ]
+        outcome = analysed_outcome(entry, message, analysis.faces, processed_at, self.origin)
         detected = sum(1 for face in analysis.faces if not face.whole_image)
         metrics.FACES_DETECTED.labels(self.detector).inc(detected)
         if analysis.faces and analysis.faces[0].whole_image:
             metrics.WHOLE_IMAGE_FALLBACKS.inc()
-        for event in events:
-            metrics.EVENTS_PUBLISHED.labels(event.emotion).inc()
-        result = ""
-        if message.reply_to:
-            top = analysis.faces[0] if analysis.faces else None
-            result = FrameResult(
-                message.camera, message.seq, message.name, ok=top is not None,
-                emotion=top.emotion if top else "", confidence=top.confidence if top else 0.0,
-                faces=detected, whole_image=bool(top and top.whole_image),
-                error="" if top else "no face",
-            ).to_json()
-        # A frame without faces still gets an outcome: it is acked and counted as processed.
-        return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
-                       message.reply_to, captured_at=message.captured_at,
-                       stat=Stat.PROCESSED if message.kind is FrameKind.LIVE else "")
+        for face in analysis.faces:
+            metrics.EVENTS_PUBLISHED.labels(face.emotion).inc()
+        return outcome
 
     def _dead_letter(self, entry: Entry, reason: str, message: FrameMessage | None, kind: DeadLetterKind) -> Outcome:
         metrics.FRAMES_DEAD_LETTERED.labels(kind).inc()
         self._throttled.warning(f"dlq:{kind}", "dead-lettered %s %s: %s", entry.stream, entry.id, reason)
-        result = ""
-        if message is not None and message.reply_to:
-            result = FrameResult(message.camera, message.seq, message.name, ok=False, error=reason).to_json()
-        fields = dead_letter_fields(
-            entry.fields or {}, stream=entry.stream, entry_id=entry.id, reason=reason, worker=self.name, at=time.time()
-        )
-        live = message is None or message.kind is FrameKind.LIVE  # unparsed: count it
-        return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
-                       reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "")
+        return dead_letter_outcome(entry, reason, message, self.name)
 
     async def _write(self, outcomes: list[Outcome]) -> list[bool]:
         """Write outcomes, retrying through Redis outages: the work is already done. At

@@ -1,0 +1,83 @@
+"""What a worker writes for one consumed entry: face events and a batch result for an
+analysed frame, or a dead letter. Pure construction; ``publishing.py`` writes them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from emotion_stream.keys import Stat
+from emotion_stream.schema import (
+    FaceEvent,
+    FrameKind,
+    FrameMessage,
+    FrameResult,
+    dead_letter_fields,
+)
+from model import FaceResult
+
+from .publishing import Outcome
+from .streams import Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who produced an outcome, as events name it."""
+
+    worker: str
+    detector: str
+    model: str
+
+
+def analysed_outcome(
+    entry: Entry, message: FrameMessage, faces: list[FaceResult], processed_at: float, origin: Origin
+) -> Outcome:
+    """One event per face, plus the still's result for a batch job. A frame without
+    faces still gets an outcome: it is acked and counted as processed."""
+    events = [
+        FaceEvent(
+            camera=message.camera,
+            seq=message.seq,
+            captured_at=message.captured_at,
+            processed_at=processed_at,
+            face_index=index,
+            faces_in_frame=len(faces),
+            box=(int(face.box[0]), int(face.box[1]), int(face.box[2]), int(face.box[3])),
+            emotion=face.emotion,
+            confidence=round(face.confidence, 5),
+            probabilities=face.probabilities_dict(),
+            whole_image=face.whole_image,
+            detector=origin.detector,
+            model=origin.model,
+            worker=origin.worker,
+            name=message.name,
+            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks] if face.landmarks else None,
+        )
+        for index, face in enumerate(faces)
+    ]
+    result = ""
+    if message.reply_to:
+        top = faces[0] if faces else None
+        result = FrameResult(
+            message.camera, message.seq, message.name, ok=top is not None,
+            emotion=top.emotion if top else "", confidence=top.confidence if top else 0.0,
+            faces=sum(1 for face in faces if not face.whole_image), whole_image=bool(top and top.whole_image),
+            error="" if top else "no face",
+        ).to_json()
+    return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
+                   message.reply_to, captured_at=message.captured_at,
+                   stat=Stat.PROCESSED if message.kind is FrameKind.LIVE else "")
+
+
+def dead_letter_outcome(entry: Entry, reason: str, message: FrameMessage | None, worker: str) -> Outcome:
+    """The dead-letter entry (reason + bounded copy of the message) and, for a batch
+    job's still, a failed result so the job does not wait for it."""
+    result = ""
+    if message is not None and message.reply_to:
+        result = FrameResult(message.camera, message.seq, message.name, ok=False, error=reason).to_json()
+    fields = dead_letter_fields(
+        entry.fields or {}, stream=entry.stream, entry_id=entry.id, reason=reason, worker=worker, at=time.time()
+    )
+    live = message is None or message.kind is FrameKind.LIVE  # unparsed: count it
+    return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
+                   reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "")
