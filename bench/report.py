@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 
-def summarise(results: dict[str, dict[str, object]]) -> dict[str, object]:
+def summarize(results: dict[str, dict[str, object]]) -> dict[str, object]:
     """Ratios against the original path and the compute limit, from one run's results."""
     out: dict[str, object] = {"cores": os.cpu_count(), **results}
     original = results.get("original")

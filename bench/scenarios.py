@@ -98,9 +98,9 @@ DETECT_SIZES = (192, 320, 640)
 
 def _matched(found: list, planted: list[tuple[int, int, int, int]]) -> int:
     """Planted faces with a detection centred within half a face width of theirs."""
-    centres = [(d.box[0] + d.box[2] / 2, d.box[1] + d.box[3] / 2) for d in found]
+    centers = [(d.box[0] + d.box[2] / 2, d.box[1] + d.box[3] / 2) for d in found]
     return sum(
-        any(abs(cx - (x + w / 2)) < w / 2 and abs(cy - (y + h / 2)) < h / 2 for cx, cy in centres)
+        any(abs(cx - (x + w / 2)) < w / 2 and abs(cy - (y + h / 2)) < h / 2 for cx, cy in centers)
         for x, y, w, h in planted
     )
 

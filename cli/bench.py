@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
-    from bench.report import format_text, summarise
+    from bench.report import format_text, summarize
     from bench.scenarios import (
         BenchConfig,
         run_batch,
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results["live"] = run_live(config, model)
             if args.idle_cameras:
                 results["live_idle"] = run_live(config, model, idle_cameras=args.idle_cameras)
-    summary = summarise(results)
+    summary = summarize(results)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0
 

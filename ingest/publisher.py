@@ -58,15 +58,15 @@ class FramePublisher:
     """Writes one camera's frames. ``publish`` never raises for Redis outages: the frame
     is dropped and counted (live frames are worthless late), and the next call retries."""
 
-    def __init__(self, redis: aioredis.Redis, camera: str, settings: Settings) -> None:
-        self.redis = redis
+    def __init__(self, client: aioredis.Redis, camera: str, settings: Settings) -> None:
+        self.redis = client
         self.camera = camera
         self.stream = keys.frames(camera)
         self.settings = settings
         self.seq = 0
         self._label = metrics.init_camera_series(camera, ingest=True)
         metrics.REDIS_ERRORS.labels("ingest")
-        self._add = redis.register_script(_ADD_BOUNDED)
+        self._add = client.register_script(_ADD_BOUNDED)
         self._registered = False
         self._throttled = Throttled(log)
 

@@ -68,8 +68,8 @@ def model_dir() -> Path:
 
 
 def ssd_anchors(variant: Variant) -> np.ndarray:
-    """Anchor centres (n, 2) in [0, 1], in the order the model emits its outputs."""
-    centres: list[np.ndarray] = []
+    """Anchor centers (n, 2) in [0, 1], in the order the model emits its outputs."""
+    centers: list[np.ndarray] = []
     size = variant.input_size
     strides = list(variant.strides)
     layer = 0
@@ -82,10 +82,10 @@ def ssd_anchors(variant: Variant) -> np.ndarray:
         cells = size // strides[layer]
         grid = (np.arange(cells, dtype=np.float32) + 0.5) / cells
         xs, ys = np.meshgrid(grid, grid)
-        cell_centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
-        centres.append(np.repeat(cell_centres, repeats, axis=0))
+        cell_centers = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        centers.append(np.repeat(cell_centers, repeats, axis=0))
         layer = same
-    return np.concatenate(centres).astype(np.float32)
+    return np.concatenate(centers).astype(np.float32)
 
 
 def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray,
@@ -104,10 +104,10 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray,
     keep = np.flatnonzero(raw_scores >= logit)
     raw_boxes, raw_scores, anchors = raw_boxes.reshape(-1, 16)[keep], raw_scores[keep], anchors[keep]
     points = raw_boxes.reshape(-1, 8, 2) / float(input_size)
-    centre = points[:, 0] + anchors
+    center = points[:, 0] + anchors
     half = points[:, 1] / 2.0
-    points[:, 0] = centre - half
-    points[:, 1] = centre + half
+    points[:, 0] = center - half
+    points[:, 1] = center + half
     points[:, 2:] += anchors[:, None, :]
     scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -_RAW_SCORE_LIMIT, _RAW_SCORE_LIMIT)))
     return points, scores
@@ -288,8 +288,8 @@ class BlazeFaceDetector:
         size = self.variant.input_size
         longest = max(height, width)
         if still:
-            return [_centred(height, width, size / (longest * (1.0 + 2.0 * self.still_pad)), size)]
-        whole = _centred(height, width, size / longest, size)
+            return [_centered(height, width, size / (longest * (1.0 + 2.0 * self.still_pad)), size)]
+        whole = _centered(height, width, size / longest, size)
         if self.detect_max_side <= size or longest <= size:
             return [whole]
         scale = self.detect_max_side / longest
@@ -373,7 +373,7 @@ def _cut_by_tile_edge(points: np.ndarray, view: _View, width: float, height: flo
     )
 
 
-def _centred(height: int, width: int, scale: float, size: int) -> _View:
+def _centered(height: int, width: int, scale: float, size: int) -> _View:
     """One view of the whole frame at ``scale``, centred in the model's input."""
     return _View(scale, round((width * scale - size) / 2), round((height * scale - size) / 2))
 

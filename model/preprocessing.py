@@ -42,7 +42,7 @@ def crop_face(
 ) -> np.ndarray:
     """The one crop geometry of inference, ``prepare`` and ``train``: a square around the
     face box enlarged by ``margin`` per side. With eye landmarks, the crop is rotated
-    about the box centre so the eyes are level (a tilted head then looks like the upright
+    about the box center so the eyes are level (a tilted head then looks like the upright
     faces the classifier learned from). Parts outside the frame are filled by edge
     replication, so faces at the border keep their aspect ratio. ``max_size`` shrinks
     larger crops to that side (area interpolation)."""
@@ -61,9 +61,9 @@ def crop_face(
     wide = int(math.ceil(s * (abs(math.cos(turn)) + abs(math.sin(turn)))))
     offset = (wide - s) // 2
     region = _square(frame, x - offset, y - offset, wide, round(wide * out / s))
-    centre = region.shape[0] / 2.0
-    rotation = cv2.getRotationMatrix2D((centre, centre), angle, 1.0)
-    rotation[:, 2] += out / 2.0 - centre
+    center = region.shape[0] / 2.0
+    rotation = cv2.getRotationMatrix2D((center, center), angle, 1.0)
+    rotation[:, 2] += out / 2.0 - center
     return cv2.warpAffine(region, rotation, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 

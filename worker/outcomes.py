@@ -29,7 +29,7 @@ class Origin:
     model: str
 
 
-def analysed_outcome(
+def analyzed_outcome(
     entry: Entry, message: FrameMessage, faces: list[FaceResult], processed_at: float, origin: Origin
 ) -> Outcome:
     """One event per face, plus the still's result for a batch job. A frame without

@@ -68,6 +68,9 @@ class Outcome:
 
 
 class OutcomeWriter:
+    """Writes a micro-batch's outcomes in one pipelined round trip, each with the Lua
+    script that acks its entry first and writes only if that ack won (exactly-once)."""
+
     def __init__(self, client: aioredis.Redis, group: str, events_max_len: int, dead_letter_max_len: int) -> None:
         self.redis = client
         self.group = group

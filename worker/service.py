@@ -42,7 +42,7 @@ from emotion_stream.schema import (
 from emotion_stream.settings import Settings
 from model import FaceAnalyzer
 
-from .outcomes import Origin, analysed_outcome, dead_letter_outcome
+from .outcomes import Origin, analyzed_outcome, dead_letter_outcome
 from .processing import FrameAnalysis, FrameProcessor
 from .publishing import Outcome, OutcomeWriter
 from .streams import ConsumerGroup, Entry
@@ -83,6 +83,11 @@ def default_worker_name() -> str:
 
 
 class Worker:
+    """One consumer of the shared group: reads every camera's frames, analyses them in
+    micro-batches off the event loop, and writes each frame's outcome atomically with its
+    ACK. Tasks: reader, processor, reclaimer, housekeeper (module docstring). ``run``
+    returns after SIGTERM/SIGINT once in-flight work is written."""
+
     def __init__(self, client: aioredis.Redis, analyzer: FaceAnalyzer, settings: Settings) -> None:
         self.redis = client
         self.analyzer = analyzer
@@ -346,7 +351,7 @@ class Worker:
     def _outcome(self, entry: Entry, message: FrameMessage, analysis: FrameAnalysis, processed_at: float) -> Outcome:
         if analysis.error:
             return self._dead_letter(entry, analysis.error, message, analysis.error_kind or DeadLetterKind.ANALYSIS_FAILED)
-        outcome = analysed_outcome(entry, message, analysis.faces, processed_at, self.origin)
+        outcome = analyzed_outcome(entry, message, analysis.faces, processed_at, self.origin)
         detected = sum(1 for face in analysis.faces if not face.whole_image)
         metrics.FACES_DETECTED.labels(self.detector).inc(detected)
         if analysis.faces and analysis.faces[0].whole_image:

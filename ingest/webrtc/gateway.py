@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 OVERLAY_TTL_S = 1.5  # boxes older than this fade out (no face any more)
-COLOURS = {  # BGR per emotion
+COLORS = {  # BGR per emotion
     "anger": (40, 40, 230), "contempt": (160, 80, 160), "disgust": (40, 150, 60), "fear": (180, 60, 160),
     "happy": (30, 200, 250), "neutral": (200, 200, 200), "sad": (200, 120, 40), "surprise": (0, 140, 255),
     "uncertain": (128, 128, 128),
@@ -72,12 +72,12 @@ class Overlay:
         for face in self._faces:
             x, y, w, h = face.box
             p0, p1 = (int(x * sx), int(y * sy)), (int((x + w) * sx), int((y + h) * sy))
-            colour = COLOURS.get(face.emotion, (255, 255, 255))
-            cv2.rectangle(image, p0, p1, colour, 2)
+            color = COLORS.get(face.emotion, (255, 255, 255))
+            cv2.rectangle(image, p0, p1, color, 2)
             label = f"{face.emotion} {face.confidence:.2f}"
             (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
             top = max(0, p0[1] - th - 8)
-            cv2.rectangle(image, (p0[0], top), (p0[0] + tw + 6, top + th + 8), colour, -1)
+            cv2.rectangle(image, (p0[0], top), (p0[0] + tw + 6, top + th + 8), color, -1)
             cv2.putText(image, label, (p0[0] + 3, top + th + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (20, 20, 20), 1, cv2.LINE_AA)
 
 
@@ -180,8 +180,14 @@ class Session:
 
 
 class Gateway:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, *, fps: float, token: str | None) -> None:
-        self.redis = redis
+    """The browser gateway (shaped like aiortc's server example): ``/`` serves the page,
+    ``/client.js`` its script, ``/offer`` answers a WebRTC offer. Each browser is a
+    ``Session``: its camera track goes to Redis as a camera of its own, and the newest
+    frame comes back annotated with the workers' events, which also go to the page over a
+    data channel. Peer connections are closed when a tab goes and on shutdown."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings, *, fps: float, token: str | None) -> None:
+        self.redis = client
         self.settings = settings
         self.fps = fps
         self.token = token
@@ -195,13 +201,13 @@ class Gateway:
         app.on_shutdown.append(self.on_shutdown)
         return app
 
-    def _authorised(self, given: str | None) -> bool:
+    def _authorized(self, given: str | None) -> bool:
         if not self.token:
             return True
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
     async def index(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorised(request.query.get("token")):
+        if not self._authorized(request.query.get("token")):
             raise web.HTTPUnauthorized(text="a valid ?token= is required\n")
         return web.FileResponse(STATIC / "index.html")
 
@@ -215,7 +221,7 @@ class Gateway:
         except (ValueError, KeyError, TypeError):
             raise web.HTTPBadRequest(text="expected JSON {sdp, type, token}\n") from None
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
-        if not self._authorised(params.get("token") or bearer):
+        if not self._authorized(params.get("token") or bearer):
             raise web.HTTPUnauthorized(text="a valid token is required\n")
         session = Session(self)
         self.sessions.add(session)

@@ -4,7 +4,7 @@ Two stages, chosen by measurement on ../shared train (3,170 face photos):
 
 1. **Candidates** - each image's nearest neighbours under two cheap descriptors:
    the log-magnitude spectrum of a windowed thumbnail (the Fourier magnitude ignores
-   translation, the thumbnail ignores size; taken at two centre-crop scales for cropped
+   translation, the thumbnail ignores size; taken at two center-crop scales for cropped
    copies), and a blurred thumbnail of the detected face (re-centred by the detector).
 2. **Verification** - register the two 128 px thumbnails and correlate their
    band-pass (difference-of-Gaussians) detail: the scale comes from phase correlation of
@@ -34,7 +34,7 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.85
 DEFAULT_NEIGHBOURS = 5
 _N = 128  # thumbnail side for verification
-_SCALES = (1.0, 0.85)  # centre crops for the spectrum descriptor
+_SCALES = (1.0, 0.85)  # center crops for the spectrum descriptor
 _WINDOW = cv2.createHanningWindow((_N, _N), cv2.CV_32F)
 _RADIUS = _N / 2
 
@@ -73,7 +73,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-6)
 
 
-def _centre(grey: np.ndarray, scale: float) -> np.ndarray:
+def _center(grey: np.ndarray, scale: float) -> np.ndarray:
     h, w = grey.shape
     ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
     y, x = (h - ch) // 2, (w - cw) // 2
@@ -93,7 +93,7 @@ def fingerprint(image: np.ndarray, face_crop: np.ndarray) -> Fingerprint:
     small_face = cv2.resize(_grey(face_crop), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     return Fingerprint(
         _thumbnail(grey),
-        np.stack([_spectrum(_centre(grey, s)) for s in _SCALES]),
+        np.stack([_spectrum(_center(grey, s)) for s in _SCALES]),
         _unit(cv2.GaussianBlur(small_face, (0, 0), 1.0)),
     )
 
