@@ -16,8 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
 from pathlib import Path
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 

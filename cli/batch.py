@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("folder", type=Path, metavar="FOLDER")
-    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default submission.csv)")
+    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default %(default)s)")
     p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
                    help="local workers to start (default: one per CPU core; 0 = external workers only)")
     add_settings(p, "batch_size")

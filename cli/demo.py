@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -33,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--source", default=None, help="webcam index, video file or URL instead of the sample clip")
-    p.add_argument("--camera", default="demo", help="camera id (default demo)")
-    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second to ingest (default 10)")
+    p.add_argument("--camera", default="demo", help="camera id (default %(default)s)")
+    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second to ingest (default %(default)s)")
     p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_model_options(p)
     add_redis_option(p)
@@ -67,7 +68,7 @@ async def _demo(args, settings, url, source, analyzer, stop) -> int:  # type: ig
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher
     from ingest.sources import SourceSpec
-    from worker import serve
+    from worker import start_in_process
 
     client = connect(url, name="emotion-stream-demo")
 
@@ -79,7 +80,8 @@ async def _demo(args, settings, url, source, analyzer, stop) -> int:  # type: ig
     camera = asyncio.create_task(
         run_camera(spec, FramePublisher(client, args.camera, settings), IngestOptions(fps=args.fps, loop=True), stop)
     )
-    tasks = [asyncio.create_task(serve(settings, url, stop, analyzer)), asyncio.create_task(printer()), camera]
+    workers = start_in_process(settings, url, stop, 1, analyzer.model, f"demo-{os.getpid()}")
+    tasks = [*workers, asyncio.create_task(printer()), camera]
     stopped = asyncio.create_task(stop.wait())
     try:
         # Any part failing ends the demo with its error, instead of a silent idle run.

@@ -23,11 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("train_dir", type=Path, metavar="TRAIN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="CLEAN_DIR")
-    p.add_argument("--detector", choices=DETECTORS, default="blazeface",
-                   help="face detector; use the one you will serve with (default blazeface)")
-    p.add_argument("--margin", type=number(float, 0, 1), default=0.2, help="crop margin, fraction of the face box (default 0.2)")
+    p.add_argument("--detector", choices=DETECTORS, default=Settings.model_fields["detector"].default,
+                   help="face detector; use the one you will serve with (default %(default)s)")
+    p.add_argument("--margin", type=number(float, 0, 1), default=0.2, help="crop margin, fraction of the face box (default %(default)s)")
     p.add_argument("--workers", type=number(int, 0), default=0, help="processes (default: one per core)")
-    p.add_argument("--threshold", type=number(float, 0, 1, above=True), default=None, help="duplicate similarity threshold (default 0.95)")
+    p.add_argument("--threshold", type=number(float, 0, 1, above=True), default=None, help="duplicate similarity threshold (default: the calibrated one in model/training/dedup.py)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,19 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
     p.add_argument("--backbone", default="mini_xception",
                    choices=["mini_xception", "mobilenetv2", "vgg19", "resnet50", "efficientnetb0"])
-    p.add_argument("--weights", default="none", help="imagenet (needs internet) | none | PATH (default none)")
+    p.add_argument("--weights", default="none", help="imagenet (needs internet) | none | PATH (default %(default)s)")
     p.add_argument("--init", choices=["default"], default=None,
                    help="start from the shipped face-expression weights (offline)")
-    p.add_argument("--epochs", type=number(int, 1), default=40, help="fine-tuning epochs (default 40, early stopping)")
-    p.add_argument("--frozen-epochs", type=number(int, 0), default=5, help="head-only epochs first (default 5)")
+    p.add_argument("--epochs", type=number(int, 1), default=40, help="fine-tuning epochs (default %(default)s; early stopping)")
+    p.add_argument("--frozen-epochs", type=number(int, 0), default=5, help="head-only epochs first (default %(default)s)")
     p.add_argument("--train-batch-size", dest="train_batch_size", type=number(int, 1), default=32)
-    p.add_argument("--input-size", type=number(int, 16, 1024), default=None, help="input side in pixels (default per backbone)")
+    p.add_argument("--input-size", type=number(int, 16, 1024), default=None, help="input side in pixels (default: the backbone's own)")
     p.add_argument("--monitor", choices=["balanced", "accuracy"], default="balanced",
-                   help="validation metric that picks the best epoch (default balanced)")
+                   help="validation metric that picks the best epoch (default %(default)s)")
     p.add_argument("--adapt-batchnorm", action="store_true",
                    help="let BatchNorm statistics adapt while fine-tuning (large domain shifts)")
     p.add_argument("--val-split", type=number(float, 0, 0.9), default=0.2,
-                   help="validation fraction (default 0.2); 0 = refit on all data for the given epochs")
+                   help="validation fraction (default %(default)s); 0 = refit on all data for the given epochs")
     p.add_argument("--seed", type=int, default=42)
 
 

@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "its own camera id."
         ),
     )
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s; 0.0.0.0 for all)")
     p.add_argument("--port", type=number(int, 0, 65535), default=8080)
-    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second sent to the workers (default 10)")
+    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second sent to the workers (default %(default)s)")
     add_settings(p, "webrtc_token")
     p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_redis_option(p)

@@ -170,13 +170,6 @@ class EmbeddedRedis:
             process.kill()
             process.wait()
 
-    def kill(self) -> None:
-        """Simulate a crash (SIGKILL): for fault tests."""
-        if self._process and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
     def cleanup(self) -> None:
         self.stop()
         if self._own_dir:

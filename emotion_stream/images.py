@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
 # We enforce our own limit; Pillow's warning/exception at its default would be noise.
 Image.MAX_IMAGE_PIXELS = None
 
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 

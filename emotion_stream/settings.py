@@ -14,6 +14,9 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Hostile-input limits (images.ImageLimits uses the same defaults).
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 DetectorName = Literal["blazeface", "opencv", "mtcnn"]
@@ -62,8 +65,8 @@ class Settings(BaseSettings):
         description="approximate bound of the dead-letter stream; each entry is at most 16 KiB",
     )
     # --- hostile-input limits ----------------------------------------------------------
-    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest frame/image accepted")
-    max_image_pixels: int = Field(40_000_000, ge=64, description="largest width*height accepted")
+    max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024, description="largest frame/image accepted")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=64, description="largest width*height accepted")
     # --- ingest ------------------------------------------------------------------------
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of ingested frames (10-100)")
     # --- webrtc gateway ----------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from emotion_stream.settings import DEFAULT_DETECT_SIZE
+
 from .detectors import Detection, largest_first, to_full_box
 from .emotion_model import ModelError
 
@@ -259,7 +261,7 @@ class BlazeFaceDetector:
         self,
         variant: str = "full",
         min_score: float = 0.5,
-        detect_max_side: int = 192,
+        detect_max_side: int = DEFAULT_DETECT_SIZE["blazeface"],
         still_pad: float = 0.5,
         runtime: str = "auto",
         threads: int | None = None,

@@ -84,7 +84,7 @@ class OpenCVDetector:
 
     def __init__(
         self,
-        max_side: int = 192,
+        max_side: int = DEFAULT_DETECT_SIZE["opencv"],
         scale_factor: float = 1.15,
         min_neighbors: int = 3,
         min_face_fraction: float = 0.1,
@@ -136,7 +136,8 @@ class MTCNNDetector:
     _NATIVE_MIN_FACE = 20
 
     def __init__(
-        self, max_side: int = 192, min_confidence: float = 0.9, min_face_fraction: float = 0.1
+        self, max_side: int = DEFAULT_DETECT_SIZE["mtcnn"], min_confidence: float = 0.9,
+        min_face_fraction: float = 0.1,
     ) -> None:
         from mtcnn import MTCNN
 
