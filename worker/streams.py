@@ -149,10 +149,6 @@ class ConsumerGroup:
                     self._throttled.warning(f"join:{stream}", "cannot consume %s: %s", stream, reply)
         return failed
 
-    async def ensure_group(self, stream: str) -> None:
-        if await self._ensure_groups([stream]):
-            raise redis.ResponseError(f"cannot create consumer group on {stream}")
-
     async def read(self, count: int, block_ms: int) -> list[Entry]:
         """New entries for this consumer: hot streams with a blocking read of up to
         ``block_ms``, the others swept every SWEEP_S."""
