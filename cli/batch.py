@@ -14,7 +14,6 @@ from .common import (
     CommandError,
     add_command,
     add_model_options,
-    add_redis_option,
     add_settings,
     number,
     progress,
@@ -39,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
                    help="fail when no result arrives for S seconds (default: wait for workers)")
     add_model_options(p)
-    add_redis_option(p)
+    add_settings(p, "redis_url")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -49,8 +48,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"{args.folder}: not a folder")
     _check_output(args.out)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
-    if workers < 0:
-        raise CommandError("--workers must be 0 or more")
     if workers == 0 and not settings.redis_url:
         raise CommandError("--workers 0 needs external workers: set REDIS_URL")
     with redis_url_or_embedded(settings.redis_url) as url:

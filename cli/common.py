@@ -106,12 +106,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, "detector", "model_path", "detect_max_side")
 
 
-def add_redis_option(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, "redis_url")
-
-
-def add_metrics_options(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, "metrics_port", "metrics_host")
+def add_service_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    """What every long-running command takes: ``--duration``, the Redis URL and (with
+    ``metrics``) the metrics endpoint."""
+    parser.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
+    add_settings(parser, "redis_url", *(("metrics_port", "metrics_host") if metrics else ()))
 
 
 def load_analyzer(settings: Settings) -> FaceAnalyzer:

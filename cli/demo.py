@@ -11,12 +11,10 @@ from pathlib import Path
 from emotion_stream.settings import Settings
 
 from .common import (
-    POSITIVE_SECONDS,
     CommandError,
     add_command,
-    add_metrics_options,
     add_model_options,
-    add_redis_option,
+    add_service_options,
     format_event,
     load_analyzer,
     number,
@@ -36,10 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default=None, help="webcam index, video file or URL instead of the sample clip")
     p.add_argument("--camera", default="demo", help="camera id (default %(default)s)")
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second to ingest (default %(default)s)")
-    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
     add_model_options(p)
-    add_redis_option(p)
-    add_metrics_options(p)
+    add_service_options(p)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,11 +7,9 @@ import argparse
 from emotion_stream.settings import Settings
 
 from .common import (
-    POSITIVE_SECONDS,
     CommandError,
     add_command,
-    add_metrics_options,
-    add_redis_option,
+    add_service_options,
     add_settings,
     number,
     serve_metrics,
@@ -33,9 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=number(float, 0, 1000), default=0.0, help="frame rate to send (default: native/all)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     add_settings(p, "frames_max_len", "jpeg_quality")
-    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
-    add_redis_option(p)
-    add_metrics_options(p)
+    add_service_options(p)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,10 +10,9 @@ from dataclasses import asdict
 from emotion_stream.settings import Settings
 
 from .common import (
-    POSITIVE_SECONDS,
     CommandError,
     add_command,
-    add_redis_option,
+    add_service_options,
     format_event,
     number,
 )
@@ -25,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.add_argument("--count", type=number(int, 1), default=None, metavar="N", help="exit after N face events")
     p.add_argument("--until-end", action="store_true", help="exit at the camera's end-of-stream marker")
-    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
-    add_redis_option(p)
+    add_service_options(p, metrics=False)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

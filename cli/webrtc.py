@@ -7,10 +7,8 @@ import argparse
 from emotion_stream.settings import Settings
 
 from .common import (
-    POSITIVE_SECONDS,
     add_command,
-    add_metrics_options,
-    add_redis_option,
+    add_service_options,
     add_settings,
     number,
     serve_metrics,
@@ -31,9 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=number(int, 0, 65535), default=8080)
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second sent to the workers (default %(default)s)")
     add_settings(p, "webrtc_token")
-    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
-    add_redis_option(p)
-    add_metrics_options(p)
+    add_service_options(p)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,12 +7,10 @@ import argparse
 from emotion_stream.settings import Settings
 
 from .common import (
-    POSITIVE_SECONDS,
     CommandError,
     add_command,
-    add_metrics_options,
     add_model_options,
-    add_redis_option,
+    add_service_options,
     add_settings,
     load_analyzer,
     serve_metrics,
@@ -28,11 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Stops cleanly on SIGTERM/SIGINT after finishing its in-flight batch."
         ),
     )
-    add_redis_option(p)
+    add_service_options(p)
     add_model_options(p)
-    add_metrics_options(p)
     add_settings(p, "batch_size", "max_wait_ms", "max_frame_age_s", "claim_idle_ms", "worker_name")
-    p.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -394,6 +394,7 @@ def _min_overlap(starts: Sequence[int], tile: int, length: int) -> float:
         return float(length)  # one tile spans the axis: nothing is cut
     return float(min(tile - (b - a) for a, b in itertools.pairwise(starts)))
 
+
 def _to_rgb(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2 or frame.shape[2] == 1:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)

@@ -154,9 +154,7 @@ def _process(task: tuple[str, str, str, str, int, int, float, int]) -> Record:
     if found:
         box = found[0].box  # largest
         record.status, record.box = "face", [int(v) for v in box]
-        crop = crop_face(image, box, margin, found[0].landmarks)
-        if max(crop.shape[:2]) > crop_size:
-            crop = cv2.resize(crop, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
+        crop = crop_face(image, box, margin, found[0].landmarks, crop_size)
         target = Path(cache_dir) / crop_name(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
