@@ -192,7 +192,7 @@ class BatchJob:
                 self.camera, seq, time.time(), FrameKind.STILL, data, name=path.name, reply_to=self.results
             )
             await self._retry(partial(self.redis.xadd, self.stream, message.to_fields()))
-        end = FrameMessage(self.camera, len(todo), time.time(), FrameKind.END)
+        end = FrameMessage(self.camera, len(todo), time.time(), FrameKind.END, reply_to=self.results)
         await self._retry(lambda: self.redis.xadd(self.stream, end.to_fields()))
 
     async def _collect(self, on_result: Callable[[FrameResult], object] | None) -> None:

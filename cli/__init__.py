@@ -27,6 +27,7 @@ COMMANDS = (
     "demo",
     "ingest",
     "worker",
+    "tracks",
     "subscribe",
     "batch",
     "webrtc",

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from emotion_stream.schema import EndOfStream, Event, FaceEvent
+from emotion_stream.schema import EndOfStream, Event, FaceEvent, TrackEvent, TrackEventType
 
 if TYPE_CHECKING:
     from emotion_stream.settings import Settings
@@ -79,11 +79,16 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = Non
         field = Settings.model_fields[name]
         kind, choices = _flag_type(field.annotation)
         default = field.get_default()
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if kind is bool:  # --tracking / --no-tracking
+            help = f"{field.description} (default {'on' if default else 'off'}; env {env_name(name)})"
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=absent, help=help)
+            continue
         shown = "" if default is None else f"default {default}; "  # the description says what unset means
         help = f"{field.description} ({shown}env {env_name(name)})".replace("%", "%%")
         metavar = None if choices else METAVARS.get(name, _TYPE_METAVARS.get(kind, "VALUE"))
         parser.add_argument(
-            FLAG_NAMES.get(name, "--" + name.replace("_", "-")), dest=name, type=kind, choices=choices,
+            flag, dest=name, type=kind, choices=choices,
             default=absent, metavar=metavar, help=help,
         )
 
@@ -103,7 +108,7 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple[str, ...] |
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, "detector", "model_path", "detect_max_side")
+    add_settings(parser, "detector", "model_path", "detect_max_side", "uncertain_below")
 
 
 def add_service_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
@@ -156,8 +161,21 @@ def format_event(event: Event) -> str:
     x, y, w, h = event.box
     note = " (whole image)" if event.whole_image else ""
     name = f" {event.name}" if event.name else ""
+    track = f"  person {event.track} {event.track_emotion}" if event.track is not None else ""
     return (
         f"{clock} {event.camera:<12} #{event.seq:<6} face {event.face_index}/{event.faces_in_frame} "
         f"{event.emotion:<9} {event.confidence:4.2f}  box {x},{y},{w},{h}  "
-        f"{event.latency_s * 1000:6.1f} ms{name}{note}"
+        f"{event.latency_s * 1000:6.1f} ms{name}{note}{track}"
     )
+
+
+def format_track_event(event: TrackEvent) -> str:
+    """One human-readable line per track lifecycle event."""
+    clock = time.strftime("%H:%M:%S", time.localtime(event.at))
+    head = f"{clock} {event.camera:<12} person {event.track:<5}"
+    if event.type is TrackEventType.STARTED:
+        return f"{head} appeared, {event.emotion}"
+    if event.type is TrackEventType.EMOTION_CHANGED:
+        return f"{head} {event.previous} -> {event.emotion}"
+    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(event.emotion_seconds.items(), key=lambda kv: -kv[1]))
+    return f"{head} left after {event.duration_s:.1f} s ({event.reason}); mostly {event.emotion}: {seconds or '-'}"

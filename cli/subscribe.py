@@ -14,6 +14,7 @@ from .common import (
     add_command,
     add_service_options,
     format_event,
+    format_track_event,
     number,
 )
 
@@ -21,14 +22,16 @@ from .common import (
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "subscribe", run, "print live events (all cameras or one)")
     p.add_argument("--camera", default=None, help="only this camera")
+    p.add_argument("--tracks", action="store_true",
+                   help="print people instead of faces: track_started, emotion_changed, track_ended")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
-    p.add_argument("--count", type=number(int, 1), default=None, metavar="N", help="exit after N face events")
+    p.add_argument("--count", type=number(int, 1), default=None, metavar="N", help="exit after N face (or track) events")
     p.add_argument("--until-end", action="store_true", help="exit at the camera's end-of-stream marker")
     add_service_options(p, metrics=False)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream.events import live_events
+    from emotion_stream.events import live_events, live_track_events
     from emotion_stream.lifecycle import run_service
     from emotion_stream.redis_conn import connect
     from emotion_stream.schema import EndOfStream
@@ -41,6 +44,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         client = connect(url, name="emotion-stream-subscribe")
         seen = 0
         try:
+            if args.tracks:
+                async for track_event in live_track_events(client, args.camera, stop):
+                    print(track_event.to_json() if args.json else format_track_event(track_event), flush=True)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        break
+                return 0
             async for event in live_events(client, args.camera, stop):
                 print(json.dumps(asdict(event)) if args.json else format_event(event), flush=True)
                 if isinstance(event, EndOfStream):

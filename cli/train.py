@@ -1,4 +1,4 @@
-"""``emotion-stream train CLEAN_DIR --out MODEL_DIR``: fine-tune an emotion classifier."""
+"""``emotion-stream train DOMAIN_DIR... --out MODEL_DIR``: train the emotion classifier."""
 
 from __future__ import annotations
 
@@ -9,62 +9,81 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, number
+from .common import CommandError, add_command, number, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from model.training.networks import NETWORKS
+    from model.training.options import TrainOptions
+
+    d = TrainOptions()
     p = add_command(
-        sub, "train", run, "train an emotion model on a prepared dataset",
+        sub, "train", run, "train an emotion classifier on one or more face domains",
         description=(
-            "Transfer learning on CLEAN_DIR/<label>/ (from `prepare`): backbone + pooling + "
-            "dense head, frozen then fine-tuned, class-weighted, best epoch kept. Writes "
-            "model.keras, model.json (metadata for EmotionModel), curves.png, MODEL_CARD.md."
+            "Each DOMAIN_DIR is a folder of face crops by label (from `prepare`), or a folder "
+            "with train/ and validation/ inside (the FER2013 layout). Batches are balanced over "
+            "domain and class and augmented like camera frames; the FER2013 baseline is distilled "
+            "into the model on its seven labels; the best epoch on validation is kept and its "
+            "confidences are calibrated (temperature scaling). Writes model.keras, model.json, "
+            "report.json, curves.png and MODEL_CARD.md. The shipped default is reproduced by "
+            "`make model` (see model/weights/MODEL_CARD.md)."
         ),
     )
-    p.add_argument("clean_dir", type=Path, metavar="CLEAN_DIR")
+    p.add_argument("domains", type=Path, nargs="+", metavar="DOMAIN_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
-    p.add_argument("--backbone", default="mini_xception",
-                   choices=["mini_xception", "mobilenetv2", "vgg19", "resnet50", "efficientnetb0"])
-    p.add_argument("--weights", default="none", help="imagenet (needs internet) | none | PATH (default %(default)s)")
-    p.add_argument("--init", choices=["default"], default=None,
-                   help="start from the shipped face-expression weights (offline)")
-    p.add_argument("--epochs", type=number(int, 1), default=40, help="fine-tuning epochs (default %(default)s; early stopping)")
-    p.add_argument("--frozen-epochs", type=number(int, 0), default=5, help="head-only epochs first (default %(default)s)")
-    p.add_argument("--train-batch-size", dest="train_batch_size", type=number(int, 1), default=32)
-    p.add_argument("--input-size", type=number(int, 16, 1024), default=None, help="input side in pixels (default: the backbone's own)")
-    p.add_argument("--monitor", choices=["balanced", "accuracy"], default="balanced",
-                   help="validation metric that picks the best epoch (default %(default)s)")
-    p.add_argument("--adapt-batchnorm", action="store_true",
-                   help="let BatchNorm statistics adapt while fine-tuning (large domain shifts)")
-    p.add_argument("--val-split", type=number(float, 0, 0.9), default=0.2,
-                   help="validation fraction (default %(default)s); 0 = refit on all data for the given epochs")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--network", default=d.network, choices=list(NETWORKS), help="default %(default)s")
+    p.add_argument("--weights", default=d.weights,
+                   help="keras.applications networks: imagenet (needs internet) | none | PATH (default %(default)s)")
+    p.add_argument("--from-scratch", action="store_true", help="mini_xception: do not start from the FER2013 weights")
+    p.add_argument("--input-size", type=number(int, 16, 1024), default=None, help="input side in pixels (default: the network's own)")
+    p.add_argument("--epochs", type=number(int, 1), default=d.epochs, help="default %(default)s")
+    p.add_argument("--steps", type=number(int, 1), default=d.steps_per_epoch, help="batches per epoch (default %(default)s)")
+    p.add_argument("--train-batch-size", type=number(int, 1), default=d.batch_size, help="default %(default)s")
+    p.add_argument("--learning-rate", type=number(float, 0, above=True), default=d.learning_rate, help="default %(default)s")
+    p.add_argument("--class-power", type=number(float, 0, 1), default=d.class_power,
+                   help="sample classes by count**P within a domain: 0 uniform, 1 as in the data (default %(default)s)")
+    p.add_argument("--distill", type=number(float, 0), default=d.distill_weight,
+                   help="weight of distillation from the FER2013 model; 0 = off (default %(default)s)")
+    p.add_argument("--no-augment", action="store_true", help="train without camera augmentation")
+    p.add_argument("--val-split", type=number(float, 0, 0.9, above=True), default=d.val_split,
+                   help="validation fraction of domains without their own validation/ (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # TensorFlow 2.21's oneDNN kernels corrupt memory in backward passes here ("double
-    # free or corruption" when the backbone is unfrozen; tensorflow/tensorflow#117700).
-    # Training runs without them; inference keeps them (stable, and faster).
+    # free or corruption"; tensorflow/tensorflow#117700). Training runs without them;
+    # inference keeps them (stable, and faster).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    from model.training.train import TrainOptions, train
+    from model.training.options import TrainOptions
+    from model.training.train import train
 
-    if not args.clean_dir.is_dir():
-        raise CommandError(f"{args.clean_dir}: not a folder")
+    for folder in args.domains:
+        if not folder.is_dir():
+            raise CommandError(f"{folder}: not a folder")
     margin = 0.2
-    prepared = args.clean_dir / "prepare.json"
+    prepared = args.domains[0] / "prepare.json"
     if prepared.is_file():
         margin = float(json.loads(prepared.read_text()).get("margin", margin))
     options = TrainOptions(
-        backbone=args.backbone, weights=args.weights, init=args.init, input_size=args.input_size,
-        frozen_epochs=args.frozen_epochs, epochs=args.epochs, batch_size=args.train_batch_size,
-        seed=args.seed, monitor=args.monitor, face_margin=margin, adapt_batchnorm=args.adapt_batchnorm,
-        val_split=args.val_split,
+        network=args.network, weights=args.weights, init_from_fer=not args.from_scratch,
+        input_size=args.input_size, epochs=args.epochs, steps_per_epoch=args.steps,
+        batch_size=args.train_batch_size, learning_rate=args.learning_rate, class_power=args.class_power,
+        distill_weight=args.distill, augment=not args.no_augment, val_split=args.val_split,
+        seed=args.seed, face_margin=margin,
     )
     try:
-        report = train(args.clean_dir, args.out, options)
+        with progress(options.epochs * options.steps_per_epoch, "train", unit="batch") as bar:
+            def update(done: int, total: int, message: str) -> None:
+                bar.update(done - bar.n)
+                bar.set_postfix_str(message)
+
+            report = train(args.domains, args.out, options, update)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    print(f"accuracy {report['accuracy']:.4f}, balanced accuracy {report['balanced_accuracy']:.4f} "
-          f"({report['evaluated_on']})")
-    print(f"wrote {args.out}/model.keras, model.json, curves.png, MODEL_CARD.md")
+    for name, scores in report["validation"].items():  # type: ignore[attr-defined]
+        print(f"{name}: accuracy {scores['accuracy']:.4f}, balanced accuracy {scores['balanced_accuracy']:.4f}, "
+              f"ECE {scores['ece_uncalibrated']:.3f} -> {scores['ece_calibrated']:.3f} (validation)")
+    print(f"temperature {report['temperature']:.3f}; {report['seconds']} s")
+    print(f"wrote {args.out}/model.keras, model.json, report.json, curves.png, MODEL_CARD.md")
     return 0

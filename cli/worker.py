@@ -22,13 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "worker", run, "analyse frames from Redis (scale out by running more)",
         description=(
             "Join the Redis consumer group on every camera stream, micro-batch frames "
-            "across cameras, detect and classify faces, publish one event per face. "
-            "Stops cleanly on SIGTERM/SIGINT after finishing its in-flight batch."
+            "across cameras, detect and classify faces, publish one event per face (live "
+            "frames through the tracking stage, which this worker also runs for its share of "
+            "cameras). Stops cleanly on SIGTERM/SIGINT after finishing its in-flight batch."
         ),
     )
     add_service_options(p)
     add_model_options(p)
     add_settings(p, "batch_size", "max_wait_ms", "max_frame_age_s", "claim_idle_ms", "worker_name")
+    add_settings(p, "tracking", "track_owner", *TRACKER_SETTINGS)
+
+
+# The tracker's tuning, shared by `worker` and `tracks`.
+TRACKER_SETTINGS = ("track_timeout_s", "track_min_iou", "track_smoothing_s", "track_switch_margin",
+                    "track_switch_frames", "reorder_window_s", "track_lease_s")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -13,21 +14,35 @@ from redis.asyncio.client import PubSub
 from . import keys
 from .logs import Throttled
 from .redis_conn import TRANSIENT_ERRORS, retrying
-from .schema import Event, MessageError, parse_event
+from .schema import Event, MessageError, TrackEvent, parse_event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-async def live_events(client: aioredis.Redis, camera: str | None = None, stop: asyncio.Event | None = None) -> AsyncIterator[Event]:
-    """Events as they are published, for one camera or all; resubscribes after outages
-    (through the one retry policy, ``redis_conn.retrying``).
+def live_events(client: aioredis.Redis, camera: str | None = None, stop: asyncio.Event | None = None) -> AsyncIterator[Event]:
+    """Face and end-of-stream events as they are published, for one camera or all;
+    resubscribes after outages (through the one retry policy, ``redis_conn.retrying``).
 
     Pub/sub is fire-and-forget: events published while disconnected are not replayed
     here (they remain in the durable per-camera events stream).
     """
+    channel = keys.events(camera) if camera else keys.EVENTS_PATTERN
+    return _live(client, channel, camera is None, parse_event, stop)
+
+
+def live_track_events(client: aioredis.Redis, camera: str | None = None, stop: asyncio.Event | None = None) -> AsyncIterator[TrackEvent]:
+    """Track lifecycle events (started, emotion changed, ended) as they are published."""
+    channel = keys.tracks(camera) if camera else keys.TRACKS_PATTERN
+    return _live(client, channel, camera is None, TrackEvent.from_json, stop)
+
+
+async def _live(client: aioredis.Redis, channel: str, pattern: bool, parse: Callable[[bytes], T],
+                stop: asyncio.Event | None) -> AsyncIterator[T]:
     throttled = Throttled(log)
     while stop is None or not stop.is_set():
-        pubsub = await retrying(partial(_subscribe, client, camera), what="subscribe", component="events", stop=stop)
+        pubsub = await retrying(partial(_subscribe, client, channel, pattern), what="subscribe", component="events",
+                                stop=stop)
         if pubsub is None:
             return  # stopped while Redis was away
         try:
@@ -36,7 +51,7 @@ async def live_events(client: aioredis.Redis, camera: str | None = None, stop: a
                 if message is None:
                     continue
                 try:
-                    yield parse_event(message["data"])
+                    yield parse(message["data"])
                 except MessageError as exc:
                     throttled.warning("bad-event", "ignored malformed event: %s", exc)
         except TRANSIENT_ERRORS as exc:
@@ -45,13 +60,13 @@ async def live_events(client: aioredis.Redis, camera: str | None = None, stop: a
             await _close(pubsub)
 
 
-async def _subscribe(client: aioredis.Redis, camera: str | None) -> PubSub:
+async def _subscribe(client: aioredis.Redis, channel: str, pattern: bool) -> PubSub:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
-        if camera:
-            await pubsub.subscribe(keys.events(camera))
+        if pattern:
+            await pubsub.psubscribe(channel)
         else:
-            await pubsub.psubscribe(keys.EVENTS_PATTERN)
+            await pubsub.subscribe(channel)
     except BaseException:
         await _close(pubsub)
         raise

@@ -5,6 +5,8 @@ Streams (all bounded with MAXLEN ~):
   {prefix}:events:{camera}   per-face events, durable; also the pub/sub channel name
   {prefix}:results:{job}     one result per image of a batch job (request/reply)
   {prefix}:dead-letter       messages that could not be processed, with the reason
+  {prefix}:analysed:{camera} one record per finished live frame (any order), for tracking
+  {prefix}:tracks:{camera}   track lifecycle events; also the pub/sub channel name
 Other keys:
   {prefix}:cameras           set of camera ids whose frame streams workers consume
   {prefix}:workers           hash worker-name -> last heartbeat (unix seconds)
@@ -13,6 +15,10 @@ Other keys:
                              ingested, trimmed, processed, stale, dead_lettered
                              (ingested = processed + stale + trimmed + dead_lettered
                              once the stream is drained)
+  {prefix}:tracked-cameras   set of cameras with frame records (what tracking owners share out)
+  {prefix}:track-lease:{camera}  the tracking owner of a camera (expiring lease, fencing)
+  {prefix}:track-state:{camera}  that camera's tracker state (JSON, expiring), written
+                             atomically with the events it produced
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ CAMERAS = f"{PREFIX}:cameras"
 WORKERS = f"{PREFIX}:workers"
 DEAD_LETTER = f"{PREFIX}:dead-letter"
 EVENTS_PATTERN = f"{PREFIX}:events:*"  # pub/sub pattern for every camera
+TRACKS_PATTERN = f"{PREFIX}:tracks:*"
+TRACKED_CAMERAS = f"{PREFIX}:tracked-cameras"
 
 
 def worker_lease(name: str) -> str:
@@ -39,6 +47,23 @@ def frames(camera: str) -> str:
 def events(camera: str) -> str:
     """Durable events stream of a camera; the pub/sub channel has the same name."""
     return f"{PREFIX}:events:{camera}"
+
+
+def analysed(camera: str) -> str:
+    return f"{PREFIX}:analysed:{camera}"
+
+
+def tracks(camera: str) -> str:
+    """Track lifecycle stream of a camera; the pub/sub channel has the same name."""
+    return f"{PREFIX}:tracks:{camera}"
+
+
+def track_lease(camera: str) -> str:
+    return f"{PREFIX}:track-lease:{camera}"
+
+
+def track_state(camera: str) -> str:
+    return f"{PREFIX}:track-state:{camera}"
 
 
 class Stat(StrEnum):

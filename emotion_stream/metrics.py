@@ -92,6 +92,28 @@ INVALID_CAMERA_IDS = Counter(
     f"{NS}_invalid_camera_ids_total", "Distinct ids in the cameras set that workers refuse to consume"
 )
 REDIS_ERRORS = Counter(f"{NS}_redis_errors_total", "Redis connection failures seen", ["component"])
+# --- tracking
+TRACKS_ACTIVE = Gauge(f"{NS}_tracks_active", "People being tracked now (this owner's cameras)")
+TRACK_DURATION_SECONDS = Histogram(
+    f"{NS}_track_duration_seconds", "How long tracks lasted, at their end",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+EMOTION_SECONDS = Counter(
+    f"{NS}_emotion_seconds_total", "Seconds people showed each (smoothed) emotion, counted when tracks end", ["emotion"]
+)
+TRACKED_CAMERAS = Gauge(f"{NS}_tracked_cameras", "Cameras whose tracking this process owns")
+TRACK_FRAMES_SKIPPED = Counter(
+    f"{NS}_track_frames_skipped_total",
+    "Frames tracking could not use: gap (no record within the reorder window), late (faces published "
+    "untracked), malformed",
+    ["reason"],
+)
+TRACK_HANDOVERS = Counter(
+    f"{NS}_track_handovers_total", "Camera tracking leases taken (with state: resumed) or lost", ["kind"]
+)
+TRACKED_EVENT_SECONDS = Histogram(
+    f"{NS}_tracked_event_seconds", "Capture to publication of a track-annotated face event", buckets=LATENCY_BUCKETS
+)
 MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector")
 
 # ---------------------------------------------------------------- webrtc gateway

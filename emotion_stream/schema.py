@@ -210,6 +210,10 @@ class FaceEvent:
     # Six (x, y) frame-pixel points when the detector gives them (BlazeFace): eye, eye,
     # nose tip, mouth, ear, ear. Optional: consumers that predate it ignore it.
     landmarks: list[list[float]] | None = None
+    # Set by the tracking stage on live frames (None on stills, or with tracking off):
+    # the person's id, stable within the camera, and their smoothed emotion.
+    track: int | None = None
+    track_emotion: str | None = None
     type: str = field(default="face", init=False)
     v: int = field(default=SCHEMA_VERSION, init=False)
 
@@ -237,6 +241,13 @@ class EndOfStream:
 Event = FaceEvent | EndOfStream
 
 
+def face_event_from_doc(doc: dict[str, Any]) -> FaceEvent:
+    """A FaceEvent from its decoded JSON document (fields a newer producer added are ignored)."""
+    doc = {k: v for k, v in doc.items() if k not in ("type", "v")}
+    doc["box"] = tuple(doc["box"])
+    return FaceEvent(**_known(FaceEvent, doc))
+
+
 def _known(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
     """The fields ``cls`` takes: optional fields added by a newer producer are ignored,
     so adding one never breaks an older consumer of the same schema version."""
@@ -252,13 +263,119 @@ def parse_event(data: str | bytes) -> Event:
             raise MessageError("unknown event version")
         kind = doc.pop("type", None)
         if kind == "face":
-            doc["box"] = tuple(doc["box"])
-            return FaceEvent(**_known(FaceEvent, doc))
+            return face_event_from_doc(doc)
         if kind == "end":
             return EndOfStream(**_known(EndOfStream, doc))
     except (ValueError, TypeError, KeyError) as exc:
         raise MessageError(f"malformed event: {exc}") from None
     raise MessageError(f"unknown event type {kind!r}")
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+class FrameStatus(StrEnum):
+    ANALYSED = "analysed"
+    SKIPPED = "skipped"  # stale, or dead-lettered: the frame will not come, do not wait for it
+    END = "end"  # end-of-stream marker
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """What the tracking owner learns of every live frame a worker finished, in whatever
+    order the workers finish: its faces (event documents without track fields), or that
+    it was skipped, or the end of the stream."""
+
+    camera: str
+    seq: int
+    captured_at: float
+    status: FrameStatus
+    faces: list[dict[str, Any]] = field(default_factory=list)
+    v: int = field(default=SCHEMA_VERSION, init=False)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> FrameRecord:
+        try:
+            doc = json.loads(data)
+            if doc.pop("v", None) != SCHEMA_VERSION:
+                raise MessageError("unknown frame record version")
+            record = cls(doc["camera"], int(doc["seq"]), float(doc["captured_at"]), FrameStatus(doc["status"]),
+                         list(doc.get("faces", [])))
+            for face in record.faces:
+                face_event_from_doc(face)  # validate now, not halfway through a flush
+            return record
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise MessageError(f"malformed frame record: {exc}") from None
+
+
+class TrackEventType(StrEnum):
+    STARTED = "track_started"
+    EMOTION_CHANGED = "emotion_changed"
+    ENDED = "track_ended"
+
+
+class TrackEndReason(StrEnum):
+    TIMEOUT = "timeout"  # unseen for track_timeout_s of capture time
+    END_OF_STREAM = "end_of_stream"
+    CAMERA_SILENT = "camera_silent"  # no frame at all for a while, and no end marker
+    CAMERA_RESTARTED = "camera_restarted"  # frame numbers started again from the beginning
+
+
+@dataclass(frozen=True, slots=True)
+class TrackEvent:
+    """A person's lifecycle on one camera's tracks stream. JSON by type:
+    track_started {emotion}; emotion_changed {from, to}; track_ended {started_at,
+    duration_s, emotion_seconds, dominant, reason}. ``at`` is the capture time of the
+    frame that caused it."""
+
+    type: TrackEventType
+    camera: str
+    track: int
+    at: float
+    seq: int
+    emotion: str = ""  # started: the first label; changed: the new one; ended: the dominant one
+    previous: str = ""  # emotion_changed: the label it replaced
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    emotion_seconds: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": self.type.value, "camera": self.camera, "track": self.track,
+                               "at": self.at, "seq": self.seq}
+        if self.type is TrackEventType.STARTED:
+            doc["emotion"] = self.emotion
+        elif self.type is TrackEventType.EMOTION_CHANGED:
+            doc.update({"from": self.previous, "to": self.emotion})
+        else:
+            doc.update(started_at=self.started_at, duration_s=self.duration_s,
+                       emotion_seconds=self.emotion_seconds, dominant=self.emotion, reason=self.reason)
+        doc["v"] = SCHEMA_VERSION
+        return doc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_doc(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> TrackEvent:
+        try:
+            doc = json.loads(data)
+            if doc.get("v") != SCHEMA_VERSION:
+                raise MessageError("unknown track event version")
+            kind = TrackEventType(doc["type"])
+            common = (kind, doc["camera"], int(doc["track"]), float(doc["at"]), int(doc["seq"]))
+            if kind is TrackEventType.STARTED:
+                return cls(*common, emotion=doc["emotion"])
+            if kind is TrackEventType.EMOTION_CHANGED:
+                return cls(*common, emotion=doc["to"], previous=doc["from"])
+            return cls(*common, emotion=doc["dominant"], started_at=float(doc["started_at"]),
+                       duration_s=float(doc["duration_s"]), emotion_seconds=dict(doc["emotion_seconds"]),
+                       reason=doc["reason"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise MessageError(f"malformed track event: {exc}") from None
 
 
 # -------------------------------------------------------------------------- results

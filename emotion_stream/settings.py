@@ -51,12 +51,41 @@ class Settings(BaseSettings):
         "faces for more CPU; unset: the detector's own ("
         + ", ".join(f"{name} {size}" for name, size in DEFAULT_DETECT_SIZE.items()) + ")",
     )
+    uncertain_below: float | None = Field(
+        None, gt=0, le=1,
+        description="label a face 'uncertain' when its top calibrated probability is below this; unset: never",
+    )
     # --- worker ------------------------------------------------------------------------
     batch_size: int = Field(16, ge=1, le=1024, description="frames per micro-batch")
     max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest wait to fill a micro-batch")
     max_frame_age_s: float = Field(2.0, gt=0, description="live frames older than this are skipped")
     claim_idle_ms: int = Field(15_000, ge=100, description="reclaim entries pending this long")
     worker_name: str | None = Field(None, description="consumer name, unique per worker; unset: host-pid")
+    # --- tracking (see tracks/) ---------------------------------------------------------
+    tracking: bool = Field(
+        True, description="live frames go through the tracking stage: events carry track and track_emotion"
+    )
+    track_owner: bool = Field(
+        True, description="this worker also owns cameras' tracking (off: run `emotion-stream tracks` instead)"
+    )
+    track_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="a face unseen this long (capture time) ends its track"
+    )
+    track_min_iou: float = Field(0.2, ge=0, lt=1, description="least box overlap to continue a track")
+    track_smoothing_s: float = Field(
+        0.5, ge=0, le=30, description="time constant of the exponential smoothing of a track's probabilities"
+    )
+    track_switch_margin: float = Field(
+        0.1, ge=0, lt=1, description="a new label must lead the shown one by this smoothed probability..."
+    )
+    track_switch_frames: int = Field(3, ge=1, le=100, description="...for this many frames in a row to replace it")
+    reorder_window_s: float = Field(
+        0.5, gt=0, le=30, description="longest wait for a missing frame before tracking skips it"
+    )
+    track_lease_s: float = Field(
+        3.0, ge=0.5, le=300, description="tracking lease of a camera; a dead owner's cameras move after this"
+    )
+    track_state_ttl_s: int = Field(3600, ge=60, description="tracking state of a silent camera expires after this")
     # --- streams -----------------------------------------------------------------------
     frames_max_len: int = Field(256, ge=8, description="approximate bound of each frame stream")
     events_max_len: int = Field(10_000, ge=100, description="approximate bound of each events stream")

@@ -54,7 +54,8 @@ class FaceAnalyzer:
         """The detector the settings name, and their model unless one is given to share
         (one model serves several in-process workers; each needs its own detector)."""
         if model is None:
-            model = EmotionModel(str(settings.model_path) if settings.model_path else None)
+            model = EmotionModel(str(settings.model_path) if settings.model_path else None,
+                                 uncertain_below=settings.uncertain_below)
         return cls(model, create_detector(settings.detector, settings.detect_max_side))
 
     def analyze(self, frame: np.ndarray, *, whole_image_fallback: bool = False) -> list[FaceResult]:
@@ -101,9 +102,7 @@ class FaceAnalyzer:
                 owners.append((i, Detection((0, 0, w, h), 0.0), True))
         probabilities = self.model.predict_proba(crops)
         results: list[list[FaceResult]] = [[] for _ in frames]
-        for (i, det, whole), probs in zip(owners, probabilities):
-            best = int(np.argmax(probs))
-            results[i].append(
-                FaceResult(det.box, EMOTIONS[best], float(probs[best]), probs, det.score, whole, det.landmarks)
-            )
+        for (i, det, whole), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
+            results[i].append(FaceResult(det.box, EMOTIONS[int(label)], float(probs.max()), probs, det.score,
+                                         whole, det.landmarks))
         return results

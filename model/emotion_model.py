@@ -13,6 +13,7 @@ import numpy as np
 
 from emotion_stream.labels import EMOTIONS, canonical
 
+from .calibration import abstain
 from .metadata import ModelMetadata, Preprocessing, sidecar_path
 from .preprocessing import to_model_input
 from .runtime import tensorflow
@@ -72,6 +73,9 @@ class EmotionModel:
     otherwise from the model's input shape (preprocessing then defaults to ``[0,1]``
     unless ``preprocessing`` is given). ``labels`` names the model's outputs in order;
     outputs map onto :data:`EMOTIONS`, and labels the model lacks get probability 0.
+    ``uncertain_below`` makes :meth:`decide` (and ``predict``) abstain: a face whose top
+    probability is below it is labelled ``uncertain``. Off by default; it is meaningful
+    with a calibrated model (``temperature`` in the metadata: the shipped one is).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class EmotionModel:
         *,
         preprocessing: Preprocessing | str | None = None,
         threads: int | None = None,
+        uncertain_below: float | None = None,
     ) -> None:
         if weights is None:
             path, meta = default_weights()
@@ -89,6 +94,9 @@ class EmotionModel:
         else:
             path, meta = Path(weights), None
         self.path = path
+        if uncertain_below is not None and not 0 < uncertain_below <= 1:
+            raise ValueError(f"uncertain_below must be in (0, 1], got {uncertain_below}")
+        self.uncertain_below = uncertain_below
         tf = tensorflow(threads)
         self._keras = _load_keras(path)
         if meta is None and sidecar_path(path).is_file():
@@ -156,12 +164,17 @@ class EmotionModel:
                 break
             self._infer(np.zeros((size, m.input_height, m.input_width, m.channels), np.float32))
 
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Label indices for rows of :meth:`predict_proba`: the most likely emotion, or
+        ``uncertain`` below the abstention threshold."""
+        return abstain(probabilities, self.uncertain_below, EMOTIONS.index("uncertain"))
+
     def predict(self, face: np.ndarray) -> str:
-        """The most likely emotion of one face crop."""
-        return EMOTIONS[int(np.argmax(self.predict_proba([face])[0]))]
+        """The emotion of one face crop."""
+        return self.predict_batch([face])[0]
 
     def predict_batch(self, faces: Sequence[np.ndarray] | np.ndarray) -> list[str]:
-        return [EMOTIONS[i] for i in np.argmax(self.predict_proba(faces), axis=1)]
+        return [EMOTIONS[i] for i in self.decide(self.predict_proba(faces))]
 
     # ------------------------------------------------------------------ internals
     def _as_batch(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED: dict[str, set[str]] = {
     "emotion_stream": set(),  # the contract: keys, schema, settings, images, metrics
     "model": {"emotion_stream"},
-    "worker": {"emotion_stream", "model"},  # services do not import each other
+    "tracks": {"emotion_stream"},  # pure tracking and its owner: no model
+    "worker": {"emotion_stream", "model", "tracks"},  # a worker may own tracking; else services stay apart
     "ingest": {"emotion_stream", "model"},
     "batch": {"emotion_stream", "model"},
-    "bench": {"emotion_stream", "model", "worker", "ingest", "batch"},
-    "cli": {"emotion_stream", "model", "worker", "ingest", "batch", "bench"},  # the top: imported by none
+    "bench": {"emotion_stream", "model", "tracks", "worker", "ingest", "batch"},
+    "cli": {"emotion_stream", "model", "tracks", "worker", "ingest", "batch", "bench"},  # the top: imported by none
 }
 
 

@@ -9,7 +9,7 @@ import cv2
 
 from emotion_stream import keys
 from emotion_stream.labels import EMOTIONS
-from emotion_stream.schema import EndOfStream, FaceEvent, FrameKind, FrameMessage, parse_event
+from emotion_stream.schema import EndOfStream, FaceEvent, FrameKind, FrameMessage, TrackEvent, parse_event
 from ingest.samples import sample_frame, write_clip
 
 from .procs import wait_for
@@ -56,6 +56,17 @@ def test_video_file_to_events(redis_server, redis_client, services, tmp_path, de
         # BlazeFace's six landmarks travel with the event, inside the face's box.
         assert len(face.landmarks) == 6
         assert all(x - 10 <= px <= x + w + 10 and y - 10 <= py <= y + h + 10 for px, py in face.landmarks)
+    # Tracking: two people, each one id from first frame to last, ended by the end marker
+    # (which comes after their last face event).
+    left = lambda f: f.box[0] + f.box[2] / 2 < 320  # noqa: E731  (the portraits sit left and right)
+    by_side = {side: {f.track for f in faces if left(f) is side} for side in (True, False)}
+    assert all(len(ids) == 1 for ids in by_side.values()) and by_side[True] != by_side[False], by_side
+    assert all(f.track_emotion in EMOTIONS for f in faces)
+    lifecycle = [TrackEvent.from_json(fields[b"event"]) for _id, fields in redis_client.xrange(keys.tracks("lobby"))]
+    assert Counter(e.type.value for e in lifecycle) == {"track_started": 2, "track_ended": 2} | Counter(
+        e.type.value for e in lifecycle if e.type.value == "emotion_changed")
+    assert {e.reason for e in lifecycle if e.type.value == "track_ended"} == {"end_of_stream"}
+    assert isinstance(events_of(redis_client, "lobby")[-1], EndOfStream)
     # Pub/sub channel name == stream name; the stream is bounded.
     assert redis_client.sismember(keys.CAMERAS, "lobby")
     assert worker.stop() == 0  # SIGTERM: clean exit

@@ -4,11 +4,14 @@ analysed frame, or a dead letter. Pure construction; ``publishing.py`` writes th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from emotion_stream.keys import Stat
 from emotion_stream.schema import (
+    EndOfStream,
     FaceEvent,
+    FrameRecord,
+    FrameStatus,
     FrameKind,
     FrameMessage,
     FrameResult,
@@ -30,10 +33,13 @@ class Origin:
 
 
 def analyzed_outcome(
-    entry: Entry, message: FrameMessage, faces: list[FaceResult], processed_at: float, origin: Origin
+    entry: Entry, message: FrameMessage, faces: list[FaceResult], processed_at: float, origin: Origin,
+    *, tracking: bool = False,
 ) -> Outcome:
     """One event per face, plus the still's result for a batch job. A frame without
-    faces still gets an outcome: it is acked and counted as processed."""
+    faces still gets an outcome: it is acked and counted as processed. With ``tracking``
+    a live frame's events go into one frame record for the tracking stage, which
+    publishes them with their track fields (in order, once per frame)."""
     events = [
         FaceEvent(
             camera=message.camera,
@@ -64,12 +70,35 @@ def analyzed_outcome(
             faces=sum(1 for face in faces if not face.whole_image), whole_image=bool(top and top.whole_image),
             error="" if top else "no face",
         ).to_json()
+    live = message.kind is FrameKind.LIVE
+    if tracking and live:
+        record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
+                             [asdict(e) for e in events]).to_json()
+        return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
+                       stat=Stat.PROCESSED, frame_record=record)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
-                   message.reply_to, captured_at=message.captured_at,
-                   stat=Stat.PROCESSED if message.kind is FrameKind.LIVE else "")
+                   message.reply_to, captured_at=message.captured_at, stat=Stat.PROCESSED if live else "")
 
 
-def dead_letter_outcome(entry: Entry, reason: str, message: FrameMessage | None, worker: str) -> Outcome:
+def skipped_record(message: FrameMessage | None, tracking: bool) -> str:
+    """The frame record telling tracking not to wait for a live frame that will not come."""
+    if not tracking or message is None or message.kind is not FrameKind.LIVE:
+        return ""
+    return FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.SKIPPED).to_json()
+
+
+def end_outcome(entry: Entry, message: FrameMessage, tracking: bool) -> Outcome:
+    """A finite source's end marker. A live source's goes through tracking (which ends
+    its tracks first and then publishes the end event); a batch job's is published now."""
+    if tracking and not message.reply_to:
+        record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.END).to_json()
+        return Outcome(entry.stream, entry.id, message.camera, frame_record=record)
+    return Outcome(entry.stream, entry.id, message.camera, [EndOfStream(message.camera, message.seq).to_json()])
+
+
+def dead_letter_outcome(
+    entry: Entry, reason: str, message: FrameMessage | None, worker: str, *, tracking: bool = False
+) -> Outcome:
     """The dead-letter entry (reason + bounded copy of the message) and, for a batch
     job's still, a failed result so the job does not wait for it."""
     result = ""
@@ -80,4 +109,5 @@ def dead_letter_outcome(entry: Entry, reason: str, message: FrameMessage | None,
     )
     live = message is None or message.kind is FrameKind.LIVE  # unparsed: count it
     return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
-                   reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "")
+                   reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "",
+                   frame_record=skipped_record(message, tracking))

@@ -22,21 +22,28 @@ log = logging.getLogger(__name__)
 
 RESULTS_TTL_S = 7 * 24 * 3600  # a batch job abandoned by its collector does not linger forever
 
-# KEYS: frames stream, output stream, stats hash[, results stream when the frame has one]
+# KEYS: frames stream, output stream, stats hash, then the results stream when ARGV[4]
+#       is set, then the frame-record stream and the tracked-cameras set when ARGV[7] is
 # ARGV: group, entry id, output maxlen, result json or '', results ttl, stats field or '',
-#       payload...
+#       frame record json or '', camera, frame-record stream maxlen, payload...
 _PREAMBLE = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
-if KEYS[4] then
-  redis.call('XADD', KEYS[4], '*', 'result', ARGV[4])
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
+local k = 4
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[k], '*', 'result', ARGV[4])
+  redis.call('EXPIRE', KEYS[k], ARGV[5])
+  k = k + 1
+end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[9], '*', 'frame', ARGV[7])
+  redis.call('SADD', KEYS[k + 1], ARGV[8])
 end
 """
 
 # payload: event JSON documents; each goes to the events stream and its pub/sub channel.
 _PUBLISH = _PREAMBLE + """
-for i = 7, #ARGV do
+for i = 10, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[i])
   redis.call('PUBLISH', KEYS[2], ARGV[i])
 end
@@ -45,8 +52,8 @@ return 1
 
 # payload: field/value pairs of the dead-letter entry.
 _DEAD_LETTER = _PREAMBLE + """
-if #ARGV > 6 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 7))
+if #ARGV > 9 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 10))
 end
 return 1
 """
@@ -65,6 +72,7 @@ class Outcome:
     dead_letter: dict[bytes | str, bytes | str] | None = None  # dead-letter entry fields
     captured_at: float | None = None  # set for analysed frames (latency and accounting)
     stat: Stat | str = ""  # field of the camera's stats hash to count this frame under
+    frame_record: str = ""  # FrameRecord JSON for the tracking stage (live frames)
 
 
 class OutcomeWriter:
@@ -87,18 +95,22 @@ class OutcomeWriter:
         for o in outcomes:
             # The stream names the camera: events and stats never go anywhere else.
             camera = keys.camera_of_frames_key(o.stream)
-            results = [o.reply_to] if o.reply_to and o.result else []
+            result = o.result if o.reply_to else ""
+            extra = [o.reply_to] if result else []
+            if o.frame_record:
+                extra += [keys.analysed(camera), keys.TRACKED_CAMERAS]
+            common = [result, RESULTS_TTL_S, o.stat, o.frame_record, camera, self.events_max_len]
             if o.dead_letter is not None:
                 payload = [item for pair in o.dead_letter.items() for item in pair]
                 await self._dead_letter(
-                    keys=[o.stream, keys.DEAD_LETTER, keys.stats(camera), *results],
-                    args=[self.group, o.entry_id, self.dead_letter_max_len, o.result, RESULTS_TTL_S, o.stat, *payload],
+                    keys=[o.stream, keys.DEAD_LETTER, keys.stats(camera), *extra],
+                    args=[self.group, o.entry_id, self.dead_letter_max_len, *common, *payload],
                     client=pipe,
                 )
             else:
                 await self._publish(
-                    keys=[o.stream, keys.events(camera), keys.stats(camera), *results],
-                    args=[self.group, o.entry_id, self.events_max_len, o.result, RESULTS_TTL_S, o.stat, *o.events],
+                    keys=[o.stream, keys.events(camera), keys.stats(camera), *extra],
+                    args=[self.group, o.entry_id, self.events_max_len, *common, *o.events],
                     client=pipe,
                 )
         replies = await pipe.execute(raise_on_error=False)

@@ -33,7 +33,6 @@ from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
-    EndOfStream,
     FrameKind,
     FrameMessage,
     MessageError,
@@ -42,7 +41,9 @@ from emotion_stream.schema import (
 from emotion_stream.settings import Settings
 from model import FaceAnalyzer
 
-from .outcomes import Origin, analyzed_outcome, dead_letter_outcome
+from tracks import TrackOwner
+
+from .outcomes import Origin, analyzed_outcome, dead_letter_outcome, end_outcome, skipped_record
 from .processing import FrameAnalysis, FrameProcessor
 from .publishing import Outcome, OutcomeWriter
 from .streams import ConsumerGroup, Entry
@@ -127,6 +128,9 @@ class Worker:
             asyncio.create_task(self._reclaimer(stop), name="reclaimer"),
             asyncio.create_task(self._housekeeper(stop), name="housekeeper"),
         ]
+        if self.settings.tracking and self.settings.track_owner:
+            owner = TrackOwner(self.redis, self.settings, self.name)
+            background.append(asyncio.create_task(owner.run(stop), name="tracks"))
         reader = asyncio.create_task(self._reader(stop), name="reader")
         processor = asyncio.create_task(self._processor(), name="processor")
         try:
@@ -303,8 +307,7 @@ class Worker:
                 outcomes.append(self._dead_letter(entry, reason, message, DeadLetterKind.POISON))
                 continue
             if message.kind is FrameKind.END:
-                outcomes.append(Outcome(entry.stream, entry.id, message.camera,
-                                        [EndOfStream(message.camera, message.seq).to_json()]))
+                outcomes.append(end_outcome(entry, message, self.settings.tracking))
                 continue
             if message.kind is FrameKind.LIVE and now - message.captured_at > self.settings.max_frame_age_s:
                 metrics.FRAMES_SKIPPED.labels(metrics.camera_label(message.camera), SkipReason.STALE).inc()
@@ -312,7 +315,8 @@ class Worker:
                     f"stale:{message.camera}", "camera %s: skipped stale frame %d (%.2f s old)",
                     message.camera, message.seq, now - message.captured_at,
                 )
-                outcomes.append(Outcome(entry.stream, entry.id, stat=Stat.STALE))
+                outcomes.append(Outcome(entry.stream, entry.id, stat=Stat.STALE,
+                                        frame_record=skipped_record(message, self.settings.tracking)))
                 continue
             metrics.STAGE_SECONDS.labels("queue_wait", *labels).observe(queue_wait)
             work.append((entry, message))
@@ -351,7 +355,8 @@ class Worker:
     def _outcome(self, entry: Entry, message: FrameMessage, analysis: FrameAnalysis, processed_at: float) -> Outcome:
         if analysis.error:
             return self._dead_letter(entry, analysis.error, message, analysis.error_kind or DeadLetterKind.ANALYSIS_FAILED)
-        outcome = analyzed_outcome(entry, message, analysis.faces, processed_at, self.origin)
+        outcome = analyzed_outcome(entry, message, analysis.faces, processed_at, self.origin,
+                                   tracking=self.settings.tracking)
         detected = sum(1 for face in analysis.faces if not face.whole_image)
         metrics.FACES_DETECTED.labels(self.detector).inc(detected)
         if analysis.faces and analysis.faces[0].whole_image:
@@ -363,7 +368,7 @@ class Worker:
     def _dead_letter(self, entry: Entry, reason: str, message: FrameMessage | None, kind: DeadLetterKind) -> Outcome:
         metrics.FRAMES_DEAD_LETTERED.labels(kind).inc()
         self._throttled.warning(f"dlq:{kind}", "dead-lettered %s %s: %s", entry.stream, entry.id, reason)
-        return dead_letter_outcome(entry, reason, message, self.name)
+        return dead_letter_outcome(entry, reason, message, self.name, tracking=self.settings.tracking)
 
     async def _write(self, outcomes: list[Outcome]) -> list[bool]:
         """Write outcomes, retrying through Redis outages: the work is already done. At

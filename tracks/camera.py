@@ -1,0 +1,240 @@
+"""One camera's tracker: reorder, associate, smooth, and the lifecycle of each track.
+
+Pure and serialisable (``to_state``/``from_state``): the owner saves it to Redis with
+every batch of events it emits, so the state and the events can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from emotion_stream.labels import EMOTIONS
+from emotion_stream.schema import (
+    EndOfStream,
+    FrameRecord,
+    FrameStatus,
+    TrackEndReason,
+    TrackEvent,
+    TrackEventType,
+    face_event_from_doc,
+)
+from emotion_stream.settings import Settings
+
+from .association import Motion, associate
+from .smoothing import EmotionSmoother
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    timeout_s: float = 1.0
+    min_iou: float = 0.2
+    smoothing_s: float = 0.5
+    switch_margin: float = 0.1
+    switch_frames: int = 3
+    reorder_window_s: float = 0.5
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> TrackerConfig:
+        return cls(s.track_timeout_s, s.track_min_iou, s.track_smoothing_s, s.track_switch_margin,
+                   s.track_switch_frames, s.reorder_window_s)
+
+
+@dataclass
+class Track:
+    id: int
+    started_at: float
+    last_at: float
+    last_seq: int
+    motion: Motion
+    smoother: EmotionSmoother
+    emotion_seconds: dict[str, float] = field(default_factory=dict)
+
+    def dominant(self) -> str:
+        if not self.emotion_seconds:
+            return self.smoother.shown
+        return max(self.emotion_seconds.items(), key=lambda kv: kv[1])[0]
+
+
+@dataclass
+class TrackerOutput:
+    """What one flush produced, in order: face event documents (JSON, with track fields),
+    lifecycle events, and counts for metrics."""
+
+    events: list[str] = field(default_factory=list)
+    lifecycle: list[TrackEvent] = field(default_factory=list)
+    frames: int = 0
+    gaps: int = 0  # frames given up on after the reorder window
+    latencies: list[float] = field(default_factory=list)  # captured_at of each emitted face
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.lifecycle or self.frames or self.gaps)
+
+
+class CameraTracker:
+    def __init__(self, camera: str, config: TrackerConfig) -> None:
+        self.camera = camera
+        self.config = config
+        self.cursor = "0-0"  # position in the camera's frame-record stream
+        self.next_seq: int | None = None
+        self.buffer: dict[int, tuple[FrameRecord, float]] = {}  # seq -> (record, arrival)
+        self.tracks: dict[int, Track] = {}
+        self.next_track_id = 1
+        self.last_captured_at = 0.0
+        self.last_arrival = 0.0
+        self.late = 0  # records of frames tracking had already passed
+
+    # ------------------------------------------------------------------ input
+    def add(self, record: FrameRecord, arrival: float, out: TrackerOutput) -> None:
+        """Buffer a record. A record newer than everything seen but numbered lower means
+        the camera restarted its numbering. One for a frame tracking already passed (a
+        worker died holding it, and it was reclaimed after the reorder window) cannot
+        join the tracks any more: its faces are published untracked and counted, never lost."""
+        self.last_arrival = max(self.last_arrival, arrival)
+        if self.next_seq is not None and record.seq < self.next_seq:
+            if record.captured_at > self.last_captured_at and record.seq < self.next_seq - 1:
+                self._drain(out)
+                self._end_all(TrackEndReason.CAMERA_RESTARTED, self.last_captured_at, self.next_seq - 1, out)
+                self.next_seq = record.seq
+            else:
+                self.late += 1
+                out.events += [face_event_from_doc(doc).to_json() for doc in record.faces]
+                return
+        if record.seq in self.buffer:
+            self.late += 1  # a second record of one frame: workers write each once, so not expected
+            return
+        self.buffer[record.seq] = (record, arrival)
+
+    # ------------------------------------------------------------------ output
+    def flush(self, now: float) -> TrackerOutput:
+        """Emit every frame that is due: in seq order, skipping a missing frame once the
+        oldest waiting record has waited the reorder window; end every track of a camera
+        that has sent nothing for a while."""
+        out = TrackerOutput()
+        window = self.config.reorder_window_s
+        while self.buffer:
+            if self.next_seq is None:
+                if now - min(a for _, a in self.buffer.values()) < window:
+                    break
+                self.next_seq = min(self.buffer)
+            if self.next_seq in self.buffer:
+                record, _ = self.buffer.pop(self.next_seq)
+                self._step(record, out)
+                self.next_seq += 1
+            elif now - min(a for _, a in self.buffer.values()) >= window:
+                first = min(self.buffer)
+                out.gaps += first - self.next_seq
+                self.next_seq = first
+            else:
+                break
+        if self.tracks and now - self.last_arrival > self.config.timeout_s + window:
+            self._drain(out)
+            self._end_all(TrackEndReason.CAMERA_SILENT, self.last_captured_at, (self.next_seq or 1) - 1, out)
+        return out
+
+    def _drain(self, out: TrackerOutput) -> None:
+        """Emit everything buffered, skipping gaps (the camera stopped or restarted)."""
+        for seq in sorted(self.buffer):
+            if self.next_seq is not None and seq > self.next_seq:
+                out.gaps += seq - self.next_seq
+            self._step(self.buffer.pop(seq)[0], out)
+            self.next_seq = seq + 1
+
+    def _step(self, record: FrameRecord, out: TrackerOutput) -> None:
+        at = record.captured_at
+        out.frames += 1
+        self.last_captured_at = max(self.last_captured_at, at)
+        for track in list(self.tracks.values()):
+            if at - track.last_at > self.config.timeout_s:
+                self._end(track, TrackEndReason.TIMEOUT, at, record.seq, out)
+        if record.status is FrameStatus.END:
+            self._end_all(TrackEndReason.END_OF_STREAM, at, record.seq, out)
+            out.events.append(EndOfStream(self.camera, record.seq).to_json())
+            return
+        if record.status is not FrameStatus.ANALYSED or not record.faces:
+            return
+        faces = [face_event_from_doc(doc) for doc in record.faces]
+        tracks = list(self.tracks.values())
+        pairs = associate([t.motion.predict(at) for t in tracks], [tuple(map(float, f.box)) for f in faces],
+                          self.config.min_iou)
+        owner = {d: tracks[t] for t, d in pairs}
+        for index, face in enumerate(faces):
+            probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
+            track = owner.get(index)
+            box = tuple(map(float, face.box))
+            if track is None:
+                track = self._start(box, probabilities, at, record.seq, out)  # type: ignore[arg-type]
+            else:
+                shown_before = track.smoother.shown
+                track.emotion_seconds[shown_before] = track.emotion_seconds.get(shown_before, 0.0) + (at - track.last_at)
+                previous = track.smoother.update(probabilities, at)
+                track.motion.update(box, at)  # type: ignore[arg-type]
+                track.last_at, track.last_seq = at, record.seq
+                if previous is not None:
+                    out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at,
+                                                    record.seq, emotion=track.smoother.shown, previous=previous))
+            tracked = _replace_doc(face, track.id, track.smoother.shown)
+            out.events.append(tracked)
+            out.latencies.append(face.captured_at)
+
+    def _start(self, box: tuple[float, float, float, float], probabilities: list[float], at: float, seq: int,
+               out: TrackerOutput) -> Track:
+        c = self.config
+        smoother = EmotionSmoother(c.smoothing_s, c.switch_margin, c.switch_frames)
+        smoother.update(probabilities, at)
+        track = Track(self.next_track_id, at, at, seq, Motion(box, at), smoother)
+        self.next_track_id += 1
+        self.tracks[track.id] = track
+        out.lifecycle.append(TrackEvent(TrackEventType.STARTED, self.camera, track.id, at, seq,
+                                        emotion=smoother.shown))
+        return track
+
+    def _end(self, track: Track, reason: TrackEndReason, at: float, seq: int, out: TrackerOutput) -> None:
+        del self.tracks[track.id]
+        seconds = {k: round(v, 3) for k, v in track.emotion_seconds.items() if v > 0}
+        out.lifecycle.append(TrackEvent(
+            TrackEventType.ENDED, self.camera, track.id, at, seq, emotion=track.dominant(),
+            started_at=track.started_at, duration_s=round(track.last_at - track.started_at, 3),
+            emotion_seconds=seconds, reason=reason.value,
+        ))
+
+    def _end_all(self, reason: TrackEndReason, at: float, seq: int, out: TrackerOutput) -> None:
+        for track in list(self.tracks.values()):
+            self._end(track, reason, at, seq, out)
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> str:
+        return json.dumps({
+            "camera": self.camera, "cursor": self.cursor, "next_seq": self.next_seq,
+            "buffer": [[r.to_json(), a] for r, a in self.buffer.values()],
+            "tracks": [asdict(t) for t in self.tracks.values()], "next_track_id": self.next_track_id,
+            "last_captured_at": self.last_captured_at, "last_arrival": self.last_arrival,
+        }, separators=(",", ":"))
+
+    @classmethod
+    def from_state(cls, data: str | bytes, config: TrackerConfig) -> CameraTracker:
+        doc: dict[str, Any] = json.loads(data)
+        tracker = cls(doc["camera"], config)
+        tracker.cursor, tracker.next_seq = doc["cursor"], doc["next_seq"]
+        for raw, arrival in doc["buffer"]:
+            record = FrameRecord.from_json(raw)
+            tracker.buffer[record.seq] = (record, arrival)
+        for t in doc["tracks"]:
+            t["motion"] = Motion(**{**t["motion"], "box": tuple(t["motion"]["box"])})
+            t["smoother"] = EmotionSmoother(**t["smoother"])
+            tracker.tracks[t["id"]] = Track(**t)
+        tracker.next_track_id = doc["next_track_id"]
+        tracker.last_captured_at, tracker.last_arrival = doc["last_captured_at"], doc["last_arrival"]
+        return tracker
+
+    def active(self) -> Iterator[Track]:
+        return iter(self.tracks.values())
+
+
+def _replace_doc(face: Any, track: int, emotion: str) -> str:
+    """The face event's JSON with the track fields set."""
+    from dataclasses import replace
+
+    return replace(face, track=track, track_emotion=emotion).to_json()

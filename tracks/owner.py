@@ -1,0 +1,268 @@
+"""TrackOwner: holds cameras' tracking by fenced Redis leases and runs their trackers.
+
+Exactly-once across owners: a camera's lease holds a token unique to one acquisition,
+and every write (face events with track fields, lifecycle events, the tracker state and
+the stream cursor) is one Lua script that first checks the token. An owner that lost
+its lease (paused, partitioned, SIGKILLed) can no longer write; the next owner loads the
+state saved with the last accepted write and reads the frame records from its cursor,
+so nothing is emitted twice and nothing is skipped.
+
+Cameras are shared out fairly: each owner holds at most ceil(cameras / live owners)
+and hands the excess back (state saved first), so they scale out like the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+
+import redis
+import redis.asyncio as aioredis
+
+from emotion_stream import keys, metrics
+from emotion_stream.logs import Throttled
+from emotion_stream.redis_conn import retrying
+from emotion_stream.schema import FrameRecord, MessageError, TrackEventType
+from emotion_stream.settings import Settings
+
+from .camera import CameraTracker, TrackerConfig, TrackerOutput
+
+log = logging.getLogger(__name__)
+
+OWNERS = f"{keys.PREFIX}:track-owners"  # hash owner -> heartbeat (unix seconds)
+READ_BLOCK_MS = 50  # also the longest wait before a due reorder timeout is noticed
+READ_COUNT = 1000
+ALIVE_LEASES = 1.5  # an owner is alive while its heartbeat (every lease/3) is younger than this many leases
+HAND_BACK_AFTER = 5  # lease rounds (lease/3 each) over the fair share before handing a camera back
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: lease, state, events stream, tracks stream
+# ARGV: lease token, state json, state ttl ms, stream maxlen, number of face events, face events..., lifecycle...
+_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', KEYS[3], ARGV[i])
+end
+for i = 6 + n, #ARGV do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', KEYS[4], ARGV[i])
+end
+return 1
+"""
+
+
+class TrackOwner:
+    """Runs beside a worker's tasks (``Worker``) or alone (``emotion-stream tracks``)."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings, name: str) -> None:
+        self.redis = client
+        self.settings = settings
+        self.name = name
+        self.config = TrackerConfig.from_settings(settings)
+        self.lease_ms = int(settings.track_lease_s * 1000)
+        self.trackers: dict[str, CameraTracker] = {}
+        self.tokens: dict[str, str] = {}
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._write = client.register_script(_WRITE)
+        self._throttled = Throttled(log)
+        self._unowned_since: dict[str, float] = {}  # free cameras this owner is over its share for
+        self._over_share = 0  # lease rounds in a row above the fair share
+
+    async def run(self, stop: asyncio.Event) -> None:
+        leases = asyncio.create_task(self._lease_loop(stop), name="track-leases")
+        try:
+            while not stop.is_set():
+                await retrying(self._step, what="tracking", component="tracks", stop=stop)
+        finally:
+            leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leases
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self._release_all()
+            metrics.TRACKED_CAMERAS.set(0)
+            metrics.TRACKS_ACTIVE.set(0)
+
+    # ------------------------------------------------------------------ leases
+    async def _lease_loop(self, stop: asyncio.Event) -> None:
+        interval = self.settings.track_lease_s / 3
+        while not stop.is_set():
+            await retrying(self._balance, what="tracking leases", component="tracks", stop=stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _balance(self) -> None:
+        """Renew held leases; take free cameras up to a fair share (any free camera when
+        nobody else does: an unowned camera is worse than an unbalanced one); hand one
+        back when over the share for a while (not at once: a just-dead owner still looks
+        alive for a moment, and handing back then would only bounce the camera)."""
+        now = time.time()
+        await self.redis.hset(OWNERS, self.name, now)
+        for camera, token in list(self.tokens.items()):
+            if not await self._renew(keys=[keys.track_lease(camera)], args=[token, self.lease_ms]):
+                self._drop(camera, "lease lost")
+        owners = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in (await self.redis.hgetall(OWNERS)).items()}
+        alive = [k for k, beat in owners.items() if now - beat < ALIVE_LEASES * self.settings.track_lease_s]
+        gone = [k for k, beat in owners.items() if now - beat > 100 * self.settings.track_lease_s]
+        if gone:
+            await self.redis.hdel(OWNERS, *gone)
+        members = await self.redis.smembers(keys.TRACKED_CAMERAS)
+        cameras = sorted(c.decode() if isinstance(c, bytes) else c for c in members)
+        share = math.ceil(len(cameras) / max(1, len(alive)))
+        free = [c for c in cameras if c not in self.tokens]
+        holders = await self.redis.mget([keys.track_lease(c) for c in free]) if free else []
+        for camera, holder in zip(free, holders):
+            if holder is None and (len(self.tokens) < share or self._unowned_since.setdefault(camera, now) < now - self.settings.track_lease_s):
+                await self._try_acquire(camera)
+            elif holder is not None:
+                self._unowned_since.pop(camera, None)
+        self._over_share = self._over_share + 1 if len(self.tokens) > share else 0
+        if self._over_share >= HAND_BACK_AFTER:
+            self._over_share = 0
+            camera = sorted(self.tokens)[-1]
+            token = self.tokens[camera]
+            self._drop(camera, "handed over (fair share)")
+            await self._release(keys=[keys.track_lease(camera)], args=[token])
+        metrics.TRACKED_CAMERAS.set(len(self.tokens))
+
+    async def _try_acquire(self, camera: str) -> None:
+        token = f"{self.name}:{uuid.uuid4().hex}"
+        if not await self.redis.set(keys.track_lease(camera), token, nx=True, px=self.lease_ms):
+            return
+        self._unowned_since.pop(camera, None)
+        state = await self.redis.get(keys.track_state(camera))
+        tracker = None
+        if state is not None:
+            try:
+                tracker = CameraTracker.from_state(state, self.config)
+                # Silence is judged from here on: records may be waiting in the stream.
+                tracker.last_arrival = time.time()
+                metrics.TRACK_HANDOVERS.labels("resumed").inc()
+            except (ValueError, KeyError, TypeError, MessageError) as exc:
+                log.error("camera %s: unusable tracking state (%s); starting afresh", camera, exc)
+        if tracker is None:
+            tracker = CameraTracker(camera, self.config)
+            # No state (new camera, or expired): start a little in the past, so frames
+            # recorded before this lease was taken are not missed.
+            seconds, micros = await self.redis.time()
+            tracker.cursor = f"{max(0, seconds * 1000 + micros // 1000 - 10_000)}-0"
+            metrics.TRACK_HANDOVERS.labels("started").inc()
+        self.tokens[camera], self.trackers[camera] = token, tracker
+        log.info("tracks %s: now tracking camera %s (%s)", self.name, camera,
+                 "resumed" if state is not None else "new state")
+
+    def _drop(self, camera: str, why: str) -> None:
+        self.tokens.pop(camera, None)
+        self.trackers.pop(camera, None)
+        metrics.TRACK_HANDOVERS.labels("lost" if why == "lease lost" else "released").inc()
+        log.info("tracks %s: stopped tracking camera %s: %s", self.name, camera, why)
+
+    async def _release_all(self) -> None:
+        for camera, token in list(self.tokens.items()):
+            await self._release(keys=[keys.track_lease(camera)], args=[token])
+            self._drop(camera, "shutting down")
+        await self.redis.hdel(OWNERS, self.name)
+
+    # ------------------------------------------------------------------ tracking
+    async def _step(self) -> None:
+        """Read new frame records of every held camera, flush what is due, write."""
+        if not self.trackers:
+            await asyncio.sleep(READ_BLOCK_MS / 1000)
+            return
+        cursors = {keys.analysed(c): t.cursor for c, t in self.trackers.items()}
+        reply = await self.redis.xread(cursors, count=READ_COUNT, block=READ_BLOCK_MS)
+        now = time.time()
+        outputs: dict[str, TrackerOutput] = {}
+        moved: set[str] = set()
+        for stream, entries in reply or []:
+            stream = stream.decode() if isinstance(stream, bytes) else stream
+            camera = stream.removeprefix(keys.analysed(""))
+            tracker = self.trackers.get(camera)
+            if tracker is None:
+                continue  # handed over while reading
+            out = outputs.setdefault(camera, TrackerOutput())
+            for entry_id, fields in entries:
+                tracker.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                moved.add(camera)
+                raw = fields.get(b"frame", fields.get("frame"))
+                try:
+                    record = FrameRecord.from_json(raw or b"")
+                    if record.camera != camera:
+                        raise MessageError(f"record of camera {record.camera!r} in {stream}")
+                except MessageError as exc:
+                    metrics.TRACK_FRAMES_SKIPPED.labels("malformed").inc()
+                    self._throttled.warning(f"record:{camera}", "camera %s: skipped frame record %s: %s",
+                                            camera, tracker.cursor, exc)
+                    continue
+                before = tracker.late
+                tracker.add(record, now, out)
+                if tracker.late > before:
+                    metrics.TRACK_FRAMES_SKIPPED.labels("late").inc()
+                    self._throttled.warning(f"late:{camera}", "camera %s: frame %d arrived after tracking passed "
+                                            "it; its faces are published without a track", camera, record.seq)
+        pipe = self.redis.pipeline(transaction=False)
+        pending: list[tuple[str, TrackerOutput]] = []
+        for camera, tracker in list(self.trackers.items()):
+            if keys.analysed(camera) not in cursors:
+                continue  # acquired during the read: its records come next round
+            out = outputs.get(camera, TrackerOutput())
+            flushed = tracker.flush(now)
+            out.events += flushed.events
+            out.lifecycle += flushed.lifecycle
+            out.frames += flushed.frames
+            out.gaps += flushed.gaps
+            out.latencies += flushed.latencies
+            if not out and camera not in moved:
+                continue
+            lifecycle = [e.to_json() for e in out.lifecycle]
+            await self._write(
+                keys=[keys.track_lease(camera), keys.track_state(camera), keys.events(camera), keys.tracks(camera)],
+                args=[self.tokens[camera], tracker.to_state(), self.settings.track_state_ttl_s * 1000,
+                      self.settings.events_max_len, len(out.events), *out.events, *lifecycle],
+                client=pipe,
+            )
+            pending.append((camera, out))
+        if not pending:
+            return
+        replies = await pipe.execute(raise_on_error=False)
+        published = time.time()
+        for (camera, out), reply in zip(pending, replies):
+            if isinstance(reply, redis.ConnectionError):
+                raise reply
+            if isinstance(reply, Exception) or not reply:
+                # Lease gone: whoever holds it now resumes from the last accepted state.
+                self._drop(camera, "lease lost" if not isinstance(reply, Exception) else f"write refused: {reply}")
+                continue
+            self._account(camera, out, published)
+        metrics.TRACKS_ACTIVE.set(sum(len(t.tracks) for t in self.trackers.values()))
+
+    def _account(self, camera: str, out: TrackerOutput, published: float) -> None:
+        for captured_at in out.latencies:
+            metrics.TRACKED_EVENT_SECONDS.observe(max(0.0, published - captured_at))
+        if out.gaps:
+            metrics.TRACK_FRAMES_SKIPPED.labels("gap").inc(out.gaps)
+            self._throttled.warning(f"gap:{camera}", "camera %s: %d frame(s) never arrived within the reorder "
+                                    "window (trimmed or lost before a worker read them); tracking went on",
+                                    camera, out.gaps)
+        for event in out.lifecycle:
+            if event.type is TrackEventType.ENDED:
+                metrics.TRACK_DURATION_SECONDS.observe(event.duration_s)
+                for emotion, seconds in event.emotion_seconds.items():
+                    metrics.EMOTION_SECONDS.labels(emotion).inc(seconds)
+
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
