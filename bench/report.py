@@ -74,6 +74,20 @@ def format_text(summary: dict[str, object]) -> str:
         lines.append(f"    capture -> event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         lines.append(f"    backlog (frames): first tenth {live['backlog_first_tenth']}, last tenth {live['backlog_last_tenth']}")
         lines.append("    worker time per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in live["stage_ms_per_frame"].items()))
+    t = summary.get("tracks")
+    if t:
+        raw, tracked, lat = t["raw"], t["tracked"], t["capture_to_tracked_event_ms"]
+        lines.append(f"(e) tracks: {t['cameras']} cameras x {t['fps']:.0f} fps for {t['seconds']:.0f} s, people clip from "
+                     f"{t['photos']} photos, {t['workers']} workers; {tracked['people']} people, "
+                     f"{t['face_seconds']:.0f} face-seconds, {100 * t['faces_found']:.0f}% of planted faces found")
+        lines.append(f"    {'':<34} {'raw per frame':>14} {'tracked':>9}")
+        lines.append(f"    {'label flips per face-second':<34} {raw['flips_per_face_second']:14.2f} {tracked['flips_per_face_second']:9.2f}")
+        lines.append(f"    {'per-frame accuracy':<34} {raw['per_frame_accuracy']:14.3f} {tracked['per_frame_accuracy']:9.3f}")
+        lines.append(f"    {'per-person accuracy':<34} {raw['person_majority_vote_accuracy']:14.3f} "
+                     f"{tracked['track_dominant_accuracy']:9.3f}   (majority vote / track's dominant emotion)")
+        lines.append(f"    ID switches per 100 face-seconds: {tracked['id_switches_per_100_face_seconds']:.2f} "
+                     f"({tracked['tracks']} tracks for {tracked['people']} people)")
+        lines.append(f"    capture -> track-annotated event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
     for name in ("original", "direct", "direct_opencv", "batch", "live", "live_idle"):
         section = summary.get(name)
         for proc in (section or {}).get("processes", []):  # type: ignore[union-attr]

@@ -30,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=15.0)
     p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0)
     p.add_argument("--original-limit", type=number(int, 1), default=60, help="images timed on the slow original path")
-    p.add_argument("--only", default="original,detector,direct,batch,live", help="comma-separated subset to run")
+    p.add_argument("--only", default="original,detector,direct,batch,live",
+                   help="comma-separated subset of original,detector,direct,batch,live,tracks (default %(default)s)")
+    p.add_argument("--people", type=Path, default=None, metavar="DIR",
+                   help="(e) tracks: labelled face photos, DIR/<label>/*.jpg or with --people-labels")
+    p.add_argument("--people-labels", type=Path, default=None, metavar="CSV",
+                   help="answers for --people as image_path,emotion (e.g. ../shared/data/faces/test_labels.csv)")
+    p.add_argument("--tracks-seconds", type=POSITIVE_SECONDS, default=40.0, help="length of the people clip (default %(default)s)")
     p.add_argument("--idle-cameras", type=number(int, 0), default=0, metavar="N",
                    help="also run (d) with N more cameras announced that never send a frame")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -52,9 +58,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from model import EmotionModel, FaceAnalyzer, create_detector
 
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - {"original", "detector", "direct", "batch", "live"}
+    unknown = chosen - {"original", "detector", "direct", "batch", "live", "tracks"}
     if unknown:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    people = _people(args) if "tracks" in chosen else []
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         folder = args.images or _sample_images(Path(tmp))
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -83,9 +90,42 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results["live"] = run_live(config, model)
             if args.idle_cameras:
                 results["live_idle"] = run_live(config, model, idle_cameras=args.idle_cameras)
+        if "tracks" in chosen:
+            from bench.tracking import run_tracking
+
+            try:
+                results["tracks"] = run_tracking(config, model, people, args.tracks_seconds)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
     summary = summarize(results)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0
+
+
+def _people(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """(photo, label) pairs for the tracks scenario."""
+    from emotion_stream.images import IMAGE_SUFFIXES
+    from model.evaluation import LabelsError, read_labels_csv
+    from model.training.domains import list_labelled
+
+    folder = args.people
+    if folder is None or not folder.is_dir():
+        raise CommandError("the tracks scenario needs --people DIR of labelled face photos "
+                           "(e.g. --people ../shared/data/faces/test_kaggle --people-labels ../shared/data/faces/test_labels.csv)")
+    if args.people_labels is not None:
+        try:
+            truth = read_labels_csv(args.people_labels)
+        except LabelsError as exc:
+            raise CommandError(str(exc)) from None
+        return [(folder / name, label) for name, label in sorted(truth.items())
+                if (folder / name).suffix.lower() in IMAGE_SUFFIXES and (folder / name).is_file()]
+    try:
+        paths, labels = list_labelled(folder)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    from emotion_stream.labels import EMOTIONS
+
+    return [(p, EMOTIONS[i]) for p, i in zip(paths, labels)]
 
 
 def _sample_images(folder: Path) -> Path:

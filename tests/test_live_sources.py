@@ -124,15 +124,21 @@ def test_browser_camera_over_webrtc_gets_annotated_video_and_events(redis_server
             "(() => { const v = document.getElementById('remote'); return v.videoWidth > 0 && v.currentTime > 1; })()",
             timeout=60_000)
         time.sleep(1.0)  # let a few annotated frames arrive
+        # People: the two portraits are tracked; the timeline draws a row per person.
+        page.wait_for_function("Number(document.getElementById('timeline').dataset.rows) >= 2", timeout=30_000)
         camera = page.text_content("#camera")
         emotions = page.eval_on_selector_all("#events li", "els => els.map(e => e.dataset.emotion)")
+        tracked = page.eval_on_selector_all("#events li", "els => els.map(e => [e.dataset.track, e.dataset.trackEmotion])")
+        arrivals = page.eval_on_selector_all("#people li", "els => els.map(e => e.dataset.type)")
         latency_ms = float(page.text_content("#latency") or "nan")
-        page.screenshot(path=str(OUTPUT / "webrtc-page.png"))
+        page.screenshot(path=str(OUTPUT / "webrtc-page.png"), full_page=True)
         remote_png = page.locator("#remote").screenshot(path=str(OUTPUT / "webrtc-annotated-video.png"))
         page.close()
         browser.close()
 
     assert camera and camera.startswith("webrtc-")
+    assert all(track and emotion for track, emotion in tracked), tracked
+    assert len({track for track, _ in tracked}) >= 2 and arrivals.count("track_started") >= 2, (tracked, arrivals)
     # A calm portrait: most events say so (video compression makes single frames noisy).
     calm = sum(e in ("neutral", "sad", "happy") for e in emotions)
     assert len(emotions) >= 10 and calm >= 0.7 * len(emotions), emotions

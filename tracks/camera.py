@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from emotion_stream.labels import EMOTIONS
 from emotion_stream.schema import (
     EndOfStream,
@@ -50,12 +52,13 @@ class Track:
     last_seq: int
     motion: Motion
     smoother: EmotionSmoother
-    emotion_seconds: dict[str, float] = field(default_factory=dict)
+    emotion_seconds: dict[str, float] = field(default_factory=dict)  # seconds each label was shown
+    evidence: list[float] = field(default_factory=list)  # per-frame probabilities summed, EMOTIONS order
 
     def dominant(self) -> str:
-        if not self.emotion_seconds:
-            return self.smoother.shown
-        return max(self.emotion_seconds.items(), key=lambda kv: kv[1])[0]
+        """The emotion with the highest probability summed over the track's frames: a soft
+        vote, steadier than counting per-frame or shown labels."""
+        return EMOTIONS[int(np.argmax(self.evidence))] if self.evidence else self.smoother.shown
 
 
 @dataclass
@@ -170,6 +173,7 @@ class CameraTracker:
                 shown_before = track.smoother.shown
                 track.emotion_seconds[shown_before] = track.emotion_seconds.get(shown_before, 0.0) + (at - track.last_at)
                 previous = track.smoother.update(probabilities, at)
+                track.evidence = [a + b for a, b in zip(track.evidence, probabilities)]
                 track.motion.update(box, at)  # type: ignore[arg-type]
                 track.last_at, track.last_seq = at, record.seq
                 if previous is not None:
@@ -184,7 +188,7 @@ class CameraTracker:
         c = self.config
         smoother = EmotionSmoother(c.smoothing_s, c.switch_margin, c.switch_frames)
         smoother.update(probabilities, at)
-        track = Track(self.next_track_id, at, at, seq, Motion(box, at), smoother)
+        track = Track(self.next_track_id, at, at, seq, Motion(box, at), smoother, evidence=list(probabilities))
         self.next_track_id += 1
         self.tracks[track.id] = track
         out.lifecycle.append(TrackEvent(TrackEventType.STARTED, self.camera, track.id, at, seq,

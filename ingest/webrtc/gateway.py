@@ -4,7 +4,8 @@ One aiohttp app with three routes, as in aiortc's server example: ``/`` (the pag
 ``/client.js`` and ``/offer``. Per browser (``Session``):
 
   browser track --pump--> latest frame --rate limit--> FramePublisher -> Redis (like any ingest)
-  Redis pub/sub events:{camera} --> Overlay (boxes, labels) + data channel "events"
+  Redis pub/sub events:{camera} --> Overlay (boxes, person ids, smoothed labels) + data channel "events"
+  Redis pub/sub tracks:{camera} --> data channel "events" (the page's per-person timeline)
   AnnotatedTrack: latest frame + overlay --> back to the browser
 
 Freshness over completeness: only the newest incoming frame is kept for the returned
@@ -32,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from emotion_stream import keys, metrics
-from emotion_stream.events import live_events
+from emotion_stream.events import live_events, live_track_events
 from emotion_stream.schema import FaceEvent
 from emotion_stream.settings import Settings
 from ingest.publisher import FramePublisher
@@ -72,9 +73,12 @@ class Overlay:
         for face in self._faces:
             x, y, w, h = face.box
             p0, p1 = (int(x * sx), int(y * sy)), (int((x + w) * sx), int((y + h) * sy))
-            color = COLORS.get(face.emotion, (255, 255, 255))
+            # A tracked face shows its person and smoothed emotion: steady, not the
+            # per-frame label that flickers with noise.
+            emotion = face.track_emotion or face.emotion
+            color = COLORS.get(emotion, (255, 255, 255))
             cv2.rectangle(image, p0, p1, color, 2)
-            label = f"{face.emotion} {face.confidence:.2f}"
+            label = f"#{face.track} {emotion}" if face.track is not None else f"{face.emotion} {face.confidence:.2f}"
             (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
             top = max(0, p0[1] - th - 8)
             cv2.rectangle(image, (p0[0], top), (p0[0] + tw + 6, top + th + 8), color, -1)
@@ -118,6 +122,7 @@ class Session:
     def start(self, track: MediaStreamTrack) -> None:
         self._tasks.append(asyncio.create_task(self._pump(track), name=f"pump-{self.camera}"))
         self._tasks.append(asyncio.create_task(self._relay_events(), name=f"events-{self.camera}"))
+        self._tasks.append(asyncio.create_task(self._relay_tracks(), name=f"tracks-{self.camera}"))
 
     async def next_display_frame(self) -> VideoFrame:
         return await self._display.get()
@@ -159,6 +164,11 @@ class Session:
                 self.overlay.update(event)
             if self.channel is not None and self.channel.readyState == "open":
                 self.channel.send(json.dumps(asdict(event)))
+
+    async def _relay_tracks(self) -> None:
+        async for event in live_track_events(self.gateway.redis, self.camera, self._stop):
+            if self.channel is not None and self.channel.readyState == "open":
+                self.channel.send(event.to_json())
 
     async def close(self) -> None:
         if self._closed:
