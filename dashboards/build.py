@@ -123,6 +123,37 @@ PANELS: tuple[Panel, ...] = (
         },
     ),
     Panel(
+        "People tracked now",
+        {
+            "people": f"sum({NS}_tracks_active)",
+            "cameras tracked": f"sum({NS}_tracked_cameras)",
+        },
+        description="Tracks open across all tracking owners, and the cameras they hold.",
+    ),
+    Panel(
+        "People by emotion (smoothed)",
+        {"{{emotion}}": f"sum by (emotion) (rate({NS}_emotion_seconds_total{WINDOW}))"},
+        description="Emotion-seconds per second: the average number of people showing each emotion.",
+        extra={"fieldConfig": {"defaults": {"custom": {"stacking": {"mode": "normal"}}}}},
+    ),
+    Panel(
+        "Track duration (how long people stay)",
+        {
+            "p50": quantile(0.5, "track_duration_seconds"),
+            "p95": quantile(0.95, "track_duration_seconds"),
+        },
+        unit="s",
+    ),
+    Panel(
+        "Capture -> track-annotated event, and frames tracking could not use",
+        {
+            "p50": quantile(0.5, "tracked_event_seconds"),
+            "p95": quantile(0.95, "tracked_event_seconds"),
+            "unused/s {{reason}}": f"sum by (reason) (rate({NS}_track_frames_skipped_total{WINDOW}))",
+        },
+        description="gap: no record within the reorder window; late: published without a track.",
+    ),
+    Panel(
         "Model and detector",
         {"{{model}} / {{detector}}": f"count by (model, detector) ({NS}_model_info)"},
         kind="table",

@@ -99,7 +99,10 @@ TRACK_DURATION_SECONDS = Histogram(
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 EMOTION_SECONDS = Counter(
-    f"{NS}_emotion_seconds_total", "Seconds people showed each (smoothed) emotion, counted when tracks end", ["emotion"]
+    f"{NS}_emotion_seconds_total",
+    "Seconds people showed each emotion (the track's smoothed label), counted as frames arrive; "
+    "its rate is the average number of people showing it",
+    ["emotion"],
 )
 TRACKED_CAMERAS = Gauge(f"{NS}_tracked_cameras", "Cameras whose tracking this process owns")
 TRACK_FRAMES_SKIPPED = Counter(
@@ -139,6 +142,18 @@ def init_camera_series(camera: str, *, ingest: bool = False) -> str:
         for drop in DROP_REASONS:
             FRAMES_DROPPED.labels(label, drop)
     return label
+
+
+TRACK_SKIP_REASONS = ("gap", "late", "malformed")
+HANDOVER_KINDS = ("started", "resumed", "lost", "released")
+
+
+def init_tracking_series() -> None:
+    """Zero series for every label, so dashboards show 0 rather than nothing."""
+    for reason in TRACK_SKIP_REASONS:
+        TRACK_FRAMES_SKIPPED.labels(reason)
+    for kind in HANDOVER_KINDS:
+        TRACK_HANDOVERS.labels(kind)
 
 
 def init_worker_series(detector: str, model: str) -> None:

@@ -71,6 +71,16 @@ class TrackerOutput:
     frames: int = 0
     gaps: int = 0  # frames given up on after the reorder window
     latencies: list[float] = field(default_factory=list)  # captured_at of each emitted face
+    emotion_seconds: dict[str, float] = field(default_factory=dict)  # shown-label time added by this flush
+
+    def merge(self, other: TrackerOutput) -> None:
+        self.events += other.events
+        self.lifecycle += other.lifecycle
+        self.frames += other.frames
+        self.gaps += other.gaps
+        self.latencies += other.latencies
+        for emotion, seconds in other.emotion_seconds.items():
+            self.emotion_seconds[emotion] = self.emotion_seconds.get(emotion, 0.0) + seconds
 
     def __bool__(self) -> bool:
         return bool(self.events or self.lifecycle or self.frames or self.gaps)
@@ -170,8 +180,9 @@ class CameraTracker:
             if track is None:
                 track = self._start(box, probabilities, at, record.seq, out)  # type: ignore[arg-type]
             else:
-                shown_before = track.smoother.shown
-                track.emotion_seconds[shown_before] = track.emotion_seconds.get(shown_before, 0.0) + (at - track.last_at)
+                shown_before, dt = track.smoother.shown, at - track.last_at
+                track.emotion_seconds[shown_before] = track.emotion_seconds.get(shown_before, 0.0) + dt
+                out.emotion_seconds[shown_before] = out.emotion_seconds.get(shown_before, 0.0) + dt
                 previous = track.smoother.update(probabilities, at)
                 track.evidence = [a + b for a, b in zip(track.evidence, probabilities)]
                 track.motion.update(box, at)  # type: ignore[arg-type]

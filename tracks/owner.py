@@ -82,6 +82,7 @@ class TrackOwner:
         self._throttled = Throttled(log)
         self._unowned_since: dict[str, float] = {}  # free cameras this owner is over its share for
         self._over_share = 0  # lease rounds in a row above the fair share
+        metrics.init_tracking_series()
 
     async def run(self, stop: asyncio.Event) -> None:
         leases = asyncio.create_task(self._lease_loop(stop), name="track-leases")
@@ -220,12 +221,7 @@ class TrackOwner:
             if keys.analysed(camera) not in cursors:
                 continue  # acquired during the read: its records come next round
             out = outputs.get(camera, TrackerOutput())
-            flushed = tracker.flush(now)
-            out.events += flushed.events
-            out.lifecycle += flushed.lifecycle
-            out.frames += flushed.frames
-            out.gaps += flushed.gaps
-            out.latencies += flushed.latencies
+            out.merge(tracker.flush(now))
             if not out and camera not in moved:
                 continue
             lifecycle = [e.to_json() for e in out.lifecycle]
@@ -258,11 +254,11 @@ class TrackOwner:
             self._throttled.warning(f"gap:{camera}", "camera %s: %d frame(s) never arrived within the reorder "
                                     "window (trimmed or lost before a worker read them); tracking went on",
                                     camera, out.gaps)
+        for emotion, seconds in out.emotion_seconds.items():
+            metrics.EMOTION_SECONDS.labels(emotion).inc(seconds)
         for event in out.lifecycle:
             if event.type is TrackEventType.ENDED:
                 metrics.TRACK_DURATION_SECONDS.observe(event.duration_s)
-                for emotion, seconds in event.emotion_seconds.items():
-                    metrics.EMOTION_SECONDS.labels(emotion).inc(seconds)
 
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
