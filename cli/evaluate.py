@@ -1,4 +1,4 @@
-"""``emotion-stream evaluate FOLDER|SUBMISSION.csv --labels CSV``: accuracy report."""
+"""``emotion-stream evaluate``: accuracy, balanced accuracy, per-class recall, calibration."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import logging
 import time
 from pathlib import Path
+
+import numpy as np
 
 from emotion_stream.settings import Settings
 
@@ -19,13 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "evaluate", run, "score a model on a labelled folder, or score a submission CSV",
         description=(
-            "Score predictions against an answers CSV (columns image_path,emotion). "
-            "TARGET is either a folder of images, classified here (direct path), or a "
-            "submission CSV written by `emotion-stream batch`."
+            "TARGET is a folder of images with an answers CSV (--labels, columns "
+            "image_path,emotion), a folder of label folders (TARGET/<label>/*.jpg, no --labels), "
+            "or a submission CSV written by `emotion-stream batch` (with --labels). Folders are "
+            "classified here, through the detector, or whole with --whole-image (for face crops "
+            "such as FER2013's 48x48 images)."
         ),
     )
     p.add_argument("target", type=Path, metavar="FOLDER|SUBMISSION.csv")
-    p.add_argument("--labels", type=Path, required=True, metavar="CSV", help="answers: image_path,emotion")
+    p.add_argument("--labels", type=Path, default=None, metavar="CSV", help="answers: image_path,emotion")
+    p.add_argument("--whole-image", action="store_true", help="classify each image as one face crop, no detector")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_model_options(p)
 
@@ -33,15 +38,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from model.evaluation import LabelsError, read_labels_csv, score
 
-    try:
-        truth = read_labels_csv(args.labels)
-    except LabelsError as exc:
-        raise CommandError(str(exc)) from None
     if args.target.is_dir():
-        report = _evaluate_folder(args.target, truth, settings)
+        if args.labels is not None:
+            try:
+                truth = read_labels_csv(args.labels)
+            except LabelsError as exc:
+                raise CommandError(str(exc)) from None
+            files = {name: args.target / name for name in sorted(truth)}
+        else:
+            truth, files = _label_folders(args.target)
+        report = _evaluate_files(files, truth, settings, args.whole_image)
     elif args.target.is_file():
+        if args.labels is None:
+            raise CommandError("scoring a submission CSV needs --labels CSV")
         try:
-            report = score(truth, read_labels_csv(args.target))
+            report = score(read_labels_csv(args.labels), read_labels_csv(args.target))
         except LabelsError as exc:
             raise CommandError(str(exc)) from None
     else:
@@ -52,27 +63,70 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _evaluate_folder(folder: Path, truth: dict[str, str], settings: Settings):  # type: ignore[no-untyped-def]
-    from emotion_stream.images import ImageLimits
+def _label_folders(folder: Path) -> tuple[dict[str, str], dict[str, Path]]:
+    from emotion_stream.labels import EMOTIONS
+    from model.training.domains import list_labelled
+
+    try:
+        paths, labels = list_labelled(folder)
+    except ValueError as exc:
+        raise CommandError(f"{exc} (give --labels CSV for a flat folder)") from None
+    keys = [str(p.relative_to(folder)) for p in paths]
+    return dict(zip(keys, (EMOTIONS[i] for i in labels))), dict(zip(keys, paths))
+
+
+def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Settings, whole_image: bool):  # type: ignore[no-untyped-def]
+    from emotion_stream.images import ImageLimits, read_image_file
+    from emotion_stream.labels import EMOTIONS
+    from model.calibration import expected_calibration_error
     from model.evaluation import score
     from model.stills import analyze_files
 
     analyzer = load_analyzer(settings)
+    model = analyzer.model
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-    names = sorted(truth)
+    key_of = {path: key for key, path in files.items()}
     predicted: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    rows: list[tuple[np.ndarray, int]] = []  # (probabilities, true index) for the ECE
+    classify_s = 0.0
+    faces = 0
     start = time.perf_counter()
-    with progress(len(names), "evaluate") as bar:
-        for outcome in analyze_files(analyzer, (folder / n for n in names), limits=limits):
-            bar.update()
-            if outcome.error:
-                skipped[outcome.path.name] = outcome.error
-                log.warning("skipped %s: %s", outcome.path, outcome.error)
-            else:
-                predicted[outcome.path.name] = outcome.emotion
+    with progress(len(files), "evaluate") as bar:
+        if whole_image:
+            paths = list(files.values())
+            for first in range(0, len(paths), 256):
+                images, kept = [], []
+                for path in paths[first:first + 256]:
+                    try:
+                        images.append(read_image_file(path, limits))
+                        kept.append(path)
+                    except ValueError as exc:
+                        skipped[key_of[path]] = str(exc)
+                batch = model.prepare(images)
+                t0 = time.perf_counter()
+                probabilities = model.predict_proba(batch)
+                classify_s += time.perf_counter() - t0
+                faces += len(kept)
+                for path, probs, label in zip(kept, probabilities, model.decide(probabilities)):
+                    predicted[key_of[path]] = EMOTIONS[int(label)]
+                    rows.append((probs, EMOTIONS.index(truth[key_of[path]])))
+                bar.update(len(paths[first:first + 256]))
+        else:
+            for outcome in analyze_files(analyzer, files.values(), limits=limits):
+                bar.update()
+                key = key_of[outcome.path]
+                if outcome.error:
+                    skipped[key] = outcome.error
+                    log.warning("skipped %s: %s", outcome.path, outcome.error)
+                else:
+                    predicted[key] = outcome.emotion
+                    rows.append((outcome.faces[0].probabilities, EMOTIONS.index(truth[key])))
     elapsed = time.perf_counter() - start
     report = score(truth, predicted, skipped)
     report.seconds_per_image = elapsed / max(1, len(predicted))
+    if rows:
+        report.ece = expected_calibration_error(np.stack([p for p, _ in rows]), np.array([t for _, t in rows]))
+    if faces:
+        report.classify_ms_per_face = 1000 * classify_s / faces
     return report
-

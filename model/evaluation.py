@@ -55,6 +55,8 @@ class EvaluationReport:
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> reason
     seconds_per_image: float | None = None
     unlabelled: list[str] = field(default_factory=list)  # predictions with no answer
+    ece: float | None = None  # expected calibration error of the top probability, when known
+    classify_ms_per_face: float | None = None  # classifier alone, batched
 
     @property
     def scored(self) -> int:
@@ -72,9 +74,18 @@ class EvaluationReport:
             for i, label in enumerate(EMOTIONS)
         }
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes present in the truth."""
+        present = [r for r in self.recall().values() if r is not None]
+        return float(np.mean(present)) if present else 0.0
+
     def to_dict(self) -> dict[str, object]:
         return {
             "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "ece": self.ece,
+            "classify_ms_per_face": self.classify_ms_per_face,
             "scored": self.scored,
             "skipped": len(self.skipped),
             "skipped_files": self.skipped,
@@ -87,9 +98,14 @@ class EvaluationReport:
         }
 
     def format_text(self) -> str:
-        lines = [f"categorical accuracy: {self.accuracy:.4f}  ({np.trace(self.confusion)}/{self.scored} images)"]
+        lines = [f"categorical accuracy: {self.accuracy:.4f}  ({np.trace(self.confusion)}/{self.scored} images)",
+                 f"balanced accuracy:    {self.balanced_accuracy:.4f}  (mean per-class recall)"]
+        if self.ece is not None:
+            lines.append(f"calibration error:    {self.ece:.4f}  (ECE, 15 bins)")
         if self.seconds_per_image is not None:
             lines.append(f"time per image:       {self.seconds_per_image * 1000:.1f} ms")
+        if self.classify_ms_per_face is not None:
+            lines.append(f"classify per face:    {self.classify_ms_per_face:.2f} ms  (batched)")
         lines.append(f"skipped:              {len(self.skipped)}")
         for name, reason in sorted(self.skipped.items())[:20]:
             lines.append(f"  {name}: {reason}")

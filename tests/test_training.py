@@ -114,40 +114,55 @@ def test_prepare_finds_exactly_the_planted_duplicates_and_no_face_images(detecto
     assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.jpg")) == kept
 
 
-@pytest.mark.slow
-def test_train_one_short_epoch_then_load_and_evaluate(tmp_path, face_bgr, capsys):
+def _two_domains(root: Path, face_bgr: np.ndarray) -> tuple[Path, Path]:
+    """A tiny two-domain set: colour crops by label (split here), and a FER2013-like
+    folder of 48x48 grey crops with its own train/ and validation/."""
     faces = distinct_faces(face_bgr)
-    data = tmp_path / "clean"
-    labels_csv = tmp_path / "labels.csv"
-    rows = ["image_path,emotion"]
-    test_dir = tmp_path / "test"
-    test_dir.mkdir()
+    photos, fer = root / "photos", root / "fer"
     for label, base in (("happy", "orig"), ("sad", "mirror"), ("surprise", "o-15")):
-        (data / label).mkdir(parents=True)
         for i in range(6):
             variant = cv2.convertScaleAbs(faces[base], alpha=0.8 + 0.08 * i, beta=i * 3)
-            cv2.imwrite(str(data / label / f"{base}_{i}.jpg"), cv2.resize(variant, (160, 160)))
-        cv2.imwrite(str(test_dir / f"{label}.jpg"), faces[base])
-        rows.append(f"{label}.jpg,{label}")
-    labels_csv.write_text("\n".join(rows) + "\n")
+            (photos / label).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(photos / label / f"{base}_{i}.jpg"), cv2.resize(variant, (160, 160)))
+            grey = cv2.cvtColor(cv2.resize(variant, (48, 48), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+            split = "validation" if i == 0 else "train"
+            (fer / split / ("angry" if label == "sad" else label)).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(fer / split / ("angry" if label == "sad" else label) / f"{i}.png"), grey)
+    return photos, fer
+
+
+@pytest.mark.slow
+def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_bgr, capsys):
+    photos, fer = _two_domains(tmp_path, face_bgr)
     model_dir = tmp_path / "model"
     result = subprocess.run(
-        [EXE, "train", str(data), "--out", str(model_dir), "--weights", "none", "--epochs", "1",
-         "--frozen-epochs", "0", "--train-batch-size", "4"],
+        [EXE, "train", str(photos), str(fer), "--out", str(model_dir), "--epochs", "2", "--steps", "3",
+         "--train-batch-size", "8", "--val-split", "0.34"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("model.keras", "model.json", "curves.png", "MODEL_CARD.md", "history.json", "report.json"):
+    for name in ("model.keras", "model.json", "curves.png", "MODEL_CARD.md", "report.json"):
         assert (model_dir / name).is_file(), name
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["labels"] == list(EMOTIONS) and meta["input_height"] == 64 and meta["channels"] == 1
+    assert meta["extra"]["temperature"] > 0 and meta["extra"]["trained_on"] == ["photos", "fer"]
+    report = json.loads((model_dir / "report.json").read_text())
+    # Both domains trained and validated; FER's own validation folder was used as is.
+    assert report["train_counts"]["fer"] == {"anger": 5, "happy": 5, "surprise": 5}
+    assert report["validation_counts"]["fer"] == {"anger": 1, "happy": 1, "surprise": 1}
+    assert sum(report["validation_counts"]["photos"].values()) == 6
+    # Balanced sampling: each domain's classes drawn equally often here (equal counts).
+    assert report["sampling"]["photos"] == {"happy": 0.3333, "sad": 0.3333, "surprise": 0.3333}
+    assert len(report["epochs"]) == 2 and report["best_epoch"] in (1, 2)
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert "| photos | train |" in card and "| fer | validation |" in card and "distillation" in card
 
     from model import EmotionModel
 
     model = EmotionModel(model_dir / "model.keras")
     probs = model.predict_proba([face_bgr])
     assert probs.shape == (1, 9) and abs(float(probs.sum()) - 1) < 1e-4
-    assert main(["evaluate", str(test_dir), "--labels", str(labels_csv), "--model",
-                 str(model_dir / "model.keras"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["scored"] == 3 and 0.0 <= report["accuracy"] <= 1.0
+    assert main(["evaluate", str(fer / "validation"), "--whole-image", "--model", str(model_dir / "model.keras"),
+                 "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["scored"] == 3 and 0.0 <= scored["balanced_accuracy"] <= 1.0 and scored["ece"] is not None
