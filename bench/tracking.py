@@ -110,7 +110,7 @@ def score(cameras: list[tuple[list, list, list[TrackEvent]]]) -> dict[str, objec
     """Figures over all cameras: each event is matched to the planted face it overlaps."""
     matched = total_truth = right_raw = right_smoothed = 0
     raw_flips = smoothed_flips = switches = 0
-    vote_right = vote_total = track_right = track_total = 0
+    vote_right = vote_total = soft_right = track_right = track_total = 0
     for truth, events, lifecycle in cameras:
         seen: dict[int, list[FaceEvent]] = defaultdict(list)  # person -> their events, in seq order
         person_label: dict[int, str] = {}
@@ -133,6 +133,10 @@ def score(cameras: list[tuple[list, list, list[TrackEvent]]]) -> dict[str, objec
             smoothed_flips += sum(a.track_emotion != b.track_emotion for a, b in zip(evs, evs[1:]))
             switches += sum(a.track != b.track for a, b in zip(evs, evs[1:]))
             vote_right += Counter(e.emotion for e in evs).most_common(1)[0][0] == label
+            mean = Counter()
+            for e in evs:
+                mean.update(e.probabilities)
+            soft_right += mean.most_common(1)[0][0] == label
             vote_total += 1
             for e in evs:
                 track_people[e.track][person] += 1
@@ -150,6 +154,7 @@ def score(cameras: list[tuple[list, list, list[TrackEvent]]]) -> dict[str, objec
             "flips_per_face_second": raw_flips / max(1e-9, face_seconds),
             "per_frame_accuracy": right_raw / max(1, matched),
             "person_majority_vote_accuracy": vote_right / max(1, vote_total),
+            "person_mean_probability_accuracy": soft_right / max(1, vote_total),
         },
         "tracked": {
             "flips_per_face_second": smoothed_flips / max(1e-9, face_seconds),

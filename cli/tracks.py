@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import socket
     import os
+    import socket
 
     from emotion_stream.lifecycle import run_service
     from emotion_stream.redis_conn import connect

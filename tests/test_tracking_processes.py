@@ -11,7 +11,14 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from emotion_stream import keys
-from emotion_stream.schema import EndOfStream, FaceEvent, FrameRecord, FrameStatus, TrackEvent, parse_event
+from emotion_stream.schema import (
+    EndOfStream,
+    FaceEvent,
+    FrameRecord,
+    FrameStatus,
+    TrackEvent,
+    parse_event,
+)
 
 from .procs import wait_for
 from .track_scenes import FPS, Person, records

@@ -11,6 +11,7 @@ import pytest
 from emotion_stream.schema import FrameRecord, FrameStatus, TrackEvent, TrackEventType
 from tracks.camera import CameraTracker, TrackerConfig, TrackerOutput
 from tracks.smoothing import EmotionSmoother
+
 from .track_scenes import FPS, Person, records
 
 CONFIG = TrackerConfig(timeout_s=1.0, reorder_window_s=0.3)
@@ -80,7 +81,9 @@ def test_shuffled_arrival_within_the_window_gives_the_in_order_result():
         rng.shuffle(chunk)
         order[start:start + 3] = chunk
     shuffled = run(recs, order=order)
-    strip = lambda es: [(e["seq"], e["track"], e["track_emotion"]) for e in es if e.get("type") == "face"]  # noqa: E731
+    def strip(events: list[dict]) -> list[tuple]:
+        return [(e["seq"], e["track"], e["track_emotion"]) for e in events if e.get("type") == "face"]
+
     assert strip(shuffled[0]) == strip(in_order[0])
     assert [e.to_json() for e in shuffled[1]] == [e.to_json() for e in in_order[1]]
     assert [e["seq"] for e in shuffled[0] if e.get("type") == "face"] == sorted(
@@ -156,7 +159,9 @@ def test_smoothing_with_hysteresis_flickers_far_less_than_frames():
 
 def test_a_real_change_of_expression_comes_through_after_the_hold():
     smoother = EmotionSmoother(0.3, 0.1, 3)
-    one_hot = lambda i: np.eye(9)[i] * 0.9 + 0.1 / 9  # noqa: E731
+    def one_hot(i: int) -> np.ndarray:
+        return np.eye(9)[i] * 0.9 + 0.1 / 9
+
     for i in range(30):
         smoother.update(one_hot(4), i / FPS)
     changes = [(i, smoother.update(one_hot(7), (30 + i) / FPS)) for i in range(30)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from emotion_stream.schema import (
 )
 from emotion_stream.settings import Settings
 
-from .association import Motion, associate
+from .association import Box, Motion, associate
 from .smoothing import EmotionSmoother
 
 
@@ -169,32 +169,31 @@ class CameraTracker:
         if record.status is not FrameStatus.ANALYSED or not record.faces:
             return
         faces = [face_event_from_doc(doc) for doc in record.faces]
+        boxes = [_box(f.box) for f in faces]
         tracks = list(self.tracks.values())
-        pairs = associate([t.motion.predict(at) for t in tracks], [tuple(map(float, f.box)) for f in faces],
-                          self.config.min_iou)
+        pairs = associate([t.motion.predict(at) for t in tracks], boxes, self.config.min_iou)
         owner = {d: tracks[t] for t, d in pairs}
-        for index, face in enumerate(faces):
+        for index, (face, box) in enumerate(zip(faces, boxes)):
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
-            track = owner.get(index)
-            box = tuple(map(float, face.box))
-            if track is None:
-                track = self._start(box, probabilities, at, record.seq, out)  # type: ignore[arg-type]
+            matched = owner.get(index)
+            if matched is None:
+                track = self._start(box, probabilities, at, record.seq, out)
             else:
+                track = matched
                 shown_before, dt = track.smoother.shown, at - track.last_at
                 track.emotion_seconds[shown_before] = track.emotion_seconds.get(shown_before, 0.0) + dt
                 out.emotion_seconds[shown_before] = out.emotion_seconds.get(shown_before, 0.0) + dt
                 previous = track.smoother.update(probabilities, at)
                 track.evidence = [a + b for a, b in zip(track.evidence, probabilities)]
-                track.motion.update(box, at)  # type: ignore[arg-type]
+                track.motion.update(box, at)
                 track.last_at, track.last_seq = at, record.seq
                 if previous is not None:
                     out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at,
                                                     record.seq, emotion=track.smoother.shown, previous=previous))
-            tracked = _replace_doc(face, track.id, track.smoother.shown)
-            out.events.append(tracked)
+            out.events.append(replace(face, track=track.id, track_emotion=track.smoother.shown).to_json())
             out.latencies.append(face.captured_at)
 
-    def _start(self, box: tuple[float, float, float, float], probabilities: list[float], at: float, seq: int,
+    def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
                out: TrackerOutput) -> Track:
         c = self.config
         smoother = EmotionSmoother(c.smoothing_s, c.switch_margin, c.switch_frames)
@@ -248,8 +247,6 @@ class CameraTracker:
         return iter(self.tracks.values())
 
 
-def _replace_doc(face: Any, track: int, emotion: str) -> str:
-    """The face event's JSON with the track fields set."""
-    from dataclasses import replace
-
-    return replace(face, track=track, track_emotion=emotion).to_json()
+def _box(box: tuple[int, int, int, int]) -> Box:
+    x, y, w, h = box
+    return float(x), float(y), float(w), float(h)

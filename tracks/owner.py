@@ -19,9 +19,11 @@ import logging
 import math
 import time
 import uuid
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.typing import KeyT, StreamIdT
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
@@ -32,6 +34,7 @@ from emotion_stream.settings import Settings
 from .camera import CameraTracker, TrackerConfig, TrackerOutput
 
 log = logging.getLogger(__name__)
+StreamReply = list[tuple[bytes | str, list[tuple[bytes | str, dict[bytes, bytes]]]]] | None
 
 OWNERS = f"{keys.PREFIX}:track-owners"  # hash owner -> heartbeat (unix seconds)
 READ_BLOCK_MS = 50  # also the longest wait before a due reorder timeout is noticed
@@ -184,13 +187,13 @@ class TrackOwner:
         if not self.trackers:
             await asyncio.sleep(READ_BLOCK_MS / 1000)
             return
-        cursors = {keys.analysed(c): t.cursor for c, t in self.trackers.items()}
-        reply = await self.redis.xread(cursors, count=READ_COUNT, block=READ_BLOCK_MS)
+        cursors: dict[KeyT, StreamIdT] = {keys.analysed(c): t.cursor for c, t in self.trackers.items()}
+        reply = cast(StreamReply, await self.redis.xread(cursors, count=READ_COUNT, block=READ_BLOCK_MS))
         now = time.time()
         outputs: dict[str, TrackerOutput] = {}
         moved: set[str] = set()
-        for stream, entries in reply or []:
-            stream = stream.decode() if isinstance(stream, bytes) else stream
+        for raw_stream, entries in reply or []:
+            stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
             camera = stream.removeprefix(keys.analysed(""))
             tracker = self.trackers.get(camera)
             if tracker is None:
@@ -199,7 +202,7 @@ class TrackOwner:
             for entry_id, fields in entries:
                 tracker.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 moved.add(camera)
-                raw = fields.get(b"frame", fields.get("frame"))
+                raw = fields.get(b"frame")
                 try:
                     record = FrameRecord.from_json(raw or b"")
                     if record.camera != camera:

@@ -10,11 +10,11 @@ from emotion_stream.keys import Stat
 from emotion_stream.schema import (
     EndOfStream,
     FaceEvent,
-    FrameRecord,
-    FrameStatus,
     FrameKind,
     FrameMessage,
+    FrameRecord,
     FrameResult,
+    FrameStatus,
     dead_letter_fields,
 )
 from model import FaceResult

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
+from redis.typing import EncodableT
 
 from emotion_stream import keys, metrics
 from emotion_stream.keys import Stat
@@ -99,7 +100,7 @@ class OutcomeWriter:
             extra = [o.reply_to] if result else []
             if o.frame_record:
                 extra += [keys.analysed(camera), keys.TRACKED_CAMERAS]
-            common = [result, RESULTS_TTL_S, o.stat, o.frame_record, camera, self.events_max_len]
+            common: list[EncodableT] = [result, RESULTS_TTL_S, o.stat, o.frame_record, camera, self.events_max_len]
             if o.dead_letter is not None:
                 payload = [item for pair in o.dead_letter.items() for item in pair]
                 await self._dead_letter(

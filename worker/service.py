@@ -40,7 +40,6 @@ from emotion_stream.schema import (
 )
 from emotion_stream.settings import Settings
 from model import FaceAnalyzer
-
 from tracks import TrackOwner
 
 from .outcomes import Origin, analyzed_outcome, dead_letter_outcome, end_outcome, skipped_record
@@ -259,7 +258,7 @@ class Worker:
                     metrics.BACKLOG.labels(camera, "pending").set(pending)
             except TRANSIENT_ERRORS:
                 pass  # the reader logs outages and backs off
-            except Exception:  # noqa: BLE001 - housekeeping must never kill the worker
+            except Exception:  # housekeeping must never kill the worker
                 log.exception("housekeeping failed")
             await sleep_or_stop(stop, HEARTBEAT_S)
 
