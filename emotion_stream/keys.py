@@ -16,6 +16,7 @@ Other keys:
                              (ingested = processed + stale + trimmed + dead_lettered
                              once the stream is drained)
   {prefix}:tracked-cameras   set of cameras with frame records (what tracking owners share out)
+  {prefix}:track-owners      hash tracking owner -> last heartbeat (unix seconds)
   {prefix}:track-lease:{camera}  the tracking owner of a camera (expiring lease, fencing)
   {prefix}:track-state:{camera}  that camera's tracker state (JSON, expiring), written
                              atomically with the events it produced
@@ -34,6 +35,7 @@ DEAD_LETTER = f"{PREFIX}:dead-letter"
 EVENTS_PATTERN = f"{PREFIX}:events:*"  # pub/sub pattern for every camera
 TRACKS_PATTERN = f"{PREFIX}:tracks:*"
 TRACKED_CAMERAS = f"{PREFIX}:tracked-cameras"
+TRACK_OWNERS = f"{PREFIX}:track-owners"  # hash owner name -> heartbeat (unix seconds)
 
 
 def worker_lease(name: str) -> str:

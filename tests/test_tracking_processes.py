@@ -119,3 +119,29 @@ def test_owner_killed_mid_stream_another_resumes_and_every_event_happens_once(re
             assert reasons == {"timeout": 1, "end_of_stream": 3}
         else:
             assert len(ids["person0"]) == 2
+
+
+def test_a_camera_silent_for_the_state_lifetime_is_let_go(redis_server, redis_client):
+    """An owner stops holding a camera with nothing in flight once it has been silent
+    for the state's lifetime; its frame records would announce it again."""
+    import asyncio
+
+    from emotion_stream.redis_conn import connect
+    from emotion_stream.settings import Settings
+    from tracks import TrackOwner
+
+    redis_client.sadd(keys.TRACKED_CAMERAS, "quiet")
+
+    async def main() -> None:
+        client = connect(redis_server.url, "test")
+        owner = TrackOwner(client, Settings(track_lease_s=1), "solo")
+        await owner._balance()  # noqa: SLF001 - one round of the lease loop, driven by hand
+        assert "quiet" in owner.trackers and redis_client.get(keys.track_lease("quiet"))
+        owner.trackers["quiet"].last_arrival -= owner.settings.track_state_ttl_s + 1
+        await owner._balance()  # noqa: SLF001
+        assert "quiet" not in owner.trackers
+        await client.aclose()
+
+    asyncio.run(main())
+    assert not redis_client.sismember(keys.TRACKED_CAMERAS, "quiet")
+    assert redis_client.get(keys.track_lease("quiet")) is None

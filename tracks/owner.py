@@ -36,7 +36,6 @@ from .camera import CameraTracker, TrackerConfig, TrackerOutput
 log = logging.getLogger(__name__)
 StreamReply = list[tuple[bytes | str, list[tuple[bytes | str, dict[bytes, bytes]]]]] | None
 
-OWNERS = f"{keys.PREFIX}:track-owners"  # hash owner -> heartbeat (unix seconds)
 READ_BLOCK_MS = 50  # also the longest wait before a due reorder timeout is noticed
 READ_COUNT = 1000
 ALIVE_LEASES = 1.5  # an owner is alive while its heartbeat (every lease/3) is younger than this many leases
@@ -115,25 +114,31 @@ class TrackOwner:
         back when over the share for a while (not at once: a just-dead owner still looks
         alive for a moment, and handing back then would only bounce the camera)."""
         now = time.time()
-        await self.redis.hset(OWNERS, self.name, now)
-        for camera, token in list(self.tokens.items()):
-            if not await self._renew(keys=[keys.track_lease(camera)], args=[token, self.lease_ms]):
+        await self.redis.hset(keys.TRACK_OWNERS, self.name, now)
+        held = list(self.tokens.items())
+        pipe = self.redis.pipeline(transaction=False)
+        for camera, token in held:
+            await self._renew(keys=[keys.track_lease(camera)], args=[token, self.lease_ms], client=pipe)
+        for (camera, _), renewed in zip(held, await pipe.execute()):
+            if not renewed:
                 self._drop(camera, "lease lost")
-        owners = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in (await self.redis.hgetall(OWNERS)).items()}
+        await self._retire_silent(now)
+        beats = await self.redis.hgetall(keys.TRACK_OWNERS)
+        owners = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in beats.items()}
         alive = [k for k, beat in owners.items() if now - beat < ALIVE_LEASES * self.settings.track_lease_s]
         gone = [k for k, beat in owners.items() if now - beat > 100 * self.settings.track_lease_s]
         if gone:
-            await self.redis.hdel(OWNERS, *gone)
+            await self.redis.hdel(keys.TRACK_OWNERS, *gone)
         members = await self.redis.smembers(keys.TRACKED_CAMERAS)
         cameras = sorted(c.decode() if isinstance(c, bytes) else c for c in members)
         share = math.ceil(len(cameras) / max(1, len(alive)))
         free = [c for c in cameras if c not in self.tokens]
         holders = await self.redis.mget([keys.track_lease(c) for c in free]) if free else []
         for camera, holder in zip(free, holders):
-            if holder is None and (len(self.tokens) < share or self._unowned_since.setdefault(camera, now) < now - self.settings.track_lease_s):
-                await self._try_acquire(camera)
-            elif holder is not None:
+            if holder is not None:
                 self._unowned_since.pop(camera, None)
+            elif len(self.tokens) < share or self._unowned_since.setdefault(camera, now) < now - self.settings.track_lease_s:
+                await self._try_acquire(camera)
         self._over_share = self._over_share + 1 if len(self.tokens) > share else 0
         if self._over_share >= HAND_BACK_AFTER:
             self._over_share = 0
@@ -142,6 +147,19 @@ class TrackOwner:
             self._drop(camera, "handed over (fair share)")
             await self._release(keys=[keys.track_lease(camera)], args=[token])
         metrics.TRACKED_CAMERAS.set(len(self.tokens))
+
+    async def _retire_silent(self, now: float) -> None:
+        """Stop holding cameras with nothing in flight that sent nothing for the state's
+        lifetime (their state expires too): the tracked-cameras set and the leases stay
+        as small as the cameras actually in use. A worker re-announces a camera with its
+        next frame record."""
+        ttl = self.settings.track_state_ttl_s
+        for camera, tracker in list(self.trackers.items()):
+            if not tracker.tracks and not tracker.buffer and now - tracker.last_arrival > ttl:
+                token = self.tokens[camera]
+                self._drop(camera, f"silent for {ttl} s")
+                await self.redis.srem(keys.TRACKED_CAMERAS, camera)
+                await self._release(keys=[keys.track_lease(camera)], args=[token])
 
     async def _try_acquire(self, camera: str) -> None:
         token = f"{self.name}:{uuid.uuid4().hex}"
@@ -153,8 +171,6 @@ class TrackOwner:
         if state is not None:
             try:
                 tracker = CameraTracker.from_state(state, self.config)
-                # Silence is judged from here on: records may be waiting in the stream.
-                tracker.last_arrival = time.time()
                 metrics.TRACK_HANDOVERS.labels("resumed").inc()
             except (ValueError, KeyError, TypeError, MessageError) as exc:
                 log.error("camera %s: unusable tracking state (%s); starting afresh", camera, exc)
@@ -165,6 +181,8 @@ class TrackOwner:
             seconds, micros = await self.redis.time()
             tracker.cursor = f"{max(0, seconds * 1000 + micros // 1000 - 10_000)}-0"
             metrics.TRACK_HANDOVERS.labels("started").inc()
+        # Silence is judged from here on: records may be waiting in the stream.
+        tracker.last_arrival = time.time()
         self.tokens[camera], self.trackers[camera] = token, tracker
         log.info("tracks %s: now tracking camera %s (%s)", self.name, camera,
                  "resumed" if state is not None else "new state")
@@ -179,7 +197,7 @@ class TrackOwner:
         for camera, token in list(self.tokens.items()):
             await self._release(keys=[keys.track_lease(camera)], args=[token])
             self._drop(camera, "shutting down")
-        await self.redis.hdel(OWNERS, self.name)
+        await self.redis.hdel(keys.TRACK_OWNERS, self.name)
 
     # ------------------------------------------------------------------ tracking
     async def _step(self) -> None:
