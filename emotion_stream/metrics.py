@@ -108,7 +108,7 @@ TRACKED_CAMERAS = Gauge(f"{NS}_tracked_cameras", "Cameras whose tracking this pr
 TRACK_FRAMES_SKIPPED = Counter(
     f"{NS}_track_frames_skipped_total",
     "Frames tracking could not use: gap (no record within the reorder window), late (faces published "
-    "untracked), malformed",
+    "untracked), duplicate (a second record of a frame, dropped), malformed",
     ["reason"],
 )
 TRACK_HANDOVERS = Counter(
@@ -144,7 +144,7 @@ def init_camera_series(camera: str, *, ingest: bool = False) -> str:
     return label
 
 
-TRACK_SKIP_REASONS = ("gap", "late", "malformed")
+TRACK_SKIP_REASONS = ("gap", "late", "duplicate", "malformed")
 HANDOVER_KINDS = ("started", "resumed", "lost", "released")
 
 

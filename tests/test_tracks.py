@@ -118,6 +118,17 @@ def test_a_frame_that_never_arrives_is_skipped_after_the_window_and_counted():
     assert tracker.late == 1 and [json.loads(e)["track"] for e in late.events] == [None]
 
 
+def test_duplicated_records_never_publish_twice():
+    recs = records("cam", [Person("happy", 100, 100, 0)], 1.0)
+    twice = [r for r in recs for _ in range(2)]  # every record delivered twice
+    events, lifecycle, tracker = run(twice)
+    faces = [e for e in events if e.get("type") == "face"]
+    assert sorted(e["seq"] for e in faces) == list(range(len(recs)))
+    assert tracker.duplicates == len(recs) and tracker.late == 0
+    kinds = Counter(e.type for e in lifecycle)
+    assert kinds[TrackEventType.STARTED] == kinds[TrackEventType.ENDED] == 1
+
+
 def test_end_marker_ends_every_track_once_then_publishes_the_end():
     recs = records("cam", [Person("happy", 100, 100, 0), Person("sad", 300, 100, 0)], 1.0)
     end = FrameRecord("cam", len(recs), recs[-1].captured_at + 0.05, FrameStatus.END)

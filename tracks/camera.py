@@ -29,6 +29,9 @@ from .association import Box, Motion, associate
 from .smoothing import EmotionSmoother
 
 
+RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     timeout_s: float = 1.0
@@ -97,7 +100,9 @@ class CameraTracker:
         self.next_track_id = 1
         self.last_captured_at = 0.0
         self.last_arrival = 0.0
-        self.late = 0  # records of frames tracking had already passed
+        self.late = 0  # records of frames tracking had already passed (published untracked)
+        self.duplicates = 0  # second records of one frame (dropped)
+        self.recent: list[int] = []  # the last RECENT seqs emitted, to tell duplicates from late frames
 
     # ------------------------------------------------------------------ input
     def add(self, record: FrameRecord, arrival: float, out: TrackerOutput) -> None:
@@ -111,12 +116,16 @@ class CameraTracker:
                 self._drain(out)
                 self._end_all(TrackEndReason.CAMERA_RESTARTED, self.last_captured_at, self.next_seq - 1, out)
                 self.next_seq = record.seq
+            elif record.seq in self.recent:
+                self.duplicates += 1
+                return
             else:
                 self.late += 1
                 out.events += [face_event_from_doc(doc).to_json() for doc in record.faces]
+                self._remember(record.seq)
                 return
         if record.seq in self.buffer:
-            self.late += 1  # a second record of one frame: workers write each once, so not expected
+            self.duplicates += 1  # workers write each frame's record once; a replayed copy
             return
         self.buffer[record.seq] = (record, arrival)
 
@@ -155,9 +164,14 @@ class CameraTracker:
             self._step(self.buffer.pop(seq)[0], out)
             self.next_seq = seq + 1
 
+    def _remember(self, seq: int) -> None:
+        self.recent.append(seq)
+        del self.recent[:-RECENT]
+
     def _step(self, record: FrameRecord, out: TrackerOutput) -> None:
         at = record.captured_at
         out.frames += 1
+        self._remember(record.seq)
         self.last_captured_at = max(self.last_captured_at, at)
         for track in list(self.tracks.values()):
             if at - track.last_at > self.config.timeout_s:
@@ -224,7 +238,7 @@ class CameraTracker:
             "camera": self.camera, "cursor": self.cursor, "next_seq": self.next_seq,
             "buffer": [[r.to_json(), a] for r, a in self.buffer.values()],
             "tracks": [asdict(t) for t in self.tracks.values()], "next_track_id": self.next_track_id,
-            "last_captured_at": self.last_captured_at, "last_arrival": self.last_arrival,
+            "last_captured_at": self.last_captured_at, "last_arrival": self.last_arrival, "recent": self.recent,
         }, separators=(",", ":"))
 
     @classmethod
@@ -241,6 +255,7 @@ class CameraTracker:
             tracker.tracks[t["id"]] = Track(**t)
         tracker.next_track_id = doc["next_track_id"]
         tracker.last_captured_at, tracker.last_arrival = doc["last_captured_at"], doc["last_arrival"]
+        tracker.recent = list(doc.get("recent", []))
         return tracker
 
     def active(self) -> Iterator[Track]:

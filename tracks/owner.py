@@ -230,12 +230,16 @@ class TrackOwner:
                     self._throttled.warning(f"record:{camera}", "camera %s: skipped frame record %s: %s",
                                             camera, tracker.cursor, exc)
                     continue
-                before = tracker.late
+                late, duplicates = tracker.late, tracker.duplicates
                 tracker.add(record, now, out)
-                if tracker.late > before:
+                if tracker.late > late:
                     metrics.TRACK_FRAMES_SKIPPED.labels("late").inc()
                     self._throttled.warning(f"late:{camera}", "camera %s: frame %d arrived after tracking passed "
                                             "it; its faces are published without a track", camera, record.seq)
+                elif tracker.duplicates > duplicates:
+                    metrics.TRACK_FRAMES_SKIPPED.labels("duplicate").inc()
+                    self._throttled.warning(f"dup:{camera}", "camera %s: a second record of frame %d; dropped",
+                                            camera, record.seq)
         pipe = self.redis.pipeline(transaction=False)
         pending: list[tuple[str, TrackerOutput]] = []
         for camera, tracker in list(self.trackers.items()):
