@@ -49,6 +49,12 @@ def format_text(summary: dict[str, object]) -> str:
             lines.append(f"    {row['detector']:<14} {row['size']!s:>4}{star} {row['photo_cpu_ms']:9.2f} "
                          f"{row['photos_with_face']:>9}/{det['photos']:<5} {row['frame_cpu_ms']:9.2f} "
                          f"{row['frame_faces']:>8}/{det['planted_faces']:<3}")
+    classifiers = summary.get("classifier")
+    if classifiers:
+        lines.append("    classifier alone (CPU ms per face, including crop preparation):")
+        for name, row in classifiers.items():  # type: ignore[union-attr]
+            lines.append(f"    {name:<24} {row['model']:<36} " + ", ".join(
+                f"{k} {v:.2f}" for k, v in row["cpu_ms_per_face"].items()))
     for key, title in (("direct", "(b) direct analyzer  "), ("direct_opencv", "    same, opencv     ")):
         d = summary.get(key)
         if d:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from emotion_stream import keys, metrics
 from emotion_stream.embedded_redis import EmbeddedRedis
 from emotion_stream.redis_conn import connect
@@ -193,6 +195,27 @@ def run_direct(config: BenchConfig, analyzer) -> dict[str, object]:  # type: ign
         "stage_cpu_ms_per_image": {k: 1000 * v / n for k, v in cpu.items()},
         "processes": usage.summaries(),
     }
+
+
+def run_classifiers(models: dict[str, object], batches: tuple[int, ...] = (1, 16, 64)) -> dict[str, object]:
+    """Classifier alone, side by side: CPU ms per face at a few batch sizes, on face
+    crops of the sample portrait (preparation included: resize, colour, scaling)."""
+    from ingest.samples import sample_face
+
+    face = sample_face()
+    crops = [np.ascontiguousarray(np.roll(face, i, axis=1)[:300, 100:400]) for i in range(64)]
+    rows = {}
+    for name, model in models.items():
+        model.warm_up()  # type: ignore[attr-defined]
+        row = {}
+        for size in batches:
+            calls = max(3, 256 // size)
+            c = time.process_time()
+            for i in range(calls):
+                model.predict_proba(crops[:size])  # type: ignore[attr-defined]
+            row[f"batch {size}"] = 1000 * (time.process_time() - c) / (calls * size)
+        rows[name] = {"model": model.id, "cpu_ms_per_face": row}  # type: ignore[attr-defined]
+    return rows
 
 
 # ------------------------------------------------------------------------- (c)

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0)
     p.add_argument("--original-limit", type=number(int, 1), default=60, help="images timed on the slow original path")
     p.add_argument("--only", default="original,detector,direct,batch,live",
-                   help="comma-separated subset of original,detector,direct,batch,live,tracks (default %(default)s)")
+                   help="comma-separated subset of original,detector,classifier,direct,batch,live,tracks (default %(default)s)")
+    p.add_argument("--compare-model", action="append", default=[], metavar="PATH",
+                   help="classifier scenario: also time this model (repeatable); the FER2013 baseline is always timed")
     p.add_argument("--people", type=Path, default=None, metavar="DIR",
                    help="(e) tracks: labelled face photos, DIR/<label>/*.jpg or with --people-labels")
     p.add_argument("--people-labels", type=Path, default=None, metavar="CSV",
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from model import EmotionModel, FaceAnalyzer, create_detector
 
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - {"original", "detector", "direct", "batch", "live", "tracks"}
+    unknown = chosen - {"original", "detector", "classifier", "direct", "batch", "live", "tracks"}
     if unknown:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     people = _people(args) if "tracks" in chosen else []
@@ -79,6 +81,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results["original"] = run_original(config)
         if "detector" in chosen:
             results["detector"] = run_detectors(config)
+        if "classifier" in chosen:
+            from bench.scenarios import run_classifiers
+
+            compared = {"configured": model, "fer2013": EmotionModel("fer2013")}
+            for path in args.compare_model:
+                compared[str(path)] = EmotionModel(path)
+            results["classifier"] = run_classifiers(compared)
         if "direct" in chosen:
             results["direct"] = run_direct(config, FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side)))
             if config.detector != "opencv":
