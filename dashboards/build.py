@@ -45,7 +45,8 @@ PANELS: tuple[Panel, ...] = (
             "p99": quantile(0.99, "end_to_end_seconds"),
         },
         unit="s",
-        description="Per frame, from the camera capture time to the worker publishing its events.",
+        description="Per frame, from the camera capture time to the worker publishing its events (with tracking, "
+        "its frame record; the tracked event's latency is in the tracking panel).",
     ),
     Panel(
         "Stage latency p95",

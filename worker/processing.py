@@ -63,7 +63,7 @@ class FrameProcessor:
             for frame, still in zip(frames, fallback):
                 try:
                     results.append(self.analyzer.analyze_batch([frame], whole_image_fallback=[still], times=stage)[0])
-                except Exception as exc:
+                except Exception as exc:  # reported per frame
                     results.append(exc)  # type: ignore[arg-type]
         for i, faces in zip(owners, results):
             if isinstance(faces, Exception):
