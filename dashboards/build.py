@@ -155,8 +155,8 @@ PANELS: tuple[Panel, ...] = (
         description="gap: no record within the reorder window; late: published without a track.",
     ),
     Panel(
-        "Model and detector",
-        {"{{model}} / {{detector}}": f"count by (model, detector) ({NS}_model_info)"},
+        "Model, detector, backend and device",
+        {"{{model}} / {{detector}} on {{backend}} {{device}}": f"count by (model, detector, backend, device) ({NS}_model_info)"},
         kind="table",
     ),
 )

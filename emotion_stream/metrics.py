@@ -117,7 +117,7 @@ TRACK_HANDOVERS = Counter(
 TRACKED_EVENT_SECONDS = Histogram(
     f"{NS}_tracked_event_seconds", "Capture to publication of a track-annotated face event", buckets=LATENCY_BUCKETS
 )
-MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector")
+MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector, the Keras backend and its device (cpu or gpu:<name>)")
 
 # ---------------------------------------------------------------- webrtc gateway
 PEERS_CONNECTED = Gauge(f"{NS}_webrtc_peers", "Browser peer connections open")
@@ -156,7 +156,7 @@ def init_tracking_series() -> None:
         TRACK_HANDOVERS.labels(kind)
 
 
-def init_worker_series(detector: str, model: str) -> None:
+def init_worker_series(detector: str, model: str, backend: str = "", device: str = "") -> None:
     from emotion_stream.labels import EMOTIONS
 
     for emotion in EMOTIONS:
@@ -167,4 +167,4 @@ def init_worker_series(detector: str, model: str) -> None:
         STAGE_BUSY_SECONDS.labels(stage)
     FACES_DETECTED.labels(detector)
     REDIS_ERRORS.labels("worker")
-    MODEL_INFO.info({"model": model, "detector": detector})
+    MODEL_INFO.info({"model": model, "detector": detector, "backend": backend, "device": device})

@@ -16,7 +16,7 @@ from emotion_stream.labels import EMOTIONS, canonical
 from .calibration import abstain
 from .metadata import ModelMetadata, Preprocessing, sidecar_path
 from .preprocessing import to_model_input
-from .runtime import tensorflow
+from .runtime import compile_inference, device, keras_backend
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class EmotionModel:
         if uncertain_below is not None and not 0 < uncertain_below <= 1:
             raise ValueError(f"uncertain_below must be in (0, 1], got {uncertain_below}")
         self.uncertain_below = uncertain_below
-        tf = tensorflow(threads)
+        self.backend = keras_backend(threads)
         self._keras = _load_keras(path)
         if meta is None and sidecar_path(path).is_file():
             try:
@@ -107,21 +107,11 @@ class EmotionModel:
         self.metadata = self._complete_metadata(meta, labels, preprocessing)
         self._mapping = _label_matrix(self.metadata.labels, path)
         self.id = f"{self.metadata.name}@{_short_hash(path)}"
-        needs_softmax = not _ends_in_softmax(self._keras)
-        spec = tf.TensorSpec(
-            [None, self.metadata.input_height, self.metadata.input_width, self.metadata.channels],
-            tf.float32,
-        )
-        keras_model = self._keras
-
-        # One trace for every batch size: no per-call Keras predict() overhead.
-        @tf.function(input_signature=[spec])
-        def infer(x):  # type: ignore[no-untyped-def]
-            y = keras_model(x, training=False)
-            return tf.nn.softmax(y) if needs_softmax else y
-
-        self._infer = infer
-        log.info("loaded %s (%s, %d outputs)", self.id, path.name, len(self.metadata.labels))
+        # Compiled once: no per-call Keras predict() overhead.
+        self._infer = compile_inference(self._keras, softmax=not _ends_in_softmax(self._keras))
+        self.device = device()
+        log.info("loaded %s (%s, %d outputs) on %s, %s", self.id, path.name, len(self.metadata.labels),
+                 self.backend, self.device)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -153,7 +143,7 @@ class EmotionModel:
         bucket = next(b for b in BATCH_BUCKETS if b >= n)
         if bucket > n:
             batch = np.concatenate([batch, np.zeros((bucket - n, *batch.shape[1:]), np.float32)])
-        raw = self._infer(batch).numpy()[:n]
+        raw = self._infer(batch)[:n]
         return raw @ self._mapping
 
     def warm_up(self, max_batch: int = BATCH_BUCKETS[-1]) -> None:

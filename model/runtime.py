@@ -1,17 +1,23 @@
-"""TensorFlow import and device/thread set-up, done once per process.
+"""The deep-learning runtime in one place: the Keras backend, its device and threads, and
+compiled inference.
 
-Importing TensorFlow costs seconds, so nothing imports it at module level; commands that
-need a model call :func:`tensorflow` first.
+``KERAS_BACKEND`` picks TensorFlow (the default), JAX or PyTorch; everything that runs a
+network goes through :func:`compile_inference`, so nothing else in the project is
+specific to one of them. Importing any of them costs seconds, so nothing imports them at
+module level; commands that need a model call :func:`keras_backend` (via EmotionModel).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -72,5 +78,95 @@ def share_cores(workers: int) -> int:
     return previous
 
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+@cache
+def keras_backend(threads: int | None = None) -> str:
+    """Set up the backend named by ``KERAS_BACKEND`` (threads, GPU memory growth) before
+    Keras is imported, and return its name."""
+    name = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if name not in BACKENDS:
+        raise RuntimeError(f"KERAS_BACKEND={name!r}: use one of {', '.join(BACKENDS)}")
+    if name == "tensorflow":
+        tensorflow(threads)
+    elif name == "jax":
+        if threads:  # read by XLA when it starts, so set before the first import
+            os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                                  f"intra_op_parallelism_threads={threads}")
+    else:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+    with quiet_stderr():
+        import keras
+
+    backend = str(keras.backend.backend())
+    log.debug("Keras %s on %s (%s)", keras.__version__, backend, device())
+    return backend
+
+
+def device() -> str:
+    """Where the backend runs models: ``cpu`` or ``gpu:<name>``."""
+    name = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if name == "jax":
+        import jax
+
+        first = jax.devices()[0]
+        return "cpu" if first.platform == "cpu" else f"gpu:{first.device_kind}"
+    if name == "torch":
+        import torch
+
+        return f"gpu:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    gpus = tensorflow().config.list_physical_devices("GPU")
+    return f"gpu:{gpus[0].name}" if gpus else "cpu"
+
+
+def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` (a Keras model) as a compiled function float32 batch -> probabilities,
+    with the backend's own compiler: one ``tf.function`` trace for every batch size, a
+    ``jax.jit`` per batch shape (callers pad to a few sizes), eager PyTorch without
+    autograd (``torch.compile`` when on a GPU, where it pays)."""
+    backend = keras_backend()
+    if backend == "tensorflow":
+        tf = tensorflow()
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def infer_tf(x):  # type: ignore[no-untyped-def]
+            y = model(x, training=False)
+            return tf.nn.softmax(y) if softmax else y
+
+        return lambda x: infer_tf(x).numpy()  # type: ignore[no-any-return]
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        fixed = [v.value for v in model.non_trainable_variables]
+
+        @jax.jit
+        def infer_jax(trainable, fixed, x):  # type: ignore[no-untyped-def]
+            y, _ = model.stateless_call(trainable, fixed, x, training=False)
+            return jax.nn.softmax(y) if softmax else y
+
+        return lambda x: np.asarray(infer_jax(trainable, fixed, x))
+    import torch
+
+    call = model
+    if torch.cuda.is_available():
+        call = torch.compile(model)
+
+    def infer_torch(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = call(x, training=False)
+            if softmax:
+                y = torch.softmax(y, dim=-1)
+            return y.detach().cpu().numpy()  # type: ignore[no-any-return]
+
+    return infer_torch
+
+
 def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (for TensorFlow-only parts such as MTCNN)."""
     return bool(tensorflow().config.list_physical_devices("GPU"))

@@ -109,12 +109,13 @@ class Worker:
         self._token = uuid.uuid4().hex
         self._hold_name = client.register_script(_HOLD_NAME)
         self._release_name = client.register_script(_RELEASE_NAME)
-        metrics.init_worker_series(self.detector, self.model_id)
+        metrics.init_worker_series(self.detector, self.model_id, analyzer.model.backend, analyzer.model.device)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("worker %s: detector=%s model=%s batch=%d wait=%dms", self.name, self.detector,
-                 self.model_id, self.settings.batch_size, self.settings.max_wait_ms)
+        log.info("worker %s: detector=%s model=%s on %s/%s batch=%d wait=%dms", self.name, self.detector,
+                 self.model_id, self.analyzer.model.backend, self.analyzer.model.device, self.settings.batch_size,
+                 self.settings.max_wait_ms)
         await asyncio.get_running_loop().run_in_executor(
             self.executor, self.analyzer.model.warm_up, 2 * self.settings.batch_size  # ~2 faces a frame
         )
