@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-cameras", type=number(int, 0), default=0, metavar="N",
                    help="also run (d) with N more cameras announced that never send a frame")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--device-check", action="store_true",
+                   help="check that the accelerator does the work: classifier, direct and batch paths on the GPU, "
+                        "the classifier on the CPU, GPU utilisation; exit 3 without a GPU, 4 if it stayed idle")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,6 +77,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             cameras=args.cameras, fps=args.fps, live_seconds=args.live_seconds, original_limit=args.original_limit,
             detect_max_side=settings.detect_max_side,
         )
+        if args.device_check:
+            from bench import device_check
+
+            code, report = device_check.run(config, settings)
+            print(device_check.format_text(report))
+            return code
         model = EmotionModel(settings.model_path)
         results: dict[str, dict[str, object]] = {"config": {
             "images": str(folder), "count": len(images), "detector": config.detector, "model": model.id}}

@@ -81,6 +81,11 @@ END_TO_END_SECONDS = Histogram(
     ["detector", "model"],
     buckets=LATENCY_BUCKETS,
 )
+CLASSIFY_BATCH_FACES = Histogram(
+    f"{NS}_classify_batch_faces", "Faces per classifier call (the accelerator's batch size)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+CPU_STAGE_QUEUE = Gauge(f"{NS}_cpu_stage_queue_frames", "Frames waiting for or in decode + detection on the CPU pool")
 BATCH_FRAMES = Histogram(f"{NS}_batch_frames", "Frames per micro-batch", buckets=BATCH_BUCKETS)
 BACKLOG = Gauge(
     f"{NS}_stream_backlog_frames",

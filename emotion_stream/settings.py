@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------
     batch_size: int = Field(16, ge=1, le=1024, description="frames per micro-batch")
     max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest wait to fill a micro-batch")
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256,
+        description="threads that decode and detect for one worker (the classifier then sees every face "
+        "of a micro-batch at once); unset: the cores, shared among in-process workers",
+    )
     max_frame_age_s: float = Field(2.0, gt=0, description="live frames older than this are skipped")
     claim_idle_ms: int = Field(15_000, ge=100, description="reclaim entries pending this long")
     worker_name: str | None = Field(None, description="consumer name, unique per worker; unset: host-pid")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +45,13 @@ class FaceAnalyzer:
     whole (Kaggle test images are often tight crops); the result says so.
     """
 
-    def __init__(self, model: EmotionModel, detector: FaceDetector) -> None:
+    def __init__(self, model: EmotionModel, detector: FaceDetector,
+                 new_detector: Callable[[], FaceDetector] | None = None) -> None:
         self.model = model
         self.detector = detector
+        # More detectors like this one, for detection on several threads (a detector is
+        # not thread-safe; the model is).
+        self.new_detector = new_detector
 
     @classmethod
     def from_settings(cls, settings: Settings, model: EmotionModel | None = None) -> FaceAnalyzer:
@@ -56,7 +60,10 @@ class FaceAnalyzer:
         if model is None:
             model = EmotionModel(str(settings.model_path) if settings.model_path else None,
                                  uncertain_below=settings.uncertain_below)
-        return cls(model, create_detector(settings.detector, settings.detect_max_side))
+        def new_detector() -> FaceDetector:
+            return create_detector(settings.detector, settings.detect_max_side)
+
+        return cls(model, new_detector(), new_detector)
 
     def analyze(self, frame: np.ndarray, *, whole_image_fallback: bool = False) -> list[FaceResult]:
         return self.analyze_batch([frame], whole_image_fallback=[whole_image_fallback])[0]

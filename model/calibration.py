@@ -25,29 +25,31 @@ def logits_of(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0))
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, weights: np.ndarray | None = None) -> float:
     p = softmax(logits, temperature)[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
+    return float(-np.average(np.log(np.clip(p, 1e-12, 1.0)), weights=weights))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
-    """The T minimising the negative log-likelihood of ``labels`` (golden-section search
-    on log T: the NLL is unimodal in T, and one scalar needs no optimiser library)."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0,
+                    weights: np.ndarray | None = None) -> float:
+    """The T minimising the (``weights``-weighted) negative log-likelihood of ``labels``
+    (golden-section search on log T: the NLL is unimodal in T, and one scalar needs no
+    optimiser library)."""
     if len(labels) == 0:
         raise ValueError("temperature scaling needs at least one labelled example")
     a, b = np.log(low), np.log(high)
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(logits, labels, np.exp(c)), nll(logits, labels, np.exp(d))
+    fc, fd = nll(logits, labels, np.exp(c), weights), nll(logits, labels, np.exp(d), weights)
     for _ in range(60):
         if fc < fd:
             b, d, fd = d, c, fc
             c = b - ratio * (b - a)
-            fc = nll(logits, labels, np.exp(c))
+            fc = nll(logits, labels, np.exp(c), weights)
         else:
             a, c, fc = c, d, fd
             d = a + ratio * (b - a)
-            fd = nll(logits, labels, np.exp(d))
+            fd = nll(logits, labels, np.exp(d), weights)
     return float(np.exp((a + b) / 2.0))
 
 

@@ -150,7 +150,10 @@ def test_compose_file_runs_real_commands_with_valid_flags():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["emotion-stream"]' in dockerfile
     parser = build_parser()
-    for name in ("worker", "ingest", "webrtc"):
+    # Every package the project installs is copied into the image.
+    for package in ("emotion_stream", "model", "tracks", "ingest", "worker", "batch", "bench", "cli"):
+        assert f"COPY {package} ./{package}" in dockerfile, package
+    for name in ("worker", "ingest", "webrtc", "worker-gpu"):
         service = services[name]
         assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert service["environment"]["EMOTION_STREAM_METRICS_HOST"] == "0.0.0.0"
@@ -158,7 +161,11 @@ def test_compose_file_runs_real_commands_with_valid_flags():
             args = parser.parse_args(service["command"])
         except SystemExit:
             pytest.fail(f"compose service {name} runs an invalid command: {service['command']}")
-        assert args.command == name
+        assert args.command == name.removesuffix("-gpu")
+    # The GPU worker: its own image variant, a GPU reserved, only with --profile gpu.
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"] == {"GPU": "1"} and "ARG GPU=0" in dockerfile
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     # Prometheus scrapes the port the services serve metrics on; Grafana mounts real files.
     scrape = yaml.safe_load((ROOT / "dashboards/prometheus.yml").read_text())
     ports = {c["port"] for job in scrape["scrape_configs"] for c in job["dns_sd_configs"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from emotion_stream.redis_conn import connect
 from emotion_stream.settings import Settings
@@ -27,10 +28,12 @@ def start_in_process(
 ) -> list[asyncio.Task[None]]:
     """``count`` workers in this process (batch mode, the demo, the benchmark), named
     ``{name}-{i}``: they share one model (its compiled function is thread-safe) and each
-    has its own detector and CPU thread (detectors are not thread-safe)."""
+    has its own detectors and CPU threads (detectors are not thread-safe); the cores are
+    shared among them unless ``cpu_threads`` says otherwise."""
+    threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, count))
     return [
         asyncio.create_task(serve(
-            settings.model_copy(update={"worker_name": f"{name}-{i}"}), redis_url, stop,
+            settings.model_copy(update={"worker_name": f"{name}-{i}", "cpu_threads": threads}), redis_url, stop,
             FaceAnalyzer.from_settings(settings, model),
         ))
         for i in range(count)

@@ -95,7 +95,8 @@ class Worker:
         self.name = settings.worker_name or default_worker_name()
         self.group = ConsumerGroup(client, self.name)
         self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
-        self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels))
+        self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+                                        threads=settings.cpu_threads or os.cpu_count() or 1)
         self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=2 * settings.batch_size)
         # One CPU thread per worker; OpenCV and TensorFlow release the GIL, so several
         # workers (processes, or in-process for batch mode) use several cores.
@@ -142,6 +143,7 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             await self._leave()
             self.executor.shutdown(wait=True)
+            self.processor.close()
         log.info("worker %s: stopped", self.name)
 
     async def _until_connected(self, stop: asyncio.Event) -> None:

@@ -1,0 +1,78 @@
+"""Backend neutrality: the same model gives the same answers on TensorFlow and JAX, and
+the model and analyzer tests pass under JAX too (CPU; a GPU machine runs the same code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_PROBE = """
+import json, sys
+import numpy as np
+from ingest.samples import sample_face
+from model import EmotionModel
+face = sample_face()
+crops = [face, face[::2, ::2], np.ascontiguousarray(face[:, ::-1]), face[50:450, 100:500]]
+out = {}
+for weights in (None, "fer2013"):
+    model = EmotionModel(weights)
+    out[str(weights)] = {"backend": model.backend, "device": model.device,
+                         "p": model.predict_proba(crops).tolist()}
+print(json.dumps(out))
+"""
+
+
+def _probe(backend: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not _has("jax"), reason="jax is not installed (it is in the test extra)")
+def test_tensorflow_and_jax_give_the_same_probabilities():
+    tf, jax = _probe("tensorflow"), _probe("jax")
+    for weights in tf:
+        assert tf[weights]["backend"] == "tensorflow" and jax[weights]["backend"] == "jax"
+        a, b = np.array(tf[weights]["p"]), np.array(jax[weights]["p"])
+        assert a.shape == (4, 9)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        assert (a.argmax(1) == b.argmax(1)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has("jax"), reason="jax is not installed (it is in the test extra)")
+def test_model_and_analyzer_tests_pass_under_jax():
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_model.py",
+         "tests/test_blazeface.py", "tests/test_calibration.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_device_check_fails_when_forced_onto_the_cpu():
+    """The GPU check must not pass on a run that used no accelerator."""
+    exe = str(Path(sys.executable).with_name("emotion-stream"))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([exe, "bench", "--device-check"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stdout + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["device"] == "cpu" and "no GPU" in report["verdict"]
