@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -49,22 +50,29 @@ def tensorflow(threads: int | None = None) -> ModuleType:
     return tf
 
 
+_STDERR_LOCK = threading.RLock()
+
+
 @contextmanager
 def quiet_stderr() -> Iterator[None]:
     """Hide the C++ banners TensorFlow and TFLite print while loading (oneDNN notice, XNNPACK):
     they are written before TF_CPP_MIN_LOG_LEVEL takes effect. Python errors raised by
-    the import still surface, after stderr is restored."""
+    the import still surface, after stderr is restored. File descriptor 2 is process-wide:
+    two threads interleaving their save/restore would leave it pointing at /dev/null (all
+    later logs lost), hence the lock; load models at start-up, not while serving, since
+    what other threads log meanwhile is hidden too."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "0":
         yield
         return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with _STDERR_LOCK:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def share_cores(workers: int) -> int:

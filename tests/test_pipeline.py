@@ -9,7 +9,7 @@ import cv2
 
 from emotion_stream import keys
 from emotion_stream.labels import EMOTIONS
-from emotion_stream.schema import EndOfStream, FaceEvent, FrameKind, FrameMessage, TrackEvent, parse_event
+from emotion_stream.schema import EndOfStream, FaceEvent, FrameKind, FrameMessage, FrameRecord, TrackEvent, parse_event
 from ingest.samples import sample_frame, write_clip
 
 from .procs import wait_for
@@ -82,15 +82,21 @@ def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_cli
     survivor = services("survivor", "worker", "--redis", url, *WORKER_FLAGS, *slow, "--name", "survivor")
     ingest = services("ingest", "ingest", str(clip), "--camera", "door", "--redis", url, "--fps", "40")
 
-    def victim_has_pending():
-        try:
-            info = redis_client.xpending_range(keys.frames("door"), keys.WORKER_GROUP, "-", "+", 10, consumername="victim")
-        except Exception:
+    def victim_frozen_holding_frames():
+        # Frame records appear when a worker acks (events only after tracking's reorder
+        # window). Once the victim has finished a frame, freeze it; keep it frozen only
+        # if it holds unacknowledged frames, so the kill is sure to leave some behind.
+        done = any(face["worker"] == "victim" for _id, f in redis_client.xrange(keys.analysed("door"))
+                   for face in FrameRecord.from_json(f[b"frame"]).faces)
+        if not done:
             return False
-        done = any(f.worker == "victim" for f in faces_of(redis_client, "door"))
-        return bool(info) and done
+        victim.signal(signal.SIGSTOP)
+        held = redis_client.xpending_range(keys.frames("door"), keys.WORKER_GROUP, "-", "+", 10, consumername="victim")
+        if not held:
+            victim.signal(signal.SIGCONT)
+        return bool(held)
 
-    wait_for(victim_has_pending, 120, "the victim worker to hold in-flight frames")
+    wait_for(victim_frozen_holding_frames, 120, "the victim worker to hold in-flight frames", interval=0.02)
     victim.signal(signal.SIGKILL)
     assert victim.wait(10) == -signal.SIGKILL
     assert ingest.wait(60) == 0, ingest.output

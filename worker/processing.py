@@ -9,6 +9,7 @@ so more threads and larger micro-batches (``--batch-size``) fill the accelerator
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,12 @@ class FrameProcessor:
         self.threads = threads if analyzer.new_detector is not None else 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="detect") if self.threads > 1 else None
         self._local = threading.local()
+        # One detector per pool thread, made now: loading a model hides stderr for a moment
+        # (runtime.quiet_stderr), which must not happen while other threads log.
+        self._spare: queue.SimpleQueue[FaceDetector] = queue.SimpleQueue()
+        if self._pool is not None and analyzer.new_detector is not None:
+            for _ in range(self.threads):
+                self._spare.put(analyzer.new_detector())
         self._queued = 0  # frames handed to the pool and not finished (a metric)
         self._lock = threading.Lock()
 
@@ -132,7 +139,7 @@ class FrameProcessor:
             return self.analyzer.detector
         detector = getattr(self._local, "detector", None)
         if detector is None:
-            detector = self._local.detector = self.analyzer.new_detector()
+            detector = self._local.detector = self._spare.get_nowait()
         return detector  # type: ignore[no-any-return]
 
     def _track_queue(self, delta: int) -> None:
