@@ -140,11 +140,22 @@ class EmotionModel:
         if n > BATCH_BUCKETS[-1]:
             step = BATCH_BUCKETS[-1]
             return np.concatenate([self.predict_proba(batch[i : i + step]) for i in range(0, n, step)])
+        if self.metadata.flip_average:
+            # Faces and their mirror images in one call (up to the largest bucket).
+            half = BATCH_BUCKETS[-1] // 2
+            if n > half:
+                return np.concatenate([self.predict_proba(batch[i : i + half]) for i in range(0, n, half)])
+            both = self._run(np.concatenate([batch, batch[:, :, ::-1]]))
+            return (both[:n] + both[n:]) / 2 @ self._mapping
+        return self._run(batch) @ self._mapping
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """The network on a batch padded to the next bucket size."""
+        n = len(batch)
         bucket = next(b for b in BATCH_BUCKETS if b >= n)
         if bucket > n:
             batch = np.concatenate([batch, np.zeros((bucket - n, *batch.shape[1:]), np.float32)])
-        raw = self._infer(batch)[:n]
-        return raw @ self._mapping
+        return self._infer(batch)[:n]
 
     def warm_up(self, max_batch: int = BATCH_BUCKETS[-1]) -> None:
         """Run every batch bucket once, so the first real frames do not pay for it."""

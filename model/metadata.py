@@ -31,6 +31,7 @@ class ModelMetadata:
     preprocessing: Preprocessing
     name: str = "model"
     face_margin: float = 0.2  # crop margin (fraction of the face box) the model was trained with
+    flip_average: bool = False  # average each face's probabilities with its mirror image (chosen on validation)
     extra: dict[str, object] = field(default_factory=dict)  # provenance, metrics, licence
 
     def to_json(self) -> str:

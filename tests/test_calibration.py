@@ -117,3 +117,24 @@ def test_camera_augmentation_keeps_shape_and_changes_pixels(face_bgr):
     assert all(np.abs(o.astype(int) - grey).mean() > 2 for o in out)
     colour = CameraAugment()(cv2.resize(face_bgr, (96, 96)), rng)
     assert colour.shape == (96, 96, 3)
+
+
+def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror(tmp_path, face_bgr):
+    """A model whose metadata asks for test-time flip averaging returns, for each face,
+    the mean of its own and its mirror image's probabilities, at every batch size."""
+    import json
+    import shutil
+
+    from model import EmotionModel
+    from model.emotion_model import BUNDLED_WEIGHTS
+
+    plain = EmotionModel()
+    shutil.copy(BUNDLED_WEIGHTS, tmp_path / "m.keras")
+    meta = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps({**meta, "flip_average": True}))
+    flipping = EmotionModel(tmp_path / "m.keras")
+    faces = [face_bgr, np.ascontiguousarray(face_bgr[:, ::-1]), face_bgr[40:440, 60:460]] * 15  # 45: two calls
+    mirrored = [np.ascontiguousarray(f[:, ::-1]) for f in faces]
+    expected = (plain.predict_proba(faces) + plain.predict_proba(mirrored)) / 2
+    np.testing.assert_allclose(flipping.predict_proba(faces), expected, atol=1e-5)
+    np.testing.assert_allclose(flipping.predict_proba(faces[:1]), expected[:1], atol=1e-5)
