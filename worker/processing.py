@@ -74,11 +74,13 @@ class FrameProcessor:
         else:
             self._track_queue(len(messages))
             prepared = list(self._pool.map(self._decode_detect, messages))
-        frames, found, owners = [], [], []
+        frames: list[np.ndarray] = []
+        found: list[list[Detection] | None] = []
+        owners: list[int] = []
         for i, (frame, detections, error, decode_s, detect_s) in enumerate(prepared):
             times.decode += decode_s
             times.detect += detect_s
-            if error:
+            if frame is None:
                 out[i].error, out[i].error_kind = error, DeadLetterKind.UNDECODABLE_IMAGE
             else:
                 frames.append(frame)
@@ -140,7 +142,7 @@ class FrameProcessor:
         detector = getattr(self._local, "detector", None)
         if detector is None:
             detector = self._local.detector = self._spare.get_nowait()
-        return detector  # type: ignore[no-any-return]
+        return detector
 
     def _track_queue(self, delta: int) -> None:
         with self._lock:
