@@ -159,9 +159,9 @@ class _TFLiteRunner:
     per image here (3.8 ms at 1, 4.5 ms at 16; the working set outgrows the cache)."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        from .runtime import quiet_stderr
+        from .runtime import quiet_stderr, tflite_interpreter_class
 
-        interpreter_cls = _tflite_interpreter_class()
+        interpreter_cls = tflite_interpreter_class()
         with warnings.catch_warnings(), quiet_stderr():
             # tf.lite.Interpreter warns that it moves to ai_edge_litert (same API), and
             # the XNNPACK delegate announces itself on stderr.
@@ -205,16 +205,6 @@ class _OpenCVRunner:
                 boxes.append(raw_boxes.reshape(-1, 16))
                 scores.append(raw_scores.reshape(-1))
         return np.stack(boxes), np.stack(scores)
-
-
-def _tflite_interpreter_class() -> type:
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
-    except ImportError:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter  # type: ignore[no-any-return]
-    return Interpreter  # type: ignore[no-any-return]
 
 
 RUNTIMES = ("auto", "tflite", "opencv")

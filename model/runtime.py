@@ -175,6 +175,17 @@ def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.nd
     return infer_torch
 
 
+def tflite_interpreter_class() -> type:
+    """The TFLite interpreter (BlazeFace): LiteRT's when installed, else TensorFlow's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter  # type: ignore[no-any-return]
+    return Interpreter  # type: ignore[no-any-return]
+
+
 def has_gpu() -> bool:
     """Whether TensorFlow sees a GPU (for TensorFlow-only parts such as MTCNN)."""
     return bool(tensorflow().config.list_physical_devices("GPU"))
