@@ -76,3 +76,38 @@ def test_device_check_fails_when_forced_onto_the_cpu():
     assert result.returncode == 3, result.stdout + result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["device"] == "cpu" and "no GPU" in report["verdict"]
+
+
+def test_cpu_pool_and_one_classifier_call_per_micro_batch_under_load(redis_server, redis_client, services):
+    """Three cameras of two faces each, queued up, then one worker with a pool of CPU
+    threads: every frame is analysed once, and the classifier sees the faces of many
+    frames in each call (the batch an accelerator needs)."""
+    from emotion_stream import keys
+    from emotion_stream.embedded_redis import free_port
+
+    from .procs import wait_for
+    from .test_observability import sample_value, scrape
+
+    url = redis_server.url
+    cameras = ("pool-a", "pool-b", "pool-c")
+    for camera in cameras:  # a backlog first, so micro-batches fill up
+        feeder = services(f"ingest-{camera}", "ingest", "sample:2", "--camera", camera, "--redis", url,
+                          "--fps", "30", "--duration", "3")
+        assert feeder.wait(60) == 0, feeder.output
+    port = free_port()
+    worker = services("worker", "worker", "--redis", url, "--cpu-threads", "2", "--batch-size", "16",
+                      "--max-frame-age", "600", "--metrics-port", str(port))
+
+    def stats() -> list[tuple[int, int]]:
+        return [(int(redis_client.hget(keys.stats(c), "ingested") or 0), int(redis_client.hget(keys.stats(c), "processed") or 0))
+                for c in cameras]
+
+    wait_for(lambda: all(p == i > 30 for i, p in stats()), 180, "every queued frame analysed")
+    text = scrape(port)
+    calls = sample_value(text, "emotion_stream_classify_batch_faces_count")
+    faces = sample_value(text, "emotion_stream_classify_batch_faces_sum")
+    frames = sum(i for i, _ in stats())
+    assert faces >= 2 * frames * 0.9  # two faces a frame, found
+    assert faces / calls >= 8, (faces, calls)  # many frames' faces per classifier call
+    assert sample_value(text, "emotion_stream_cpu_stage_queue_frames") == 0
+    assert worker.stop() == 0
