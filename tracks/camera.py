@@ -7,7 +7,6 @@ every batch of events it emits, so the state and the events can never disagree.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -73,7 +72,7 @@ class TrackerOutput:
     lifecycle: list[TrackEvent] = field(default_factory=list)
     frames: int = 0
     gaps: int = 0  # frames given up on after the reorder window
-    latencies: list[float] = field(default_factory=list)  # captured_at of each emitted face
+    captured: list[float] = field(default_factory=list)  # capture time of each emitted face (latency metric)
     emotion_seconds: dict[str, float] = field(default_factory=dict)  # shown-label time added by this flush
 
     def merge(self, other: TrackerOutput) -> None:
@@ -81,7 +80,7 @@ class TrackerOutput:
         self.lifecycle += other.lifecycle
         self.frames += other.frames
         self.gaps += other.gaps
-        self.latencies += other.latencies
+        self.captured += other.captured
         for emotion, seconds in other.emotion_seconds.items():
             self.emotion_seconds[emotion] = self.emotion_seconds.get(emotion, 0.0) + seconds
 
@@ -205,7 +204,7 @@ class CameraTracker:
                     out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at,
                                                     record.seq, emotion=track.smoother.shown, previous=previous))
             out.events.append(replace(face, track=track.id, track_emotion=track.smoother.shown).to_json())
-            out.latencies.append(face.captured_at)
+            out.captured.append(face.captured_at)
 
     def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
                out: TrackerOutput) -> Track:
@@ -257,9 +256,6 @@ class CameraTracker:
         tracker.last_captured_at, tracker.last_arrival = doc["last_captured_at"], doc["last_arrival"]
         tracker.recent = list(doc.get("recent", []))
         return tracker
-
-    def active(self) -> Iterator[Track]:
-        return iter(self.tracks.values())
 
 
 def _box(box: tuple[int, int, int, int]) -> Box:

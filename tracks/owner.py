@@ -272,7 +272,7 @@ class TrackOwner:
         metrics.TRACKS_ACTIVE.set(sum(len(t.tracks) for t in self.trackers.values()))
 
     def _account(self, camera: str, out: TrackerOutput, published: float) -> None:
-        for captured_at in out.latencies:
+        for captured_at in out.captured:
             metrics.TRACKED_EVENT_SECONDS.observe(max(0.0, published - captured_at))
         if out.gaps:
             metrics.TRACK_FRAMES_SKIPPED.labels("gap").inc(out.gaps)
