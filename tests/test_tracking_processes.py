@@ -145,3 +145,34 @@ def test_a_camera_silent_for_the_state_lifetime_is_let_go(redis_server, redis_cl
     asyncio.run(main())
     assert not redis_client.sismember(keys.TRACKED_CAMERAS, "quiet")
     assert redis_client.get(keys.track_lease("quiet")) is None
+
+
+def test_redis_restart_mid_stream_loses_no_tracked_event(redis_server, redis_client, services):
+    """Redis goes away for a few seconds while the owner works: events of the step whose
+    write failed are produced again from the state Redis kept, none twice."""
+    owner = services("t1", "tracks", "--redis", redis_server.url, "--name", "t1", *OWNER_FLAGS)
+    recs = records("gate", [Person("happy", 100, 100, 20), Person("sad", 400, 100, -20)], 4.0, t0=time.time())
+    half = len(recs) // 2
+    for r in recs[:half]:
+        redis_client.xadd(keys.analysed("gate"), {"frame": r.to_json()})
+        redis_client.sadd(keys.TRACKED_CAMERAS, "gate")
+        time.sleep(1 / FPS)
+    redis_server.stop()  # SIGTERM: AOF flushed, like a maintenance restart
+    time.sleep(3)
+    redis_server.start()
+    for r in recs[half:]:
+        redis_client.xadd(keys.analysed("gate"), {"frame": r.to_json()})
+        time.sleep(1 / FPS)
+    end = FrameRecord("gate", len(recs), recs[-1].captured_at + 1 / FPS, FrameStatus.END)
+    redis_client.xadd(keys.analysed("gate"), {"frame": end.to_json()})
+
+    def events() -> list:
+        return [parse_event(f[b"event"]) for _id, f in redis_client.xrange(keys.events("gate"))]
+
+    wait_for(lambda: any(isinstance(e, EndOfStream) for e in events()), 60, "the end of stream")
+    faces = [e for e in events() if isinstance(e, FaceEvent)]
+    assert Counter((f.seq, f.name) for f in faces) == Counter((r.seq, f["name"]) for r in recs for f in r.faces)
+    lifecycle = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks("gate"))]
+    started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
+    assert started == Counter(e.track for e in lifecycle if e.type.value == "track_ended")
+    assert owner.alive()

@@ -84,6 +84,7 @@ class TrackOwner:
         self._throttled = Throttled(log)
         self._unowned_since: dict[str, float] = {}  # free cameras this owner is over its share for
         self._over_share = 0  # lease rounds in a row above the fair share
+        self._unsaved: set[str] = set()  # cameras whose last write may not have reached Redis
         metrics.init_tracking_series()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -166,26 +167,30 @@ class TrackOwner:
         if not await self.redis.set(keys.track_lease(camera), token, nx=True, px=self.lease_ms):
             return
         self._unowned_since.pop(camera, None)
+        tracker, resumed = await self._load(camera)
+        metrics.TRACK_HANDOVERS.labels("resumed" if resumed else "started").inc()
+        self.tokens[camera], self.trackers[camera] = token, tracker
+        log.info("tracks %s: now tracking camera %s (%s)", self.name, camera, "resumed" if resumed else "new state")
+
+    async def _load(self, camera: str) -> tuple[CameraTracker, bool]:
+        """The camera's tracker as last written to Redis (True), or a new one (False)."""
         state = await self.redis.get(keys.track_state(camera))
         tracker = None
         if state is not None:
             try:
                 tracker = CameraTracker.from_state(state, self.config)
-                metrics.TRACK_HANDOVERS.labels("resumed").inc()
             except (ValueError, KeyError, TypeError, MessageError) as exc:
                 log.error("camera %s: unusable tracking state (%s); starting afresh", camera, exc)
+        resumed = tracker is not None
         if tracker is None:
             tracker = CameraTracker(camera, self.config)
             # No state (new camera, or expired): start a little in the past, so frames
             # recorded before this lease was taken are not missed.
             seconds, micros = await self.redis.time()
             tracker.cursor = f"{max(0, seconds * 1000 + micros // 1000 - 10_000)}-0"
-            metrics.TRACK_HANDOVERS.labels("started").inc()
         # Silence is judged from here on: records may be waiting in the stream.
         tracker.last_arrival = time.time()
-        self.tokens[camera], self.trackers[camera] = token, tracker
-        log.info("tracks %s: now tracking camera %s (%s)", self.name, camera,
-                 "resumed" if state is not None else "new state")
+        return tracker, resumed
 
     def _drop(self, camera: str, why: str) -> None:
         self.tokens.pop(camera, None)
@@ -202,6 +207,12 @@ class TrackOwner:
     # ------------------------------------------------------------------ tracking
     async def _step(self) -> None:
         """Read new frame records of every held camera, flush what is due, write."""
+        for camera in list(self._unsaved):
+            # A write that did not reach Redis: go back to what Redis has, so the
+            # events of that step are produced again rather than lost.
+            if camera in self.trackers:
+                self.trackers[camera], _ = await self._load(camera)
+            self._unsaved.discard(camera)
         if not self.trackers:
             await asyncio.sleep(READ_BLOCK_MS / 1000)
             return
@@ -259,11 +270,13 @@ class TrackOwner:
             pending.append((camera, out))
         if not pending:
             return
+        self._unsaved.update(camera for camera, _ in pending)
         replies = await pipe.execute(raise_on_error=False)
         published = time.time()
+        if any(isinstance(reply, redis.ConnectionError) for reply in replies):
+            raise next(reply for reply in replies if isinstance(reply, redis.ConnectionError))
+        self._unsaved.clear()
         for (camera, out), reply in zip(pending, replies):
-            if isinstance(reply, redis.ConnectionError):
-                raise reply
             if isinstance(reply, Exception) or not reply:
                 # Lease gone: whoever holds it now resumes from the last accepted state.
                 self._drop(camera, "lease lost" if not isinstance(reply, Exception) else f"write refused: {reply}")
