@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import numpy as np
 import psutil
@@ -11,6 +12,7 @@ import pytest
 
 from emotion_stream import keys
 from emotion_stream.embedded_redis import free_port
+from emotion_stream.schema import TrackEvent
 
 from .procs import wait_for
 from .test_observability import sample_value, scrape
@@ -72,6 +74,22 @@ def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redi
     assert totals["ingested"] >= 0.6 * offered
     assert totals["stale"] + totals["trimmed"] > 0.1 * totals["ingested"], "the worker was not overloaded"
     assert totals["processed"] > 0
+
+    # Tracking under overload (most frames skipped as stale, so tracks time out and start
+    # again): the cameras stopped without an end marker, yet every track ends exactly once
+    # (by timeout, or when its camera falls silent); the tracker state expires.
+    def lifecycle(i: int) -> list[TrackEvent]:
+        return [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks(f"load{i}"))]
+
+    def all_ended() -> bool:
+        return all(Counter(e.track for e in lifecycle(i) if e.type.value == "track_started")
+                   == Counter(e.track for e in lifecycle(i) if e.type.value == "track_ended") for i in range(CAMERAS))
+
+    wait_for(all_ended, 30, "every track to end")
+    for i in range(CAMERAS):
+        ended = [e for e in lifecycle(i) if e.type.value == "track_ended"]
+        assert ended and {e.reason for e in ended} <= {"timeout", "camera_silent"}
+        assert 0 < redis_client.pttl(keys.track_state(f"load{i}")) <= 3600 * 1000
 
     # Worker metrics agree with the durable counts.
     text = scrape(metrics_port)
