@@ -43,6 +43,17 @@ class FrameAnalysis:
     error_kind: DeadLetterKind | None = None  # set with error
 
 
+@dataclass(slots=True)
+class Prepared:
+    """One frame after the CPU pool: decoded and searched for faces, or why not."""
+
+    frame: np.ndarray | None
+    detections: list[Detection] | None  # None: the detector raised (retried frame by frame)
+    error: str  # decode failure (dead-letter reason)
+    decode_s: float
+    detect_s: float = 0.0
+
+
 class FrameProcessor:
     """Decodes each frame once, detects on ``threads`` CPU threads, and classifies the
     whole batch's faces with one classifier call."""
@@ -70,21 +81,24 @@ class FrameProcessor:
         times = BatchTimes()
         out = [FrameAnalysis() for _ in messages]
         if self._pool is None:
-            prepared = [self._decode_detect(m) for m in messages]
+            prepared = self._decode_detect(messages)
         else:
+            # One chunk per thread: detectors that batch frames (MTCNN) keep batching.
             self._track_queue(len(messages))
-            prepared = list(self._pool.map(self._decode_detect, messages))
+            step = -(-len(messages) // self.threads)
+            chunks = [messages[i : i + step] for i in range(0, len(messages), step)]
+            prepared = [item for chunk in self._pool.map(self._decode_detect, chunks) for item in chunk]
         frames: list[np.ndarray] = []
         found: list[list[Detection] | None] = []
         owners: list[int] = []
-        for i, (frame, detections, error, decode_s, detect_s) in enumerate(prepared):
-            times.decode += decode_s
-            times.detect += detect_s
-            if frame is None:
-                out[i].error, out[i].error_kind = error, DeadLetterKind.UNDECODABLE_IMAGE
+        for i, item in enumerate(prepared):
+            times.decode += item.decode_s
+            times.detect += item.detect_s
+            if item.frame is None:
+                out[i].error, out[i].error_kind = item.error, DeadLetterKind.UNDECODABLE_IMAGE
             else:
-                frames.append(frame)
-                found.append(detections)
+                frames.append(item.frame)
+                found.append(item.detections)
                 owners.append(i)
         if not frames:
             return out, times
@@ -117,23 +131,34 @@ class FrameProcessor:
         times.classify = stage.classify
         return out, times
 
-    def _decode_detect(self, message: FrameMessage) -> tuple[np.ndarray | None, list[Detection] | None, str, float, float]:
-        """(frame, detections or None if detection raised, decode error, decode s, detect s)."""
-        t0 = time.perf_counter()
+    def _decode_detect(self, messages: list[FrameMessage]) -> list[Prepared]:
+        """Decode each frame, then find faces in all of them with one detector call."""
+        out: list[Prepared] = []
         try:
-            try:
-                frame = decode_image(message.image, self.limits)
-            except ImageError as exc:
-                return None, None, f"undecodable image: {exc}", time.perf_counter() - t0, 0.0
+            frames, stills, decoded = [], [], []
+            for i, message in enumerate(messages):
+                t0 = time.perf_counter()
+                try:
+                    frames.append(decode_image(message.image, self.limits))
+                    stills.append(message.kind is FrameKind.STILL)
+                    decoded.append(i)
+                    out.append(Prepared(None, None, "", time.perf_counter() - t0))
+                except ImageError as exc:
+                    out.append(Prepared(None, None, f"undecodable image: {exc}", time.perf_counter() - t0))
+            if not frames:
+                return out
             t1 = time.perf_counter()
             try:
-                detections = self._detector().detect_batch([frame], [message.kind is FrameKind.STILL])[0]
+                found: list[list[Detection] | None] = list(self._detector().detect_batch(frames, stills))
             except Exception:  # process() retries frame by frame, logs, and dead-letters what fails
-                detections = None
-            return frame, detections, "", t1 - t0, time.perf_counter() - t1
+                found = [None] * len(frames)
+            share = (time.perf_counter() - t1) / len(frames)
+            for i, frame, detections in zip(decoded, frames, found):
+                out[i] = Prepared(frame, detections, "", out[i].decode_s, share)
+            return out
         finally:
             if self._pool is not None:
-                self._track_queue(-1)
+                self._track_queue(-len(messages))
 
     def _detector(self) -> FaceDetector:
         """This thread's detector (the analyzer's own when there is no pool)."""

@@ -9,6 +9,7 @@ are not valid camera ids are ignored and counted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -87,6 +88,7 @@ class ConsumerGroup:
         self._refreshed = 0.0
         self._failed: set[str] = set()
         self._claim_round = 0
+        self._turn = 0  # rotation of the hot streams' order between reads
         self._invalid: set[bytes] = set()
         self._claim_cursor: dict[str, str] = {}
         self._throttled = Throttled(log)
@@ -163,6 +165,9 @@ class ConsumerGroup:
             if not hot:
                 await asyncio.sleep(block_ms / 1000)
                 return []
+            # A different camera first on every read: no stream is always served first.
+            self._turn = (self._turn + 1) % len(hot)
+            hot = hot[self._turn:] + hot[: self._turn]
             reply = await self.redis.xreadgroup(
                 self.group, self.consumer, {s: ">" for s in hot}, count=count, block=block_ms
             )
@@ -186,14 +191,16 @@ class ConsumerGroup:
         return []
 
     def _entries(self, reply: Any) -> list[Entry]:
-        """Entries of an XREADGROUP reply, marking their streams hot."""
+        """Entries of an XREADGROUP reply, marking their streams hot, interleaved across
+        streams: under overload every camera gets a turn in each micro-batch, instead of
+        the first stream of a read filling the queue while the others' frames go stale."""
         now = time.monotonic()
-        entries = []
+        per_stream = []
         for stream, items in reply or []:
             name = _decode(stream)
             self._hot[name] = now
-            entries += [Entry(name, _decode(entry_id), fields) for entry_id, fields in items]
-        return entries
+            per_stream.append([Entry(name, _decode(entry_id), fields) for entry_id, fields in items])
+        return [entry for turn in itertools.zip_longest(*per_stream) for entry in turn if entry is not None]
 
     def _cool_down(self) -> None:
         cutoff = time.monotonic() - HOT_IDLE_S
