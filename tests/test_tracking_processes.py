@@ -176,3 +176,23 @@ def test_redis_restart_mid_stream_loses_no_tracked_event(redis_server, redis_cli
     started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
     assert started == Counter(e.track for e in lifecycle if e.type.value == "track_ended")
     assert owner.alive()
+
+
+def test_subscribe_tracks_prints_people_arriving_and_leaving(redis_server, redis_client, services):
+    url = redis_server.url
+    services("t1", "tracks", "--redis", url, "--name", "t1", *OWNER_FLAGS)
+    human = services("subscribe", "subscribe", "--tracks", "--camera", "lobby", "--redis", url, "--count", "4")
+    as_json = services("subscribe-json", "subscribe", "--tracks", "--redis", url, "--count", "4", "--json")
+    time.sleep(2)  # both subscribed before anything is published
+    recs = records("lobby", [Person("happy", 100, 100, 0, end=1.0), Person("surprise", 400, 100, 0, start=0.2)],
+                   2.0, t0=time.time(), noise=0.2)  # a steady classifier: no emotion changes
+    for r in recs + [FrameRecord("lobby", len(recs), recs[-1].captured_at + 1 / FPS, FrameStatus.END)]:
+        redis_client.xadd(keys.analysed("lobby"), {"frame": r.to_json()})
+        redis_client.sadd(keys.TRACKED_CAMERAS, "lobby")
+        time.sleep(1 / FPS)
+    assert human.wait(30) == 0 and as_json.wait(30) == 0
+    lines = human.output.strip().splitlines()[-4:]
+    assert sum("appeared" in line for line in lines) == 2 and sum("left after" in line for line in lines) == 2, lines
+    events = [TrackEvent.from_json(line) for line in as_json.output.strip().splitlines()[-4:]]
+    assert sorted(e.type.value for e in events) == ["track_ended", "track_ended", "track_started", "track_started"]
+    assert {e.reason for e in events if e.type.value == "track_ended"} == {"timeout", "end_of_stream"}
