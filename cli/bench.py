@@ -123,6 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _people(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """(photo, label) pairs for the tracks scenario."""
     from emotion_stream.images import IMAGE_SUFFIXES
+    from emotion_stream.labels import EMOTIONS
     from model.evaluation import LabelsError, read_labels_csv
     from model.training.domains import list_labelled
 
@@ -141,8 +142,6 @@ def _people(args: argparse.Namespace) -> list[tuple[Path, str]]:
         paths, labels = list_labelled(folder)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    from emotion_stream.labels import EMOTIONS
-
     return [(p, EMOTIONS[i]) for p, i in zip(paths, labels)]
 
 

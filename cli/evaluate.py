@@ -8,8 +8,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from emotion_stream.settings import Settings
 
 from .common import CommandError, add_command, add_model_options, load_analyzer, progress
@@ -76,6 +74,8 @@ def _label_folders(folder: Path) -> tuple[dict[str, str], dict[str, Path]]:
 
 
 def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Settings, whole_image: bool):  # type: ignore[no-untyped-def]
+    import numpy as np
+
     from emotion_stream.images import ImageLimits, read_image_file
     from emotion_stream.labels import EMOTIONS
     from model.calibration import expected_calibration_error
