@@ -60,6 +60,7 @@ class FaceAnalyzer:
         if model is None:
             model = EmotionModel(str(settings.model_path) if settings.model_path else None,
                                  uncertain_below=settings.uncertain_below)
+
         def new_detector() -> FaceDetector:
             return create_detector(settings.detector, settings.detect_max_side)
 
