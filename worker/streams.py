@@ -9,7 +9,6 @@ are not valid camera ids are ignored and counted.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -165,7 +164,9 @@ class ConsumerGroup:
             if not hot:
                 await asyncio.sleep(block_ms / 1000)
                 return []
-            # A different camera first on every read: no stream is always served first.
+            # A different camera first on every read: under overload the first stream of a
+            # read is served while the last ones' frames go stale, so no camera may always
+            # be first (one run before this: 251 frames for one camera, 1 for another).
             self._turn = (self._turn + 1) % len(hot)
             hot = hot[self._turn:] + hot[: self._turn]
             reply = await self.redis.xreadgroup(
@@ -191,16 +192,16 @@ class ConsumerGroup:
         return []
 
     def _entries(self, reply: Any) -> list[Entry]:
-        """Entries of an XREADGROUP reply, marking their streams hot, interleaved across
-        streams: under overload every camera gets a turn in each micro-batch, instead of
-        the first stream of a read filling the queue while the others' frames go stale."""
+        """Entries of an XREADGROUP reply, marking their streams hot. A camera's frames
+        stay together (not interleaved with other cameras'): consecutive frames then tend
+        to finish together, which is what the tracking stage's in-order emission wants."""
         now = time.monotonic()
-        per_stream = []
+        entries = []
         for stream, items in reply or []:
             name = _decode(stream)
             self._hot[name] = now
-            per_stream.append([Entry(name, _decode(entry_id), fields) for entry_id, fields in items])
-        return [entry for turn in itertools.zip_longest(*per_stream) for entry in turn if entry is not None]
+            entries += [Entry(name, _decode(entry_id), fields) for entry_id, fields in items]
+        return entries
 
     def _cool_down(self) -> None:
         cutoff = time.monotonic() - HOT_IDLE_S
