@@ -85,6 +85,7 @@ class TrackOwner:
         self._unowned_since: dict[str, float] = {}  # free cameras this owner is over its share for
         self._over_share = 0  # lease rounds in a row above the fair share
         self._unsaved: set[str] = set()  # cameras whose last write may not have reached Redis
+        self._rounds = 0  # lease rounds done
         metrics.init_tracking_series()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,6 +125,9 @@ class TrackOwner:
             if not renewed:
                 self._drop(camera, "lease lost")
         await self._retire_silent(now)
+        self._rounds += 1
+        if self._rounds == 1:
+            return  # first round: only say we are here, so owners started together share at once
         beats = await self.redis.hgetall(keys.TRACK_OWNERS)
         owners = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in beats.items()}
         alive = [k for k, beat in owners.items() if now - beat < ALIVE_LEASES * self.settings.track_lease_s]
