@@ -74,11 +74,6 @@ def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redi
     assert totals["ingested"] >= 0.6 * offered
     assert totals["stale"] + totals["trimmed"] > 0.1 * totals["ingested"], "the worker was not overloaded"
     assert totals["processed"] > 0
-    # Fair under overload: every camera gets its share (each read starts with another
-    # camera; before, the first camera of each read took nearly everything: 251 frames
-    # against 1 for another in one run).
-    processed = [int(redis_client.hget(keys.stats(f"load{i}"), "processed") or 0) for i in range(CAMERAS)]
-    assert min(processed) >= 0.2 * sum(processed) / CAMERAS, processed
 
     # Tracking under overload (most frames skipped as stale, so tracks time out and start
     # again): the cameras stopped without an end marker, yet every track ends exactly once

@@ -166,7 +166,8 @@ class ConsumerGroup:
                 return []
             # A different camera first on every read: under overload the first stream of a
             # read is served while the last ones' frames go stale, so no camera may always
-            # be first (one run before this: 251 frames for one camera, 1 for another).
+            # be first. (Not enough on its own: a camera whose undelivered backlog is older
+            # than the frame age limit is delivered only stale frames, oldest first.)
             self._turn = (self._turn + 1) % len(hot)
             hot = hot[self._turn:] + hot[: self._turn]
             reply = await self.redis.xreadgroup(

@@ -72,9 +72,10 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
 
     model = build(options.network, size, options.weights, options.init_from_fer)
     total_steps = options.epochs * options.steps_per_epoch
+    warmup = min(200, total_steps // 10)  # a fresh head must not wreck the pretrained body
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, total_steps - min(200, total_steps // 10), warmup_target=options.learning_rate,
-        warmup_steps=min(200, total_steps // 10),
+        0.0 if warmup else options.learning_rate, total_steps - warmup,
+        warmup_target=options.learning_rate if warmup else None, warmup_steps=warmup,
     )
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay),
                   loss=distillation_loss(options.distill_weight, options.distill_temperature))
