@@ -49,17 +49,21 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: lease, state, events stream, tracks stream
-# ARGV: lease token, state json, state ttl ms, stream maxlen, number of face events, face events..., lifecycle...
+# KEYS: lease, state, events stream, tracks stream, frame-record stream
+# ARGV: lease token, state json, state ttl ms, stream maxlen, cursor, number of face events,
+#       face events..., lifecycle...
+# Records before the cursor are consumed (the state remembers the cursor), so they are
+# trimmed away: the record stream holds only what tracking has not read yet.
 _WRITE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-local n = tonumber(ARGV[5])
-for i = 6, 5 + n do
+redis.call('XTRIM', KEYS[5], 'MINID', ARGV[5])
+local n = tonumber(ARGV[6])
+for i = 7, 6 + n do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[i])
   redis.call('PUBLISH', KEYS[3], ARGV[i])
 end
-for i = 6 + n, #ARGV do
+for i = 7 + n, #ARGV do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[i])
   redis.call('PUBLISH', KEYS[4], ARGV[i])
 end
@@ -266,9 +270,10 @@ class TrackOwner:
                 continue
             lifecycle = [e.to_json() for e in out.lifecycle]
             await self._write(
-                keys=[keys.track_lease(camera), keys.track_state(camera), keys.events(camera), keys.tracks(camera)],
+                keys=[keys.track_lease(camera), keys.track_state(camera), keys.events(camera), keys.tracks(camera),
+                      keys.analysed(camera)],
                 args=[self.tokens[camera], tracker.to_state(), self.settings.track_state_ttl_s * 1000,
-                      self.settings.events_max_len, len(out.events), *out.events, *lifecycle],
+                      self.settings.events_max_len, tracker.cursor, len(out.events), *out.events, *lifecycle],
                 client=pipe,
             )
             pending.append((camera, out))
