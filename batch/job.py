@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.images import IMAGE_SUFFIXES
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, retrying
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, queue_wait, retrying
 from emotion_stream.schema import (
     FrameKind,
     FrameMessage,
@@ -38,6 +38,7 @@ from .submission import Journal, write_submission
 log = logging.getLogger(__name__)
 
 STALL_WARNING_S = 30.0
+UNCONFIRMED_RESENDS = 3  # with --write-replicas: sends of an image its replicas did not confirm
 
 
 @dataclass
@@ -119,7 +120,7 @@ class BatchJob:
         self.id = job_id(folder, settings)
         self.camera = f"batch-{self.id}"
         self.stream = keys.frames(self.camera)
-        self.results = keys.results(self.id)
+        self.results = keys.results(self.camera)
         self.journal = Journal(out.with_name(out.name + ".partial"))
         self.done: dict[str, FrameResult] = {}
         self._slots = asyncio.Semaphore(window)
@@ -191,9 +192,30 @@ class BatchJob:
             message = FrameMessage(
                 self.camera, seq, time.time(), FrameKind.STILL, data, name=path.name, reply_to=self.results
             )
-            await self._retry(partial(self.redis.xadd, self.stream, message.to_fields()))
-        end = FrameMessage(self.camera, len(todo), time.time(), FrameKind.END, reply_to=self.results)
-        await self._retry(lambda: self.redis.xadd(self.stream, end.to_fields()))
+            await self._send(message)
+        await self._send(FrameMessage(self.camera, len(todo), time.time(), FrameKind.END, reply_to=self.results))
+
+    async def _send(self, message: FrameMessage) -> None:
+        """XADD the message; with ``write_replicas``, again until replicas confirm it (a
+        master that fails before replicating loses the entry, and the job would wait
+        for its result forever). A duplicate costs one analysis: results count once."""
+        replicas = self.settings.write_replicas
+        for _ in range(UNCONFIRMED_RESENDS if replicas else 1):
+            confirmed = await retrying(partial(self._add, message), what="batch job", component="batch")
+            if confirmed:
+                return
+        log.warning("batch: %s not confirmed by %d replica(s) after %d sends; going on",
+                    message.name or "the end marker", replicas, UNCONFIRMED_RESENDS)
+
+    async def _add(self, message: FrameMessage) -> bool:
+        """One XADD (and WAIT for the replicas asked for); True when confirmed."""
+        replicas = self.settings.write_replicas
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.stream, message.to_fields())
+        if replicas:
+            queue_wait(pipe, self.redis, self.stream, replicas, self.settings.write_replicas_timeout_ms)
+        replies = await pipe.execute()
+        return not replicas or int(replies[-1]) >= replicas
 
     async def _collect(self, on_result: Callable[[FrameResult], object] | None) -> None:
         last_id = "0-0"

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 
+LIVE_SECTIONS = ("live", "live_idle", "live_single_redis", "live_cluster")
+ENGINES = {"embedded": "embedded (unix socket)", "single": "one redis-server (TCP)",
+           "cluster": "Redis Cluster, 3 masters + 3 replicas (TCP)"}
+
+
 def summarize(results: dict[str, dict[str, object]]) -> dict[str, object]:
     """Ratios against the original path and the compute limit, from one run's results."""
     out: dict[str, object] = {"cores": os.cpu_count(), **results}
@@ -18,6 +23,9 @@ def summarize(results: dict[str, dict[str, object]]) -> dict[str, object]:
     if "direct" in results and "direct_opencv" in results:
         ratios["direct/direct with opencv (images/s)"] = (
             float(results["direct"]["images_per_s"]) / float(results["direct_opencv"]["images_per_s"]))  # type: ignore[arg-type]
+    if "live_single_redis" in results and "live_cluster" in results:
+        ratios["cluster/single Redis (processed frames/s)"] = (
+            float(results["live_cluster"]["processed_fps"]) / float(results["live_single_redis"]["processed_fps"]))  # type: ignore[arg-type]
     out["ratios"] = ratios
     direct = results.get("direct")
     if direct:
@@ -67,14 +75,14 @@ def format_text(summary: dict[str, object]) -> str:
         lines.append(f"(c) batch via Redis   {1000 / b['images_per_s']:8.1f} ms/image  {b['images_per_s']:7.1f} images/s  "
                      f"({b['images']} images, {b['workers']} workers)")
         lines.append("    worker time per image (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in b["stage_ms_per_image"].items()))
-    for key in ("live", "live_idle"):
+    for key in LIVE_SECTIONS:
         live = summary.get(key)
         if not live:
             continue
         lat = live["capture_to_event_ms"]
         idle = f", {live['idle_cameras']} idle cameras announced" if live.get("idle_cameras") else ""
         lines.append(f"(d) live {live['cameras']} cameras x {live['offered_fps'] / live['cameras']:.0f} fps for {live['seconds']:.0f} s, "
-                     f"{live['workers']} workers{idle}")
+                     f"{live['workers']} workers{idle}; Redis: {ENGINES.get(str(live.get('engine')), live.get('engine'))}")
         lines.append(f"    ingested {live['ingested_fps']:.1f} fps, processed {live['processed_fps']:.1f} fps, "
                      f"stale skipped {live['stale_skipped']:.0f}, trimmed {live['trimmed']:.0f}")
         lines.append(f"    capture -> event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
@@ -94,7 +102,7 @@ def format_text(summary: dict[str, object]) -> str:
         lines.append(f"    ID switches per 100 face-seconds: {tracked['id_switches_per_100_face_seconds']:.2f} "
                      f"({tracked['tracks']} tracks for {tracked['people']} people)")
         lines.append(f"    capture -> track-annotated event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
-    for name in ("original", "direct", "direct_opencv", "batch", "live", "live_idle"):
+    for name in ("original", "direct", "direct_opencv", "batch", *LIVE_SECTIONS):
         section = summary.get(name)
         for proc in (section or {}).get("processes", []):  # type: ignore[union-attr]
             lines.append(f"    [{name}] {proc['process']}: CPU {proc['cpu_seconds']} s ({proc['cpu_cores_used']} cores), "

@@ -4,6 +4,7 @@
 (b) direct:   our FaceAnalyzer on the files, batched, one process
 (c) batch:    batch mode through an embedded Redis with N in-process workers
 (d) live:     K synthetic 640x480 cameras at F fps through ingest -> Redis -> workers
+              (``cluster``: the same on one redis-server, then on a 3+3 Redis Cluster)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from emotion_stream import keys, metrics
-from emotion_stream.embedded_redis import EmbeddedRedis
+from emotion_stream.embedded_redis import EmbeddedRedis, free_port
 from emotion_stream.redis_conn import connect
 from emotion_stream.schema import SkipReason
 from emotion_stream.settings import Settings
@@ -277,9 +278,31 @@ def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[
 
 
 # ------------------------------------------------------------------------- (d)
-def run_live(config: BenchConfig, model, idle_cameras: int = 0) -> dict[str, object]:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _engine(kind: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """(Redis URL, {name: pid} of its server processes) for a live run.
+    ``embedded``: the default embedded server on a unix socket. ``single``: one Debian
+    redis-server on loopback TCP. ``cluster``: 3 masters + 3 replicas of the same binary
+    on loopback (``single`` and ``cluster`` differ only in being a cluster)."""
+    if kind == "cluster":
+        from emotion_stream.local_cluster import LocalCluster
+
+        with LocalCluster(masters=3, replicas=1) as cluster:
+            masters = {n.port for n in cluster.master_nodes()}
+            yield cluster.url, {f"redis {'master' if n.port in masters else 'replica'} :{n.port}": n.process.pid
+                                for n in cluster.nodes}
+        return
+    binary = shutil.which("redis-server") if kind == "single" else None
+    if kind == "single" and binary is None:
+        raise RuntimeError("no redis-server on PATH (scripts/install-system-deps.sh)")
+    with EmbeddedRedis(port=free_port() if kind == "single" else None, binary=binary) as redis:
+        yield redis.url, {"redis-server": redis._process.pid}  # noqa: SLF001
+
+
+def run_live(config: BenchConfig, model, idle_cameras: int = 0, engine: str = "embedded") -> dict[str, object]:  # type: ignore[no-untyped-def]
     """K sample cameras through ingest -> Redis -> workers; ``idle_cameras`` more ids are
-    announced first that never send a frame (what many registered cameras cost)."""
+    announced first that never send a frame (what many registered cameras cost).
+    ``engine``: which Redis (``_engine``)."""
     from emotion_stream.events import live_events
     from emotion_stream.schema import FaceEvent
     from ingest.camera import IngestOptions, run_camera
@@ -343,13 +366,14 @@ def run_live(config: BenchConfig, model, idle_cameras: int = 0) -> dict[str, obj
             "stage_ms_per_frame": {s: 1000 * (busy1[s] - busy0[s]) / max(1.0, processed) for s in busy1},
         }
 
-    with EmbeddedRedis() as redis:
-        with UsageSampler({"bench (ingest + workers)": os.getpid(), "redis-server": redis._process.pid}) as usage:  # noqa: SLF001
-            result = asyncio.run(main(redis.url))
+    with _engine(engine) as (url, servers):
+        with UsageSampler({"bench (ingest + workers)": os.getpid(), **servers}) as usage:
+            result = asyncio.run(main(url))
     # Skip the first 5 s of latencies: workers warming up their compiled functions.
     steady = latencies[int(len(latencies) * 5 / max(1.0, config.live_seconds)):]
     tenth = max(1, len(backlog) // 10)
     result.update(
+        engine=engine,
         cameras=config.cameras,
         idle_cameras=idle_cameras,
         offered_fps=config.cameras * config.fps,

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default %(default)s)")
     p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
                    help="local workers to start (default: one per CPU core; 0 = external workers only)")
-    add_settings(p, "batch_size")
+    add_settings(p, "batch_size", "write_replicas")
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
                    help="fail when no result arrives for S seconds (default: wait for workers)")
     add_model_options(p)

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0)
     p.add_argument("--original-limit", type=number(int, 1), default=60, help="images timed on the slow original path")
     p.add_argument("--only", default="original,detector,direct,batch,live",
-                   help="comma-separated subset of original,detector,classifier,direct,batch,live,tracks (default %(default)s)")
+                   help="comma-separated subset of original,detector,classifier,direct,batch,live,tracks,cluster "
+                   "(cluster: live on one redis-server, then on a local 3+3 Redis Cluster; default %(default)s)")
     p.add_argument("--compare-model", action="append", default=[], metavar="PATH",
                    help="classifier scenario: also time this model (repeatable); the FER2013 baseline is always timed")
     p.add_argument("--people", type=Path, default=None, metavar="DIR",
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from model import EmotionModel, FaceAnalyzer, create_detector
 
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - {"original", "detector", "classifier", "direct", "batch", "live", "tracks"}
+    unknown = chosen - {"original", "detector", "classifier", "direct", "batch", "live", "tracks", "cluster"}
     if unknown:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     people = _people(args) if "tracks" in chosen else []
@@ -108,6 +109,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results["live"] = run_live(config, model)
             if args.idle_cameras:
                 results["live_idle"] = run_live(config, model, idle_cameras=args.idle_cameras)
+        if "cluster" in chosen:
+            # Side by side in one run: one redis-server, then a 3-master 3-replica cluster.
+            results["live_single_redis"] = run_live(config, model, engine="single")
+            results["live_cluster"] = run_live(config, model, engine="cluster")
         if "tracks" in chosen:
             from bench.tracking import run_tracking
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from emotion_stream.settings import Settings
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--camera", required=True, help="camera id (letters, digits, _ . : -)")
     p.add_argument("--fps", type=number(float, 0, 1000), default=0.0, help="frame rate to send (default: native/all)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
-    add_settings(p, "frames_max_len", "jpeg_quality")
+    add_settings(p, "frames_max_len", "jpeg_quality", "write_replicas")
     add_service_options(p)
 
 
@@ -53,11 +54,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main(stop):  # type: ignore[no-untyped-def]
         client = connect(url, name=f"emotion-stream-ingest-{camera}")
+        publisher = FramePublisher(client, camera, settings)
         try:
-            await run_camera(spec, FramePublisher(client, camera, settings), options, stop)
+            await run_camera(spec, publisher, options, stop)
         except (SourceError, RuntimeError) as exc:
             raise CommandError(str(exc)) from None
         finally:
+            logging.getLogger("ingest").info("%s", publisher.summary())
             await client.aclose()
 
     with redis_url_or_embedded(settings.redis_url) as url:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
 from . import keys
 from .logs import Throttled
-from .redis_conn import TRANSIENT_ERRORS, retrying
+from .redis_conn import TRANSIENT_ERRORS, is_cluster, retrying
 from .schema import Event, MessageError, TrackEvent, parse_event
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,29 @@ async def _live(client: aioredis.Redis, channel: str, pattern: bool, parse: Call
 
 
 async def _subscribe(client: aioredis.Redis, channel: str, pattern: bool) -> PubSub:
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    if is_cluster(client):
+        return await _subscribe_on_any_node(client, channel, pattern)
+    return await _subscribe_with(client.pubsub(ignore_subscribe_messages=True), channel, pattern)
+
+
+async def _subscribe_on_any_node(client: aioredis.Redis, channel: str, pattern: bool) -> PubSub:
+    """Redis Cluster: a PUBLISH reaches subscribers on every node, so any live node will
+    do. Tried in random order (subscribers spread out; a dead node is passed over before
+    the client has noticed the failover)."""
+    cluster = cast(RedisCluster, client)
+    await cluster.initialize()
+    nodes = cluster.get_nodes()
+    random.shuffle(nodes)
+    failure: Exception = redis.ConnectionError("no Redis Cluster node to subscribe on")
+    for node in nodes:
+        try:
+            return await _subscribe_with(cluster.pubsub(node=node, ignore_subscribe_messages=True), channel, pattern)
+        except TRANSIENT_ERRORS as exc:
+            failure = exc
+    raise failure
+
+
+async def _subscribe_with(pubsub: PubSub, channel: str, pattern: bool) -> PubSub:
     try:
         if pattern:
             await pubsub.psubscribe(channel)

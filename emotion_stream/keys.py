@@ -1,10 +1,16 @@
 """Every Redis key, stream, group and channel name used by the system, in one place.
 
-Streams (all bounded with MAXLEN ~):
+Redis Cluster: every key of one camera carries the camera id as its hash tag
+(``emotion-stream:frames:{cam-1}``), so a camera's frames, events, stats, frame records,
+tracks, lease and state share one slot and each Lua script touches one slot. A batch job
+is a camera (``batch-<id>``) whose results stream carries the same tag. The global keys
+(cameras, workers, tracking owners) are plain keys read with one-key commands.
+
+Streams (all bounded with MAXLEN ~), {camera} being the hash tag:
   {prefix}:frames:{camera}   frames (or batch images) waiting for a worker
   {prefix}:events:{camera}   per-face events, durable; also the pub/sub channel name
-  {prefix}:results:{job}     one result per image of a batch job (request/reply)
-  {prefix}:dead-letter       messages that could not be processed, with the reason
+  {prefix}:results:{camera}  one result per image of a batch job (request/reply)
+  {prefix}:dead-letter:{camera}  that camera's messages that could not be processed, with the reason
   {prefix}:analysed:{camera} one record per finished live frame (any order), for tracking
   {prefix}:tracks:{camera}   track lifecycle events; also the pub/sub channel name
 Other keys:
@@ -31,7 +37,6 @@ WORKER_GROUP = "workers"
 
 CAMERAS = f"{PREFIX}:cameras"
 WORKERS = f"{PREFIX}:workers"
-DEAD_LETTER = f"{PREFIX}:dead-letter"
 EVENTS_PATTERN = f"{PREFIX}:events:*"  # pub/sub pattern for every camera
 TRACKS_PATTERN = f"{PREFIX}:tracks:*"
 TRACKED_CAMERAS = f"{PREFIX}:tracked-cameras"
@@ -43,29 +48,29 @@ def worker_lease(name: str) -> str:
 
 
 def frames(camera: str) -> str:
-    return f"{PREFIX}:frames:{camera}"
+    return _tagged("frames", camera)
 
 
 def events(camera: str) -> str:
     """Durable events stream of a camera; the pub/sub channel has the same name."""
-    return f"{PREFIX}:events:{camera}"
+    return _tagged("events", camera)
 
 
 def analysed(camera: str) -> str:
-    return f"{PREFIX}:analysed:{camera}"
+    return _tagged("analysed", camera)
 
 
 def tracks(camera: str) -> str:
     """Track lifecycle stream of a camera; the pub/sub channel has the same name."""
-    return f"{PREFIX}:tracks:{camera}"
+    return _tagged("tracks", camera)
 
 
 def track_lease(camera: str) -> str:
-    return f"{PREFIX}:track-lease:{camera}"
+    return _tagged("track-lease", camera)
 
 
 def track_state(camera: str) -> str:
-    return f"{PREFIX}:track-state:{camera}"
+    return _tagged("track-state", camera)
 
 
 class Stat(StrEnum):
@@ -82,14 +87,30 @@ STAT_FIELDS = tuple(Stat)
 
 
 def stats(camera: str) -> str:
-    return f"{PREFIX}:stats:{camera}"
+    return _tagged("stats", camera)
 
 
-def results(job: str) -> str:
-    return f"{PREFIX}:results:{job}"
+def results(camera: str) -> str:
+    """Results stream of the batch job whose frames are camera ``camera``'s (same slot)."""
+    return _tagged("results", camera)
 
 
-def camera_of_frames_key(key: str | bytes) -> str:
+def dead_letter(camera: str) -> str:
+    """Dead letters of one camera's frame stream: written with the ACK, in its slot."""
+    return _tagged("dead-letter", camera)
+
+
+def camera_of(key: str | bytes) -> str:
+    """The camera a per-camera key belongs to (its hash tag)."""
     if isinstance(key, bytes):
         key = key.decode()
-    return key.removeprefix(f"{PREFIX}:frames:")
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    if start < 0 or end < 0:
+        raise ValueError(f"{key!r} is not a per-camera key")
+    return key[start + 1 : end]
+
+
+def _tagged(kind: str, camera: str) -> str:
+    # Camera ids cannot contain braces (schema.validate_camera_id), so the tag is the id.
+    return f"{PREFIX}:{kind}:{{{camera}}}"

@@ -39,6 +39,12 @@ def camera_label(camera: str) -> str:
 
 # ---------------------------------------------------------------- ingest
 FRAMES_INGESTED = Counter(f"{NS}_frames_ingested_total", "Frames written to a frame stream", ["camera"])
+FRAMES_UNCONFIRMED = Counter(
+    f"{NS}_frames_unconfirmed_total",
+    "Frames written but not confirmed by the replicas asked for (--write-replicas) in time: "
+    "not counted as ingested, they are lost if their master fails before replicating them",
+    ["camera"],
+)
 FRAMES_DROPPED = Counter(
     f"{NS}_frames_dropped_total",
     "Frames lost before reaching Redis (source errors, Redis unavailable, too large)",
@@ -143,6 +149,7 @@ def init_camera_series(camera: str, *, ingest: bool = False) -> str:
         FRAMES_SKIPPED.labels(label, reason)
     if ingest:
         FRAMES_INGESTED.labels(label)
+        FRAMES_UNCONFIRMED.labels(label)
         SOURCE_RECONNECTS.labels(label)
         for drop in DROP_REASONS:
             FRAMES_DROPPED.labels(label, drop)

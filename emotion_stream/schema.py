@@ -112,9 +112,10 @@ class FrameMessage:
         except ValueError as exc:
             raise MessageError(str(exc)) from None
         reply_to = f.text("reply_to", 512, default="")
-        if reply_to and not reply_to.startswith(keys.results("")):
-            # A hostile writer must not make workers write to arbitrary keys.
-            raise MessageError(f"reply_to {reply_to!r} is not a results stream")
+        if reply_to and reply_to != keys.results(camera):
+            # A hostile writer must not make workers write to arbitrary keys; and the
+            # results share the frames' slot, so one script writes both on a cluster.
+            raise MessageError(f"reply_to {reply_to!r} is not the results stream of camera {camera!r}")
         if kind is FrameKind.END:
             return cls(camera, seq, captured_at, kind, name=name, reply_to=reply_to)
         image = f.blob("image", max_image_bytes)
@@ -426,7 +427,7 @@ class SkipReason(StrEnum):
 
 
 # A dead-letter entry copies the original message within this budget, so the stream's
-# memory is bounded by dead_letter_max_len x budget (2,000 x 16 KiB = 32 MiB by default)
+# memory is bounded by dead_letter_max_len x budget (500 x 16 KiB = 8 MiB a camera by default)
 # whatever arrives. Values over DEAD_LETTER_VALUE_BYTES keep only a prefix, their size
 # and SHA-256: enough to recognise a payload, never a 50 MB copy of one.
 DEAD_LETTER_ENTRY_BYTES = 16 * 1024

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 # Hostile-input limits (images.ImageLimits uses the same defaults).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -38,8 +38,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "EMOTION_STREAM_REDIS_URL", "redis_url"),
-        description="redis://, rediss:// (TLS) or unix:// URL; unset: an embedded redis-server",
+        description="redis://, rediss:// (TLS) or unix:// URL; redis+cluster:// or rediss+cluster:// "
+        "(any node) for a Redis Cluster; unset: an embedded redis-server",
     )
+    write_replicas: int = Field(
+        0, ge=0, le=16,
+        description="a frame counts as accepted once this many replicas have it (WAIT); not confirmed "
+        "in time: counted as unconfirmed (it may be lost if its master fails). 0: the master's reply",
+    )
+    write_replicas_timeout_ms: int = Field(100, ge=1, le=10_000, description="longest wait for those replicas")
     # --- model -------------------------------------------------------------------------
     model_path: Path | None = Field(
         None, description="Keras .keras/.h5 weights; unset: the bundled model; 'fer2013': the FER2013 baseline"
@@ -95,8 +102,8 @@ class Settings(BaseSettings):
     frames_max_len: int = Field(256, ge=8, description="approximate bound of each frame stream")
     events_max_len: int = Field(10_000, ge=100, description="approximate bound of each events stream")
     dead_letter_max_len: int = Field(
-        2_000, ge=100,
-        description="approximate bound of the dead-letter stream; each entry is at most 16 KiB",
+        500, ge=100,
+        description="approximate bound of each camera's dead-letter stream; each entry is at most 16 KiB",
     )
     # --- hostile-input limits ----------------------------------------------------------
     max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024, description="largest frame/image accepted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ from redis.typing import EncodableT
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, LuaScript, queue_wait
 from emotion_stream.schema import FrameKind, FrameMessage, SkipReason
 from emotion_stream.settings import Settings
 
@@ -56,7 +57,11 @@ return {id, lost}
 
 class FramePublisher:
     """Writes one camera's frames. ``publish`` never raises for Redis outages: the frame
-    is dropped and counted (live frames are worthless late), and the next call retries."""
+    is dropped and counted (live frames are worthless late), and the next call retries.
+
+    With ``write_replicas`` set, a frame is accepted only once that many replicas have
+    it (WAIT on the connection that wrote it): what ingest counts as ingested survives
+    its master's failure. Frames written but not confirmed in time are counted apart."""
 
     def __init__(self, client: aioredis.Redis, camera: str, settings: Settings) -> None:
         self.redis = client
@@ -66,9 +71,21 @@ class FramePublisher:
         self.seq = 0
         self._label = metrics.init_camera_series(camera, ingest=True)
         metrics.REDIS_ERRORS.labels("ingest")
-        self._add = client.register_script(_ADD_BOUNDED)
+        self._add = LuaScript(client, _ADD_BOUNDED)
         self._registered = False
         self._throttled = Throttled(log)
+        # This publisher's own tally (the metrics are per process): accepted frames are
+        # those Redis acknowledged (and replicas confirmed, with write_replicas).
+        self.accepted = 0
+        self.unconfirmed = 0
+        self._wait_ms = settings.write_replicas_timeout_ms
+        self.dropped: Counter[str] = Counter()
+
+    def summary(self) -> str:
+        """One line for the log when ingest ends: what became of the camera's frames."""
+        dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(self.dropped.items())) or "none"
+        return (f"camera {self.camera}: {self.accepted} frames accepted, {self.unconfirmed} unconfirmed, "
+                f"dropped: {dropped}")
 
     async def register(self) -> None:
         """Announce the camera so workers start consuming its stream."""
@@ -110,7 +127,7 @@ class FramePublisher:
         try:
             if not self._registered:
                 await self.register()
-            _id, lost = await self._add(keys=[self.stream, keys.stats(self.camera)], args=args)
+            lost, confirmed = await self._write(args)
         except ACCESS_ERRORS:
             raise
         except TRANSIENT_ERRORS as exc:
@@ -119,7 +136,13 @@ class FramePublisher:
             self._registered = False  # re-announce after a Redis restart
             return False
         self.seq += 1
-        if message.kind is FrameKind.LIVE:
+        if not confirmed:
+            self.unconfirmed += message.kind is FrameKind.LIVE
+            metrics.FRAMES_UNCONFIRMED.labels(self._label).inc()
+            self._throttled.warning(f"unconfirmed:{self.camera}", "camera %s: frame %d not confirmed by %d "
+                                    "replica(s) in time", self.camera, message.seq, self.settings.write_replicas)
+        elif message.kind is FrameKind.LIVE:
+            self.accepted += 1
             metrics.FRAMES_INGESTED.labels(self._label).inc()
         if lost:
             metrics.FRAMES_SKIPPED.labels(self._label, SkipReason.TRIMMED).inc(lost)
@@ -130,6 +153,26 @@ class FramePublisher:
             )
         return True
 
+    async def _write(self, args: list[EncodableT]) -> tuple[int, bool]:
+        """Append (the script), then WAIT for the replicas on the same connection:
+        (frames lost to the bound, confirmed)."""
+        script_keys = [self.stream, keys.stats(self.camera)]
+        replicas = self.settings.write_replicas
+        if not replicas:
+            _id, lost = await self._add(keys=script_keys, args=args)
+            return int(lost), True
+        pipe = self.redis.pipeline(transaction=False)
+        await self._add(keys=script_keys, args=args, client=pipe)
+        queue_wait(pipe, self.redis, self.stream, replicas, self._wait_ms)
+        (_id, lost), acked = await pipe.execute()
+        confirmed = int(acked) >= replicas
+        # Replicas missing (one died, or its master was failed over to it): wait 1 ms,
+        # not the full timeout, until a frame is confirmed again, so the camera keeps
+        # its frame rate; those frames are counted as unconfirmed meanwhile.
+        self._wait_ms = self.settings.write_replicas_timeout_ms if confirmed else 1
+        return int(lost), confirmed
+
     def _drop(self, reason: str, msg: str, detail: object) -> None:
+        self.dropped[reason] += 1
         metrics.FRAMES_DROPPED.labels(self._label, reason).inc()
         self._throttled.warning(f"{reason}:{self.camera}", msg, self.camera, detail)

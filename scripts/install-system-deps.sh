@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System parts some tests drive for real: Prometheus, Chromium (WebRTC e2e), a GStreamer
-# RTSP server, Debian's redis-server (TLS-capable) and ffmpeg. Installs what is missing
-# when run as root with apt; otherwise says what is missing (those tests skip locally and
-# fail under CI=true).
+# RTSP server, Debian's redis-server (TLS-capable) and redis-cli (Redis Cluster tests),
+# and ffmpeg. Installs what is missing when run as root with apt; otherwise says what is
+# missing (those tests skip locally and fail under CI=true).
 set -euo pipefail
 
 # package -> a file that proves it is installed
@@ -10,6 +10,7 @@ declare -A NEEDS=(
     [prometheus]=/usr/bin/prometheus
     [chromium]=/usr/bin/chromium
     [redis-server]=/usr/bin/redis-server
+    [redis-tools]=/usr/bin/redis-cli
     [ffmpeg]=/usr/bin/ffmpeg
     [python3-gi]=/usr/lib/python3/dist-packages/gi/__init__.py
     [gir1.2-gst-rtsp-server-1.0]=/usr/lib/x86_64-linux-gnu/girepository-1.0/GstRtspServer-1.0.typelib

@@ -81,7 +81,7 @@ def test_worker_survives_every_key_vanishing_under_it(any_redis, services):
     _feed(redis_client, "four")
     wait_for(lambda: _has_event(redis_client, "four"), 30, "an event beside a wrong-typed key")
     assert worker.alive(), worker.output[-3000:]
-    assert "cannot consume emotion-stream:frames:typo" in worker.output
+    assert f"cannot consume {keys.frames('typo')}" in worker.output
     assert worker.stop() == 0
 
 
@@ -150,8 +150,8 @@ def test_oversized_payloads_are_not_copied_into_dead_letters(redis_server, redis
         redis_client.xadd(keys.frames(camera), fields)
     services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS,
              env={"EMOTION_STREAM_MAX_IMAGE_BYTES": str(1024 * 1024)})
-    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) == 6, 90, "six dead letters")
-    for _id, letter in redis_client.xrange(keys.DEAD_LETTER):
+    wait_for(lambda: redis_client.xlen(keys.dead_letter(camera)) == 6, 90, "six dead letters")
+    for _id, letter in redis_client.xrange(keys.dead_letter(camera)):
         assert b"over the limit" in letter[b"reason"]
         assert letter[b"size.image"] == str(len(payload)).encode()
         assert letter[b"sha256.image"] == hashlib.sha256(payload).hexdigest().encode()
@@ -159,7 +159,7 @@ def test_oversized_payloads_are_not_copied_into_dead_letters(redis_server, redis
         assert letter[b"msg.camera"] == camera.encode()  # small fields are kept whole
         assert sum(len(k) + len(v) for k, v in letter.items()) < DEAD_LETTER_ENTRY_BYTES + 512
     # Six 3 MB payloads cost the dead-letter stream kilobytes, not megabytes.
-    assert redis_client.memory_usage(keys.DEAD_LETTER) < 64 * 1024
+    assert redis_client.memory_usage(keys.dead_letter(camera)) < 64 * 1024
 
 
 def test_a_message_with_thousands_of_fields_is_bounded_too(redis_server, redis_client, services):
@@ -167,8 +167,8 @@ def test_a_message_with_thousands_of_fields_is_bounded_too(redis_server, redis_c
     redis_client.sadd(keys.CAMERAS, camera)
     redis_client.xadd(keys.frames(camera), {f"field{i}": "x" * 100 for i in range(5000)})
     services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
-    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) == 1, 90, "the dead letter")
-    [(_id, letter)] = redis_client.xrange(keys.DEAD_LETTER)
+    wait_for(lambda: redis_client.xlen(keys.dead_letter(camera)) == 1, 90, "the dead letter")
+    [(_id, letter)] = redis_client.xrange(keys.dead_letter(camera))
     assert int(letter[b"fields_dropped"]) > 4000
     assert sum(len(k) + len(v) for k, v in letter.items()) < DEAD_LETTER_ENTRY_BYTES + 512
 
@@ -228,7 +228,7 @@ def test_frames_lying_about_camera_or_time_are_dead_lettered(redis_server, redis
     redis_client.xadd(stream, FrameMessage(camera, 2, time.time(), FrameKind.STILL, JPEG, 640, 480).to_fields())
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
     wait_for(lambda: _has_event(redis_client, camera, 2), 90, "the honest frame's event")
-    reasons = [letter[b"reason"].decode() for _id, letter in redis_client.xrange(keys.DEAD_LETTER)]
+    reasons = [letter[b"reason"].decode() for _id, letter in redis_client.xrange(keys.dead_letter(camera))]
     assert len(reasons) == 2, reasons
     assert "camera field 'other' does not match its stream" in reasons[0]
     assert "captured_at is 3600 s after the frame reached Redis" in reasons[1]

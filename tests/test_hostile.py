@@ -59,9 +59,9 @@ def test_hostile_frames_are_dead_lettered_and_counted(redis_server, redis_client
         redis_client.xadd(stream, frame(data, seq=seq))
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS, "--metrics-port", str(metrics_port),
                       env={"EMOTION_STREAM_MAX_IMAGE_BYTES": str(limit)})
-    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) >= len(hostile), 90, "all hostile frames dead-lettered")
+    wait_for(lambda: redis_client.xlen(keys.dead_letter(camera)) >= len(hostile), 90, "all hostile frames dead-lettered")
     wait_for(lambda: len({f.seq for f in faces_of(redis_client, camera)}) >= len(awkward), 60, "awkward frames processed")
-    assert redis_client.xlen(keys.DEAD_LETTER) == len(hostile)
+    assert redis_client.xlen(keys.dead_letter(camera)) == len(hostile)
     assert redis_client.xpending(stream, keys.WORKER_GROUP)["pending"] == 0
     text = scrape(metrics_port)
     counted = sum(sample_value(text, "emotion_stream_frames_dead_lettered_total", reason=r)
@@ -115,23 +115,23 @@ def test_an_entry_delivered_too_often_is_dead_lettered_as_poison(redis_server, r
     """A frame that keeps killing workers must not cycle forever, nor hang a batch job."""
     from emotion_stream.schema import FrameResult
 
-    camera, job = "poison-job", "poison"
+    camera = "poison-job"
     stream = keys.frames(camera)
     redis_client.sadd(keys.CAMERAS, camera)
     redis_client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
     image = cv2.imencode(".jpg", sample_frame(0.0))[1].tobytes()
     entry_id = redis_client.xadd(stream, FrameMessage(
-        camera, 0, 0.0, FrameKind.STILL, image, name="killer.jpg", reply_to=keys.results(job)).to_fields())
+        camera, 0, 0.0, FrameKind.STILL, image, name="killer.jpg", reply_to=keys.results(camera)).to_fields())
     # A consumer that takes it and "dies", four times over.
     redis_client.xreadgroup(keys.WORKER_GROUP, "ghost", {stream: ">"})
     for _ in range(3):
         redis_client.xclaim(stream, keys.WORKER_GROUP, "ghost", 0, [entry_id])
     worker = services("worker", "worker", "--redis", redis_server.url, "--claim-idle-ms", "300")
-    wait_for(lambda: redis_client.xlen(keys.results(job)) >= 1, 90, "a result for the poisoned image")
-    [(_, fields)] = redis_client.xrange(keys.results(job))
+    wait_for(lambda: redis_client.xlen(keys.results(camera)) >= 1, 90, "a result for the poisoned image")
+    [(_, fields)] = redis_client.xrange(keys.results(camera))
     result = FrameResult.from_json(fields[b"result"])
     assert not result.ok and result.name == "killer.jpg" and "poison" in result.error
-    [(_, letter)] = redis_client.xrange(keys.DEAD_LETTER)
+    [(_, letter)] = redis_client.xrange(keys.dead_letter(camera))
     assert b"delivered" in letter[b"reason"] and letter[b"msg.name"] == b"killer.jpg"
     assert redis_client.xpending(stream, keys.WORKER_GROUP)["pending"] == 0
     assert worker.stop() == 0

@@ -127,16 +127,16 @@ def test_malformed_messages_go_to_dead_letter_and_worker_keeps_serving(redis_ser
         "undecodable image: truncated JPEG": {**good, "image": good["image"][:2000]},
         "undecodable image: not a recognised image format": {**good, "image": b"GIF? no, text"},
         "invalid camera id": {**good, "camera": "../../etc"},
-        "is not a results stream": {**good, "reply_to": "some:other:key"},
+        "is not the results stream": {**good, "reply_to": "some:other:key"},
     }
     for fields in bad_messages.values():
         redis_client.xadd(stream, fields)
     redis_client.xadd(stream, {**good, "seq": 1})  # a good frame after the bad ones
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
 
-    wait_for(lambda: redis_client.xlen(keys.DEAD_LETTER) >= len(bad_messages), 90, "dead letters")
+    wait_for(lambda: redis_client.xlen(keys.dead_letter(camera)) >= len(bad_messages), 90, "dead letters")
     wait_for(lambda: faces_of(redis_client, camera), 30, "the good frame's event")
-    letters = [fields for _id, fields in redis_client.xrange(keys.DEAD_LETTER)]
+    letters = [fields for _id, fields in redis_client.xrange(keys.dead_letter(camera))]
     reasons = [f[b"reason"].decode() for f in letters]
     for expected in bad_messages:
         assert any(expected in r for r in reasons), (expected, reasons)

@@ -71,6 +71,25 @@ def test_occlusion_shorter_than_the_timeout_keeps_the_track_longer_ends_it(hidde
         assert ended[0].reason == "timeout" and ended[0].duration_s == pytest.approx(1.0 - 1 / FPS, abs=0.01)
 
 
+def test_frames_skipped_under_overload_do_not_end_a_track_but_endless_skipping_does():
+    """A stale-skipped frame was never looked at: 1.6 s of them (longer than the timeout)
+    keep the track; skipping for more than UNSEEN_TIMEOUTS timeouts ends it."""
+    from tracks.camera import UNSEEN_TIMEOUTS
+
+    def skipping(start_s: float, end_s: float, seconds: float) -> list[FrameRecord]:
+        recs = records("cam", [Person("happy", 300, 200, 0)], seconds)
+        return [FrameRecord(r.camera, r.seq, r.captured_at, FrameStatus.SKIPPED, []) if start_s <= r.seq / FPS < end_s
+                else r for r in recs]
+
+    events, lifecycle, _ = run(skipping(1.0, 2.6, 4.0))
+    assert len(tracks_of(events)["person0"]) == 1
+    assert [e.reason for e in lifecycle if e.type is TrackEventType.ENDED] == ["camera_silent"]
+    long_gap = UNSEEN_TIMEOUTS * CONFIG.timeout_s + 0.5
+    events, lifecycle, _ = run(skipping(1.0, 1.0 + long_gap, long_gap + 2.0))
+    assert len(tracks_of(events)["person0"]) == 2
+    assert [e.reason for e in lifecycle if e.type is TrackEventType.ENDED][0] == "timeout"
+
+
 def test_shuffled_arrival_within_the_window_gives_the_in_order_result():
     recs = records("cam", [Person("happy", 100, 100, 50), Person("anger", 400, 100, -30)], 3.0)
     in_order = run(recs)

@@ -29,6 +29,7 @@ from .smoothing import EmotionSmoother
 
 
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
+UNSEEN_TIMEOUTS = 5  # track timeouts after which only skipped frames end a track
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Track:
     smoother: EmotionSmoother
     emotion_seconds: dict[str, float] = field(default_factory=dict)  # seconds each label was shown
     evidence: list[float] = field(default_factory=list)  # per-frame probabilities summed, EMOTIONS order
+    unseen_s: float = 0.0  # capture time since last seen, over frames that were looked at
 
     def dominant(self) -> str:
         """The emotion with the highest probability summed over the track's frames: a soft
@@ -171,9 +173,15 @@ class CameraTracker:
         at = record.captured_at
         out.frames += 1
         self._remember(record.seq)
+        elapsed = max(0.0, at - self.last_captured_at) if self.last_captured_at else 0.0
         self.last_captured_at = max(self.last_captured_at, at)
+        # A skipped frame (stale under overload, or dead-lettered) was never looked at:
+        # it is no evidence that a face left, so its time does not count as unseen.
+        # Frames that are all skipped still end a track after UNSEEN_TIMEOUTS timeouts.
+        looked = record.status is not FrameStatus.SKIPPED
         for track in list(self.tracks.values()):
-            if at - track.last_at > self.config.timeout_s:
+            track.unseen_s += elapsed if looked else 0.0
+            if track.unseen_s > self.config.timeout_s or at - track.last_at > UNSEEN_TIMEOUTS * self.config.timeout_s:
                 self._end(track, TrackEndReason.TIMEOUT, at, record.seq, out)
         if record.status is FrameStatus.END:
             self._end_all(TrackEndReason.END_OF_STREAM, at, record.seq, out)
@@ -199,7 +207,7 @@ class CameraTracker:
                 previous = track.smoother.update(probabilities, at)
                 track.evidence = [a + b for a, b in zip(track.evidence, probabilities)]
                 track.motion.update(box, at)
-                track.last_at, track.last_seq = at, record.seq
+                track.last_at, track.last_seq, track.unseen_s = at, record.seq, 0.0
                 if previous is not None:
                     out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at,
                                                     record.seq, emotion=track.smoother.shown, previous=previous))

@@ -21,20 +21,17 @@ import time
 import uuid
 from typing import cast
 
-import redis
 import redis.asyncio as aioredis
-from redis.typing import KeyT, StreamIdT
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import retrying
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, LuaScript, StreamReader, retrying
 from emotion_stream.schema import FrameRecord, MessageError, TrackEventType
 from emotion_stream.settings import Settings
 
 from .camera import CameraTracker, TrackerConfig, TrackerOutput
 
 log = logging.getLogger(__name__)
-StreamReply = list[tuple[bytes | str, list[tuple[bytes | str, dict[bytes, bytes]]]]] | None
 
 READ_BLOCK_MS = 50  # also the longest wait before a due reorder timeout is noticed
 READ_COUNT = 1000
@@ -82,9 +79,10 @@ class TrackOwner:
         self.lease_ms = int(settings.track_lease_s * 1000)
         self.trackers: dict[str, CameraTracker] = {}
         self.tokens: dict[str, str] = {}
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._write = client.register_script(_WRITE)
+        self.reader = StreamReader(client)
+        self._renew = LuaScript(client, _RENEW)
+        self._release = LuaScript(client, _RELEASE)
+        self._write = LuaScript(client, _WRITE)
         self._throttled = Throttled(log)
         self._unowned_since: dict[str, float] = {}  # free cameras this owner is over its share for
         self._over_share = 0  # lease rounds in a row above the fair share
@@ -101,8 +99,9 @@ class TrackOwner:
             leases.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await leases
-            with contextlib.suppress(*_REDIS_DOWN):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._release_all()
+            await self.reader.aclose()
             metrics.TRACKED_CAMERAS.set(0)
             metrics.TRACKS_ACTIVE.set(0)
 
@@ -142,7 +141,7 @@ class TrackOwner:
         cameras = sorted(c.decode() if isinstance(c, bytes) else c for c in members)
         share = math.ceil(len(cameras) / max(1, len(alive)))
         free = [c for c in cameras if c not in self.tokens]
-        holders = await self.redis.mget([keys.track_lease(c) for c in free]) if free else []
+        holders = await self._leases(free)
         for camera, holder in zip(free, holders):
             if holder is not None:
                 self._unowned_since.pop(camera, None)
@@ -156,6 +155,13 @@ class TrackOwner:
             self._drop(camera, "handed over (fair share)")
             await self._release(keys=[keys.track_lease(camera)], args=[token])
         metrics.TRACKED_CAMERAS.set(len(self.tokens))
+
+    async def _leases(self, cameras: list[str]) -> list[bytes | None]:
+        """Each camera's lease holder (one GET each: the leases live in their cameras' slots)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for camera in cameras:
+            pipe.get(keys.track_lease(camera))
+        return cast(list[bytes | None], await pipe.execute()) if cameras else []
 
     async def _retire_silent(self, now: float) -> None:
         """Stop holding cameras with nothing in flight that sent nothing for the state's
@@ -224,19 +230,19 @@ class TrackOwner:
         if not self.trackers:
             await asyncio.sleep(READ_BLOCK_MS / 1000)
             return
-        cursors: dict[KeyT, StreamIdT] = {keys.analysed(c): t.cursor for c, t in self.trackers.items()}
-        reply = cast(StreamReply, await self.redis.xread(cursors, count=READ_COUNT, block=READ_BLOCK_MS))
+        cursors = {keys.analysed(c): t.cursor for c, t in self.trackers.items()}
+        reply = await self.reader.read(cursors, count=READ_COUNT, block_ms=READ_BLOCK_MS)
         now = time.time()
         outputs: dict[str, TrackerOutput] = {}
         moved: set[str] = set()
-        for raw_stream, entries in reply or []:
-            stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
-            camera = stream.removeprefix(keys.analysed(""))
+        for stream, entries in reply:
+            camera = keys.camera_of(stream)
             tracker = self.trackers.get(camera)
             if tracker is None:
                 continue  # handed over while reading
             out = outputs.setdefault(camera, TrackerOutput())
             for entry_id, fields in entries:
+                fields = fields or {}
                 tracker.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 moved.add(camera)
                 raw = fields.get(b"frame")
@@ -282,8 +288,8 @@ class TrackOwner:
         self._unsaved.update(camera for camera, _ in pending)
         replies = await pipe.execute(raise_on_error=False)
         published = time.time()
-        if any(isinstance(reply, redis.ConnectionError) for reply in replies):
-            raise next(reply for reply in replies if isinstance(reply, redis.ConnectionError))
+        if any(isinstance(reply, TRANSIENT_ERRORS) for reply in replies):
+            raise next(reply for reply in replies if isinstance(reply, TRANSIENT_ERRORS))
         self._unsaved.clear()
         for (camera, out), reply in zip(pending, replies):
             if isinstance(reply, Exception) or not reply:
@@ -307,5 +313,3 @@ class TrackOwner:
             if event.type is TrackEventType.ENDED:
                 metrics.TRACK_DURATION_SECONDS.observe(event.duration_s)
 
-
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)

@@ -30,7 +30,7 @@ from emotion_stream.images import ImageLimits
 from emotion_stream.keys import Stat
 from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, LuaScript, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
     FrameKind,
@@ -108,8 +108,8 @@ class Worker:
         self._reading_done = asyncio.Event()
         self._discovered = 0.0
         self._token = uuid.uuid4().hex
-        self._hold_name = client.register_script(_HOLD_NAME)
-        self._release_name = client.register_script(_RELEASE_NAME)
+        self._hold_name = LuaScript(client, _HOLD_NAME)
+        self._release_name = LuaScript(client, _RELEASE_NAME)
         metrics.init_worker_series(self.detector, self.model_id, analyzer.model.backend, analyzer.model.device)
 
     # ------------------------------------------------------------------ lifecycle
@@ -256,7 +256,7 @@ class Worker:
                 alive = sum(1 for t in beats.values() if now - float(t) < ALIVE_WINDOW_S)
                 metrics.WORKERS_ALIVE.set(alive)
                 for stream, (lag, pending) in (await self.group.backlog()).items():
-                    camera = metrics.camera_label(keys.camera_of_frames_key(stream))
+                    camera = metrics.camera_label(keys.camera_of(stream))
                     metrics.BACKLOG.labels(camera, "lag").set(lag)
                     metrics.BACKLOG.labels(camera, "pending").set(pending)
             except TRANSIENT_ERRORS:
@@ -268,9 +268,9 @@ class Worker:
     async def _discover(self) -> None:
         added = await self.group.refresh()
         for stream in added:
-            metrics.init_camera_series(keys.camera_of_frames_key(stream))
+            metrics.init_camera_series(keys.camera_of(stream))
         if added:
-            log.info("worker %s: consuming %s", self.name, ", ".join(keys.camera_of_frames_key(s) for s in added))
+            log.info("worker %s: consuming %s", self.name, ", ".join(keys.camera_of(s) for s in added))
 
     # ------------------------------------------------------------------ batch handling
     async def _handle(self, batch: list[Entry]) -> None:
@@ -281,7 +281,7 @@ class Worker:
         labels = (self.detector, self.model_id)
         for entry in batch:
             queue_wait = max(0.0, now - entry.enqueued_at)
-            camera = keys.camera_of_frames_key(entry.stream)
+            camera = keys.camera_of(entry.stream)
             if entry.fields is None:
                 metrics.FRAMES_SKIPPED.labels(metrics.camera_label(camera), SkipReason.TRIMMED).inc()
                 outcomes.append(Outcome(entry.stream, entry.id, stat=Stat.TRIMMED))

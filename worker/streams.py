@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
+from emotion_stream.redis_conn import CLUSTER_TRANSIENT_ERRORS, StreamEntries, StreamReader
 from emotion_stream.schema import validate_camera_id
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class ConsumerGroup:
         self.redis = client
         self.group = group
         self.consumer = consumer
+        self.reader = StreamReader(client)
         self.streams: list[str] = []
         self._hot: dict[str, float] = {}  # stream -> monotonic time of its last entry
         self._swept = 0.0
@@ -170,9 +172,9 @@ class ConsumerGroup:
             # than the frame age limit is delivered only stale frames, oldest first.)
             self._turn = (self._turn + 1) % len(hot)
             hot = hot[self._turn:] + hot[: self._turn]
-            reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {s: ">" for s in hot}, count=count, block=block_ms
-            )
+            reply = await self._read_group(hot, count, block_ms)
+        except CLUSTER_TRANSIENT_ERRORS:
+            raise  # a cluster failing over: the caller's retry loop waits for it
         except redis.ResponseError as exc:
             # UNBLOCKED (a stream deleted while we waited on it), NOGROUP (group destroyed,
             # FLUSHDB, Redis restarted empty), WRONGTYPE...: start again from the cameras set.
@@ -187,19 +189,22 @@ class ConsumerGroup:
     async def _sweep(self, count: int) -> list[Entry]:
         cold = [s for s in self.streams if s not in self._hot]
         for chunk in _chunks(cold):
-            reply = await self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in chunk}, count=count)
+            reply = await self._read_group(chunk, count, None)
             if reply:
                 return self._entries(reply)
         return []
 
-    def _entries(self, reply: Any) -> list[Entry]:
+    async def _read_group(self, streams: list[str], count: int, block_ms: int | None) -> list[tuple[str, StreamEntries]]:
+        return await self.reader.read({s: ">" for s in streams}, count=count, block_ms=block_ms,
+                                      group=self.group, consumer=self.consumer)
+
+    def _entries(self, reply: list[tuple[str, StreamEntries]]) -> list[Entry]:
         """Entries of an XREADGROUP reply, marking their streams hot. A camera's frames
         stay together (not interleaved with other cameras'): consecutive frames then tend
         to finish together, which is what the tracking stage's in-order emission wants."""
         now = time.monotonic()
         entries = []
-        for stream, items in reply or []:
-            name = _decode(stream)
+        for name, items in reply:
             self._hot[name] = now
             entries += [Entry(name, _decode(entry_id), fields) for entry_id, fields in items]
         return entries
@@ -299,3 +304,4 @@ class ConsumerGroup:
                 if not isinstance(pending, Exception) and not pending:
                     pipe.xgroup_delconsumer(stream, self.group, self.consumer)
             await pipe.execute(raise_on_error=False)
+        await self.reader.aclose()
