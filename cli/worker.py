@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_service_options(p)
     add_model_options(p)
     add_settings(p, "batch_size", "max_wait_ms", "cpu_threads", "max_frame_age_s", "claim_idle_ms", "worker_name")
-    add_settings(p, "tracking", "track_owner", *TRACKER_SETTINGS)
+    add_settings(p, "tracking", "track_owner", "track_weak_score", *TRACKER_SETTINGS)
 
 
 # The tracker's tuning, shared by `worker` and `tracks`.

@@ -292,10 +292,16 @@ class FrameRecord:
     captured_at: float
     status: FrameStatus
     faces: list[dict[str, Any]] = field(default_factory=list)
+    # Weak detections (x, y, w, h): below the face threshold, not published, only able
+    # to keep an existing track alive (ByteTrack's second association).
+    weak: list[tuple[int, int, int, int]] = field(default_factory=list)
     v: int = field(default=SCHEMA_VERSION, init=False)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        doc = asdict(self)
+        if not self.weak:
+            del doc["weak"]
+        return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: str | bytes) -> FrameRecord:
@@ -303,13 +309,24 @@ class FrameRecord:
             doc = json.loads(data)
             if doc.pop("v", None) != SCHEMA_VERSION:
                 raise MessageError("unknown frame record version")
+            weak = [_box(b) for b in doc.get("weak", [])[:MAX_WEAK_BOXES]]
             record = cls(doc["camera"], int(doc["seq"]), float(doc["captured_at"]), FrameStatus(doc["status"]),
-                         list(doc.get("faces", [])))
+                         list(doc.get("faces", [])), weak)
             for face in record.faces:
                 face_event_from_doc(face)  # validate now, not halfway through a flush
             return record
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise MessageError(f"malformed frame record: {exc}") from None
+
+
+MAX_WEAK_BOXES = 32  # weak detections kept per frame record
+
+
+def _box(value: Any) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in value)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"empty box {value!r}")
+    return x, y, w, h
 
 
 class TrackEventType(StrEnum):

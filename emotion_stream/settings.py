@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="a face unseen this long (capture time) ends its track"
     )
     track_min_iou: float = Field(0.2, ge=0, lt=1, description="least box overlap to continue a track")
+    track_weak_score: float = Field(
+        0.2, ge=0, lt=0.5,
+        description="BlazeFace detections scoring from this up to 0.5 are not faces of their own but keep "
+        "a tracked face's track alive when the detector's confidence dips (0: off)",
+    )
     track_smoothing_s: float = Field(
         0.5, ge=0, le=30, description="time constant of the exponential smoothing of a track's probabilities"
     )

@@ -62,7 +62,8 @@ class FaceAnalyzer:
                                  uncertain_below=settings.uncertain_below)
 
         def new_detector() -> FaceDetector:
-            return create_detector(settings.detector, settings.detect_max_side)
+            weak = settings.track_weak_score if settings.tracking else 0.0
+            return create_detector(settings.detector, settings.detect_max_side, weak)
 
         return cls(model, new_detector(), new_detector)
 

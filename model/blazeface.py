@@ -252,6 +252,7 @@ class BlazeFaceDetector:
         variant: str = "full",
         min_score: float = 0.5,
         detect_max_side: int = DEFAULT_DETECT_SIZE["blazeface"],
+        weak_score: float = 0.0,
         still_pad: float = 0.5,
         runtime: str = "auto",
         threads: int | None = None,
@@ -272,6 +273,9 @@ class BlazeFaceDetector:
             raise ModelError(f"cannot load BlazeFace model {self.path}: {str(exc).splitlines()[0]}") from None
         self._anchors = ssd_anchors(self.variant)
         self.min_score = min_score
+        # Candidates between weak_score and min_score are "weak" detections (0: none):
+        # not faces of their own, but evidence that a tracked face is still there.
+        self.weak_score = weak_score if 0.0 < weak_score < min_score else 0.0
         self.detect_max_side = detect_max_side
         self.still_pad = still_pad
 
@@ -324,6 +328,14 @@ class BlazeFaceDetector:
     def detect_batch(
         self, frames: Sequence[np.ndarray], stills: Sequence[bool] | None = None
     ) -> list[list[Detection]]:
+        return [faces for faces, _weak in self.detect_batch_split(frames, stills)]
+
+    def detect_batch_split(
+        self, frames: Sequence[np.ndarray], stills: Sequence[bool] | None = None
+    ) -> list[tuple[list[Detection], list[Detection]]]:
+        """(faces, weak detections) of each frame. The faces are exactly ``detect_batch``'s;
+        weak ones score in [weak_score, min_score) and overlap no face (ByteTrack's low-score
+        boxes: a tracker may use them to keep a track, never to start one). Stills get none."""
         if not frames:
             return []
         flags = list(stills) if stills is not None else [False] * len(frames)
@@ -331,12 +343,13 @@ class BlazeFaceDetector:
         batch = np.concatenate([self._inputs(f, v) for f, v in zip(frames, views)])
         raw_boxes, raw_scores = self._runner.run(batch)
         size = self.variant.input_size
-        results: list[list[Detection]] = []
+        results: list[tuple[list[Detection], list[Detection]]] = []
         row = 0
-        for frame, frame_views in zip(frames, views):
+        for frame, frame_views, still in zip(frames, views, flags):
+            floor = self.min_score if still or not self.weak_score else self.weak_score
             points_all, scores_all = [], []
             for view in frame_views:
-                points, scores = decode(raw_boxes[row], raw_scores[row], self._anchors, size, self.min_score)
+                points, scores = decode(raw_boxes[row], raw_scores[row], self._anchors, size, floor)
                 row += 1
                 cut = _cut_by_tile_edge(points, view, frame.shape[1] * view.scale, frame.shape[0] * view.scale, size)
                 points, scores = points[~cut], scores[~cut]
@@ -344,8 +357,19 @@ class BlazeFaceDetector:
                 origin = np.array([view.x, view.y], np.float32)
                 points_all.append((points * size + origin) / view.scale)
                 scores_all.append(scores)
-            faces = weighted_nms(np.concatenate(points_all), np.concatenate(scores_all), self.min_score)
-            results.append(largest_first([_detection(p, s, frame.shape) for p, s in faces]))
+            points, scores = np.concatenate(points_all), np.concatenate(scores_all)
+            faces = weighted_nms(points, scores, self.min_score)
+            weak: list[tuple[np.ndarray, float]] = []
+            if floor < self.min_score:
+                below = scores < self.min_score
+                low_points, low_scores = points[below], scores[below]
+                for face, _ in faces:  # most low candidates surround a face: drop them first
+                    apart = _iou(face[:2], low_points[:, :2]) <= _NMS_IOU
+                    low_points, low_scores = low_points[apart], low_scores[apart]
+                weak = [(p, s) for p, s in weighted_nms(low_points, low_scores, floor)
+                        if not any(_iou(p[:2], f[None, :2])[0] > _NMS_IOU for f, _ in faces)]
+            results.append((largest_first([_detection(p, s, frame.shape) for p, s in faces]),
+                            largest_first([_detection(p, s, frame.shape) for p, s in weak])))
         return results
 
 

@@ -184,20 +184,21 @@ class MTCNNDetector:
         return results
 
 
-def create_detector(name: str, max_side: int | None = None) -> FaceDetector:
+def create_detector(name: str, max_side: int | None = None, weak_score: float = 0.0) -> FaceDetector:
     """A detector by name. ``max_side`` (unset: ``DEFAULT_DETECT_SIZE``) is the longest
     side frames are analysed at: BlazeFace tiles frames above its 192 px input (see
     ``BlazeFaceDetector``); Haar and MTCNN shrink frames to it and map boxes back. For
     Haar, 192 px found about the same faces as 480 px on the 350 px dev photos (157 vs
     160 of 219) for half the CPU, but misses faces under ~10 % of the frame's shorter
-    side (about 64 px in 640x480)."""
+    side (about 64 px in 640x480). ``weak_score``: BlazeFace also reports detections down
+    to this score apart (``detect_batch_split``), for tracking; the others have none."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
     max_side = max_side or DEFAULT_DETECT_SIZE[name]
     if name == "blazeface":
         from .blazeface import BlazeFaceDetector
 
-        return BlazeFaceDetector(detect_max_side=max_side)
+        return BlazeFaceDetector(detect_max_side=max_side, weak_score=weak_score)
     if name == "opencv":
         return OpenCVDetector(max_side=max_side)
     return MTCNNDetector(max_side=max_side)

@@ -63,6 +63,28 @@ def test_finds_small_faces_at_the_default_size(detector):
     assert len(create_detector("blazeface", 192).detect(frame)) < len(planted)
 
 
+def test_weak_detections_are_below_the_threshold_apart_from_faces_and_change_no_face(detector):
+    """The split for tracking: faces exactly as without it; weak ones score under 0.5 and
+    overlap no face; a frame made hard to see (dark, noisy) yields weak ones; stills none."""
+    weak_detector = create_detector("blazeface", weak_score=0.05)
+    rng = np.random.default_rng(1)
+    frames = [sample_frame(t / 3, faces=2) for t in range(6)]
+    frames += [np.clip(f * 0.25 + rng.normal(0, 25, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    split = weak_detector.detect_batch_split(frames)
+    assert [faces for faces, _ in split] == detector.detect_batch(frames)
+    weak = [w for _, ws in split for w in ws]
+    assert weak and all(0.05 <= w.score < 0.5 for w in weak)
+    for faces, ws in split:
+        for w in ws:
+            for f in faces:
+                x0, y0 = max(w.box[0], f.box[0]), max(w.box[1], f.box[1])
+                x1 = min(w.box[0] + w.box[2], f.box[0] + f.box[2])
+                y1 = min(w.box[1] + w.box[3], f.box[1] + f.box[3])
+                inter = max(0, x1 - x0) * max(0, y1 - y0)
+                assert inter / (w.area + f.area - inter) <= 0.3
+    assert all(not ws for _, ws in weak_detector.detect_batch_split(frames, [True] * len(frames)))
+
+
 def test_no_false_positives_on_noise(detector):
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -21,7 +21,7 @@ from emotion_stream.settings import Settings
 
 from .conftest import require_system
 from .procs import wait_for
-from .test_observability import scrape
+from .test_observability import serving
 
 CAMERAS = 12
 FPS = 4
@@ -143,7 +143,7 @@ def test_live_and_batch_survive_a_master_failover(cluster, services, tmp_path, f
                  "--metrics-port", str(port))
         for i, port in enumerate(worker_ports)
     ]
-    wait_for(lambda: all(_up(p) for p in worker_ports), 120, "both workers")
+    wait_for(lambda: all(serving(p) for p in worker_ports), 120, "both workers")
     ingests = {
         camera: services(f"ingest-{camera}", "ingest", "sample:2", "--camera", camera, "--fps", str(FPS),
                          "--redis", url, "--duration", "40", *replicated)
@@ -206,14 +206,6 @@ def test_live_and_batch_survive_a_master_failover(cluster, services, tmp_path, f
     _print_table(rows, promoted_after)
     for worker in workers:
         assert worker.stop(60) == 0, worker.output[-3000:]
-
-
-def _up(port: int) -> bool:
-    try:
-        scrape(port)
-        return True
-    except OSError:
-        return False
 
 
 def _xlen(client: RedisCluster, key: str) -> int:

@@ -15,7 +15,7 @@ from emotion_stream.embedded_redis import free_port
 from emotion_stream.schema import TrackEvent
 
 from .procs import wait_for
-from .test_observability import sample_value, scrape
+from .test_observability import sample_value, scrape, serving
 
 CAMERAS = 6
 FPS = 15
@@ -31,7 +31,7 @@ def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redi
     # MTCNN (~25 ms a frame) makes the overload certain: 90 fps offered, ~40 fps capacity.
     worker = services("worker", "worker", "--redis", url, "--detector", "mtcnn", "--max-frame-age", str(MAX_AGE),
                       "--batch-size", "8", "--metrics-port", str(metrics_port))
-    wait_for(lambda: _up(metrics_port), 60, "the worker")
+    wait_for(lambda: serving(metrics_port), 60, "the worker")
     ingests = [
         services(f"ingest-{i}", "ingest", "sample:1", "--camera", f"load{i}", "--fps", str(FPS), "--redis", url,
                  "--max-len", str(MAX_LEN), "--duration", str(SECONDS))
@@ -110,11 +110,3 @@ def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redi
     print(f"\nload: {json.dumps(totals)}; p99 capture->processed {p99 * 1000:.0f} ms; "
           f"redis {max(redis_memory) / 2**20:.1f} MB peak; worker RSS {max(worker_rss) / 2**20:.0f} MB peak")
     assert worker.stop() == 0
-
-
-def _up(port: int) -> bool:
-    try:
-        scrape(port)
-        return True
-    except OSError:
-        return False

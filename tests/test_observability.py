@@ -33,6 +33,15 @@ def scrape(port: int) -> str:
     return http_get(f"http://127.0.0.1:{port}/metrics")
 
 
+def serving(port: int) -> bool:
+    """Whether a process serves metrics on ``port`` yet (it is up)."""
+    try:
+        scrape(port)
+        return True
+    except OSError:
+        return False
+
+
 def sample_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0

@@ -90,6 +90,55 @@ def test_frames_skipped_under_overload_do_not_end_a_track_but_endless_skipping_d
     assert [e.reason for e in lifecycle if e.type is TrackEventType.ENDED][0] == "timeout"
 
 
+def test_weak_detections_hold_a_track_through_a_dip_but_never_start_or_keep_one_for_long():
+    """ByteTrack's second association: a face whose detector score dips below the face
+    threshold for 1.5 s (weak boxes only) keeps its track; weak boxes alone start no
+    track; weak boxes lingering where a face was hold its track only so long."""
+    from tracks.camera import WEAK_HOLD_TIMEOUTS
+
+    def with_weak(recs: list[FrameRecord], start_s: float, end_s: float, keep_face: bool = False,
+                  box=None) -> list[FrameRecord]:
+        out = []
+        for r in recs:
+            if start_s <= r.seq / FPS < end_s:
+                boxes = [tuple(f["box"]) for f in r.faces] if box is None else [box]
+                faces = r.faces if keep_face else []
+                r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, faces, boxes)
+            out.append(r)
+        return out
+
+    person = Person("happy", 300, 200, 20)
+    events, lifecycle, _ = run(with_weak(records("cam", [person], 4.0), 1.0, 2.5))
+    assert len(tracks_of(events)["person0"]) == 1
+    assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
+
+    nobody = [FrameRecord("cam", i, 1_000_000.0 + i / FPS, FrameStatus.ANALYSED, [], [(100, 100, 60, 60)])
+              for i in range(30)]
+    events, lifecycle, _ = run(nobody)
+    assert not lifecycle and not events
+
+    # The face leaves at 1 s; a false weak box stays where it was for 5 s.
+    gone = Person("sad", 300, 200, 0, end=1.0)
+    recs = records("cam", [gone], 6.0)
+    recs = with_weak(recs, 1.0, 6.0, box=(300, 200, 60, 60))
+    _, lifecycle, _ = run(recs)
+    [ended] = [e for e in lifecycle if e.type is TrackEventType.ENDED]
+    assert ended.reason == "timeout"
+    assert ended.at - 1_000_000.0 <= 1.0 + (WEAK_HOLD_TIMEOUTS + 1) * CONFIG.timeout_s + 0.1
+
+
+def test_frame_records_round_trip_weak_boxes_and_refuse_malformed_ones():
+    from emotion_stream.schema import MessageError
+
+    record = FrameRecord("cam", 3, 1.5, FrameStatus.ANALYSED, [], [(1, 2, 30, 40)])
+    assert FrameRecord.from_json(record.to_json()) == record
+    assert "weak" not in FrameRecord("cam", 3, 1.5, FrameStatus.ANALYSED).to_json()  # old shape when none
+    for bad in ([[1, 2]], [[1, 2, 0, 5]], [["x", 1, 2, 3]], 7):
+        doc = {**json.loads(record.to_json()), "weak": bad}
+        with pytest.raises(MessageError):
+            FrameRecord.from_json(json.dumps(doc))
+
+
 def test_shuffled_arrival_within_the_window_gives_the_in_order_result():
     recs = records("cam", [Person("happy", 100, 100, 50), Person("anger", 400, 100, -30)], 3.0)
     in_order = run(recs)

@@ -30,6 +30,7 @@ from .smoothing import EmotionSmoother
 
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
 UNSEEN_TIMEOUTS = 5  # track timeouts after which only skipped frames end a track
+WEAK_HOLD_TIMEOUTS = 2  # track timeouts that weak detections alone may hold a track
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Track:
     emotion_seconds: dict[str, float] = field(default_factory=dict)  # seconds each label was shown
     evidence: list[float] = field(default_factory=list)  # per-frame probabilities summed, EMOTIONS order
     unseen_s: float = 0.0  # capture time since last seen, over frames that were looked at
+    last_face_at: float = 0.0  # capture time of its last face (weak detections aside)
 
     def dominant(self) -> str:
         """The emotion with the highest probability summed over the track's frames: a soft
@@ -187,13 +189,15 @@ class CameraTracker:
             self._end_all(TrackEndReason.END_OF_STREAM, at, record.seq, out)
             out.events.append(EndOfStream(self.camera, record.seq).to_json())
             return
-        if record.status is not FrameStatus.ANALYSED or not record.faces:
+        if record.status is not FrameStatus.ANALYSED:
             return
         faces = [face_event_from_doc(doc) for doc in record.faces]
         boxes = [_box(f.box) for f in faces]
         tracks = list(self.tracks.values())
         pairs = associate([t.motion.predict(at) for t in tracks], boxes, self.config.min_iou)
         owner = {d: tracks[t] for t, d in pairs}
+        taken = {t for t, _ in pairs}
+        self._hold(record, at, [track for i, track in enumerate(tracks) if i not in taken])
         for index, (face, box) in enumerate(zip(faces, boxes)):
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
             matched = owner.get(index)
@@ -207,19 +211,35 @@ class CameraTracker:
                 previous = track.smoother.update(probabilities, at)
                 track.evidence = [a + b for a, b in zip(track.evidence, probabilities)]
                 track.motion.update(box, at)
-                track.last_at, track.last_seq, track.unseen_s = at, record.seq, 0.0
+                track.last_at, track.last_seq, track.unseen_s, track.last_face_at = at, record.seq, 0.0, at
                 if previous is not None:
                     out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at,
                                                     record.seq, emotion=track.smoother.shown, previous=previous))
             out.events.append(replace(face, track=track.id, track_emotion=track.smoother.shown).to_json())
             out.captured.append(face.captured_at)
 
+    def _hold(self, record: FrameRecord, at: float, unmatched: list[Track]) -> None:
+        """Second association (ByteTrack's): tracks no face matched take the frame's weak
+        detections. A weak match keeps a track alive and moves it, nothing more: no
+        event, no evidence. Limited to WEAK_HOLD_TIMEOUTS timeouts since the last face,
+        so a lingering false detection cannot carry a track onto the next person."""
+        if not unmatched or not record.weak:
+            return
+        limit = WEAK_HOLD_TIMEOUTS * self.config.timeout_s
+        holders = [t for t in unmatched if at - t.last_face_at <= limit]
+        weak = [_box(b) for b in record.weak]
+        for t, d in associate([h.motion.predict(at) for h in holders], weak, self.config.min_iou):
+            track = holders[t]
+            track.motion.update(weak[d], at)
+            track.unseen_s = 0.0
+
     def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
                out: TrackerOutput) -> Track:
         c = self.config
         smoother = EmotionSmoother(c.smoothing_s, c.switch_margin, c.switch_frames)
         smoother.update(probabilities, at)
-        track = Track(self.next_track_id, at, at, seq, Motion(box, at), smoother, evidence=list(probabilities))
+        track = Track(self.next_track_id, at, at, seq, Motion(box, at), smoother, evidence=list(probabilities),
+                      last_face_at=at)
         self.next_track_id += 1
         self.tracks[track.id] = track
         out.lifecycle.append(TrackEvent(TrackEventType.STARTED, self.camera, track.id, at, seq,

@@ -4,10 +4,12 @@ analysed frame, or a dead letter. Pure construction; ``publishing.py`` writes th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from emotion_stream.keys import Stat
 from emotion_stream.schema import (
+    MAX_WEAK_BOXES,
     EndOfStream,
     FaceEvent,
     FrameKind,
@@ -18,6 +20,7 @@ from emotion_stream.schema import (
     dead_letter_fields,
 )
 from model import FaceResult
+from model.detectors import Detection
 
 from .publishing import Outcome
 from .streams import Entry
@@ -34,7 +37,7 @@ class Origin:
 
 def analyzed_outcome(
     entry: Entry, message: FrameMessage, faces: list[FaceResult], processed_at: float, origin: Origin,
-    *, tracking: bool = False,
+    *, tracking: bool = False, weak: Sequence[Detection] = (),
 ) -> Outcome:
     """One event per face, plus the still's result for a batch job. A frame without
     faces still gets an outcome: it is acked and counted as processed. With ``tracking``
@@ -72,8 +75,9 @@ def analyzed_outcome(
         ).to_json()
     live = message.kind is FrameKind.LIVE
     if tracking and live:
+        boxes = [(int(d.box[0]), int(d.box[1]), int(d.box[2]), int(d.box[3])) for d in weak[:MAX_WEAK_BOXES]]
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
-                             [asdict(e) for e in events]).to_json()
+                             [asdict(e) for e in events], boxes).to_json()
         return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
                        stat=Stat.PROCESSED, frame_record=record)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,

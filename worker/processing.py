@@ -39,6 +39,7 @@ class BatchTimes:
 @dataclass(slots=True)
 class FrameAnalysis:
     faces: list[FaceResult] = field(default_factory=list)
+    weak: list[Detection] = field(default_factory=list)  # below the face threshold (tracking only)
     error: str = ""  # set when the frame cannot be processed (dead-letter reason)
     error_kind: DeadLetterKind | None = None  # set with error
 
@@ -52,6 +53,7 @@ class Prepared:
     error: str  # decode failure (dead-letter reason)
     decode_s: float
     detect_s: float = 0.0
+    weak: list[Detection] = field(default_factory=list)
 
 
 class FrameProcessor:
@@ -97,6 +99,7 @@ class FrameProcessor:
             if item.frame is None:
                 out[i].error, out[i].error_kind = item.error, DeadLetterKind.UNDECODABLE_IMAGE
             else:
+                out[i].weak = item.weak
                 frames.append(item.frame)
                 found.append(item.detections)
                 owners.append(i)
@@ -149,12 +152,12 @@ class FrameProcessor:
                 return out
             t1 = time.perf_counter()
             try:
-                found: list[list[Detection] | None] = list(self._detector().detect_batch(frames, stills))
+                found, weak = _detect(self._detector(), frames, stills)
             except Exception:  # process() retries frame by frame, logs, and dead-letters what fails
-                found = [None] * len(frames)
+                found, weak = [None] * len(frames), [[] for _ in frames]
             share = (time.perf_counter() - t1) / len(frames)
-            for i, frame, detections in zip(decoded, frames, found):
-                out[i] = Prepared(frame, detections, "", out[i].decode_s, share)
+            for i, frame, detections, weak_ones in zip(decoded, frames, found, weak):
+                out[i] = Prepared(frame, detections, "", out[i].decode_s, share, weak_ones)
             return out
         finally:
             if self._pool is not None:
@@ -173,3 +176,13 @@ class FrameProcessor:
         with self._lock:
             self._queued += delta
             metrics.CPU_STAGE_QUEUE.set(self._queued)
+
+
+def _detect(detector: FaceDetector, frames: list[np.ndarray],
+            stills: list[bool]) -> tuple[list[list[Detection] | None], list[list[Detection]]]:
+    """(faces, weak detections) per frame; weak ones only from detectors that report them."""
+    split = getattr(detector, "detect_batch_split", None)
+    if split is None:
+        return list(detector.detect_batch(frames, stills)), [[] for _ in frames]
+    pairs = split(frames, stills)
+    return [faces for faces, _ in pairs], [weak for _, weak in pairs]

@@ -358,7 +358,7 @@ class Worker:
         if analysis.error:
             return self._dead_letter(entry, analysis.error, message, analysis.error_kind or DeadLetterKind.ANALYSIS_FAILED)
         outcome = analyzed_outcome(entry, message, analysis.faces, processed_at, self.origin,
-                                   tracking=self.settings.tracking)
+                                   tracking=self.settings.tracking, weak=analysis.weak)
         detected = sum(1 for face in analysis.faces if not face.whole_image)
         metrics.FACES_DETECTED.labels(self.detector).inc(detected)
         if analysis.faces and analysis.faces[0].whole_image:
