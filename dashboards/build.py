@@ -76,9 +76,11 @@ PANELS: tuple[Panel, ...] = (
             "skipped {{camera}} {{reason}}": f"sum by (camera, reason) (rate({NS}_frames_skipped_total{WINDOW}))",
             "dropped at ingest {{camera}} {{reason}}": f"sum by (camera, reason) (rate({NS}_frames_dropped_total{WINDOW}))",
             "dead-lettered {{reason}}": f"sum by (reason) (rate({NS}_frames_dead_lettered_total{WINDOW}))",
+            "unconfirmed by replicas {{camera}}": f"sum by (camera) (rate({NS}_frames_unconfirmed_total{WINDOW}))",
         },
         unit="fps",
-        description="stale: older than the max frame age; trimmed: dropped by the stream bound before any worker read it.",
+        description="stale: older than the max frame age; trimmed: dropped by the stream bound before any worker "
+        "read it; unconfirmed: written, but not on a replica in time (--write-replicas), so at risk if its master fails.",
     ),
     Panel(
         "Stream backlog per camera",
