@@ -59,16 +59,20 @@ class LocalCluster:
         return f"redis+cluster://{self.nodes[0].address}"
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
-        for _ in range(self.masters * (1 + self.replicas)):
-            self.nodes.append(self._start_node(_free_cluster_port()))
-        for node in self.nodes:
-            _wait(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port}")
-        subprocess.run(
-            [self.cli, "--cluster", "create", *(n.address for n in self.nodes),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=timeout,
-        )
-        _wait(self.healthy, timeout, "the cluster to be ready")
+        try:
+            for _ in range(self.masters * (1 + self.replicas)):
+                self.nodes.append(self._start_node(_free_cluster_port()))
+            for node in self.nodes:
+                _wait(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port}")
+            subprocess.run(
+                [self.cli, "--cluster", "create", *(n.address for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=timeout,
+            )
+            _wait(self.healthy, timeout, "the cluster to be ready")
+        except BaseException:
+            self.stop()  # no servers left behind by a failed start
+            raise
         return self
 
     def _start_node(self, port: int) -> ClusterNode:
