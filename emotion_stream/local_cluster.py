@@ -28,24 +28,29 @@ class ClusterNode:
     port: int
     folder: Path
     process: subprocess.Popen[bytes]
+    ca_cert: Path | None = None  # TLS: the CA the server's certificate is checked against
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.ca_cert)} if self.ca_cert else {}
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5, **tls)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
 
 class LocalCluster:
-    """``masters`` masters with ``replicas`` replicas each on 127.0.0.1."""
+    """``masters`` masters with ``replicas`` replicas each on 127.0.0.1. ``tls``: (certificate,
+    key) for TLS only (clients, replication and the cluster bus), the certificate being its
+    own CA."""
 
     def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
-                 server: str | None = None, cli: str | None = None) -> None:
+                 server: str | None = None, cli: str | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.masters, self.replicas, self.node_timeout_ms = masters, replicas, node_timeout_ms
+        self.tls = tls
         self.server = server or shutil.which("redis-server") or ""
         self.cli = cli or shutil.which("redis-cli") or ""
         if not self.server or not self.cli:
@@ -56,6 +61,8 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss+cluster://{self.nodes[0].address}?ssl_ca_certs={self.tls[0]}"
         return f"redis+cluster://{self.nodes[0].address}"
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
@@ -64,8 +71,9 @@ class LocalCluster:
                 self.nodes.append(self._start_node(_free_cluster_port()))
             for node in self.nodes:
                 _wait(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port}")
+            tls = ["--tls", "--cacert", str(self.tls[0])] if self.tls else []
             subprocess.run(
-                [self.cli, "--cluster", "create", *(n.address for n in self.nodes),
+                [self.cli, *tls, "--cluster", "create", *(n.address for n in self.nodes),
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=timeout,
             )
@@ -78,8 +86,13 @@ class LocalCluster:
     def _start_node(self, port: int) -> ClusterNode:
         folder = self.root / str(port)
         folder.mkdir()
+        listen = [f"port {port}"]
+        if self.tls:
+            cert, key = self.tls
+            listen = ["port 0", f"tls-port {port}", "tls-cluster yes", "tls-replication yes", f"tls-cert-file {cert}",
+                      f"tls-key-file {key}", f"tls-ca-cert-file {cert}", "tls-auth-clients no"]
         config = "\n".join([
-            f"port {port}", "bind 127.0.0.1", f"dir {folder}", "cluster-enabled yes",
+            *listen, "bind 127.0.0.1", f"dir {folder}", "cluster-enabled yes",
             f"cluster-config-file {folder / 'nodes.conf'}", f"cluster-node-timeout {self.node_timeout_ms}",
             "appendonly yes", "appendfsync everysec", "save ''", "protected-mode no",
             "repl-diskless-sync-delay 0",  # replicas in sync at once, so a failover can happen
@@ -88,7 +101,7 @@ class LocalCluster:
         (folder / "redis.conf").write_text(config + "\n")
         process = subprocess.Popen([*_die_with_parent(), self.server, str(folder / "redis.conf")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return ClusterNode(port, folder, process)
+        return ClusterNode(port, folder, process, self.tls[0] if self.tls else None)
 
     def healthy(self, replicas_online: bool = True) -> bool:
         """Every live node says the cluster is ok, ``masters`` masters serve the slots,

@@ -72,6 +72,26 @@ def test_every_key_of_a_camera_shares_one_slot():
     assert len({key_slot(keys.frames(f"cam-{i}").encode()) for i in range(100)}) > 90
 
 
+@pytest.mark.slow
+def test_a_tls_cluster_url_runs_the_pipeline(tmp_path, services):
+    """rediss+cluster://: TLS between clients and nodes, for replication and on the bus."""
+    require_system("redis-server", "Debian's redis-server is built with TLS")
+    require_system("redis-cli", "redis-cli --cluster create makes the cluster")
+    from emotion_stream.local_cluster import LocalCluster
+
+    from .test_security import _certificates
+
+    with LocalCluster(masters=3, replicas=1, tls=_certificates(tmp_path)) as tls_cluster:
+        url = tls_cluster.url
+        assert url.startswith("rediss+cluster://")
+        services("worker", "worker", "--redis", url, "--max-frame-age", "600")
+        services("ingest", "ingest", "sample:1", "--camera", "tls-cam", "--fps", "5", "--redis", url)
+        node = tls_cluster.node_of(keys.events("tls-cam"))
+        wait_for(lambda: node.client().xlen(keys.events("tls-cam")) >= 3, 120, "events over a TLS cluster")
+        with pytest.raises(redis.ConnectionError):  # the nodes speak TLS only
+            redis.Redis(port=node.port, socket_timeout=2, socket_connect_timeout=2).ping()
+
+
 def test_subscribers_move_to_another_node_when_theirs_dies(cluster):
     """Pub/sub on a cluster: a PUBLISH reaches every node, so a subscriber whose node is
     SIGKILLed re-subscribes on another and keeps receiving."""
