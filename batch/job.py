@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.images import IMAGE_SUFFIXES
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, queue_wait, retrying
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, retrying, write_confirmed
 from emotion_stream.schema import (
     FrameKind,
     FrameMessage,
@@ -210,12 +210,14 @@ class BatchJob:
     async def _add(self, message: FrameMessage) -> bool:
         """One XADD (and WAIT for the replicas asked for); True when confirmed."""
         replicas = self.settings.write_replicas
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.stream, message.to_fields())
-        if replicas:
-            queue_wait(pipe, self.redis, self.stream, replicas, self.settings.write_replicas_timeout_ms)
-        replies = await pipe.execute()
-        return not replicas or int(replies[-1]) >= replicas
+        if not replicas:
+            await self.redis.xadd(self.stream, message.to_fields())
+            return True
+        _id, confirmed = await write_confirmed(
+            self.redis, self.stream, lambda pipe: pipe.xadd(self.stream, message.to_fields()),
+            replicas, self.settings.write_replicas_timeout_ms,
+        )
+        return confirmed
 
     async def _collect(self, on_result: Callable[[FrameResult], object] | None) -> None:
         last_id = "0-0"

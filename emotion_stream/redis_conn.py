@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -34,10 +35,9 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 # moving, or its node unreachable. redis-py derives ClusterDownError and TryAgainError
 # from ResponseError, so handlers of ResponseError (a refusal) re-raise these first.
 CLUSTER_TRANSIENT_ERRORS = (
-    redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
-    redis.exceptions.ClusterError,
 )
 # Errors after which a connection is worth retrying (Redis restarting, a cluster failing
 # over, network blip).
@@ -121,14 +121,25 @@ class LuaScript:
         return await self._script(keys=keys, args=args, client=client)
 
 
-def queue_wait(pipe: Any, client: aioredis.Redis, key: KeyT, replicas: int, timeout_ms: int) -> None:
-    """Queue WAIT after the writes to ``key`` queued on ``pipe``: its reply is how many
-    replicas have them. WAIT counts the writes of its own connection, and has no key:
-    on a cluster it is sent to ``key``'s node, in the same batch as those writes."""
+async def write_confirmed(
+    client: aioredis.Redis, key: KeyT, write: Callable[[Any], Awaitable[object] | object],
+    replicas: int, timeout_ms: int,
+) -> tuple[Any, bool]:
+    """Queue ``write(pipe)`` (commands on ``key``'s slot), then WAIT for ``replicas``
+    replicas to have it: (the write's reply, confirmed). WAIT counts the writes of its
+    own connection and has no key: on a cluster it goes to ``key``'s node, in the same
+    per-node batch as the write."""
+    pipe = client.pipeline(transaction=False)
+    queued = write(pipe)
+    if inspect.isawaitable(queued):
+        await queued
     if is_cluster(client):
-        pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=client.get_node_from_key(key))  # type: ignore[attr-defined]
+        node = client.get_node_from_key(key)  # type: ignore[attr-defined]
+        pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
     else:
         pipe.execute_command("WAIT", replicas, timeout_ms)
+    reply, acked = await pipe.execute()
+    return reply, int(acked) >= replicas
 
 
 StreamEntries = list[tuple[Any, dict[bytes, bytes] | None]]
@@ -137,7 +148,7 @@ StreamEntries = list[tuple[Any, dict[bytes, bytes] | None]]
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.025
 # Replies that mean the slot map is out of date (a failover, a resharding).
-_MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError, *CLUSTER_TRANSIENT_ERRORS, *TRANSIENT_ERRORS)
+_MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError, *TRANSIENT_ERRORS)
 
 
 class StreamReader:
@@ -175,7 +186,7 @@ class StreamReader:
                 reply = await self.client.xreadgroup(group, consumer or "", ids, count=count, block=block_ms)
             else:
                 reply = await self.client.xread(ids, count=count, block=block_ms)
-            return [(_text(name), entries) for name, entries in reply or []]
+            return [(as_text(name), entries) for name, entries in reply or []]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (block_ms or 0) / 1000
         wait = POLL_MIN_S
@@ -213,19 +224,21 @@ class StreamReader:
                     pipe.xread({name: streams[name]}, count=count)
             return await pipe.execute(raise_on_error=False)
 
+        # A node that fails (the whole pipeline, or one stream's command) must not lose
+        # what the other nodes handed out: errors are collected, not raised here.
         replies = await asyncio.gather(*(node_read(n, names) for n, names in by_node.items()),
                                        return_exceptions=True)
         result: list[tuple[str, StreamEntries]] = []
         errors: list[Exception] = []
         for reply in replies:
             for one in reply if isinstance(reply, list) else [reply]:
-                if isinstance(one, BaseException):
-                    if not isinstance(one, Exception):
-                        raise one
+                if isinstance(one, Exception):
                     errors.append(one)
                     self._stale = self._stale or isinstance(one, _MOVED)
-                    continue
-                result += [(_text(name), entries) for name, entries in one or []]
+                elif isinstance(one, BaseException):
+                    raise one  # cancelled
+                else:
+                    result += [(as_text(name), entries) for name, entries in one or []]
         return result, errors
 
     def _client_of(self, node: str) -> aioredis.Redis:
@@ -254,7 +267,8 @@ class StreamReader:
         self._nodes.clear()
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A name or id from a Redis reply (bytes, or str with decode_responses) as str."""
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -14,7 +14,7 @@ from redis.typing import EncodableT
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, LuaScript, queue_wait
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, LuaScript, write_confirmed
 from emotion_stream.schema import FrameKind, FrameMessage, SkipReason
 from emotion_stream.settings import Settings
 
@@ -136,14 +136,14 @@ class FramePublisher:
             self._registered = False  # re-announce after a Redis restart
             return False
         self.seq += 1
-        if not confirmed:
-            self.unconfirmed += message.kind is FrameKind.LIVE
+        if message.kind is FrameKind.LIVE and confirmed:
+            self.accepted += 1
+            metrics.FRAMES_INGESTED.labels(self._label).inc()
+        elif message.kind is FrameKind.LIVE:
+            self.unconfirmed += 1
             metrics.FRAMES_UNCONFIRMED.labels(self._label).inc()
             self._throttled.warning(f"unconfirmed:{self.camera}", "camera %s: frame %d not confirmed by %d "
                                     "replica(s) in time", self.camera, message.seq, self.settings.write_replicas)
-        elif message.kind is FrameKind.LIVE:
-            self.accepted += 1
-            metrics.FRAMES_INGESTED.labels(self._label).inc()
         if lost:
             metrics.FRAMES_SKIPPED.labels(self._label, SkipReason.TRIMMED).inc(lost)
             self._throttled.warning(
@@ -161,11 +161,10 @@ class FramePublisher:
         if not replicas:
             _id, lost = await self._add(keys=script_keys, args=args)
             return int(lost), True
-        pipe = self.redis.pipeline(transaction=False)
-        await self._add(keys=script_keys, args=args, client=pipe)
-        queue_wait(pipe, self.redis, self.stream, replicas, self._wait_ms)
-        (_id, lost), acked = await pipe.execute()
-        confirmed = int(acked) >= replicas
+        (_id, lost), confirmed = await write_confirmed(
+            self.redis, self.stream, lambda pipe: self._add(keys=script_keys, args=args, client=pipe),
+            replicas, self._wait_ms,
+        )
         # Replicas missing (one died, or its master was failed over to it): wait 1 ms,
         # not the full timeout, until a frame is confirmed again, so the camera keeps
         # its frame rate; those frames are counted as unconfirmed meanwhile.

@@ -53,6 +53,17 @@ class FaceDetector(Protocol):
         ...
 
 
+def detect_with_weak(detector: FaceDetector, frames: Sequence[np.ndarray], stills: Sequence[bool]
+                     ) -> tuple[list[list[Detection] | None], list[list[Detection]]]:
+    """(faces, weak detections) of each frame, for tracking: weak ones from detectors
+    that report them (BlazeFace's ``detect_batch_split``), none from the others."""
+    split = getattr(detector, "detect_batch_split", None)
+    if split is None:
+        return list(detector.detect_batch(frames, stills)), [[] for _ in frames]
+    pairs = split(frames, stills)
+    return [faces for faces, _ in pairs], [weak for _, weak in pairs]
+
+
 def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Frame resized so its longer side is at most ``max_side``; returns (image, factor)."""
     longest = max(frame.shape[:2])

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, LuaScript, StreamReader, retrying
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, LuaScript, StreamReader, as_text, retrying
 from emotion_stream.schema import FrameRecord, MessageError, TrackEventType
 from emotion_stream.settings import Settings
 
@@ -132,13 +132,13 @@ class TrackOwner:
         if self._rounds == 1:
             return  # first round: only say we are here, so owners started together share at once
         beats = await self.redis.hgetall(keys.TRACK_OWNERS)
-        owners = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in beats.items()}
+        owners = {as_text(k): float(v) for k, v in beats.items()}
         alive = [k for k, beat in owners.items() if now - beat < ALIVE_LEASES * self.settings.track_lease_s]
         gone = [k for k, beat in owners.items() if now - beat > 100 * self.settings.track_lease_s]
         if gone:
             await self.redis.hdel(keys.TRACK_OWNERS, *gone)
         members = await self.redis.smembers(keys.TRACKED_CAMERAS)
-        cameras = sorted(c.decode() if isinstance(c, bytes) else c for c in members)
+        cameras = sorted(as_text(c) for c in members)
         share = math.ceil(len(cameras) / max(1, len(alive)))
         free = [c for c in cameras if c not in self.tokens]
         holders = await self._leases(free)
@@ -243,7 +243,7 @@ class TrackOwner:
             out = outputs.setdefault(camera, TrackerOutput())
             for entry_id, fields in entries:
                 fields = fields or {}
-                tracker.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                tracker.cursor = as_text(entry_id)
                 moved.add(camera)
                 raw = fields.get(b"frame")
                 try:

@@ -51,7 +51,7 @@ def analyzed_outcome(
             processed_at=processed_at,
             face_index=index,
             faces_in_frame=len(faces),
-            box=(int(face.box[0]), int(face.box[1]), int(face.box[2]), int(face.box[3])),
+            box=_pixels(face.box),
             emotion=face.emotion,
             confidence=round(face.confidence, 5),
             probabilities=face.probabilities_dict(),
@@ -75,13 +75,18 @@ def analyzed_outcome(
         ).to_json()
     live = message.kind is FrameKind.LIVE
     if tracking and live:
-        boxes = [(int(d.box[0]), int(d.box[1]), int(d.box[2]), int(d.box[3])) for d in weak[:MAX_WEAK_BOXES]]
+        boxes = [_pixels(d.box) for d in weak[:MAX_WEAK_BOXES]]
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
                              [asdict(e) for e in events], boxes).to_json()
         return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
                        stat=Stat.PROCESSED, frame_record=record)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
                    message.reply_to, captured_at=message.captured_at, stat=Stat.PROCESSED if live else "")
+
+
+def _pixels(box: tuple[float, float, float, float] | tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """A detector box (x, y, w, h) as the integers events and records carry."""
+    return int(box[0]), int(box[1]), int(box[2]), int(box[3])
 
 
 def skipped_record(message: FrameMessage | None, tracking: bool) -> str:

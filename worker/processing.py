@@ -22,7 +22,7 @@ from emotion_stream.images import ImageError, ImageLimits, decode_image
 from emotion_stream.schema import DeadLetterKind, FrameKind, FrameMessage
 from model import FaceAnalyzer, FaceResult
 from model.analyzer import StageTimes
-from model.detectors import Detection, FaceDetector
+from model.detectors import Detection, FaceDetector, detect_with_weak
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class FrameProcessor:
                 return out
             t1 = time.perf_counter()
             try:
-                found, weak = _detect(self._detector(), frames, stills)
+                found, weak = detect_with_weak(self._detector(), frames, stills)
             except Exception:  # process() retries frame by frame, logs, and dead-letters what fails
                 found, weak = [None] * len(frames), [[] for _ in frames]
             share = (time.perf_counter() - t1) / len(frames)
@@ -177,12 +177,3 @@ class FrameProcessor:
             self._queued += delta
             metrics.CPU_STAGE_QUEUE.set(self._queued)
 
-
-def _detect(detector: FaceDetector, frames: list[np.ndarray],
-            stills: list[bool]) -> tuple[list[list[Detection] | None], list[list[Detection]]]:
-    """(faces, weak detections) per frame; weak ones only from detectors that report them."""
-    split = getattr(detector, "detect_batch_split", None)
-    if split is None:
-        return list(detector.detect_batch(frames, stills)), [[] for _ in frames]
-    pairs = split(frames, stills)
-    return [faces for faces, _ in pairs], [weak for _, weak in pairs]

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import CLUSTER_TRANSIENT_ERRORS, StreamEntries, StreamReader
+from emotion_stream.redis_conn import CLUSTER_TRANSIENT_ERRORS, StreamEntries, StreamReader, as_text
 from emotion_stream.schema import validate_camera_id
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ class Entry:
     def enqueued_at(self) -> float:
         """XADD time in unix seconds, from the entry id."""
         return int(self.id.split("-", 1)[0]) / 1000.0
-
-
-def _decode(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # Reading thousands of mostly idle streams: only "hot" streams (an entry in the last
@@ -206,7 +202,7 @@ class ConsumerGroup:
         entries = []
         for name, items in reply:
             self._hot[name] = now
-            entries += [Entry(name, _decode(entry_id), fields) for entry_id, fields in items]
+            entries += [Entry(name, as_text(entry_id), fields) for entry_id, fields in items]
         return entries
 
     def _cool_down(self) -> None:
@@ -232,15 +228,15 @@ class ConsumerGroup:
                 if isinstance(reply, redis.ResponseError):
                     continue  # NOGROUP or the key vanished: the reader rejoins
                 cursor, entries = reply[0], reply[1]
-                self._claim_cursor[stream] = _decode(cursor)
+                self._claim_cursor[stream] = as_text(cursor)
                 for entry in entries:
                     # Redis 6.2 returns trimmed entries as (id, None); 7.x drops them and
                     # lists their ids in a third element.
                     entry_id, fields = (entry[0], entry[1]) if entry else (None, None)
                     if entry_id is not None:
-                        claimed.append(Entry(stream, _decode(entry_id), fields or None))
+                        claimed.append(Entry(stream, as_text(entry_id), fields or None))
                 for entry_id in reply[2] if len(reply) > 2 else []:
-                    claimed.append(Entry(stream, _decode(entry_id), None))
+                    claimed.append(Entry(stream, as_text(entry_id), None))
         return await self._with_deliveries(claimed)
 
     async def _with_pending(self, streams: list[str]) -> list[str]:
@@ -267,7 +263,7 @@ class ConsumerGroup:
                 )
             except redis.ResponseError:
                 pending = []  # the stream vanished since the claim: count them once
-            times = {_decode(cast(bytes, p["message_id"])): int(p["times_delivered"]) for p in pending}
+            times = {as_text(cast(bytes, p["message_id"])): int(p["times_delivered"]) for p in pending}
             counted += [Entry(e.stream, e.id, e.fields, times.get(e.id, 1)) for e in mine]
         return counted
 
@@ -283,11 +279,11 @@ class ConsumerGroup:
                 if isinstance(groups, redis.ResponseError):
                     continue
                 for info in groups:
-                    if _decode(cast(bytes, info["name"])) != self.group:
+                    if as_text(cast(bytes, info["name"])) != self.group:
                         continue
                     lag = info.get("lag")
                     if lag is None:  # Redis < 7: count entries after the last delivered id
-                        last = _decode(cast(bytes, info["last-delivered-id"]))
+                        last = as_text(cast(bytes, info["last-delivered-id"]))
                         lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000) or [])
                     result[stream] = (int(lag), int(info["pending"]))
         return result
