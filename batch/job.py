@@ -213,10 +213,11 @@ class BatchJob:
         if not replicas:
             await self.redis.xadd(self.stream, message.to_fields())
             return True
+        async def queue(pipe: Any) -> None:
+            pipe.xadd(self.stream, message.to_fields())
+
         _id, confirmed = await write_confirmed(
-            self.redis, self.stream, lambda pipe: pipe.xadd(self.stream, message.to_fields()),
-            replicas, self.settings.write_replicas_timeout_ms,
-        )
+            self.redis, self.stream, queue, replicas, self.settings.write_replicas_timeout_ms)
         return confirmed
 
     async def _collect(self, on_result: Callable[[FrameResult], object] | None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -122,17 +121,16 @@ class LuaScript:
 
 
 async def write_confirmed(
-    client: aioredis.Redis, key: KeyT, write: Callable[[Any], Awaitable[object] | object],
+    client: aioredis.Redis, key: KeyT, write: Callable[[Any], Awaitable[object]],
     replicas: int, timeout_ms: int,
 ) -> tuple[Any, bool]:
-    """Queue ``write(pipe)`` (commands on ``key``'s slot), then WAIT for ``replicas``
-    replicas to have it: (the write's reply, confirmed). WAIT counts the writes of its
-    own connection and has no key: on a cluster it goes to ``key``'s node, in the same
-    per-node batch as the write."""
+    """Queue one command on ``key``'s slot with ``await write(pipe)``, then WAIT for
+    ``replicas`` replicas to have it: (the command's reply, confirmed). WAIT counts the
+    writes of its own connection and has no key: on a cluster it goes to ``key``'s node,
+    in the same per-node batch as the write. (``write`` must not await the pipeline
+    itself: awaiting a cluster pipeline starts it afresh.)"""
     pipe = client.pipeline(transaction=False)
-    queued = write(pipe)
-    if inspect.isawaitable(queued):
-        await queued
+    await write(pipe)
     if is_cluster(client):
         node = client.get_node_from_key(key)  # type: ignore[attr-defined]
         pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
