@@ -196,8 +196,9 @@ class CameraTracker:
         tracks = list(self.tracks.values())
         pairs = associate([t.motion.predict(at) for t in tracks], boxes, self.config.min_iou)
         owner = {d: tracks[t] for t, d in pairs}
-        taken = {t for t, _ in pairs}
-        self._hold(record, at, [track for i, track in enumerate(tracks) if i not in taken])
+        if record.weak:
+            taken = {t for t, _ in pairs}
+            self._hold(record, at, [track for i, track in enumerate(tracks) if i not in taken])
         for index, (face, box) in enumerate(zip(faces, boxes)):
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
             matched = owner.get(index)
@@ -223,7 +224,7 @@ class CameraTracker:
         detections. A weak match keeps a track alive and moves it, nothing more: no
         event, no evidence. Limited to WEAK_HOLD_TIMEOUTS timeouts since the last face,
         so a lingering false detection cannot carry a track onto the next person."""
-        if not unmatched or not record.weak:
+        if not unmatched:
             return
         limit = WEAK_HOLD_TIMEOUTS * self.config.timeout_s
         holders = [t for t in unmatched if at - t.last_face_at <= limit]
