@@ -102,6 +102,11 @@ def format_text(summary: dict[str, object]) -> str:
         lines.append(f"    ID switches per 100 face-seconds: {tracked['id_switches_per_100_face_seconds']:.2f} "
                      f"({tracked['tracks']} tracks for {tracked['people']} people)")
         lines.append(f"    capture -> track-annotated event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
+        for label, key in (("capture -> analysed by a worker", "capture_to_analysed_ms"),
+                           ("analysed -> tracked event", "analysed_to_tracked_event_ms")):
+            part = t.get(key)
+            if part:
+                lines.append(f"      of which {label}: p50 {part['p50']:.1f} ms, p95 {part['p95']:.1f} ms")
     for name in ("original", "direct", "direct_opencv", "batch", *LIVE_SECTIONS):
         section = summary.get(name)
         for proc in (section or {}).get("processes", []):  # type: ignore[union-attr]

@@ -36,8 +36,8 @@ class BenchConfig:
     images: list[Path]
     detector: str = "opencv"
     workers: int = 2
-    batch_size: int = 16
-    max_wait_ms: int = 20
+    batch_size: int = Settings.model_fields["batch_size"].default  # the worker's defaults
+    max_wait_ms: int = Settings.model_fields["max_wait_ms"].default
     cameras: int = 4
     fps: float = 15.0
     live_seconds: float = 60.0

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_service_options(p)
-    add_settings(p, "worker_name", *TRACKER_SETTINGS)
+    add_settings(p, "worker_name", "model_path", *TRACKER_SETTINGS)  # the model: its class prior
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -30,18 +30,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from emotion_stream.lifecycle import run_service
     from emotion_stream.redis_conn import connect
+    from model.emotion_model import ModelError, read_metadata
     from tracks import TrackOwner
 
     if not settings.redis_url:
         raise CommandError("tracks needs the Redis the workers use: set REDIS_URL or --redis")
     url = settings.redis_url
+    try:  # the model's metadata (its class prior): a bad file fails here, in one line
+        meta = read_metadata(str(settings.model_path) if settings.model_path else None)
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+    class_prior = meta.class_prior() if meta else None
     name = settings.worker_name or f"tracks-{socket.gethostname()}-{os.getpid()}"
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
     async def main(stop) -> int:  # type: ignore[no-untyped-def]
         client = connect(url, name=name)
         try:
-            await TrackOwner(client, settings, name).run(stop)
+            await TrackOwner(client, settings, name, class_prior).run(stop)
         finally:
             await client.aclose()
         return 0

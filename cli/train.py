@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", type=number(float, 0, 0.9, above=True), default=d.val_split,
                    help="validation fraction of domains without their own validation/ (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="MODEL",
+                   help="train nothing: combine these trained models (same input; each with its model.json) "
+                   "into one ensemble, calibrated and with flip averaging chosen on the DOMAIN_DIRs' validation "
+                   "(give the --val-split and --seed they were trained with)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,12 +59,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # free or corruption"; tensorflow/tensorflow#117700). Training runs without them;
     # inference keeps them (stable, and faster).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from model.emotion_model import ModelError
     from model.training.options import TrainOptions
-    from model.training.train import train
+    from model.training.train import combine, train
 
     for folder in args.domains:
         if not folder.is_dir():
             raise CommandError(f"{folder}: not a folder")
+    if args.combine:
+        try:
+            report = combine(args.combine, args.domains, args.out, args.val_split, args.seed)
+        except (ValueError, ModelError) as exc:
+            raise CommandError(str(exc)) from None
+        _summary(report, args.out)
+        return 0
     margin = 0.2
     prepared = args.domains[0] / "prepare.json"
     if prepared.is_file():
@@ -81,9 +93,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             report = train(args.domains, args.out, options, update)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    _summary(report, args.out)
+    return 0
+
+
+def _summary(report: dict[str, object], out: Path) -> None:
     for name, scores in report["validation"].items():  # type: ignore[attr-defined]
         print(f"{name}: accuracy {scores['accuracy']:.4f}, balanced accuracy {scores['balanced_accuracy']:.4f}, "
               f"ECE {scores['ece_uncalibrated']:.3f} -> {scores['ece_calibrated']:.3f} (validation)")
     print(f"temperature {report['temperature']:.3f}; {report['seconds']} s")
-    print(f"wrote {args.out}/model.keras, model.json, report.json, curves.png, MODEL_CARD.md")
-    return 0
+    print(f"wrote {out}/model.keras, model.json, report.json, MODEL_CARD.md")

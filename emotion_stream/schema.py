@@ -298,9 +298,13 @@ class FrameRecord:
     v: int = field(default=SCHEMA_VERSION, init=False)
 
     def to_json(self) -> str:
-        doc = asdict(self)
-        if not self.weak:
-            del doc["weak"]
+        # By hand, not asdict(): the face documents are JSON already, and asdict's deep
+        # copy of them was most of the tracking owner's per-step state write.
+        doc: dict[str, Any] = {"camera": self.camera, "seq": self.seq, "captured_at": self.captured_at,
+                               "status": self.status.value, "faces": self.faces}
+        if self.weak:
+            doc["weak"] = self.weak
+        doc["v"] = self.v
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod

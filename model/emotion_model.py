@@ -64,6 +64,32 @@ def default_weights() -> tuple[Path, ModelMetadata | None]:
     return fer_weights()
 
 
+def resolve_weights(weights: str | Path | None) -> tuple[Path, ModelMetadata | None]:
+    """``None`` (the default), ``"fer2013"`` or a path -> (weights file, metadata if known
+    without reading the sidecar file)."""
+    if weights is None:
+        return default_weights()
+    if str(weights) == FER2013:
+        return fer_weights()
+    return Path(weights), None
+
+
+def read_metadata(weights: str | Path | None) -> ModelMetadata | None:
+    """A model's metadata without loading the model (no Keras import): for stages that
+    only need what it says, such as tracking's class prior. None when there is none."""
+    path, meta = resolve_weights(weights)
+    return meta if meta is not None else _read_sidecar(path)
+
+
+def _read_sidecar(path: Path) -> ModelMetadata | None:
+    if not sidecar_path(path).is_file():
+        return None
+    try:
+        return ModelMetadata.load(sidecar_path(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{sidecar_path(path)}: invalid metadata: {exc}") from None
+
+
 class EmotionModel:
     """Classifies face crops into the nine canonical emotions.
 
@@ -87,23 +113,15 @@ class EmotionModel:
         threads: int | None = None,
         uncertain_below: float | None = None,
     ) -> None:
-        if weights is None:
-            path, meta = default_weights()
-        elif str(weights) == FER2013:
-            path, meta = fer_weights()
-        else:
-            path, meta = Path(weights), None
+        path, meta = resolve_weights(weights)
         self.path = path
         if uncertain_below is not None and not 0 < uncertain_below <= 1:
             raise ValueError(f"uncertain_below must be in (0, 1], got {uncertain_below}")
         self.uncertain_below = uncertain_below
         self.backend = keras_backend(threads)
         self._keras = _load_keras(path)
-        if meta is None and sidecar_path(path).is_file():
-            try:
-                meta = ModelMetadata.load(sidecar_path(path))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ModelError(f"{sidecar_path(path)}: invalid metadata: {exc}") from None
+        if meta is None:
+            meta = _read_sidecar(path)
         self.metadata = self._complete_metadata(meta, labels, preprocessing)
         self._mapping = _label_matrix(self.metadata.labels, path)
         self.id = f"{self.metadata.name}@{_short_hash(path)}"

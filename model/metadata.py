@@ -42,6 +42,14 @@ class ModelMetadata:
     def save(self, path: Path) -> None:
         path.write_text(self.to_json() + "\n")
 
+    def class_prior(self) -> dict[str, float] | None:
+        """The class shares the model was trained under (``extra["class_prior"]``, by
+        canonical label), or None when the metadata does not say."""
+        prior = self.extra.get("class_prior")
+        if not isinstance(prior, dict) or not prior:
+            return None
+        return {str(k): float(v) for k, v in prior.items()}
+
     @classmethod
     def load(cls, path: Path) -> ModelMetadata:
         doc = json.loads(path.read_text())

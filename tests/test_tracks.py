@@ -8,8 +8,11 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+from emotion_stream.labels import EMOTIONS
 from emotion_stream.schema import FrameRecord, FrameStatus, TrackEvent, TrackEventType
-from tracks.camera import CameraTracker, TrackerConfig, TrackerOutput
+from emotion_stream.settings import Settings
+from tracks.association import Motion
+from tracks.camera import CameraTracker, Track, TrackerConfig, TrackerOutput
 from tracks.smoothing import EmotionSmoother
 
 from .track_scenes import FPS, Person, records
@@ -246,3 +249,34 @@ def test_a_real_change_of_expression_comes_through_after_the_hold():
     changes = [(i, smoother.update(one_hot(7), (30 + i) / FPS)) for i in range(30)]
     switched = [i for i, previous in changes if previous is not None]
     assert len(switched) == 1 and smoother.shown == "surprise" and 2 <= switched[0] <= 12
+
+
+def test_dominant_emotion_votes_with_likelihoods_when_the_model_prior_is_known():
+    """Summed probabilities favour what the model saw most in training; divided by the
+    training prior, the emotion these frames are evidence for wins."""
+    prior = {"anger": 0.1, "contempt": 0.02, "disgust": 0.1, "fear": 0.1, "happy": 0.2, "neutral": 0.3, "sad": 0.1,
+             "surprise": 0.08}
+    frames = [{"neutral": 0.5, "anger": 0.3, "happy": 0.2}] * 10 + [{"anger": 0.1, "contempt": 0.02, "neutral": 0.88}]
+    track = Track(1, 0.0, 0.0, 0, Motion((0, 0, 10, 10), 0.0), EmotionSmoother(0.5, 0.1, 3),
+                  evidence=[sum(f.get(label, 0.0) for f in frames) for label in EMOTIONS])
+    assert track.dominant() == "neutral"  # 5.88 of neutral against 3.1 of anger
+    as_tuple = tuple(prior.get(label, 0.0) for label in EMOTIONS)
+    assert track.dominant(as_tuple) == "anger"  # 3.1 / 0.1 = 31 against 5.88 / 0.3 = 19.6
+    # A class the model was never trained on (prior 0) cannot win, however large its sum.
+    track.evidence[EMOTIONS.index("uncertain")] = 100.0
+    assert track.dominant(as_tuple) == "anger"
+
+
+def test_tracker_config_takes_the_class_prior_unless_the_correction_is_off():
+    from model.emotion_model import read_metadata
+
+    shipped = read_metadata(None)  # the served default's metadata, read without Keras
+    assert shipped is not None and shipped.class_prior() is not None
+    prior = TrackerConfig.from_settings(Settings(), shipped.class_prior()).class_prior
+    assert prior is not None and len(prior) == len(EMOTIONS)
+    assert abs(sum(prior) - 1.0) < 1e-3 and prior[EMOTIONS.index("uncertain")] == 0.0
+    assert TrackerConfig.from_settings(Settings(track_prior_correction=False), shipped.class_prior()).class_prior is None
+    # The FER2013 baseline's metadata has no training prior: summed probabilities as they are.
+    fer = read_metadata("fer2013")
+    assert fer is not None and fer.class_prior() is None
+    assert TrackerConfig.from_settings(Settings(), fer.class_prior()).class_prior is None

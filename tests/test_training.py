@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -153,6 +154,9 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
     assert sum(report["validation_counts"]["photos"].values()) == 6
     # Balanced sampling: each domain's classes drawn equally often here (equal counts).
     assert report["sampling"]["photos"] == {"happy": 0.3333, "sad": 0.3333, "surprise": 0.3333}
+    # The prior tracking divides out: domains weigh the same, so happy and surprise
+    # (in both) have a third, anger and sad (in one) a sixth.
+    assert meta["extra"]["class_prior"] == {"anger": 0.1667, "happy": 0.3333, "sad": 0.1667, "surprise": 0.3333}
     assert len(report["epochs"]) == 2 and report["best_epoch"] in (1, 2)
     card = (model_dir / "MODEL_CARD.md").read_text()
     assert "| photos | train |" in card and "| fer | validation |" in card and "distillation" in card
@@ -166,3 +170,35 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
                  "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["scored"] == 3 and 0.0 <= scored["balanced_accuracy"] <= 1.0 and scored["ece"] is not None
+
+    # A second member (another class power), then the two combined into one served file.
+    other = tmp_path / "other"
+    # (Subprocesses, as above: training needs oneDNN off before TensorFlow loads.)
+    train_args = [EXE, "train", str(photos), str(fer), "--epochs", "1", "--steps", "3", "--train-batch-size", "8",
+                  "--val-split", "0.34"]
+    ensemble = tmp_path / "ensemble"
+    for extra in (["--out", str(other), "--class-power", "1"],
+                  ["--out", str(ensemble), "--combine", str(model_dir / "model.keras"), str(other / "model.keras")]):
+        result = subprocess.run([*train_args, *extra], capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+    combined = json.loads((ensemble / "model.json").read_text())
+    assert combined["name"] == "emotion-ensemble2" and combined["extra"]["temperature"] > 0
+    first, second = (json.loads((d / "model.json").read_text())["extra"]["class_prior"] for d in (model_dir, other))
+    assert combined["extra"]["class_prior"] == {k: round((first[k] + second[k]) / 2, 4) for k in first}
+    assert "Members" in (ensemble / "MODEL_CARD.md").read_text()
+    members = [EmotionModel(d / "model.keras") for d in (model_dir, other)]
+    served = EmotionModel(ensemble / "model.keras")
+    batch = served.prepare([face_bgr, cv2.flip(face_bgr, 1)])
+    for m in (*members, served):  # compare the networks themselves, without flip averaging
+        m.metadata = dataclasses.replace(m.metadata, flip_average=False)
+    # softmax(mean of the members' log-probabilities / T): undo T and compare.
+    T = combined["extra"]["temperature"]
+    expected = np.mean([np.log(m.predict_proba(batch)[:, :8]) for m in members], axis=0)
+    got = np.log(served.predict_proba(batch)[:, :8]) * T
+    # Log-probabilities are equal up to a per-row constant.
+    assert np.allclose(got - got.mean(axis=1, keepdims=True), expected - expected.mean(axis=1, keepdims=True),
+                       atol=2e-3)
+    # One model is no ensemble: refused with a one-line error (exit 2).
+    result = subprocess.run([*train_args, "--out", str(tmp_path / "bad"), "--combine", str(model_dir / "model.keras")],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1 and "two or more models" in result.stderr, result.stderr[-2000:]

@@ -7,6 +7,7 @@ every batch of events it emits, so the state and the events can never disagree.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -27,7 +28,6 @@ from emotion_stream.settings import Settings
 from .association import Box, Motion, associate
 from .smoothing import EmotionSmoother
 
-
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
 UNSEEN_TIMEOUTS = 5  # track timeouts after which only skipped frames end a track
 WEAK_HOLD_TIMEOUTS = 2  # track timeouts that weak detections alone may hold a track
@@ -41,11 +41,17 @@ class TrackerConfig:
     switch_margin: float = 0.1
     switch_frames: int = 3
     reorder_window_s: float = 0.5
+    # Class shares the model was trained under, EMOTIONS order; None: judge the dominant
+    # emotion on the summed probabilities as they are.
+    class_prior: tuple[float, ...] | None = None
 
     @classmethod
-    def from_settings(cls, s: Settings) -> TrackerConfig:
+    def from_settings(cls, s: Settings, class_prior: Mapping[str, float] | None = None) -> TrackerConfig:
+        """``class_prior``: the served model's training class shares (its metadata's
+        ``class_prior``), used unless ``track_prior_correction`` is off."""
+        prior = tuple(class_prior.get(label, 0.0) for label in EMOTIONS) if class_prior else None
         return cls(s.track_timeout_s, s.track_min_iou, s.track_smoothing_s, s.track_switch_margin,
-                   s.track_switch_frames, s.reorder_window_s)
+                   s.track_switch_frames, s.reorder_window_s, prior if s.track_prior_correction else None)
 
 
 @dataclass
@@ -61,10 +67,22 @@ class Track:
     unseen_s: float = 0.0  # capture time since last seen, over frames that were looked at
     last_face_at: float = 0.0  # capture time of its last face (weak detections aside)
 
-    def dominant(self) -> str:
-        """The emotion with the highest probability summed over the track's frames: a soft
-        vote, steadier than counting per-frame or shown labels."""
-        return EMOTIONS[int(np.argmax(self.evidence))] if self.evidence else self.smoother.shown
+    def dominant(self, prior: tuple[float, ...] | None = None) -> str:
+        """The emotion best supported by all the track's frames: a soft vote over the
+        summed probabilities, steadier than counting per-frame or shown labels.
+
+        With the model's training ``prior``, each class's sum is divided by its prior,
+        i.e. frames vote with likelihoods p(face | emotion) rather than posteriors. A
+        posterior carries the prior once per frame, so over a track of many frames the
+        classes the model saw most (neutral, happy) would win every close call; classes
+        with no prior (never trained, e.g. ``uncertain``) cannot win."""
+        if not self.evidence:
+            return self.smoother.shown
+        evidence = np.asarray(self.evidence)
+        if prior is not None:
+            p = np.asarray(prior)
+            evidence = np.where(p > 0, evidence / np.where(p > 0, p, 1.0), -np.inf)
+        return EMOTIONS[int(np.argmax(evidence))]
 
 
 @dataclass
@@ -251,7 +269,7 @@ class CameraTracker:
         del self.tracks[track.id]
         seconds = {k: round(v, 3) for k, v in track.emotion_seconds.items() if v > 0}
         out.lifecycle.append(TrackEvent(
-            TrackEventType.ENDED, self.camera, track.id, at, seq, emotion=track.dominant(),
+            TrackEventType.ENDED, self.camera, track.id, at, seq, emotion=track.dominant(self.config.class_prior),
             started_at=track.started_at, duration_s=round(track.last_at - track.started_at, 3),
             emotion_seconds=seconds, reason=reason.value,
         ))

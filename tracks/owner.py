@@ -19,6 +19,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -71,11 +72,13 @@ return 1
 class TrackOwner:
     """Runs beside a worker's tasks (``Worker``) or alone (``emotion-stream tracks``)."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings, name: str) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings, name: str,
+                 class_prior: Mapping[str, float] | None = None) -> None:
+        """``class_prior``: the served model's (see ``TrackerConfig.from_settings``)."""
         self.redis = client
         self.settings = settings
         self.name = name
-        self.config = TrackerConfig.from_settings(settings)
+        self.config = TrackerConfig.from_settings(settings, class_prior)
         self.lease_ms = int(settings.track_lease_s * 1000)
         self.trackers: dict[str, CameraTracker] = {}
         self.tokens: dict[str, str] = {}

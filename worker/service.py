@@ -130,7 +130,7 @@ class Worker:
             asyncio.create_task(self._housekeeper(stop), name="housekeeper"),
         ]
         if self.settings.tracking and self.settings.track_owner:
-            owner = TrackOwner(self.redis, self.settings, self.name)
+            owner = TrackOwner(self.redis, self.settings, self.name, self.analyzer.model.metadata.class_prior())
             background.append(asyncio.create_task(owner.run(stop), name="tracks"))
         reader = asyncio.create_task(self._reader(stop), name="reader")
         processor = asyncio.create_task(self._processor(), name="processor")

@@ -141,6 +141,16 @@ class BalancedSampler:
             picks.append((int(d), int(members[rng.integers(len(members))])))
         return picks
 
+    def class_prior(self) -> dict[str, float]:
+        """The share of each class over all batches (domains drawn equally): the label
+        prior the model is trained under, which tracking divides out (see
+        ``tracks.camera.Track.dominant``)."""
+        prior = np.zeros(len(EMOTIONS))
+        for domain, members, probs in zip(self.domains, self._classes, self._class_p):
+            for m, p in zip(members, probs):
+                prior[int(domain.labels[m[0]])] += p / len(self.domains)
+        return {label: round(float(p), 4) for label, p in zip(EMOTIONS, prior) if p > 0}
+
     def class_share(self) -> dict[str, dict[str, float]]:
         """Expected share of each class per domain (for the model card)."""
         return {

@@ -16,8 +16,8 @@ class TrainOptions:
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    class_power: float = 0.3  # within-domain sampling: count**power (0 uniform, 1 natural)
-    distill_weight: float = 1.0  # 0 turns distillation off
+    class_power: float = 0.5  # within-domain sampling: count**power (0 uniform, 1 natural)
+    distill_weight: float = 0.5  # 0 turns distillation off
     distill_temperature: float = 2.0
     val_split: float = 0.2  # for domains without their own validation folder
     seed: int = 42

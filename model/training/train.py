@@ -14,6 +14,8 @@ The recipe, in order:
 5. A temperature is fitted on validation (:mod:`model.calibration`) and baked into the
    saved model as ``softmax(logits / T)``.
 
+:func:`combine` serves several trained models as one (an ensemble), through step 5.
+
 Everything is Keras 3 (``keras.ops``, ``PyDataset``), so it runs on any Keras backend.
 """
 
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -83,6 +86,28 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
     model.fit(batches, epochs=options.epochs, verbose=0, callbacks=[selector])
     model.set_weights(selector.best_weights)
 
+    report: dict[str, object] = {
+        "network": options.network, "about": spec.about, "options": asdict(options),
+        "best_epoch": selector.best_epoch, "epochs": selector.history,
+        "train_counts": {d.name: d.counts() for d in train_domains},
+        "validation_counts": {d.name: d.counts() for d in val_domains},
+        "sampling": sampler.class_share(),
+        "folders": [str(f) for f in folders],
+    }
+    extra = {
+        "trained_on": [d.name for d in train_domains],
+        "class_prior": sampler.class_prior(),
+        "distilled_from": "fer2013-mini-xception" if teacher is not None else None,
+    }
+    report = _calibrate_and_save(model, meta, val_domains, out_dir, report, extra, started)
+    _plot(selector.history, out_dir / "curves.png")
+    return report
+
+
+def _calibrate_and_save(model, meta: ModelMetadata, val_domains: Sequence[Domain], out_dir: Path,  # type: ignore[no-untyped-def]
+                        report: dict[str, object], extra: dict[str, object], started: float) -> dict[str, object]:
+    """From a logit model to the served one: temperature and flip averaging chosen on
+    validation, then model.keras, model.json, report.json and MODEL_CARD.md."""
     # Calibration on validation: one temperature for all domains, each domain weighing
     # the same (FER2013's 3,589 validation faces would otherwise set it alone).
     logits = [_logits(model, d, meta) for d in val_domains]
@@ -94,30 +119,72 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
     served = with_temperature(model, temperature)
     checkpoint = out_dir / "model.keras"
     served.save(checkpoint)
-    seconds = round(time.monotonic() - started, 1)
-    report: dict[str, object] = {
-        "network": options.network, "about": spec.about, "options": asdict(options),
-        "temperature": temperature, "validation": validation, "flip_averaging_gain": flip,
-        "best_epoch": selector.best_epoch, "epochs": selector.history, "seconds": seconds,
-        "train_counts": {d.name: d.counts() for d in train_domains},
-        "validation_counts": {d.name: d.counts() for d in val_domains},
-        "sampling": sampler.class_share(),
-        "folders": [str(f) for f in folders],
-    }
+    report = {**report, "temperature": temperature, "validation": validation, "flip_averaging_gain": flip,
+              "seconds": round(time.monotonic() - started, 1)}
     # Test-time flip averaging doubles the classifier's work: on only where it pays in
     # every domain's validation.
     meta = dataclasses.replace(meta, flip_average=all(gain > 0 for gain in flip.values()), extra={
         "temperature": temperature,
         "validation": {name: {k: v[k] for k in ("accuracy", "balanced_accuracy", "ece_calibrated")}
                        for name, v in validation.items()},
-        "trained_on": [d.name for d in train_domains],
-        "distilled_from": "fer2013-mini-xception" if teacher is not None else None,
+        **extra,
     })
     meta.save(checkpoint.with_suffix(".json"))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(selector.history, out_dir / "curves.png")
     (out_dir / "MODEL_CARD.md").write_text(model_card(report, meta))
     return report
+
+
+def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val_split: float = 0.2,
+            seed: int = 42) -> dict[str, object]:
+    """Several trained models (same input) -> one ensemble: the mean of their calibrated
+    log-probabilities, calibrated again and with flip averaging chosen on the
+    validation of ``folders`` (split as ``train`` split them, same ``val_split`` and
+    ``seed``). One file, so serving does not know it is an ensemble."""
+    import keras
+
+    from ..emotion_model import read_metadata
+
+    found = [read_metadata(m) for m in members]
+    if len(members) < 2 or any(m is None for m in found):
+        raise ValueError("combine needs two or more models, each with its metadata file (model.json)")
+    metas = cast(list[ModelMetadata], found)
+    first = metas[0]
+    shape = (first.input_height, first.input_width, first.channels)
+    for path, m in zip(members, metas):
+        if (m.input_height, m.input_width, m.channels, m.preprocessing, m.labels) != (*shape, first.preprocessing, first.labels):
+            raise ValueError(f"{path}: input or labels differ from {members[0]}; members must match")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    meta = ModelMetadata(labels=first.labels, input_height=shape[0], input_width=shape[1], channels=shape[2],
+                         preprocessing=first.preprocessing, name=f"emotion-ensemble{len(members)}",
+                         face_margin=first.face_margin)
+    _, val_domains = load_domains(folders, meta, val_split, seed)
+    inputs = keras.Input(shape)
+    outputs = []
+    for i, path in enumerate(members):
+        served = keras.models.load_model(path, compile=False)
+        # Each member's logits / T (its softmax's input): their mean is, up to a per-row
+        # constant, the mean of the members' calibrated log-probabilities.
+        member = keras.Model(served.input, served.get_layer("temperature").output, name=f"member{i}")
+        outputs.append(member(inputs))
+    logits = keras.layers.Average(name="logits")(outputs)
+    model = keras.Model(inputs, logits, name=meta.name)
+    # The members' mean prior, when every member states one.
+    priors = [m.class_prior() for m in metas]
+    prior = None if any(p is None for p in priors) else {
+        label: round(sum(p.get(label, 0.0) for p in priors if p) / len(priors), 4)
+        for label in EMOTIONS if any(p and label in p for p in priors)}
+    report: dict[str, object] = {
+        "network": f"ensemble of {len(members)}", "about": "mean of the members' calibrated log-probabilities",
+        "members": [{"path": str(p), "name": m.name, "validation": m.extra.get("validation")}
+                    for p, m in zip(members, metas)],
+        "validation_counts": {d.name: d.counts() for d in val_domains},
+        "folders": [str(f) for f in folders],
+    }
+    extra = {"members": [str(p) for p in members], "class_prior": prior,
+             "trained_on": first.extra.get("trained_on"), "distilled_from": first.extra.get("distilled_from")}
+    return _calibrate_and_save(model, meta, val_domains, out_dir, report, extra, started)
 
 
 # --------------------------------------------------------------------------- data
@@ -288,25 +355,37 @@ def _plot(history: list[dict[str, object]], path: Path) -> None:
 
 
 def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
-    options = report["options"]
     validation: dict[str, dict[str, object]] = report["validation"]  # type: ignore[assignment]
-    lines = [
-        f"# Model card: {meta.name}",
-        "",
-        f"- Network: {report['network']}: {report['about']}; + global average pooling, dropout 0.3, "
-        f"dense(9); served as softmax(logits / T), T = {report['temperature']:.3f} (fitted on validation).",
+    lines = [f"# Model card: {meta.name}", ""]
+    if "members" in report:
+        lines.append(f"- Network: {report['network']}: {report['about']}, served as softmax(mean / T), "
+                     f"T = {report['temperature']:.3f} (fitted on validation). Members (each with its own card):")
+        for m in report["members"]:  # type: ignore[attr-defined]
+            scores = m["validation"] or {}
+            lines.append(f"  - `{m['path']}` ({m['name']}): validation " + ", ".join(
+                f"{d} {s['accuracy']:.3f} / {s['balanced_accuracy']:.3f}" for d, s in scores.items()))
+    else:
+        options = report["options"]
+        lines += [
+            f"- Network: {report['network']}: {report['about']}; + global average pooling, dropout 0.3, "
+            f"dense(9); served as softmax(logits / T), T = {report['temperature']:.3f} (fitted on validation).",
+            f"- Training: {options['epochs']} epochs x {options['steps_per_epoch']} steps x {options['batch_size']} "
+            f"images, AdamW {options['learning_rate']} cosine, weight decay {options['weight_decay']}; batches "
+            f"balanced over domain (equal) and class (count^{options['class_power']}); camera augmentation "
+            f"{'on' if options['augment'] else 'off'}; distillation from the FER2013 mini-Xception "
+            f"(weight {options['distill_weight']}, T {options['distill_temperature']}); seed {options['seed']}; "
+            f"{report['seconds']} s.",
+            f"- Selected epoch: {report['best_epoch']} of {options['epochs']} (mean over domains of "
+            "(accuracy + balanced accuracy) / 2 on validation).",
+        ]
+    lines += [
         f"- Input: {meta.input_height}x{meta.input_width}, {'grey' if meta.channels == 1 else 'colour'}, "
         f"preprocessing `{meta.preprocessing.value}`, face crop margin {meta.face_margin} (eye-aligned crops).",
-        f"- Training: {options['epochs']} epochs x {options['steps_per_epoch']} steps x {options['batch_size']} images, "
-        f"AdamW {options['learning_rate']} cosine, weight decay {options['weight_decay']}; batches balanced over "
-        f"domain (equal) and class (count^{options['class_power']}); camera augmentation "
-        f"{'on' if options['augment'] else 'off'}; distillation from the FER2013 mini-Xception "
-        f"(weight {options['distill_weight']}, T {options['distill_temperature']}); seed {options['seed']}; "
-        f"{report['seconds']} s.",
-        f"- Selected epoch: {report['best_epoch']} of {options['epochs']} (mean over domains of "
-        "(accuracy + balanced accuracy) / 2 on validation).",
         f"- Test-time flip averaging: {'on' if meta.flip_average else 'off'} (on when it gains validation "
         "accuracy in every domain; it doubles the classifier's work).",
+        "- Class prior (each class's share of the training batches, `class_prior` in the metadata; "
+        "tracking divides it out of a track's summed probabilities): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in (meta.class_prior() or {}).items()) + ".",
         "",
         "## Data",
         "",
@@ -314,7 +393,7 @@ def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
         "| --- | --- | --- | --- |",
     ]
     for split, key in (("train", "train_counts"), ("validation", "validation_counts")):
-        for name, counts in report[key].items():  # type: ignore[attr-defined]
+        for name, counts in report.get(key, {}).items():  # type: ignore[attr-defined]
             lines.append(f"| {name} | {split} | {sum(counts.values())} | "
                          + ", ".join(f"{k} {v}" for k, v in counts.items()) + " |")
     lines += [
