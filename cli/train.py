@@ -102,4 +102,5 @@ def _summary(report: dict[str, object], out: Path) -> None:
         print(f"{name}: accuracy {scores['accuracy']:.4f}, balanced accuracy {scores['balanced_accuracy']:.4f}, "
               f"ECE {scores['ece_uncalibrated']:.3f} -> {scores['ece_calibrated']:.3f} (validation)")
     print(f"temperature {report['temperature']:.3f}; {report['seconds']} s")
-    print(f"wrote {out}/model.keras, model.json, report.json, MODEL_CARD.md")
+    written = [n for n in ("model.keras", "model.json", "report.json", "curves.png", "MODEL_CARD.md") if (out / n).is_file()]
+    print(f"wrote {out}/" + ", ".join(written))

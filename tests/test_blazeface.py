@@ -12,6 +12,7 @@ from ingest.samples import sample_face, sample_frame, small_faces_frame
 from model import ModelError, create_detector
 from model.blazeface import VARIANTS, BlazeFaceDetector, ssd_anchors, weighted_nms
 from model.preprocessing import crop_face, eye_angle
+from tracks.association import iou
 
 # Grace Hopper's pupils in the 512x600 portrait (looked up on the image by eye).
 EYES = ((215, 188), (305, 184))
@@ -74,14 +75,7 @@ def test_weak_detections_are_below_the_threshold_apart_from_faces_and_change_no_
     assert [faces for faces, _ in split] == detector.detect_batch(frames)
     weak = [w for _, ws in split for w in ws]
     assert weak and all(0.05 <= w.score < 0.5 for w in weak)
-    for faces, ws in split:
-        for w in ws:
-            for f in faces:
-                x0, y0 = max(w.box[0], f.box[0]), max(w.box[1], f.box[1])
-                x1 = min(w.box[0] + w.box[2], f.box[0] + f.box[2])
-                y1 = min(w.box[1] + w.box[3], f.box[1] + f.box[3])
-                inter = max(0, x1 - x0) * max(0, y1 - y0)
-                assert inter / (w.area + f.area - inter) <= 0.3
+    assert all(iou(w.box, f.box) <= 0.3 for faces, ws in split for w in ws for f in faces)
     assert all(not ws for _, ws in weak_detector.detect_batch_split(frames, [True] * len(frames)))
 
 

@@ -176,4 +176,3 @@ class FrameProcessor:
         with self._lock:
             self._queued += delta
             metrics.CPU_STAGE_QUEUE.set(self._queued)
-

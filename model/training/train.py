@@ -171,10 +171,10 @@ def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val
     logits = keras.layers.Average(name="logits")(outputs)
     model = keras.Model(inputs, logits, name=meta.name)
     # The members' mean prior, when every member states one.
-    priors = [m.class_prior() for m in metas]
-    prior = None if any(p is None for p in priors) else {
-        label: round(sum(p.get(label, 0.0) for p in priors if p) / len(priors), 4)
-        for label in EMOTIONS if any(p and label in p for p in priors)}
+    priors = [m.class_prior() or {} for m in metas]
+    prior = None if not all(priors) else {
+        label: round(sum(p.get(label, 0.0) for p in priors) / len(priors), 4)
+        for label in EMOTIONS if any(label in p for p in priors)}
     report: dict[str, object] = {
         "network": f"ensemble of {len(members)}", "about": "mean of the members' calibrated log-probabilities",
         "members": [{"path": str(p), "name": m.name, "validation": m.extra.get("validation")}
