@@ -23,9 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Each DOMAIN_DIR is a folder of face crops by label (from `prepare`), or a folder "
             "with train/ and validation/ inside (the FER2013 layout). Batches are balanced over "
             "domain and class and augmented like camera frames; the FER2013 baseline is distilled "
-            "into the model on its seven labels; the best epoch on validation is kept and its "
-            "confidences are calibrated (temperature scaling). Writes model.keras, model.json, "
-            "report.json, curves.png and MODEL_CARD.md. The shipped default is reproduced by "
+            "into the model on its seven labels; the last epochs' weights are averaged (or the best "
+            "epoch on validation is kept) and its confidences are calibrated (temperature "
+            "scaling). Writes model.keras, model.json, report.json, curves.png and MODEL_CARD.md. "
+            "The shipped default is reproduced by "
             "`make model` (see model/weights/MODEL_CARD.md)."
         ),
     )
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill", type=number(float, 0), default=d.distill_weight,
                    help="weight of distillation from the FER2013 model; 0 = off (default %(default)s)")
     p.add_argument("--no-augment", action="store_true", help="train without camera augmentation")
+    p.add_argument("--average-last", type=number(int, 0), default=d.average_last, metavar="N",
+                   help="serve the mean of the last N epochs' weights (stochastic weight averaging; all epochs "
+                   "if there are fewer) instead of the best epoch's; 0 = the best epoch (default %(default)s)")
     p.add_argument("--val-split", type=number(float, 0, 0.9, above=True), default=d.val_split,
                    help="validation fraction of domains without their own validation/ (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -52,9 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train nothing: combine these trained models (same input; each with its model.json) "
                    "into one ensemble, calibrated and with flip averaging chosen on the DOMAIN_DIRs' validation "
                    "(give the --val-split and --seed they were trained with)")
+    p.add_argument("--soup", action="store_true",
+                   help="with --combine: average the members' weights into one network (a model soup: one "
+                   "model's cost; members of one network trained from the same start) instead of their outputs")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.soup and not args.combine:
+        raise CommandError("--soup combines trained models: give them with --combine")
     # TensorFlow 2.21's oneDNN kernels corrupt memory in backward passes here ("double
     # free or corruption"; tensorflow/tensorflow#117700). Training runs without them;
     # inference keeps them (stable, and faster).
@@ -68,7 +77,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(f"{folder}: not a folder")
     if args.combine:
         try:
-            report = combine(args.combine, args.domains, args.out, args.val_split, args.seed)
+            report = combine(args.combine, args.domains, args.out, args.val_split, args.seed, args.soup)
         except (ValueError, ModelError) as exc:
             raise CommandError(str(exc)) from None
         _summary(report, args.out)
@@ -82,7 +91,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         input_size=args.input_size, epochs=args.epochs, steps_per_epoch=args.steps,
         batch_size=args.train_batch_size, learning_rate=args.learning_rate, class_power=args.class_power,
         distill_weight=args.distill, augment=not args.no_augment, val_split=args.val_split,
-        seed=args.seed, face_margin=margin,
+        seed=args.seed, face_margin=margin, average_last=args.average_last,
     )
     try:
         with progress(options.epochs * options.steps_per_epoch, "train", unit="batch") as bar:

@@ -160,6 +160,9 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
     assert len(report["epochs"]) == 2 and report["best_epoch"] in (1, 2)
     card = (model_dir / "MODEL_CARD.md").read_text()
     assert "| photos | train |" in card and "| fer | validation |" in card and "distillation" in card
+    # By default it serves the mean of the last epochs' weights: here both (fewer than 6).
+    assert report["averaged"]["epochs"] == [1, 2]
+    assert "the mean of epochs 1-2's (stochastic weight averaging)" in card
 
     from model import EmotionModel
 
@@ -177,10 +180,13 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
     train_args = [EXE, "train", str(photos), str(fer), "--epochs", "1", "--steps", "3", "--train-batch-size", "8",
                   "--val-split", "0.34"]
     ensemble = tmp_path / "ensemble"
-    for extra in (["--out", str(other), "--class-power", "1"],
+    for extra in (["--out", str(other), "--class-power", "1", "--average-last", "0"],
                   ["--out", str(ensemble), "--combine", str(model_dir / "model.keras"), str(other / "model.keras")]):
         result = subprocess.run([*train_args, *extra], capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, result.stderr[-3000:]
+    # That member serves its best epoch's weights, as asked.
+    assert json.loads((other / "report.json").read_text())["averaged"] is None
+    assert "Selected epoch: 1 of 1" in (other / "MODEL_CARD.md").read_text()
     combined = json.loads((ensemble / "model.json").read_text())
     assert combined["name"] == "emotion-ensemble2" and combined["extra"]["temperature"] > 0
     first, second = (json.loads((d / "model.json").read_text())["extra"]["class_prior"] for d in (model_dir, other))
@@ -198,7 +204,52 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
     # Log-probabilities are equal up to a per-row constant.
     assert np.allclose(got - got.mean(axis=1, keepdims=True), expected - expected.mean(axis=1, keepdims=True),
                        atol=2e-3)
-    # One model is no ensemble: refused with a one-line error (exit 2).
-    result = subprocess.run([*train_args, "--out", str(tmp_path / "bad"), "--combine", str(model_dir / "model.keras")],
-                            capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 1 and "two or more models" in result.stderr, result.stderr[-2000:]
+    # The same two as a soup: one network, its weights the members' mean.
+    soup = tmp_path / "soup"
+    result = subprocess.run([*train_args, "--out", str(soup), "--soup", "--combine", str(model_dir / "model.keras"),
+                             str(other / "model.keras")], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((soup / "model.json").read_text())["name"] == "emotion-soup2"
+    import keras
+
+    weights = [keras.models.load_model(d / "model.keras", compile=False).get_weights()
+               for d in (model_dir, other, soup)]
+    assert len(weights[2]) == len(weights[0]) > 10
+    for a, b, mean in zip(*weights):
+        assert np.allclose(mean, (a + b) / 2, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(weights[0], weights[1]))  # the members differ
+    # One model is no ensemble, and a soup needs its members: refused with a one-line error (exit 1).
+    for extra, error in ((["--combine", str(model_dir / "model.keras")], "two or more models"),
+                         (["--soup"], "give them with --combine")):
+        result = subprocess.run([*train_args, "--out", str(tmp_path / "bad"), *extra],
+                                capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 1 and error in result.stderr, result.stderr[-2000:]
+
+
+def test_weight_averaging_serves_the_mean_of_the_last_epochs():
+    """The callback behind --average-last sums exactly the epochs it is told to, and
+    still remembers the best single epoch."""
+    import keras
+
+    from model.metadata import ModelMetadata
+    from model.training.domains import Domain
+    from model.training.train import _select_best
+
+    meta = ModelMetadata(labels=EMOTIONS, input_height=4, input_width=4, channels=1,
+                         preprocessing="zero_to_one", name="tiny")
+    rng = np.random.default_rng(0)
+    val = [Domain("d", rng.integers(0, 255, (12, 4, 4, 1), dtype=np.uint8), np.arange(12) % 9)]
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(9)])
+    callback = _select_best(val, meta, None, 3, average_from=2)
+    callback.set_model(model)
+    per_epoch = []
+    for epoch in range(3):
+        model.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()])
+        per_epoch.append(model.get_weights())
+        callback.on_epoch_end(epoch, {"loss": 1.0})
+    assert callback.averaged == 2 and len(callback.history) == 3
+    for got, second, third in zip(callback.averaged_weights(), per_epoch[1], per_epoch[2]):
+        assert got.dtype == np.float32 and np.allclose(got, (second + third) / 2)
+    best = max(callback.history, key=lambda h: h["score"])
+    assert callback.best_epoch == best["epoch"]
+    assert all(np.array_equal(a, b) for a, b in zip(callback.best_weights, per_epoch[best["epoch"] - 1]))

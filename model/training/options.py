@@ -23,3 +23,4 @@ class TrainOptions:
     seed: int = 42
     face_margin: float = 0.2
     augment: bool = True
+    average_last: int = 6  # serve the mean of the last N epochs' weights (SWA; all if fewer); 0: the best

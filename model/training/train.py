@@ -9,8 +9,10 @@ The recipe, in order:
 3. The loss is cross-entropy on the label plus knowledge distillation from the FER2013
    mini-Xception on its seven labels (teacher probabilities computed once per image),
    so the model keeps what the baseline knows about web faces while it learns photos.
-4. After every epoch the model is scored on each domain's validation split; the epoch
-   with the best mean of (accuracy + balanced accuracy) / 2 over domains is kept.
+4. After every epoch the model is scored on each domain's validation split (mean of
+   (accuracy + balanced accuracy) / 2 over domains). The served weights are the mean of
+   the last ``average_last`` epochs' (stochastic weight averaging), or with 0 the best
+   epoch's.
 5. A temperature is fitted on validation (:mod:`model.calibration`) and baked into the
    saved model as ``softmax(logits / T)``.
 
@@ -82,13 +84,25 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
     )
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=options.weight_decay),
                   loss=distillation_loss(options.distill_weight, options.distill_temperature))
-    selector = _select_best(val_domains, meta, progress, total_steps)
+    average_last = min(options.average_last, options.epochs)
+    selector = _select_best(val_domains, meta, progress, total_steps,
+                            average_from=options.epochs - average_last + 1 if average_last else None)
     model.fit(batches, epochs=options.epochs, verbose=0, callbacks=[selector])
-    model.set_weights(selector.best_weights)
+    averaged = None
+    if average_last:
+        # Stochastic weight averaging over the low-learning-rate tail of the schedule: a
+        # flatter optimum than any one epoch's (Izmailov et al. 2018), which carries better
+        # to other domains (Cha et al. 2021, SWAD); no pick among noisy epoch scores either.
+        model.set_weights(selector.averaged_weights())
+        averaged = {"epochs": [options.epochs - average_last + 1, options.epochs],
+                    "score": _validation_scores(model, val_domains, meta)[1]}
+    else:
+        model.set_weights(selector.best_weights)
 
     report: dict[str, object] = {
         "network": options.network, "about": spec.about, "options": asdict(options),
-        "best_epoch": selector.best_epoch, "epochs": selector.history,
+        "best_epoch": selector.best_epoch, "best_epoch_score": selector.best, "averaged": averaged,
+        "epochs": selector.history,
         "train_counts": {d.name: d.counts() for d in train_domains},
         "validation_counts": {d.name: d.counts() for d in val_domains},
         "sampling": sampler.class_share(),
@@ -136,11 +150,16 @@ def _calibrate_and_save(model, meta: ModelMetadata, val_domains: Sequence[Domain
 
 
 def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val_split: float = 0.2,
-            seed: int = 42) -> dict[str, object]:
-    """Several trained models (same input) -> one ensemble: the mean of their calibrated
-    log-probabilities, calibrated again and with flip averaging chosen on the
-    validation of ``folders`` (split as ``train`` split them, same ``val_split`` and
-    ``seed``). One file, so serving does not know it is an ensemble."""
+            seed: int = 42, soup: bool = False) -> dict[str, object]:
+    """Several trained models (same input) -> one served model, calibrated again and with
+    flip averaging chosen on the validation of ``folders`` (split as ``train`` split them,
+    same ``val_split`` and ``seed``). One file, so serving does not know it is combined.
+
+    By default an ensemble: the mean of the members' calibrated log-probabilities (each
+    member runs). ``soup``: one network whose weights are the mean of the members'
+    ("model soup", Wortsman et al. 2022): it costs one member's time, and works for
+    members of one network fine-tuned from the same start (here: the FER2013 weights),
+    which stay in one basin of the loss, so their average is a good network too."""
     import keras
 
     from ..emotion_model import read_metadata
@@ -156,27 +175,37 @@ def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val
             raise ValueError(f"{path}: input or labels differ from {members[0]}; members must match")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    kind = "soup" if soup else "ensemble"
     meta = ModelMetadata(labels=first.labels, input_height=shape[0], input_width=shape[1], channels=shape[2],
-                         preprocessing=first.preprocessing, name=f"emotion-ensemble{len(members)}",
+                         preprocessing=first.preprocessing, name=f"emotion-{kind}{len(members)}",
                          face_margin=first.face_margin)
     _, val_domains = load_domains(folders, meta, val_split, seed)
-    inputs = keras.Input(shape)
-    outputs = []
-    for i, path in enumerate(members):
-        served = keras.models.load_model(path, compile=False)
+    served = [keras.models.load_model(path, compile=False) for path in members]
+    if soup:
+        # The members' logit networks (their temperatures are not weights, and are refitted).
+        nets = [keras.Model(s.input, s.get_layer("temperature").input) for s in served]
+        weights = [n.get_weights() for n in nets]
+        if any([w.shape for w in ws] != [w.shape for w in weights[0]] for ws in weights):
+            raise ValueError("--soup needs members of one network (the same weights' shapes); these differ")
+        # Batch-norm statistics are averaged with the rest: the members stay close enough.
+        model = keras.models.clone_model(nets[0])
+        model.set_weights([np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*weights)])
+        about = "one network: the mean of the members' weights (a model soup)"
+    else:
+        inputs = keras.Input(shape)
         # Each member's logits / T (its softmax's input): their mean is, up to a per-row
         # constant, the mean of the members' calibrated log-probabilities.
-        member = keras.Model(served.input, served.get_layer("temperature").output, name=f"member{i}")
-        outputs.append(member(inputs))
-    logits = keras.layers.Average(name="logits")(outputs)
-    model = keras.Model(inputs, logits, name=meta.name)
+        outputs = [keras.Model(s.input, s.get_layer("temperature").output, name=f"member{i}")(inputs)
+                   for i, s in enumerate(served)]
+        model = keras.Model(inputs, keras.layers.Average(name="logits")(outputs), name=meta.name)
+        about = "mean of the members' calibrated log-probabilities"
     # The members' mean prior, when every member states one.
     priors = [m.class_prior() or {} for m in metas]
     prior = None if not all(priors) else {
         label: round(sum(p.get(label, 0.0) for p in priors) / len(priors), 4)
         for label in EMOTIONS if any(label in p for p in priors)}
     report: dict[str, object] = {
-        "network": f"ensemble of {len(members)}", "about": "mean of the members' calibrated log-probabilities",
+        "network": f"{kind} of {len(members)}", "about": about,
         "members": [{"path": str(p), "name": m.name, "validation": m.extra.get("validation")}
                     for p, m in zip(members, metas)],
         "validation_counts": {d.name: d.counts() for d in val_domains},
@@ -296,8 +325,15 @@ def _flip_gain(model, domain: Domain, meta: ModelMetadata, logits: np.ndarray) -
     return float(np.mean(both.argmax(1) == domain.labels) - np.mean(logits.argmax(1) == domain.labels))
 
 
-def _select_best(val_domains, meta, progress, total_steps):  # type: ignore[no-untyped-def]
-    """Keras callback: progress, per-epoch validation, best weights kept in memory."""
+def _validation_scores(model, val_domains: Sequence[Domain], meta: ModelMetadata):  # type: ignore[no-untyped-def]
+    """Each domain's validation scores, and the selection score over them."""
+    scores = {d.name: _scores(_logits(model, d, meta), d.labels) for d in val_domains}
+    return scores, selection_score(list(scores.values()))
+
+
+def _select_best(val_domains, meta, progress, total_steps, average_from: int | None = None):  # type: ignore[no-untyped-def]
+    """Keras callback: progress, per-epoch validation, best weights kept in memory, and
+    the running sum of the weights of epochs ``average_from``.. (1-based) when given."""
     import keras
 
     class SelectBest(keras.callbacks.Callback):
@@ -307,6 +343,14 @@ def _select_best(val_domains, meta, progress, total_steps):  # type: ignore[no-u
             self.history: list[dict[str, object]] = []
             self.step = 0
             self.started = time.monotonic()
+            self.summed: list[np.ndarray] | None = None
+            self.dtypes: list[np.dtype] = []
+            self.averaged = 0
+
+        def averaged_weights(self) -> list[np.ndarray]:
+            if self.summed is None:
+                raise RuntimeError("no epoch was averaged")
+            return [(w / self.averaged).astype(t) for w, t in zip(self.summed, self.dtypes)]
 
         def on_train_batch_end(self, batch, logs=None):  # type: ignore[no-untyped-def]
             self.step += 1
@@ -314,8 +358,14 @@ def _select_best(val_domains, meta, progress, total_steps):  # type: ignore[no-u
                 progress(self.step, total_steps, f"loss {float((logs or {}).get('loss', math.nan)):.3f}")
 
         def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
-            scores = {d.name: _scores(_logits(self.model, d, meta), d.labels) for d in val_domains}
-            score = selection_score(list(scores.values()))
+            scores, score = _validation_scores(self.model, val_domains, meta)
+            if average_from is not None and epoch + 1 >= average_from:
+                # (Batch-norm statistics are averaged too: the tail's weights stay close.)
+                current = self.model.get_weights()
+                self.dtypes = [w.dtype for w in current]
+                weights = [np.asarray(w, np.float64) for w in current]
+                self.summed = weights if self.summed is None else [a + w for a, w in zip(self.summed, weights)]
+                self.averaged += 1
             entry = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", math.nan)), "score": score,
                      **{f"{n}_{k}": s[k] for n, s in scores.items() for k in ("accuracy", "balanced_accuracy")}}
             self.history.append(entry)
@@ -354,11 +404,23 @@ def _plot(history: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+def _selected(report: dict[str, object]) -> str:
+    score = "mean over domains of (accuracy + balanced accuracy) / 2 on validation"
+    averaged: dict[str, object] | None = report.get("averaged")  # type: ignore[assignment]
+    if averaged:
+        first, last = averaged["epochs"]  # type: ignore[misc]
+        return (f"- Weights: the mean of epochs {first}-{last}'s (stochastic weight averaging); validation score "
+                f"({score}, without flip averaging) {averaged['score']:.3f}, against "
+                f"{report['best_epoch_score']:.3f} for the best single epoch ({report['best_epoch']}).")
+    return f"- Selected epoch: {report['best_epoch']} of {report['options']['epochs']} ({score})."  # type: ignore[index]
+
+
 def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
     validation: dict[str, dict[str, object]] = report["validation"]  # type: ignore[assignment]
     lines = [f"# Model card: {meta.name}", ""]
     if "members" in report:
-        lines.append(f"- Network: {report['network']}: {report['about']}, served as softmax(mean / T), "
+        output = "logits" if report["network"].startswith("soup") else "mean"  # type: ignore[union-attr]
+        lines.append(f"- Network: {report['network']}: {report['about']}, served as softmax({output} / T), "
                      f"T = {report['temperature']:.3f} (fitted on validation). Members (each with its own card):")
         for m in report["members"]:  # type: ignore[attr-defined]
             scores = m["validation"] or {}
@@ -375,8 +437,7 @@ def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
             f"{'on' if options['augment'] else 'off'}; distillation from the FER2013 mini-Xception "
             f"(weight {options['distill_weight']}, T {options['distill_temperature']}); seed {options['seed']}; "
             f"{report['seconds']} s.",
-            f"- Selected epoch: {report['best_epoch']} of {options['epochs']} (mean over domains of "
-            "(accuracy + balanced accuracy) / 2 on validation).",
+            _selected(report),
         ]
     lines += [
         f"- Input: {meta.input_height}x{meta.input_width}, {'grey' if meta.channels == 1 else 'colour'}, "
