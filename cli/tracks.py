@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("tracks needs the Redis the workers use: set REDIS_URL or --redis")
     url = settings.redis_url
     try:  # the model's metadata (its class prior): a bad file fails here, in one line
-        meta = read_metadata(str(settings.model_path) if settings.model_path else None)
+        meta = read_metadata(settings.model_path)
     except ModelError as exc:
         raise CommandError(str(exc)) from None
     class_prior = meta.class_prior() if meta else None

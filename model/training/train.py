@@ -16,7 +16,7 @@ The recipe, in order:
 5. A temperature is fitted on validation (:mod:`model.calibration`) and baked into the
    saved model as ``softmax(logits / T)``.
 
-:func:`combine` serves several trained models as one (an ensemble), through step 5.
+:func:`combine` serves several trained models as one (an ensemble or a soup), through step 5.
 
 Everything is Keras 3 (``keras.ops``, ``PyDataset``), so it runs on any Keras backend.
 """
@@ -94,8 +94,7 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
         # flatter optimum than any one epoch's (Izmailov et al. 2018), which carries better
         # to other domains (Cha et al. 2021, SWAD); no pick among noisy epoch scores either.
         model.set_weights(selector.averaged_weights())
-        averaged = {"epochs": [options.epochs - average_last + 1, options.epochs],
-                    "score": _validation_scores(model, val_domains, meta)[1]}
+        averaged = {"epochs": [options.epochs - average_last + 1, options.epochs]}
     else:
         model.set_weights(selector.best_weights)
 
@@ -133,7 +132,8 @@ def _calibrate_and_save(model, meta: ModelMetadata, val_domains: Sequence[Domain
     served = with_temperature(model, temperature)
     checkpoint = out_dir / "model.keras"
     served.save(checkpoint)
-    report = {**report, "temperature": temperature, "validation": validation, "flip_averaging_gain": flip,
+    report = {**report, "temperature": temperature, "validation": validation,
+              "score": selection_score(list(validation.values())), "flip_averaging_gain": flip,
               "seconds": round(time.monotonic() - started, 1)}
     # Test-time flip averaging doubles the classifier's work: on only where it pays in
     # every domain's validation.
@@ -325,12 +325,6 @@ def _flip_gain(model, domain: Domain, meta: ModelMetadata, logits: np.ndarray) -
     return float(np.mean(both.argmax(1) == domain.labels) - np.mean(logits.argmax(1) == domain.labels))
 
 
-def _validation_scores(model, val_domains: Sequence[Domain], meta: ModelMetadata):  # type: ignore[no-untyped-def]
-    """Each domain's validation scores, and the selection score over them."""
-    scores = {d.name: _scores(_logits(model, d, meta), d.labels) for d in val_domains}
-    return scores, selection_score(list(scores.values()))
-
-
 def _select_best(val_domains, meta, progress, total_steps, average_from: int | None = None):  # type: ignore[no-untyped-def]
     """Keras callback: progress, per-epoch validation, best weights kept in memory, and
     the running sum of the weights of epochs ``average_from``.. (1-based) when given."""
@@ -358,7 +352,8 @@ def _select_best(val_domains, meta, progress, total_steps, average_from: int | N
                 progress(self.step, total_steps, f"loss {float((logs or {}).get('loss', math.nan)):.3f}")
 
         def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
-            scores, score = _validation_scores(self.model, val_domains, meta)
+            scores = {d.name: _scores(_logits(self.model, d, meta), d.labels) for d in val_domains}
+            score = selection_score(list(scores.values()))
             if average_from is not None and epoch + 1 >= average_from:
                 # (Batch-norm statistics are averaged too: the tail's weights stay close.)
                 current = self.model.get_weights()
@@ -410,7 +405,7 @@ def _selected(report: dict[str, object]) -> str:
     if averaged:
         first, last = averaged["epochs"]  # type: ignore[misc]
         return (f"- Weights: the mean of epochs {first}-{last}'s (stochastic weight averaging); validation score "
-                f"({score}, without flip averaging) {averaged['score']:.3f}, against "
+                f"({score}, without flip averaging) {report['score']:.3f}, against "
                 f"{report['best_epoch_score']:.3f} for the best single epoch ({report['best_epoch']}).")
     return f"- Selected epoch: {report['best_epoch']} of {report['options']['epochs']} ({score})."  # type: ignore[index]
 
