@@ -38,12 +38,18 @@ def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redi
         for i in range(CAMERAS)
     ]
     redis_memory, worker_rss = [], []
+    memory_detail: list[dict[str, object]] = []
     worker_process = psutil.Process(worker.process.pid)
     start = time.monotonic()
     while any(p.alive() for p in ingests):
         # The dataset, not used_memory: an automatic AOF rewrite (the frames write ~90 MB
         # of AOF here) adds a transient rewrite buffer of ~10 MB that is not growth.
-        redis_memory.append(int(redis_client.info("memory")["used_memory_dataset"]))
+        memory = redis_client.info("memory")
+        redis_memory.append(int(memory["used_memory_dataset"]))
+        # What the dataset figure leaves out, kept to explain a failure (a one-off ~10 MB
+        # jump of the dataset was seen in a few full-suite runs, never when rerun).
+        memory_detail.append({k: memory.get(k) for k in ("used_memory", "used_memory_overhead", "mem_aof_buffer",
+                                                          "mem_clients_normal", "mem_clients_slaves")})
         worker_rss.append(worker_process.memory_info().rss)
         for i in range(CAMERAS):
             assert redis_client.xlen(keys.frames(f"load{i}")) <= MAX_LEN + 1  # the bound holds
@@ -107,7 +113,8 @@ def test_overload_is_bounded_and_every_frame_is_accounted_for(redis_server, redi
 
     # Memory stays bounded: the second half of the run is not above the first by more than noise.
     half = len(redis_memory) // 2
-    assert max(redis_memory[half:]) < 1.5 * max(redis_memory[:half]) + 2_000_000
+    peak = int(np.argmax(redis_memory))
+    assert max(redis_memory[half:]) < 1.5 * max(redis_memory[:half]) + 2_000_000, (redis_memory, memory_detail[peak])
     assert max(worker_rss[half:]) < 1.2 * max(worker_rss[:half])
 
     # Freshest frames stay fresh: what is processed was at most MAX_AGE old when it started.
