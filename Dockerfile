@@ -14,6 +14,7 @@ COPY tracks ./tracks
 COPY ingest ./ingest
 COPY worker ./worker
 COPY batch ./batch
+COPY training ./training
 COPY bench ./bench
 COPY cli ./cli
 # Model files only (see scripts/bootstrap.sh): FER2013 weights, BlazeFace .tflite files.

@@ -130,7 +130,7 @@ def _people(args: argparse.Namespace) -> list[tuple[Path, str]]:
     from emotion_stream.images import IMAGE_SUFFIXES
     from emotion_stream.labels import EMOTIONS
     from model.evaluation import LabelsError, read_labels_csv
-    from model.training.domains import list_labelled
+    from training.domains import list_labelled
 
     folder = args.people
     if folder is None or not folder.is_dir():

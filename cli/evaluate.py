@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _label_folders(folder: Path) -> tuple[dict[str, str], dict[str, Path]]:
     from emotion_stream.labels import EMOTIONS
-    from model.training.domains import list_labelled
+    from training.domains import list_labelled
 
     try:
         paths, labels = list_labelled(folder)

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from model.training.dedup import DEFAULT_THRESHOLD
-    from model.training.prepare import PrepareOptions, prepare, scan
+    from training.dedup import DEFAULT_THRESHOLD
+    from training.prepare import PrepareOptions, prepare, scan
 
     if not args.train_dir.is_dir():
         raise CommandError(f"{args.train_dir}: not a folder")

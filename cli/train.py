@@ -13,8 +13,8 @@ from .common import CommandError, add_command, number, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from model.training.networks import NETWORKS
-    from model.training.options import TrainOptions
+    from training.networks import NETWORKS
+    from training.options import TrainOptions
 
     d = TrainOptions()
     p = add_command(
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # inference keeps them (stable, and faster).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from model.emotion_model import ModelError
-    from model.training.options import TrainOptions
-    from model.training.train import combine, train
+    from training.options import TrainOptions
+    from training.train import combine, train
 
     for folder in args.domains:
         if not folder.is_dir():

@@ -43,7 +43,7 @@ def test_the_served_model_applies_the_temperature_inside(tmp_path):
 
     from model import EmotionModel
     from model.metadata import ModelMetadata, Preprocessing
-    from model.training.networks import with_temperature
+    from training.networks import with_temperature
 
     inputs = keras.Input((8, 8, 1))
     logits = keras.layers.Dense(9)(keras.layers.Flatten()(inputs))
@@ -91,7 +91,7 @@ def test_predict_cli_takes_the_threshold(tmp_path, face_bgr, capsys):
 
 
 def test_balanced_sampler_draws_domains_equally_and_classes_by_tempered_counts():
-    from model.training.domains import BalancedSampler, Domain
+    from training.domains import BalancedSampler, Domain
 
     small = Domain("a", np.zeros((12, 4, 4, 1), np.uint8), np.array([4] * 10 + [6] * 2))
     big = Domain("b", np.zeros((1000, 4, 4, 1), np.uint8), np.array([0] * 900 + [3] * 100))
@@ -108,7 +108,7 @@ def test_balanced_sampler_draws_domains_equally_and_classes_by_tempered_counts()
 def test_camera_augmentation_keeps_shape_and_changes_pixels(face_bgr):
     import cv2
 
-    from model.training.augment import CameraAugment
+    from training.augment import CameraAugment
 
     grey = cv2.resize(cv2.cvtColor(face_bgr, cv2.COLOR_BGR2GRAY), (64, 64))[:, :, None]
     rng = np.random.default_rng(0)

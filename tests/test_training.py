@@ -232,8 +232,8 @@ def test_weight_averaging_serves_the_mean_of_the_last_epochs():
     import keras
 
     from model.metadata import ModelMetadata
-    from model.training.domains import Domain
-    from model.training.train import _select_best
+    from training.domains import Domain
+    from training.train import _select_best
 
     meta = ModelMetadata(labels=EMOTIONS, input_height=4, input_width=4, channels=1,
                          preprocessing="zero_to_one", name="tiny")

@@ -26,8 +26,8 @@ import numpy as np
 
 from emotion_stream.images import IMAGE_SUFFIXES, ImageError, read_image_file
 from emotion_stream.labels import EMOTIONS, canonical
+from model.detectors import Detection
 
-from ..detectors import Detection
 from . import dedup
 
 log = logging.getLogger(__name__)

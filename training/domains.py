@@ -21,9 +21,8 @@ import numpy as np
 
 from emotion_stream.images import IMAGE_SUFFIXES
 from emotion_stream.labels import EMOTIONS, canonical
-
-from ..metadata import ModelMetadata
-from ..preprocessing import resize_face
+from model.metadata import ModelMetadata
+from model.preprocessing import resize_face
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from typing import cast
 import numpy as np
 
 from emotion_stream.labels import EMOTIONS
+from model.calibration import expected_calibration_error, fit_temperature, softmax
+from model.metadata import ModelMetadata
+from model.preprocessing import scale_pixels
 
-from ..calibration import expected_calibration_error, fit_temperature, softmax
-from ..metadata import ModelMetadata
-from ..preprocessing import scale_pixels
 from .augment import CameraAugment
 from .domains import BalancedSampler, Domain, load_domains
 from .networks import NETWORKS, build, with_temperature
@@ -162,7 +162,7 @@ def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val
     which stay in one basin of the loss, so their average is a good network too."""
     import keras
 
-    from ..emotion_model import read_metadata
+    from model.emotion_model import read_metadata
 
     found = [read_metadata(m) for m in members]
     if len(members) < 2 or any(m is None for m in found):
@@ -256,7 +256,7 @@ def _batches(*args):  # type: ignore[no-untyped-def]
 
 def _teacher_targets(domains: Sequence[Domain]) -> list[np.ndarray]:
     """The FER2013 model's probabilities (9 canonical columns) for every training image."""
-    from ..emotion_model import FER2013, EmotionModel
+    from model.emotion_model import FER2013, EmotionModel
 
     teacher = EmotionModel(FER2013)
     out = []
