@@ -5,8 +5,10 @@ faces; ``FaceAnalyzer`` combines them for whole frames. TensorFlow is imported l
 """
 
 from .analyzer import FaceAnalyzer, FaceResult
-from .detectors import DETECTORS, Detection, FaceDetector, create_detector
-from .emotion_model import EmotionModel, ModelError
+from .detection import Detection, FaceDetector
+from .detectors import DETECTORS, create_detector
+from .emotion_model import EmotionModel
+from .errors import ModelError
 from .metadata import ModelMetadata, Preprocessing
 
 __all__ = [

@@ -11,7 +11,8 @@ import numpy as np
 from emotion_stream.labels import EMOTIONS
 from emotion_stream.settings import Settings
 
-from .detectors import Detection, FaceDetector, Landmarks, create_detector
+from .detection import Detection, FaceDetector, Landmarks
+from .detectors import create_detector
 from .emotion_model import EmotionModel
 from .preprocessing import Box, crop_face
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from emotion_stream.settings import DEFAULT_DETECT_SIZE
 
-from .detectors import Detection, largest_first, to_full_box
-from .emotion_model import ModelError
+from .detection import Detection, largest_first, to_full_box
+from .errors import ModelError
 
 # MediaPipe clips raw scores at +-100; +-80 keeps float32 sigmoids finite.
 _RAW_SCORE_LIMIT = 80.0

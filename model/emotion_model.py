@@ -14,6 +14,7 @@ import numpy as np
 from emotion_stream.labels import EMOTIONS, canonical
 
 from .calibration import abstain
+from .errors import ModelError
 from .metadata import ModelMetadata, Preprocessing, sidecar_path
 from .preprocessing import to_model_input
 from .runtime import compile_inference, device, keras_backend
@@ -30,10 +31,6 @@ FER2013 = "fer2013"  # weights name of the FER2013 baseline shipped in the `fer`
 # Batches are zero-padded to one of these sizes: oneDNN builds kernels per input shape,
 # so micro-batches of every size from 1 to 64 would each pay that cost once.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-class ModelError(RuntimeError):
-    """The weights cannot be used; the message names the file and the reason."""
 
 
 def fer_weights() -> tuple[Path, ModelMetadata]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from emotion_stream.images import IMAGE_SUFFIXES, ImageError, read_image_file
 from emotion_stream.labels import EMOTIONS, canonical
-from model.detectors import Detection
+from model.detection import Detection
 
 from . import dedup
 

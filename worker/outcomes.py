@@ -20,7 +20,7 @@ from emotion_stream.schema import (
     dead_letter_fields,
 )
 from model import FaceResult
-from model.detectors import Detection
+from model.detection import Detection
 
 from .publishing import Outcome
 from .streams import Entry

@@ -22,7 +22,7 @@ from emotion_stream.images import ImageError, ImageLimits, decode_image
 from emotion_stream.schema import DeadLetterKind, FrameKind, FrameMessage
 from model import FaceAnalyzer, FaceResult
 from model.analyzer import StageTimes
-from model.detectors import Detection, FaceDetector, detect_with_weak
+from model.detection import Detection, FaceDetector, detect_with_weak
 
 log = logging.getLogger(__name__)
 
