@@ -77,7 +77,8 @@ def _cpu_reference() -> float | None:
 def run(config, settings) -> tuple[int, dict[str, object]]:  # type: ignore[no-untyped-def]
     from model import EmotionModel, FaceAnalyzer, create_detector
 
-    from .scenarios import run_batch, run_direct
+    from .batch_mode import run_batch
+    from .direct import run_direct
 
     model = EmotionModel(settings.model_path)
     report: dict[str, object] = {"backend": model.backend, "device": model.device}

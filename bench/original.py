@@ -7,8 +7,14 @@ the weights), and one ``model.predict`` call per face - as the notebooks did.
 
 from __future__ import annotations
 
+import os
+import time
+
 import cv2
 import numpy as np
+
+from .config import BenchConfig
+from .measure import UsageSampler
 
 
 class OriginalPath:
@@ -33,3 +39,20 @@ class OriginalPath:
             face = cv2.resize(image[y : y + h, x : x + w], (224, 224))[:, :, ::-1].astype(np.float32) / 255.0
             labels.append(int(np.argmax(self.model.predict(face[None], verbose=0))))
         return labels
+
+
+def run_original(config: BenchConfig) -> dict[str, object]:
+    path = OriginalPath()
+    images = config.images[: config.original_limit]
+    path.predict_file(str(images[0]))  # warm-up (graph build)
+    with UsageSampler({"bench": os.getpid()}) as usage:
+        start = time.perf_counter()
+        for image in images:
+            path.predict_file(str(image))
+        wall = time.perf_counter() - start
+    return {
+        "images": len(images),
+        "ms_per_image": 1000 * wall / len(images),
+        "images_per_s": len(images) / wall,
+        "processes": usage.summaries(),
+    }

@@ -30,9 +30,9 @@ from .measure import percentiles
 def run_tracking(config, model, photos: Sequence[tuple[Path, str]], seconds: float) -> dict[str, object]:  # type: ignore[no-untyped-def]
     from model import create_detector
 
-    from .scenarios import _settings, _start_workers, _workers_ready
+    from .config import settings_for, start_workers, workers_ready
 
-    settings = _settings(config)
+    settings = settings_for(config)
     faces = people_clip.load_photos(photos, create_detector("blazeface"))
     if len(faces) < 4:
         raise ValueError(f"only {len(faces)} usable face photos; the clip needs at least 4")
@@ -54,8 +54,8 @@ def run_tracking(config, model, photos: Sequence[tuple[Path, str]], seconds: flo
 
         stop = asyncio.Event()
         client = connect(url, "bench-tracks")
-        workers = _start_workers(config, settings, model, url, stop, "tracks")
-        await _workers_ready(client, config.workers)
+        workers = start_workers(config, settings, model, url, stop, "tracks")
+        await workers_ready(client, config.workers)
 
         async def subscriber() -> None:
             async for event in live_events(client, None, stop):

@@ -51,15 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
+    from bench.batch_mode import run_batch
+    from bench.config import BenchConfig
+    from bench.detectors import run_detectors
+    from bench.direct import run_direct
+    from bench.live import run_live
+    from bench.original import run_original
     from bench.report import format_text, summarize
-    from bench.scenarios import (
-        BenchConfig,
-        run_batch,
-        run_detectors,
-        run_direct,
-        run_live,
-        run_original,
-    )
     from emotion_stream.images import IMAGE_SUFFIXES
     from model import EmotionModel, FaceAnalyzer, create_detector
 
@@ -92,7 +90,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if "detector" in chosen:
             results["detector"] = run_detectors(config)
         if "classifier" in chosen:
-            from bench.scenarios import run_classifiers
+            from bench.classifier import run_classifiers
 
             compared = {"configured": model, "fer2013": EmotionModel("fer2013")}
             for path in args.compare_model:
