@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emotion_stream.embedded_redis import EmbeddedRedis
 from emotion_stream.redis_conn import connect
@@ -23,7 +24,10 @@ from .config import (
     start_workers,
     workers_ready,
 )
-from .measure import UsageSampler
+from .measure import Figures, UsageSampler
+
+if TYPE_CHECKING:
+    from model import EmotionModel
 
 
 @contextlib.contextmanager
@@ -43,13 +47,13 @@ def _folder_of(images: list[Path]) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run_batch(config: BenchConfig, model: EmotionModel) -> Figures:
     from batch import BatchJob
 
     settings = settings_for(config)
     threads = share_cores(config.workers)  # as `emotion-stream batch` does
 
-    async def main(url: str, folder: Path, out: Path) -> dict[str, object]:
+    async def main(url: str, folder: Path, out: Path) -> Figures:
         stop = asyncio.Event()
         workers = start_workers(config, settings, model, url, stop, "bench")
         client = connect(url, "bench-batch")
@@ -72,7 +76,7 @@ def run_batch(config: BenchConfig, model) -> dict[str, object]:  # type: ignore[
 
     with _folder_of(config.images) as folder, EmbeddedRedis() as redis:
         out = folder.parent / f"{folder.name}-submission.csv"
-        with UsageSampler({"bench (workers + job)": os.getpid(), "redis-server": redis._process.pid}) as usage:  # noqa: SLF001
+        with UsageSampler({"bench (workers + job)": os.getpid(), "redis-server": redis.pid}) as usage:
             result = asyncio.run(main(redis.url, folder, out))
         out.unlink(missing_ok=True)
     import cv2

@@ -7,9 +7,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
 
 from emotion_stream import keys, metrics
 from emotion_stream.settings import Settings
+
+if TYPE_CHECKING:
+    from model import EmotionModel
 
 
 @dataclass(frozen=True)
@@ -26,14 +33,14 @@ class BenchConfig:
     detect_max_side: int | None = None  # None: the detector's default
 
 
-def settings_for(config: BenchConfig, **extra: object) -> Settings:
-    return Settings(detector=config.detector, detect_max_side=config.detect_max_side, batch_size=config.batch_size,
-                    max_wait_ms=config.max_wait_ms, **extra)
+def settings_for(config: BenchConfig) -> Settings:
+    return Settings(detector=config.detector, detect_max_side=config.detect_max_side,
+                    batch_size=config.batch_size, max_wait_ms=config.max_wait_ms)
 
 
 def stage_busy() -> dict[str, float]:
     return {
-        stage: metrics.STAGE_BUSY_SECONDS.labels(stage)._value.get()  # noqa: SLF001 - own registry
+        stage: float(metrics.STAGE_BUSY_SECONDS.labels(stage)._value.get())  # noqa: SLF001 - own registry
         for stage in metrics.STAGES
     }
 
@@ -47,7 +54,7 @@ def processed_total() -> float:
     )
 
 
-def counter_sum(counter, **labels: str) -> float:  # type: ignore[no-untyped-def]
+def counter_sum(counter: Counter, **labels: str) -> float:
     total = 0.0
     for metric in counter.collect():
         for sample in metric.samples:
@@ -56,14 +63,15 @@ def counter_sum(counter, **labels: str) -> float:  # type: ignore[no-untyped-def
     return total
 
 
-def start_workers(config: BenchConfig, settings: Settings, model, url: str, stop: asyncio.Event, prefix: str):  # type: ignore[no-untyped-def]
+def start_workers(config: BenchConfig, settings: Settings, model: EmotionModel, url: str, stop: asyncio.Event,
+                  prefix: str) -> list[asyncio.Task[None]]:
     """In-process workers sharing one model, each with its own detector (as batch mode)."""
     from worker import start_in_process
 
     return start_in_process(settings, url, stop, config.workers, model, prefix)
 
 
-async def workers_ready(client, n: int, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+async def workers_ready(client: aioredis.Redis, n: int, timeout: float = 120.0) -> None:
     """Wait until n workers have a heartbeat: loaded, warmed up and connected."""
     deadline = time.monotonic() + timeout
     while len(await client.hgetall(keys.WORKERS)) < n:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from .config import BenchConfig
+from .measure import Figures
 
 DETECT_SIZES = (192, 320, 640)
 
 
-def _matched(found: list, planted: list[tuple[int, int, int, int]]) -> int:
+class _Boxed(Protocol):
+    @property
+    def box(self) -> tuple[int, int, int, int]: ...
+
+
+# frames, as stills? -> the boxes found in each frame
+Detect = Callable[[Sequence[np.ndarray], bool], Sequence[Sequence[_Boxed]]]
+
+
+def _matched(found: Sequence[_Boxed], planted: list[tuple[int, int, int, int]]) -> int:
     """Planted faces with a detection centred within half a face width of theirs."""
     centers = [(d.box[0] + d.box[2] / 2, d.box[1] + d.box[3] / 2) for d in found]
     return sum(
@@ -19,7 +33,7 @@ def _matched(found: list, planted: list[tuple[int, int, int, int]]) -> int:
     )
 
 
-def _time_detector(detect, photos: list, frame) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _time_detector(detect: Detect, photos: list[np.ndarray], frame: np.ndarray) -> Figures:
     """CPU ms per photo (as stills, 16 a call) and per live frame, and what was found."""
     detect(photos[:2], True)  # warm-up
     start = time.process_time()
@@ -34,7 +48,7 @@ def _time_detector(detect, photos: list, frame) -> dict[str, float]:  # type: ig
             "frame_faces": frame_faces}
 
 
-def run_detectors(config: BenchConfig) -> dict[str, object]:
+def run_detectors(config: BenchConfig) -> Figures:
     """Every detector at each size in DETECT_SIZES and its default, in one run, on the same inputs: the
     bench photos (as batch mode sends them: stills) and a generated 640x480 frame with
     eight faces 40-60 px wide. The original solution's Haar call is the first row."""
@@ -43,24 +57,30 @@ def run_detectors(config: BenchConfig) -> dict[str, object]:
     from emotion_stream.images import read_image_file
     from emotion_stream.settings import DEFAULT_DETECT_SIZE, DETECTORS
     from ingest.samples import small_faces_frame
-    from model import create_detector
+    from model import Detection, FaceDetector, create_detector
+    from model.haar import cascade_path
 
     photos = [read_image_file(p) for p in config.images]
     frame, planted = small_faces_frame()
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    cascade = cv2.CascadeClassifier(cascade_path("haarcascade_frontalface_default.xml"))
 
-    def original(frames, still):  # type: ignore[no-untyped-def]
+    def original(frames: Sequence[np.ndarray], still: bool) -> list[list[_Box]]:
         grey = (cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames)
-        return [[_Box(tuple(b)) for b in cascade.detectMultiScale(g, 1.3, 5)] for g in grey]
+        return [[_Box((int(x), int(y), int(w), int(h))) for x, y, w, h in cascade.detectMultiScale(g, 1.3, 5)]
+                for g in grey]
 
-    rows = [{"detector": "original haar", "size": "full", **_time_detector(original, photos, frame)}]
+    rows: list[Figures] = [{"detector": "original haar", "size": "full", **_time_detector(original, photos, frame)}]
     for name in DETECTORS:
         for size in sorted({*DETECT_SIZES, DEFAULT_DETECT_SIZE[name]}):
             detector = create_detector(name, size)
-            row = _time_detector(lambda f, s, d=detector: d.detect_batch(f, [s] * len(f)), photos, frame)
+
+            def detect(frames: Sequence[np.ndarray], still: bool, d: FaceDetector = detector) -> list[list[Detection]]:
+                return d.detect_batch(frames, [still] * len(frames))
+
+            row = _time_detector(detect, photos, frame)
             rows.append({"detector": name, "size": size, "default": size == DEFAULT_DETECT_SIZE[name], **row})
     for row in rows:
-        row["frame_faces"] = _matched(row["frame_faces"], planted)  # type: ignore[arg-type]
+        row["frame_faces"] = _matched(row["frame_faces"], planted)
     return {"photos": len(photos), "planted_faces": len(planted), "rows": rows}
 
 

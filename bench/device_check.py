@@ -18,14 +18,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from emotion_stream.settings import Settings
+
+from .config import BenchConfig
+from .measure import Figures
+
+if TYPE_CHECKING:
+    from model import EmotionModel
 
 NO_GPU, GPU_IDLE = 3, 4
 CLASSIFY_BATCH = 256
 
 
-def classifier_faces_per_s(model, seconds: float = 5.0) -> float:  # type: ignore[no-untyped-def]
+def classifier_faces_per_s(model: EmotionModel, seconds: float = 5.0) -> float:
     """Faces per second through the model at a large batch (prepared input, no resize)."""
     m = model.metadata
     batch = np.random.default_rng(0).uniform(-1, 1, (CLASSIFY_BATCH, m.input_height, m.input_width, m.channels))
@@ -74,14 +83,14 @@ def _cpu_reference() -> float | None:
         return None
 
 
-def run(config, settings) -> tuple[int, dict[str, object]]:  # type: ignore[no-untyped-def]
+def run(config: BenchConfig, settings: Settings) -> tuple[int, Figures]:
     from model import EmotionModel, FaceAnalyzer, create_detector
 
     from .batch_mode import run_batch
     from .direct import run_direct
 
     model = EmotionModel(settings.model_path)
-    report: dict[str, object] = {"backend": model.backend, "device": model.device}
+    report: Figures = {"backend": model.backend, "device": model.device}
     if not model.device.startswith("gpu"):
         report["verdict"] = f"no GPU visible to {model.backend}: nothing ran on an accelerator"
         return NO_GPU, report
@@ -100,5 +109,5 @@ def run(config, settings) -> tuple[int, dict[str, object]]:  # type: ignore[no-u
     return 0, report
 
 
-def format_text(report: dict[str, object]) -> str:
+def format_text(report: Figures) -> str:
     return json.dumps(report, indent=2, default=str)

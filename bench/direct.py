@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from .config import BenchConfig
-from .measure import UsageSampler
+from .measure import Figures, UsageSampler
+
+if TYPE_CHECKING:
+    from model import FaceAnalyzer
 
 
-def run_direct(config: BenchConfig, analyzer) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run_direct(config: BenchConfig, analyzer: FaceAnalyzer) -> Figures:
     """Per-stage CPU seconds (process time: includes OpenCV and TensorFlow threads)."""
     from emotion_stream.images import read_image_file
 

@@ -9,10 +9,13 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.embedded_redis import EmbeddedRedis, free_port
-from emotion_stream.redis_conn import connect
+from emotion_stream.redis_conn import as_text, connect, stream_range
 from emotion_stream.schema import SkipReason
 
 from .config import (
@@ -24,7 +27,10 @@ from .config import (
     start_workers,
     workers_ready,
 )
-from .measure import UsageSampler, percentiles
+from .measure import Figures, UsageSampler, percentiles
+
+if TYPE_CHECKING:
+    from model import EmotionModel
 
 
 @contextlib.contextmanager
@@ -45,10 +51,10 @@ def _engine(kind: str) -> Iterator[tuple[str, dict[str, int]]]:
     if kind == "single" and binary is None:
         raise RuntimeError("no redis-server on PATH (scripts/install-system-deps.sh)")
     with EmbeddedRedis(port=free_port() if kind == "single" else None, binary=binary) as redis:
-        yield redis.url, {"redis-server": redis._process.pid}  # noqa: SLF001
+        yield redis.url, {"redis-server": redis.pid}
 
 
-def run_live(config: BenchConfig, model, idle_cameras: int = 0, engine: str = "embedded") -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run_live(config: BenchConfig, model: EmotionModel, idle_cameras: int = 0, engine: str = "embedded") -> Figures:
     """K sample cameras through ingest -> Redis -> workers; ``idle_cameras`` more ids are
     announced first that never send a frame (what many registered cameras cost).
     ``engine``: which Redis (``_engine``)."""
@@ -63,7 +69,7 @@ def run_live(config: BenchConfig, model, idle_cameras: int = 0, engine: str = "e
     frames_seen: set[tuple[str, int]] = set()
     backlog: list[int] = []
 
-    async def main(url: str) -> dict[str, object]:
+    async def main(url: str) -> Figures:
         stop = asyncio.Event()
         client = connect(url, "bench-live")
         for first in range(0, idle_cameras, 1000):
@@ -137,11 +143,9 @@ def run_live(config: BenchConfig, model, idle_cameras: int = 0, engine: str = "e
     return result
 
 
-async def _lag(client, stream: str) -> int:  # type: ignore[no-untyped-def]
+async def _lag(client: aioredis.Redis, stream: str) -> int:
     for info in await client.xinfo_groups(stream):
         if info.get("lag") is not None:
             return int(info["lag"])
-        last = info["last-delivered-id"]
-        last = last.decode() if isinstance(last, bytes) else last
-        return len(await client.xrange(stream, min=f"({last}", max="+", count=10_000))
+        return len(await stream_range(client, stream, after=f"({as_text(info['last-delivered-id'])}", count=10_000))
     return 0

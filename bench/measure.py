@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import psutil
+
+# One scenario's figures: a JSON-ready document (numbers, strings, lists, nested figures).
+Figures = dict[str, Any]
 
 
 def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -25,7 +29,7 @@ class ProcessUsage:
     peak_rss_mb: float = 0.0
     rss_mb: list[float] = field(default_factory=list)  # one sample per interval
 
-    def summary(self, wall: float) -> dict[str, object]:
+    def summary(self, wall: float) -> Figures:
         half = len(self.rss_mb) // 2
         return {
             "process": self.name,
@@ -53,7 +57,7 @@ class UsageSampler:
     @staticmethod
     def _cpu(process: psutil.Process) -> float:
         times = process.cpu_times()
-        return times.user + times.system
+        return float(times.user + times.system)
 
     def _sample(self) -> None:
         for name, process in self._procs.items():
@@ -80,5 +84,5 @@ class UsageSampler:
         self._sample()
         self.wall = time.monotonic() - self.started
 
-    def summaries(self) -> list[dict[str, object]]:
+    def summaries(self) -> list[Figures]:
         return [u.summary(self.wall) for u in self.usage.values()]

@@ -14,11 +14,12 @@ import cv2
 import numpy as np
 
 from .config import BenchConfig
-from .measure import UsageSampler
+from .measure import Figures, UsageSampler
 
 
 class OriginalPath:
     def __init__(self) -> None:
+        from model.haar import cascade_path
         from model.runtime import tensorflow
 
         tensorflow()
@@ -27,10 +28,12 @@ class OriginalPath:
         base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(224, 224, 3))
         x = keras.layers.GlobalAveragePooling2D()(base.output)
         self.model = keras.Model(base.input, keras.layers.Dense(9, activation="softmax")(x))
-        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self.cascade = cv2.CascadeClassifier(cascade_path("haarcascade_frontalface_default.xml"))
 
     def predict_file(self, path: str) -> list[int]:
         image = cv2.imread(path)
+        if image is None:
+            raise ValueError(f"{path}: unreadable image")
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         faces = self.cascade.detectMultiScale(grey, 1.3, 5)
         boxes = list(faces) if len(faces) else [(0, 0, image.shape[1], image.shape[0])]
@@ -41,7 +44,7 @@ class OriginalPath:
         return labels
 
 
-def run_original(config: BenchConfig) -> dict[str, object]:
+def run_original(config: BenchConfig) -> Figures:
     path = OriginalPath()
     images = config.images[: config.original_limit]
     path.predict_file(str(images[0]))  # warm-up (graph build)

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.detection import FaceDetector
+
 SIZE = (640, 480)
 FPS = 15.0
 HOLD_S = 2.0  # each person's appearance
@@ -50,7 +52,7 @@ class Appearance:
         return int(x0 + fx * scale), int(y0 + fy * scale), int(fw * scale), int(fh * scale)
 
 
-def load_photos(pairs: Sequence[tuple[Path, str]], detector) -> list[Photo]:  # type: ignore[no-untyped-def]
+def load_photos(pairs: Sequence[tuple[Path, str]], detector: FaceDetector) -> list[Photo]:
     """Crop each photo to a square around its largest face (found by ``detector``) with
     room around it; photos without a face are left out."""
     photos = []
@@ -100,7 +102,7 @@ def render(appearances: Sequence[Appearance], frame: int, rng: np.random.Generat
     w, h = SIZE
     xs = np.linspace(0, 1, w, dtype=np.float32)[None, :]
     ys = np.linspace(0, 1, h, dtype=np.float32)[:, None]
-    image = np.empty((h, w, 3), np.uint8)
+    image: np.ndarray = np.empty((h, w, 3), np.uint8)
     image[..., 0] = 80 + 50 * xs
     image[..., 1] = 100 + 40 * ys
     image[..., 2] = 110 + 30 * (1 - xs)
@@ -120,7 +122,7 @@ def render(appearances: Sequence[Appearance], frame: int, rng: np.random.Generat
     # Camera: exposure drift, sensor noise (stronger in the dark), hand-held jitter, blur.
     gain = 1.0 + 0.15 * math.sin(frame / FPS * 0.8)
     noisy = image.astype(np.float32) * gain + rng.normal(0, 10, image.shape).astype(np.float32)
-    shift = np.float32([[1, 0, rng.integers(-2, 3)], [0, 1, rng.integers(-2, 3)]])
+    shift = np.array([[1, 0, rng.integers(-2, 3)], [0, 1, rng.integers(-2, 3)]], np.float32)
     image = cv2.warpAffine(np.clip(noisy, 0, 255).astype(np.uint8), shift, SIZE, borderMode=cv2.BORDER_REPLICATE)
     image = cv2.GaussianBlur(image, (5, 5), rng.uniform(0.5, 1.2))
     return image, visible

@@ -4,45 +4,46 @@ from __future__ import annotations
 
 import os
 
+from .measure import Figures
 
 LIVE_SECTIONS = ("live", "live_idle", "live_single_redis", "live_cluster")
 ENGINES = {"embedded": "embedded (unix socket)", "single": "one redis-server (TCP)",
            "cluster": "Redis Cluster, 3 masters + 3 replicas (TCP)"}
 
 
-def summarize(results: dict[str, dict[str, object]]) -> dict[str, object]:
+def summarize(results: dict[str, Figures]) -> Figures:
     """Ratios against the original path and the compute limit, from one run's results."""
-    out: dict[str, object] = {"cores": os.cpu_count(), **results}
+    out: Figures = {"cores": os.cpu_count(), **results}
     original = results.get("original")
     ratios: dict[str, float] = {}
     if original:
-        base = float(original["images_per_s"])  # type: ignore[arg-type]
+        base = float(original["images_per_s"])
         for name in ("direct", "batch"):
             if name in results:
-                ratios[f"{name}/original (images/s)"] = float(results[name]["images_per_s"]) / base  # type: ignore[arg-type]
+                ratios[f"{name}/original (images/s)"] = float(results[name]["images_per_s"]) / base
     if "direct" in results and "direct_opencv" in results:
         ratios["direct/direct with opencv (images/s)"] = (
-            float(results["direct"]["images_per_s"]) / float(results["direct_opencv"]["images_per_s"]))  # type: ignore[arg-type]
+            float(results["direct"]["images_per_s"]) / float(results["direct_opencv"]["images_per_s"]))
     if "live_single_redis" in results and "live_cluster" in results:
         ratios["cluster/single Redis (processed frames/s)"] = (
-            float(results["live_cluster"]["processed_fps"]) / float(results["live_single_redis"]["processed_fps"]))  # type: ignore[arg-type]
+            float(results["live_cluster"]["processed_fps"]) / float(results["live_single_redis"]["processed_fps"]))
     out["ratios"] = ratios
     direct = results.get("direct")
     if direct:
-        cpu = direct["stage_cpu_ms_per_image"]  # type: ignore[index]
-        per_image_s = sum(cpu.values()) / 1000  # type: ignore[union-attr]
+        cpu = direct["stage_cpu_ms_per_image"]
+        per_image_s = sum(cpu.values()) / 1000
         limit = (os.cpu_count() or 1) / per_image_s if per_image_s else float("inf")
         out["compute_limit"] = {
             "cpu_ms_per_image (decode+detect+classify)": round(per_image_s * 1000, 2),
             "images_per_s": round(limit, 1),
         }
         if "batch" in results:
-            out["compute_limit"]["batch_fraction_of_limit"] = round(  # type: ignore[index]
-                float(results["batch"]["images_per_s"]) / limit, 3)  # type: ignore[arg-type]
+            out["compute_limit"]["batch_fraction_of_limit"] = round(
+                float(results["batch"]["images_per_s"]) / limit, 3)
     return out
 
 
-def format_text(summary: dict[str, object]) -> str:
+def format_text(summary: Figures) -> str:
     lines = [f"cores: {summary['cores']}"]
     o = summary.get("original")
     if o:
@@ -60,7 +61,7 @@ def format_text(summary: dict[str, object]) -> str:
     classifiers = summary.get("classifier")
     if classifiers:
         lines.append("    classifier alone (CPU ms per face, including crop preparation):")
-        for name, row in classifiers.items():  # type: ignore[union-attr]
+        for name, row in classifiers.items():
             lines.append(f"    {name:<24} {row['model']:<36} " + ", ".join(
                 f"{k} {v:.2f}" for k, v in row["cpu_ms_per_face"].items()))
     for key, title in (("direct", "(b) direct analyzer  "), ("direct_opencv", "    same, opencv     ")):
@@ -109,12 +110,12 @@ def format_text(summary: dict[str, object]) -> str:
                 lines.append(f"      of which {label}: p50 {part['p50']:.1f} ms, p95 {part['p95']:.1f} ms")
     for name in ("original", "direct", "direct_opencv", "batch", *LIVE_SECTIONS):
         section = summary.get(name)
-        for proc in (section or {}).get("processes", []):  # type: ignore[union-attr]
+        for proc in (section or {}).get("processes", []):
             lines.append(f"    [{name}] {proc['process']}: CPU {proc['cpu_seconds']} s ({proc['cpu_cores_used']} cores), "
                          f"peak RSS {proc['peak_rss_mb']} MB, RSS 1st/2nd half {proc['rss_first_half_mb']}/{proc['rss_second_half_mb']} MB")
-    for name, value in summary.get("ratios", {}).items():  # type: ignore[union-attr]
+    for name, value in summary.get("ratios", {}).items():
         lines.append(f"ratio {name}: {value:.1f}x")
     limit = summary.get("compute_limit")
     if limit:
-        lines.append("compute limit: " + ", ".join(f"{k} {v}" for k, v in limit.items()))  # type: ignore[union-attr]
+        lines.append("compute limit: " + ", ".join(f"{k} {v}" for k, v in limit.items()))
     return "\n".join(lines)

@@ -13,24 +13,37 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.embedded_redis import EmbeddedRedis
-from emotion_stream.redis_conn import connect
-from emotion_stream.schema import EndOfStream, FaceEvent, TrackEvent, TrackEventType, parse_event
+from emotion_stream.redis_conn import connect, stream_range
+from emotion_stream.schema import (
+    EndOfStream,
+    Event,
+    FaceEvent,
+    TrackEvent,
+    TrackEventType,
+    parse_event,
+)
 from tracks.association import iou
 
 from . import people_clip
-from .measure import percentiles
+from .config import BenchConfig, settings_for, start_workers, workers_ready
+from .measure import Figures, percentiles
+
+if TYPE_CHECKING:
+    from model import EmotionModel
 
 
-def run_tracking(config, model, photos: Sequence[tuple[Path, str]], seconds: float) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run_tracking(config: BenchConfig, model: EmotionModel, photos: Sequence[tuple[Path, str]],
+                 seconds: float) -> Figures:
     from model import create_detector
 
-    from .config import settings_for, start_workers, workers_ready
 
     settings = settings_for(config)
     faces = people_clip.load_photos(photos, create_detector("blazeface"))
@@ -48,7 +61,7 @@ def run_tracking(config, model, photos: Sequence[tuple[Path, str]], seconds: flo
         clips.append((f"people{cam}", frames, truth))
     latencies: list[tuple[float, float, float]] = []  # (received, capture -> received, capture -> analysed)
 
-    async def main(url: str) -> dict[str, list]:
+    async def main(url: str) -> dict[str, tuple[list[Event], list[TrackEvent]]]:
         from emotion_stream.events import live_events
         from ingest.publisher import FramePublisher
 
@@ -77,16 +90,16 @@ def run_tracking(config, model, photos: Sequence[tuple[Path, str]], seconds: flo
         await asyncio.gather(*(camera(name, frames) for name, frames, _ in clips))
         deadline = time.time() + 60
         while time.time() < deadline:
-            done = [any(isinstance(parse_event(f[b"event"]), EndOfStream)
-                        for _id, f in await client.xrevrange(keys.events(name), count=5)) for name, _, _ in clips]
+            done = [any(isinstance(parse_event(doc), EndOfStream) for doc in await _documents(client, keys.events(name), last=5))
+                    for name, _, _ in clips]
             if all(done):
                 break
             await asyncio.sleep(0.2)
         out = {}
         for name, _, _ in clips:
             out[name] = (
-                [parse_event(f[b"event"]) for _id, f in await client.xrange(keys.events(name))],
-                [TrackEvent.from_json(f[b"event"]) for _id, f in await client.xrange(keys.tracks(name))],
+                [parse_event(doc) for doc in await _documents(client, keys.events(name))],
+                [TrackEvent.from_json(doc) for doc in await _documents(client, keys.tracks(name))],
             )
         stop.set()
         await asyncio.gather(listening, *workers, return_exceptions=True)
@@ -110,7 +123,15 @@ def run_tracking(config, model, photos: Sequence[tuple[Path, str]], seconds: flo
     return result
 
 
-def score(cameras: list[tuple[list, list, list[TrackEvent]]]) -> dict[str, object]:
+async def _documents(client: aioredis.Redis, stream: str, last: int | None = None) -> list[bytes]:
+    """The ``event`` field of a stream's entries: all, or the ``last`` few."""
+    return [fields[b"event"] for _id, fields in await stream_range(client, stream, count=last, newest_first=bool(last))]
+
+
+Truth = list[list[tuple[people_clip.Appearance, tuple[int, int, int, int]]]]  # per frame: who is where
+
+
+def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures:
     """Figures over all cameras: each event is matched to the planted face it overlaps."""
     matched = total_truth = right_raw = right_smoothed = 0
     raw_flips = smoothed_flips = switches = 0
@@ -126,7 +147,7 @@ def score(cameras: list[tuple[list, list, list[TrackEvent]]]) -> dict[str, objec
                 seen[best[0].person].append(event)
                 person_label[best[0].person] = best[0].photo.label
         total_truth += sum(len(v) for v in truth)
-        track_people: dict[int, Counter] = defaultdict(Counter)
+        track_people: dict[int | None, Counter[int]] = defaultdict(Counter)
         for person, evs in seen.items():
             evs.sort(key=lambda e: e.seq)
             label = person_label[person]
@@ -137,7 +158,7 @@ def score(cameras: list[tuple[list, list, list[TrackEvent]]]) -> dict[str, objec
             smoothed_flips += sum(a.track_emotion != b.track_emotion for a, b in zip(evs, evs[1:]))
             switches += sum(a.track != b.track for a, b in zip(evs, evs[1:]))
             vote_right += Counter(e.emotion for e in evs).most_common(1)[0][0] == label
-            mean = Counter()
+            mean: Counter[str] = Counter()
             for e in evs:
                 mean.update(e.probabilities)
             soft_right += mean.most_common(1)[0][0] == label

@@ -83,7 +83,7 @@ def _flag_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str:
         if isinstance(action, argparse._SubParsersAction):
             for option in action.choices[command]._actions:
                 if option.dest == dest and option.option_strings:
-                    return option.option_strings[0]
+                    return str(option.option_strings[0])
         elif action.dest == dest and action.option_strings:
             return action.option_strings[0]
     return dest

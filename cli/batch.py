@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emotion_stream.settings import Settings
 
 from .common import (
     POSITIVE_SECONDS,
     CommandError,
+    Subcommands,
     add_command,
     add_model_options,
     add_settings,
@@ -19,8 +21,11 @@ from .common import (
     progress,
 )
 
+if TYPE_CHECKING:
+    from batch import BatchJob, BatchSummary
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "batch", run, "label a folder of images into a Kaggle submission.csv",
         description=(
@@ -68,7 +73,7 @@ def _check_output(out: Path) -> None:
         raise CommandError(f"--out {out}: folder {parent} is not writable")
 
 
-async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int):  # type: ignore[no-untyped-def]
+async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int) -> BatchSummary:
     from batch import BatchJob, BatchStalled
     from emotion_stream.lifecycle import stop_on_signals
     from emotion_stream.redis_conn import connect
@@ -106,7 +111,7 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
         await client.aclose()
 
 
-async def _with_progress(job):  # type: ignore[no-untyped-def]
+async def _with_progress(job: BatchJob) -> BatchSummary:
     from batch import scan_folder
 
     images, _ = scan_folder(job.folder)

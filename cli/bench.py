@@ -9,10 +9,10 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import POSITIVE_SECONDS, CommandError, add_command, add_settings, number
+from .common import POSITIVE_SECONDS, CommandError, Subcommands, add_command, add_settings, number
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "bench", run, "measure throughput, latency, CPU and memory",
         description=(
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from bench.detectors import run_detectors
     from bench.direct import run_direct
     from bench.live import run_live
+    from bench.measure import Figures
     from bench.original import run_original
     from bench.report import format_text, summarize
     from emotion_stream.images import IMAGE_SUFFIXES
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(device_check.format_text(report))
             return code
         model = EmotionModel(settings.model_path)
-        results: dict[str, dict[str, object]] = {"config": {
+        results: dict[str, Figures] = {"config": {
             "images": str(folder), "count": len(images), "detector": config.detector, "model": model.id}}
         if "original" in chosen:
             results["original"] = run_original(config)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union, get_args, get_origin
 
 from emotion_stream.schema import EndOfStream, Event, FaceEvent, TrackEvent, TrackEventType
 
@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("emotion_stream.cli")
 
 Runner = Callable[[argparse.Namespace, "Settings"], int]
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what register() gets
 
 
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 1."""
 
 
-def add_command(sub: Any, name: str, run: Runner, help: str, description: str | None = None) -> argparse.ArgumentParser:
+def add_command(sub: Subcommands, name: str, run: Runner, help: str, description: str | None = None) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help, description=description or help)
     parser.set_defaults(run=run)
     return parser

@@ -7,11 +7,13 @@ import asyncio
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emotion_stream.settings import Settings
 
 from .common import (
     CommandError,
+    Subcommands,
     add_command,
     add_model_options,
     add_service_options,
@@ -21,8 +23,11 @@ from .common import (
     serve_metrics,
 )
 
+if TYPE_CHECKING:
+    from model import FaceAnalyzer
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "demo", run, "run ingest + worker on a sample clip (or --source) and print events",
         description=(
@@ -58,7 +63,8 @@ def _sample_clip(folder: Path) -> Path:
     return write_clip(folder / "sample.avi", seconds=8.0, fps=15, faces=2)
 
 
-async def _demo(args, settings, url, source, analyzer, stop) -> int:  # type: ignore[no-untyped-def]
+async def _demo(args: argparse.Namespace, settings: Settings, url: str, source: str, analyzer: FaceAnalyzer,
+                stop: asyncio.Event) -> int:
     from emotion_stream.events import live_events
     from emotion_stream.redis_conn import connect
     from ingest.camera import IngestOptions, run_camera

@@ -7,15 +7,26 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, add_model_options, load_analyzer, progress
+from .common import (
+    CommandError,
+    Subcommands,
+    add_command,
+    add_model_options,
+    load_analyzer,
+    progress,
+)
+
+if TYPE_CHECKING:
+    from model.evaluation import EvaluationReport
 
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "evaluate", run, "score a model on a labelled folder, or score a submission CSV",
         description=(
@@ -73,7 +84,8 @@ def _label_folders(folder: Path) -> tuple[dict[str, str], dict[str, Path]]:
     return dict(zip(keys, (EMOTIONS[i] for i in labels))), dict(zip(keys, paths))
 
 
-def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Settings, whole_image: bool):  # type: ignore[no-untyped-def]
+def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Settings,
+                    whole_image: bool) -> EvaluationReport:
     import numpy as np
 
     from emotion_stream.images import ImageLimits, read_image_file

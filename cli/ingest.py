@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 from emotion_stream.settings import Settings
 
 from .common import (
     CommandError,
+    Subcommands,
     add_command,
     add_service_options,
     add_settings,
@@ -17,7 +19,7 @@ from .common import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "ingest", run, "stream a webcam, video file or RTSP/HTTP URL into Redis",
         description=(
@@ -52,11 +54,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     options = IngestOptions(fps=args.fps, loop=args.loop)
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
-    async def main(stop):  # type: ignore[no-untyped-def]
+    async def main(stop: asyncio.Event) -> int:
         client = connect(url, name=f"emotion-stream-ingest-{camera}")
         publisher = FramePublisher(client, camera, settings)
         try:
             await run_camera(spec, publisher, options, stop)
+            return 0
         except (SourceError, RuntimeError) as exc:
             raise CommandError(str(exc)) from None
         finally:

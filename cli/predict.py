@@ -9,10 +9,10 @@ from pathlib import Path
 
 from emotion_stream.settings import Settings
 
-from .common import add_command, add_model_options, load_analyzer
+from .common import Subcommands, add_command, add_model_options, load_analyzer
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(sub, "predict", run, "print the emotion of every face in image files")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")

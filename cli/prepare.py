@@ -7,10 +7,10 @@ from pathlib import Path
 
 from emotion_stream.settings import DETECTORS, Settings
 
-from .common import CommandError, add_command, number, progress
+from .common import CommandError, Subcommands, add_command, number, progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "prepare", run, "clean a folder-per-label dataset: face crops, no duplicates",
         description=(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from dataclasses import asdict
@@ -11,6 +12,7 @@ from emotion_stream.settings import Settings
 
 from .common import (
     CommandError,
+    Subcommands,
     add_command,
     add_service_options,
     format_event,
@@ -19,7 +21,7 @@ from .common import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(sub, "subscribe", run, "print live events (all cameras or one)")
     p.add_argument("--camera", default=None, help="only this camera")
     p.add_argument("--tracks", action="store_true",
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("subscribe needs a Redis to listen to: set REDIS_URL or --redis")
     url = settings.redis_url
 
-    async def main(stop) -> int:  # type: ignore[no-untyped-def]
+    async def main(stop: asyncio.Event) -> int:
         client = connect(url, name="emotion-stream-subscribe")
         seen = 0
         try:

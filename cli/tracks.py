@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, add_service_options, add_settings, serve_metrics
+from .common import (
+    CommandError,
+    Subcommands,
+    add_command,
+    add_service_options,
+    add_settings,
+    serve_metrics,
+)
 from .worker import TRACKER_SETTINGS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "tracks", run, "run the tracking stage alone (workers run it too by default)",
         description=(
@@ -30,7 +38,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from emotion_stream.lifecycle import run_service
     from emotion_stream.redis_conn import connect
-    from model.emotion_model import ModelError, read_metadata
+    from model.emotion_model import read_metadata
+    from model.errors import ModelError
     from tracks import TrackOwner
 
     if not settings.redis_url:
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     name = settings.worker_name or f"tracks-{socket.gethostname()}-{os.getpid()}"
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
-    async def main(stop) -> int:  # type: ignore[no-untyped-def]
+    async def main(stop: asyncio.Event) -> int:
         client = connect(url, name=name)
         try:
             await TrackOwner(client, settings, name, class_prior).run(stop)

@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from emotion_stream.settings import Settings
 
-from .common import CommandError, add_command, number, progress
+from .common import CommandError, Subcommands, add_command, number, progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     from training.networks import NETWORKS
     from training.options import TrainOptions
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # free or corruption"; tensorflow/tensorflow#117700). Training runs without them;
     # inference keeps them (stable, and faster).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    from model.emotion_model import ModelError
+    from model.errors import ModelError
     from training.options import TrainOptions
     from training.train import combine, train
 
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _summary(report: dict[str, object], out: Path) -> None:
-    for name, scores in report["validation"].items():  # type: ignore[attr-defined]
+def _summary(report: dict[str, Any], out: Path) -> None:
+    for name, scores in report["validation"].items():
         print(f"{name}: accuracy {scores['accuracy']:.4f}, balanced accuracy {scores['balanced_accuracy']:.4f}, "
               f"ECE {scores['ece_uncalibrated']:.3f} -> {scores['ece_calibrated']:.3f} (validation)")
     print(f"temperature {report['temperature']:.3f}; {report['seconds']} s")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from emotion_stream.settings import Settings
 
 from .common import (
+    Subcommands,
     add_command,
     add_service_options,
     add_settings,
@@ -15,7 +17,7 @@ from .common import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "webrtc", run, "serve a web page that streams the browser's camera (WebRTC)",
         description=(
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     token = settings.webrtc_token
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
-    async def main(stop):  # type: ignore[no-untyped-def]
+    async def main(stop: asyncio.Event) -> int:
         client = connect(url, name="emotion-stream-webrtc")
         runner = web.AppRunner(Gateway(client, settings, fps=args.fps, token=token).app())
         await runner.setup()
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "serving http://%s:%d/%s", args.host, args.port, "?token=..." if token else "")
         try:
             await stop.wait()
+            return 0
         finally:
             await runner.cleanup()
             await client.aclose()

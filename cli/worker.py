@@ -8,6 +8,7 @@ from emotion_stream.settings import Settings
 
 from .common import (
     CommandError,
+    Subcommands,
     add_command,
     add_model_options,
     add_service_options,
@@ -17,7 +18,7 @@ from .common import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "worker", run, "analyse frames from Redis (scale out by running more)",
         description=(

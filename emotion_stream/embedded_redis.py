@@ -111,6 +111,13 @@ class EmbeddedRedis:
             return f"unix://{auth}{self.socket_path}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id (for CPU and memory sampling)."""
+        if self._process is None:
+            raise RuntimeError("redis-server is not running")
+        return self._process.pid
+
     def _config(self) -> str:
         lines = {
             "port": str(self.port or 0),

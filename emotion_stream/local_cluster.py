@@ -7,6 +7,7 @@ A node can be killed (SIGKILL: no goodbye, as a crashed machine) to exercise fai
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ class LocalCluster:
             for _ in range(self.masters * (1 + self.replicas)):
                 self.nodes.append(self._start_node(_free_cluster_port()))
             for node in self.nodes:
-                _wait(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port}")
+                _wait(functools.partial(_pings, node), timeout, f"redis-server on port {node.port}")
             tls = ["--tls", "--cacert", str(self.tls[0])] if self.tls else []
             subprocess.run(
                 [self.cli, *tls, "--cluster", "create", *(n.address for n in self.nodes),
@@ -173,7 +175,7 @@ class LocalCluster:
 
 
 def _command(node: ClusterNode, *args: str) -> Any:
-    return node.client().execute_command(*args)  # type: ignore[no-untyped-call]
+    return node.client().execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
 
 def _free_cluster_port() -> int:
@@ -201,9 +203,9 @@ def _pings(node: ClusterNode) -> bool:
         return False
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)

@@ -121,7 +121,7 @@ class LuaScript:
 
 
 async def write_confirmed(
-    client: aioredis.Redis, key: KeyT, write: Callable[[Any], Awaitable[object]],
+    client: aioredis.Redis, key: str, write: Callable[[Any], Awaitable[object]],
     replicas: int, timeout_ms: int,
 ) -> tuple[Any, bool]:
     """Queue one command on ``key``'s slot with ``await write(pipe)``, then WAIT for
@@ -132,7 +132,7 @@ async def write_confirmed(
     pipe = client.pipeline(transaction=False)
     await write(pipe)
     if is_cluster(client):
-        node = client.get_node_from_key(key)  # type: ignore[attr-defined]
+        node = cast(RedisCluster, client).get_node_from_key(key)
         pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
     else:
         pipe.execute_command("WAIT", replicas, timeout_ms)
@@ -268,6 +268,17 @@ class StreamReader:
 def as_text(value: bytes | str) -> str:
     """A name or id from a Redis reply (bytes, or str with decode_responses) as str."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def stream_range(client: aioredis.Redis, stream: str, *, after: str = "-", before: str = "+",
+                       count: int | None = None, newest_first: bool = False) -> list[tuple[str, dict[bytes, bytes]]]:
+    """Entries (id, fields) of a stream between two ids (``(id`` excludes it), oldest
+    first, or newest first (``XREVRANGE``, ``before`` then ``after``)."""
+    if newest_first:
+        entries = await client.xrevrange(stream, max=before, min=after, count=count)
+    else:
+        entries = await client.xrange(stream, min=after, max=before, count=count)
+    return [(as_text(entry_id), fields) for entry_id, fields in cast(StreamEntries, entries or []) if fields]
 
 
 def connect_sync(url: str, name: str = "emotion-stream") -> redis.Redis:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from redis.typing import EncodableT, FieldT
 
@@ -129,12 +129,13 @@ class _Fields:
     """Typed access to a raw stream entry, raising MessageError on anything off."""
 
     def __init__(self, raw: Mapping[bytes, bytes]) -> None:
-        self._raw = raw
+        # Decoded clients (decode_responses) give str keys and values.
+        self._raw = cast(Mapping[bytes | str, bytes | str], raw)
 
     def _get(self, name: str) -> bytes | None:
         value = self._raw.get(name.encode())
         if value is None:
-            value = self._raw.get(name)  # type: ignore[call-overload]  # decoded clients
+            value = self._raw.get(name)
         if isinstance(value, str):
             value = value.encode()
         return value

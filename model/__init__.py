@@ -4,9 +4,11 @@
 faces; ``FaceAnalyzer`` combines them for whole frames. TensorFlow is imported lazily.
 """
 
+from emotion_stream.settings import DETECTORS
+
 from .analyzer import FaceAnalyzer, FaceResult
 from .detection import Detection, FaceDetector
-from .detectors import DETECTORS, create_detector
+from .detectors import create_detector
 from .emotion_model import EmotionModel
 from .errors import ModelError
 from .metadata import ModelMetadata, Preprocessing

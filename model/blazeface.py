@@ -339,7 +339,7 @@ class BlazeFaceDetector:
         if not frames:
             return []
         flags = list(stills) if stills is not None else [False] * len(frames)
-        views = [self._views(*f.shape[:2], still) for f, still in zip(frames, flags)]
+        views = [self._views(f.shape[0], f.shape[1], still) for f, still in zip(frames, flags)]
         batch = np.concatenate([self._inputs(f, v) for f, v in zip(frames, views)])
         raw_boxes, raw_scores = self._runner.run(batch)
         size = self.variant.input_size
@@ -383,10 +383,11 @@ def _cut_by_tile_edge(points: np.ndarray, view: _View, width: float, height: flo
     inner_left, inner_top = view.x > 0, view.y > 0
     inner_right, inner_bottom = view.x + size < width - 1, view.y + size < height - 1
     (x0, y0), (x1, y1) = points[:, 0].T, points[:, 1].T
-    return (
+    cut: np.ndarray = (
         (inner_left & (x0 < _EDGE)) | (inner_top & (y0 < _EDGE))
         | (inner_right & (x1 > 1 - _EDGE)) | (inner_bottom & (y1 > 1 - _EDGE))
     )
+    return cut
 
 
 def _centered(height: int, width: int, scale: float, size: int) -> _View:

@@ -17,7 +17,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, np.float64) / temperature
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    probabilities: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def logits_of(probabilities: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 def abstain(probabilities: np.ndarray, below: float | None, uncertain_index: int) -> np.ndarray:
     """Argmax labels, replaced by ``uncertain_index`` where the top probability is below
     ``below`` (None: never abstain)."""
-    labels = np.asarray(probabilities).argmax(axis=1)
+    labels: np.ndarray = np.asarray(probabilities).argmax(axis=1)
     if below is not None:
         labels = np.where(np.asarray(probabilities).max(axis=1) < below, uncertain_index, labels)
     return labels

@@ -8,6 +8,7 @@ import importlib.resources
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -161,8 +162,10 @@ class EmotionModel:
             if n > half:
                 return np.concatenate([self.predict_proba(batch[i : i + half]) for i in range(0, n, half)])
             both = self._run(np.concatenate([batch, batch[:, :, ::-1]]))
-            return (both[:n] + both[n:]) / 2 @ self._mapping
-        return self._run(batch) @ self._mapping
+            averaged: np.ndarray = (both[:n] + both[n:]) / 2 @ self._mapping
+            return averaged
+        mapped: np.ndarray = self._run(batch) @ self._mapping
+        return mapped
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """The network on a batch padded to the next bucket size."""
@@ -241,13 +244,11 @@ class EmotionModel:
             )
         elif (meta.input_height, meta.input_width, meta.channels) != shape[1:]:
             raise ModelError(f"{self.path}: metadata input shape disagrees with the model {shape}")
-        updates: dict[str, object] = {"labels": labels}
-        if preprocessing is not None:
-            updates["preprocessing"] = Preprocessing(preprocessing)
-        return dataclasses.replace(meta, **updates)  # type: ignore[arg-type]
+        scaling = meta.preprocessing if preprocessing is None else Preprocessing(preprocessing)
+        return dataclasses.replace(meta, labels=labels, preprocessing=scaling)
 
 
-def _load_keras(path: Path):  # type: ignore[no-untyped-def]
+def _load_keras(path: Path) -> Any:  # a Keras model (Keras is untyped)
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
     if path.stat().st_size == 0:
@@ -272,7 +273,7 @@ def _label_matrix(labels: Sequence[str], path: Path) -> np.ndarray:
     return matrix
 
 
-def _ends_in_softmax(model) -> bool:  # type: ignore[no-untyped-def]
+def _ends_in_softmax(model: Any) -> bool:
     activation = getattr(model.layers[-1], "activation", None)
     return getattr(activation, "__name__", "") == "softmax"
 

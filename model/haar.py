@@ -13,6 +13,11 @@ from emotion_stream.settings import DEFAULT_DETECT_SIZE
 from .detection import Detection, downscale, largest_first, to_full_box
 
 
+def cascade_path(name: str) -> str:
+    """A Haar cascade file shipped with OpenCV."""
+    return str(cv2.data.haarcascades) + name  # type: ignore[attr-defined]  # cv2's stubs omit cv2.data
+
+
 class OpenCVDetector:
     """Haar cascade. ``haarcascade_frontalface_alt2`` (scale step 1.15, 3 neighbours) is the
     default: on the dev photos it found more faces than the original solution's
@@ -29,7 +34,7 @@ class OpenCVDetector:
         min_face_fraction: float = 0.1,
         cascade: str = "haarcascade_frontalface_alt2.xml",
     ) -> None:
-        path = cv2.data.haarcascades + cascade
+        path = cascade_path(cascade)
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
             raise RuntimeError(f"cannot load Haar cascade {path}")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,7 +47,8 @@ def tensorflow(threads: int | None = None) -> ModuleType:
         except RuntimeError:
             pass
     log.debug("TensorFlow %s, GPUs: %s", tf.__version__, [g.name for g in gpus] or "none")
-    return tf
+    module: ModuleType = tf
+    return module
 
 
 _STDERR_LOCK = threading.RLock()
@@ -141,12 +142,12 @@ def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.nd
         tf = tensorflow()
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
 
-        @tf.function(input_signature=[spec])
-        def infer_tf(x):  # type: ignore[no-untyped-def]
+        def forward(x: Any) -> Any:
             y = model(x, training=False)
             return tf.nn.softmax(y) if softmax else y
 
-        return lambda x: infer_tf(x).numpy()  # type: ignore[no-any-return]
+        infer_tf = tf.function(forward, input_signature=[spec])
+        return lambda x: np.asarray(infer_tf(x))
     if backend == "jax":
         import jax
 
@@ -154,7 +155,7 @@ def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.nd
         fixed = [v.value for v in model.non_trainable_variables]
 
         @jax.jit
-        def infer_jax(trainable, fixed, x):  # type: ignore[no-untyped-def]
+        def infer_jax(trainable: Any, fixed: Any, x: Any) -> Any:
             y, _ = model.stateless_call(trainable, fixed, x, training=False)
             return jax.nn.softmax(y) if softmax else y
 
@@ -170,7 +171,7 @@ def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.nd
             y = call(x, training=False)
             if softmax:
                 y = torch.softmax(y, dim=-1)
-            return y.detach().cpu().numpy()  # type: ignore[no-any-return]
+            return np.asarray(y.detach().cpu().numpy())
 
     return infer_torch
 
@@ -178,12 +179,12 @@ def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.nd
 def tflite_interpreter_class() -> type:
     """The TFLite interpreter (BlazeFace): LiteRT's when installed, else TensorFlow's."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+        from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         import tensorflow as tf
 
-        return tf.lite.Interpreter  # type: ignore[no-any-return]
-    return Interpreter  # type: ignore[no-any-return]
+        return cast(type, tf.lite.Interpreter)
+    return cast(type, Interpreter)
 
 
 def has_gpu() -> bool:

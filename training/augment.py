@@ -38,7 +38,7 @@ class CameraAugment:
         # Geometry: one affine warp, edges reflected so no black corners teach the model.
         angle = rng.uniform(-self.rotation_degrees, self.rotation_degrees)
         matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, rng.uniform(*self.scale))
-        matrix[:, 2] += rng.uniform(-self.shift, self.shift, 2) * (w, h)
+        matrix[:, 2] += rng.uniform(-self.shift, self.shift, 2) * np.array((w, h))
         out = cv2.warpAffine(out, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         if rng.random() < self.flip:
             out = cv2.flip(out, 1)
@@ -61,6 +61,7 @@ class CameraAugment:
             out = np.clip(noisy, 0, 255).astype(np.uint8)
         if rng.random() < self.jpeg:
             ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 96))])
-            if ok:
-                out = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+            decoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if ok else None
+            if decoded is not None:
+                out = decoded
         return out.reshape(image.shape)

@@ -134,7 +134,9 @@ def _log_polar(t: np.ndarray) -> np.ndarray:
     y, x = np.mgrid[-_N // 2 : _N // 2, -_N // 2 : _N // 2]
     high_pass = (1 - np.cos(np.pi * np.clip(np.hypot(x, y) / _RADIUS, 0, 1))) / 2
     spectrum = (np.log1p(f) * high_pass).astype(np.float32)
-    return cv2.warpPolar(spectrum, (_N, _N), (_N / 2, _N / 2), _RADIUS, cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR)
+    polar: np.ndarray = cv2.warpPolar(spectrum, (_N, _N), (_N / 2, _N / 2), _RADIUS,
+                                      cv2.WARP_POLAR_LOG | cv2.INTER_LINEAR)
+    return polar
 
 
 def _scale_between(a: np.ndarray, b: np.ndarray) -> float:

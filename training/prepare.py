@@ -165,7 +165,7 @@ def _process(task: tuple[str, str, str, str, int, int, float, int]) -> Record:
     # when they are dropped for having no face.
     fp_path = Path(cache_dir) / f"{key}.npz"
     fp_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(fp_path, **dedup.fingerprint(image, wide).to_arrays())
+    np.savez(fp_path, **dedup.fingerprint(image, wide).to_arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return record
 
 

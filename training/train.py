@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from model.preprocessing import scale_pixels
 
 from .augment import CameraAugment
 from .domains import BalancedSampler, Domain, load_domains
-from .networks import NETWORKS, build, with_temperature
+from .networks import NETWORKS, KerasModel, build, with_temperature
 from .options import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,10 @@ TEACHER_MASK = np.array([label not in ("contempt", "uncertain") for label in EMO
 
 
 Progress = Callable[[int, int, str], None]  # (steps done, total steps, message)
+Report = dict[str, Any]  # what a run measured and chose: report.json, and the model card's source
 
 
-def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progress: Progress | None = None) -> dict[str, object]:
+def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progress: Progress | None = None) -> Report:
     import keras
 
     if options.network not in NETWORKS:
@@ -98,7 +99,7 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
     else:
         model.set_weights(selector.best_weights)
 
-    report: dict[str, object] = {
+    report: Report = {
         "network": options.network, "about": spec.about, "options": asdict(options),
         "best_epoch": selector.best_epoch, "best_epoch_score": selector.best, "averaged": averaged,
         "epochs": selector.history,
@@ -117,8 +118,8 @@ def train(folders: Sequence[Path], out_dir: Path, options: TrainOptions, progres
     return report
 
 
-def _calibrate_and_save(model, meta: ModelMetadata, val_domains: Sequence[Domain], out_dir: Path,  # type: ignore[no-untyped-def]
-                        report: dict[str, object], extra: dict[str, object], started: float) -> dict[str, object]:
+def _calibrate_and_save(model: KerasModel, meta: ModelMetadata, val_domains: Sequence[Domain], out_dir: Path,
+                        report: Report, extra: dict[str, Any], started: float) -> Report:
     """From a logit model to the served one: temperature and flip averaging chosen on
     validation, then model.keras, model.json, report.json and MODEL_CARD.md."""
     # Calibration on validation: one temperature for all domains, each domain weighing
@@ -150,7 +151,7 @@ def _calibrate_and_save(model, meta: ModelMetadata, val_domains: Sequence[Domain
 
 
 def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val_split: float = 0.2,
-            seed: int = 42, soup: bool = False) -> dict[str, object]:
+            seed: int = 42, soup: bool = False) -> Report:
     """Several trained models (same input) -> one served model, calibrated again and with
     flip averaging chosen on the validation of ``folders`` (split as ``train`` split them,
     same ``val_split`` and ``seed``). One file, so serving does not know it is combined.
@@ -204,7 +205,7 @@ def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val
     prior = None if not all(priors) else {
         label: round(sum(p.get(label, 0.0) for p in priors) / len(priors), 4)
         for label in EMOTIONS if any(label in p for p in priors)}
-    report: dict[str, object] = {
+    report: Report = {
         "network": f"{kind} of {len(members)}", "about": about,
         "members": [{"path": str(p), "name": m.name, "validation": m.extra.get("validation")}
                     for p, m in zip(members, metas)],
@@ -217,26 +218,27 @@ def combine(members: Sequence[Path], folders: Sequence[Path], out_dir: Path, val
 
 
 # --------------------------------------------------------------------------- data
-def _batches(*args):  # type: ignore[no-untyped-def]
+def _batches(sampler: BalancedSampler, teacher: list[np.ndarray] | None, meta: ModelMetadata,
+             options: TrainOptions) -> Any:
     """A ``keras.utils.PyDataset`` of balanced, augmented batches. Each batch's random
     state derives from (seed, epoch, index), so runs repeat exactly. (Defined on call:
     importing keras at module level costs seconds.)"""
     import keras
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self, sampler, teacher, meta, options):  # type: ignore[no-untyped-def]
+    class Batches(keras.utils.PyDataset):  # type: ignore[misc]  # keras is untyped
+        def __init__(self) -> None:
             super().__init__(workers=max(1, (os.cpu_count() or 1)), use_multiprocessing=False)
             self.sampler, self.teacher, self.meta, self.options = sampler, teacher, meta, options
             self.augment = CameraAugment() if options.augment else None
             self.epoch = 0
 
         def __len__(self) -> int:
-            return self.options.steps_per_epoch
+            return options.steps_per_epoch
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
 
-        def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             rng = np.random.default_rng((self.options.seed, self.epoch, index))
             picks = self.sampler.draw(self.options.batch_size, rng)
             m = self.meta
@@ -251,7 +253,7 @@ def _batches(*args):  # type: ignore[no-untyped-def]
                     y[row, -1] = 1.0
             return scale_pixels(x, m.preprocessing), y
 
-    return Batches(*args)
+    return Batches()
 
 
 def _teacher_targets(domains: Sequence[Domain]) -> list[np.ndarray]:
@@ -266,7 +268,7 @@ def _teacher_targets(domains: Sequence[Domain]) -> list[np.ndarray]:
     return out
 
 
-def distillation_loss(weight: float, temperature: float):  # type: ignore[no-untyped-def]
+def distillation_loss(weight: float, temperature: float) -> Callable[[Any, Any], Any]:
     """Cross-entropy on the label + weight * T^2 * KL(teacher_T || student_T), the KL over
     the teacher's seven labels. y_true packs [one-hot (9) | teacher (9) | has-teacher]."""
     from keras import ops
@@ -274,7 +276,7 @@ def distillation_loss(weight: float, temperature: float):  # type: ignore[no-unt
     k = len(EMOTIONS)
     mask = ops.convert_to_tensor(TEACHER_MASK)
 
-    def distillation_loss(y_true, logits):  # type: ignore[no-untyped-def]
+    def distillation_loss(y_true: Any, logits: Any) -> Any:
         onehot, teacher, has_teacher = y_true[:, :k], y_true[:, k: 2 * k], y_true[:, -1]
         ce = -ops.sum(onehot * ops.log_softmax(logits, axis=-1), axis=-1)
         if weight <= 0:
@@ -289,12 +291,12 @@ def distillation_loss(weight: float, temperature: float):  # type: ignore[no-unt
 
 
 # --------------------------------------------------------------------------- scoring
-def _logits(model, domain: Domain, meta: ModelMetadata) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _logits(model: KerasModel, domain: Domain, meta: ModelMetadata) -> np.ndarray:
     x = scale_pixels(domain.images.astype(np.float32), meta.preprocessing)
     return np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64)
 
 
-def _scores(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, object]:
+def _scores(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:
     predicted = logits.argmax(axis=1)
     recall = {EMOTIONS[c]: float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)}
     return {
@@ -312,29 +314,30 @@ def balanced_temperature(logits: Sequence[np.ndarray], labels: Sequence[np.ndarr
     return fit_temperature(np.concatenate(logits), np.concatenate(labels), weights=weights)
 
 
-def selection_score(scores: Sequence[dict[str, object]]) -> float:
+def selection_score(scores: Sequence[dict[str, Any]]) -> float:
     """Mean over domains of (accuracy + balanced accuracy) / 2: no domain and no class
     may be given up for the others."""
     return float(np.mean([(float(s["accuracy"]) + float(s["balanced_accuracy"])) / 2 for s in scores]))
 
 
-def _flip_gain(model, domain: Domain, meta: ModelMetadata, logits: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+def _flip_gain(model: KerasModel, domain: Domain, meta: ModelMetadata, logits: np.ndarray) -> float:
     """Validation accuracy gained by averaging with the mirrored face (test-time flip)."""
     flipped = Domain(domain.name, np.ascontiguousarray(domain.images[:, :, ::-1]), domain.labels)
     both = softmax(logits) + softmax(_logits(model, flipped, meta))
     return float(np.mean(both.argmax(1) == domain.labels) - np.mean(logits.argmax(1) == domain.labels))
 
 
-def _select_best(val_domains, meta, progress, total_steps, average_from: int | None = None):  # type: ignore[no-untyped-def]
+def _select_best(val_domains: Sequence[Domain], meta: ModelMetadata, progress: Progress | None, total_steps: int,
+                 average_from: int | None = None) -> Any:
     """Keras callback: progress, per-epoch validation, best weights kept in memory, and
     the running sum of the weights of epochs ``average_from``.. (1-based) when given."""
     import keras
 
-    class SelectBest(keras.callbacks.Callback):
+    class SelectBest(keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped
         def __init__(self) -> None:
             super().__init__()
             self.best, self.best_epoch, self.best_weights = -math.inf, -1, None
-            self.history: list[dict[str, object]] = []
+            self.history: list[dict[str, Any]] = []
             self.step = 0
             self.started = time.monotonic()
             self.summed: list[np.ndarray] | None = None
@@ -346,12 +349,12 @@ def _select_best(val_domains, meta, progress, total_steps, average_from: int | N
                 raise RuntimeError("no epoch was averaged")
             return [(w / self.averaged).astype(t) for w, t in zip(self.summed, self.dtypes)]
 
-        def on_train_batch_end(self, batch, logs=None):  # type: ignore[no-untyped-def]
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self.step += 1
             if progress and self.step % 5 == 0:
                 progress(self.step, total_steps, f"loss {float((logs or {}).get('loss', math.nan)):.3f}")
 
-        def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             scores = {d.name: _scores(_logits(self.model, d, meta), d.labels) for d in val_domains}
             score = selection_score(list(scores.values()))
             if average_from is not None and epoch + 1 >= average_from:
@@ -377,7 +380,7 @@ def _select_best(val_domains, meta, progress, total_steps, average_from: int | N
 
 
 # --------------------------------------------------------------------------- outputs
-def _plot(history: list[dict[str, object]], path: Path) -> None:
+def _plot(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -399,25 +402,25 @@ def _plot(history: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
-def _selected(report: dict[str, object]) -> str:
+def _selected(report: Report) -> str:
     score = "mean over domains of (accuracy + balanced accuracy) / 2 on validation"
-    averaged: dict[str, object] | None = report.get("averaged")  # type: ignore[assignment]
+    averaged: dict[str, Any] | None = report.get("averaged")
     if averaged:
-        first, last = averaged["epochs"]  # type: ignore[misc]
+        first, last = averaged["epochs"]
         return (f"- Weights: the mean of epochs {first}-{last}'s (stochastic weight averaging); validation score "
                 f"({score}, without flip averaging) {report['score']:.3f}, against "
                 f"{report['best_epoch_score']:.3f} for the best single epoch ({report['best_epoch']}).")
-    return f"- Selected epoch: {report['best_epoch']} of {report['options']['epochs']} ({score})."  # type: ignore[index]
+    return f"- Selected epoch: {report['best_epoch']} of {report['options']['epochs']} ({score})."
 
 
-def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
-    validation: dict[str, dict[str, object]] = report["validation"]  # type: ignore[assignment]
+def model_card(report: Report, meta: ModelMetadata) -> str:
+    validation: dict[str, dict[str, Any]] = report["validation"]
     lines = [f"# Model card: {meta.name}", ""]
     if "members" in report:
-        output = "logits" if report["network"].startswith("soup") else "mean"  # type: ignore[union-attr]
+        output = "logits" if report["network"].startswith("soup") else "mean"
         lines.append(f"- Network: {report['network']}: {report['about']}, served as softmax({output} / T), "
                      f"T = {report['temperature']:.3f} (fitted on validation). Members (each with its own card):")
-        for m in report["members"]:  # type: ignore[attr-defined]
+        for m in report["members"]:
             scores = m["validation"] or {}
             lines.append(f"  - `{m['path']}` ({m['name']}): validation " + ", ".join(
                 f"{d} {s['accuracy']:.3f} / {s['balanced_accuracy']:.3f}" for d, s in scores.items()))
@@ -449,7 +452,7 @@ def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
         "| --- | --- | --- | --- |",
     ]
     for split, key in (("train", "train_counts"), ("validation", "validation_counts")):
-        for name, counts in report.get(key, {}).items():  # type: ignore[attr-defined]
+        for name, counts in report.get(key, {}).items():
             lines.append(f"| {name} | {split} | {sum(counts.values())} | "
                          + ", ".join(f"{k} {v}" for k, v in counts.items()) + " |")
     lines += [
@@ -462,11 +465,11 @@ def model_card(report: dict[str, object], meta: ModelMetadata) -> str:
     for name, s in validation.items():
         lines.append(f"| {name} | {s['accuracy']:.3f} | {s['balanced_accuracy']:.3f} | "
                      f"{s['ece_uncalibrated']:.3f} / {s['ece_calibrated']:.3f} | "
-                     f"{report['flip_averaging_gain'][name]:+.3f} |")  # type: ignore[index]
+                     f"{report['flip_averaging_gain'][name]:+.3f} |")
     lines += ["", "Per-class recall on validation:", "",
               "| class | " + " | ".join(validation) + " |", "| --- |" + " --- |" * len(validation)]
     for label in EMOTIONS:
-        cells = [f"{s['per_class_recall'][label]:.3f}" if label in s["per_class_recall"] else "-"  # type: ignore[operator,index]
+        cells = [f"{s['per_class_recall'][label]:.3f}" if label in s["per_class_recall"] else "-"
                  for s in validation.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [

@@ -107,13 +107,16 @@ class FrameProcessor:
             return out, times
         fallback = [messages[i].kind is FrameKind.STILL for i in owners]
         stage = StageTimes()
+        results: list[list[FaceResult] | Exception]
         try:
-            if any(d is None for d in found):
+            detections = [d for d in found if d is not None]
+            if len(detections) < len(found):
                 raise RuntimeError("detection failed on a frame")
             t0 = time.perf_counter()
-            results = self.analyzer.classify(frames, found, fallback)  # type: ignore[arg-type]
+            classified = self.analyzer.classify(frames, detections, fallback)
             stage.classify = time.perf_counter() - t0
-            metrics.CLASSIFY_BATCH_FACES.observe(sum(len(r) for r in results))
+            metrics.CLASSIFY_BATCH_FACES.observe(sum(len(r) for r in classified))
+            results = list(classified)
         except Exception:
             # One pathological frame must not sink the batch: retry one by one and
             # blame only the frames that fail on their own.
@@ -123,7 +126,7 @@ class FrameProcessor:
                 try:
                     results.append(self.analyzer.analyze_batch([frame], whole_image_fallback=[still], times=stage)[0])
                 except Exception as exc:  # reported per frame
-                    results.append(exc)  # type: ignore[arg-type]
+                    results.append(exc)
         for i, faces in zip(owners, results):
             if isinstance(faces, Exception):
                 out[i].error = f"analysis failed: {type(faces).__name__}: {faces}"
