@@ -128,8 +128,7 @@ def _people(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """(photo, label) pairs for the tracks scenario."""
     from emotion_stream.images import IMAGE_SUFFIXES
     from emotion_stream.labels import EMOTIONS
-    from model.evaluation import LabelsError, read_labels_csv
-    from training.domains import list_labelled
+    from model.evaluation import LabelsError, list_labelled, read_labels_csv
 
     folder = args.people
     if folder is None or not folder.is_dir():

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _label_folders(folder: Path) -> tuple[dict[str, str], dict[str, Path]]:
     from emotion_stream.labels import EMOTIONS
-    from training.domains import list_labelled
+    from model.evaluation import list_labelled
 
     try:
         paths, labels = list_labelled(folder)

@@ -1,4 +1,5 @@
-"""Scoring predictions against a labels CSV: accuracy, per-class recall, confusion matrix."""
+"""Scoring predictions against labels (a CSV or label folders): accuracy, per-class recall,
+confusion matrix."""
 
 from __future__ import annotations
 
@@ -9,7 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
+from emotion_stream.images import IMAGE_SUFFIXES
 from emotion_stream.labels import EMOTIONS, canonical
+
+
+def list_labelled(folder: Path) -> tuple[list[Path], np.ndarray]:
+    """FOLDER/<label>/*.<image>; labels in any common spelling ("angry" = anger)."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            index = EMOTIONS.index(canonical(label_dir.name))
+        except ValueError as exc:
+            raise ValueError(f"{label_dir}: {exc}") from None
+        for path in sorted(label_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                paths.append(path)
+                labels.append(index)
+    if not paths:
+        raise ValueError(f"{folder}: no images in label folders")
+    return paths, np.asarray(labels, np.int64)
 
 
 class LabelsError(ValueError):

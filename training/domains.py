@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emotion_stream.images import IMAGE_SUFFIXES
-from emotion_stream.labels import EMOTIONS, canonical
+from emotion_stream.labels import EMOTIONS
+from model.evaluation import list_labelled
 from model.metadata import ModelMetadata
 from model.preprocessing import resize_face
 
@@ -43,24 +43,6 @@ class Domain:
 
     def subset(self, indices: np.ndarray) -> Domain:
         return Domain(self.name, self.images[indices], self.labels[indices])
-
-
-def list_labelled(folder: Path) -> tuple[list[Path], np.ndarray]:
-    """FOLDER/<label>/*.<image>; labels in any common spelling ("angry" = anger)."""
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            index = EMOTIONS.index(canonical(label_dir.name))
-        except ValueError as exc:
-            raise ValueError(f"{label_dir}: {exc}") from None
-        for path in sorted(label_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                paths.append(path)
-                labels.append(index)
-    if not paths:
-        raise ValueError(f"{folder}: no images in label folders")
-    return paths, np.asarray(labels, np.int64)
 
 
 def load_folder(folder: Path, meta: ModelMetadata, name: str | None = None) -> Domain:
