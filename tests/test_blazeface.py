@@ -92,6 +92,18 @@ def test_tight_crops_need_the_still_padding(detector):
     assert len(detector.detect(tight, still=True)) == 1
 
 
+def test_a_small_grey_tight_face_is_found_as_a_still(detector):
+    """A FER2013-style still (48 px, grey, the face filling it), through the short-range model."""
+    x, y, w, h = 140, 100, 250, 250
+    grey = cv2.cvtColor(sample_face()[y : y + h, x : x + w], cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(grey, (48, 48), interpolation=cv2.INTER_AREA)
+    [face] = detector.detect(small, still=True)
+    assert face.box[2] > 24 and len(face.landmarks) == 6
+    eyes = sorted(face.landmarks[:2])  # the pupils, scaled like the photo
+    assert _near(eyes[0], ((EYES[0][0] - x) * 48 / w, (EYES[0][1] - y) * 48 / h), 3), eyes
+    assert _near(eyes[1], ((EYES[1][0] - x) * 48 / w, (EYES[1][1] - y) * 48 / h), 3), eyes
+
+
 @pytest.mark.parametrize(
     "frame",
     [
