@@ -33,19 +33,21 @@ def register(sub: Subcommands) -> None:
             "TARGET is a folder of images with an answers CSV (--labels, columns "
             "image_path,emotion), a folder of label folders (TARGET/<label>/*.jpg, no --labels), "
             "or a submission CSV written by `emotion-stream batch` (with --labels). Folders are "
-            "classified here, through the detector, or whole with --whole-image (for face crops "
-            "such as FER2013's 48x48 images)."
+            "classified here through the serving path, as `batch` and `predict` do: the detector, "
+            "the eye-aligned crop, and the whole image where no face is found (counted). "
+            "--whole-image adds a column: every image classified whole, without the detector."
         ),
     )
     p.add_argument("target", type=Path, metavar="FOLDER|SUBMISSION.csv")
     p.add_argument("--labels", type=Path, default=None, metavar="CSV", help="answers: image_path,emotion")
-    p.add_argument("--whole-image", action="store_true", help="classify each image as one face crop, no detector")
+    p.add_argument("--whole-image", action="store_true",
+                   help="also classify every image whole, without the detector, side by side with the serving path")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_model_options(p)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from model.evaluation import LabelsError, read_labels_csv, score
+    from model.evaluation import LabelsError, format_comparison, read_labels_csv, score
 
     if args.target.is_dir():
         if args.labels is not None:
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             files = {name: args.target / name for name in sorted(truth)}
         else:
             truth, files = _label_folders(args.target)
-        report = _evaluate_files(files, truth, settings, args.whole_image)
+        report, whole = _evaluate_files(files, truth, settings, args.whole_image)
     elif args.target.is_file():
+        whole = None
         if args.labels is None:
             raise CommandError("scoring a submission CSV needs --labels CSV")
         try:
@@ -66,7 +69,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(str(exc)) from None
     else:
         raise CommandError(f"{args.target}: no such folder or file")
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    if args.json:
+        print(json.dumps({**report.to_dict(), **({"whole_image": whole.to_dict()} if whole else {})}, indent=2))
+    else:
+        print(report.format_text() if whole is None else format_comparison(report, whole))
     if not report.scored:
         raise CommandError("nothing was scored: no image has both a label and a prediction")
     return 0
@@ -85,10 +91,12 @@ def _label_folders(folder: Path) -> tuple[dict[str, str], dict[str, Path]]:
 
 
 def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Settings,
-                    whole_image: bool) -> EvaluationReport:
+                    whole_image: bool) -> tuple[EvaluationReport, EvaluationReport | None]:
+    """(the serving path's report, the whole-image report when asked): the same files,
+    read once."""
     import numpy as np
 
-    from emotion_stream.images import ImageLimits, read_image_file
+    from emotion_stream.images import ImageLimits
     from emotion_stream.labels import EMOTIONS
     from model.calibration import expected_calibration_error
     from model.evaluation import score
@@ -99,46 +107,45 @@ def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Set
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
     key_of = {path: key for key, path in files.items()}
     predicted: dict[str, str] = {}
+    whole: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    rows: list[tuple[np.ndarray, int]] = []  # (probabilities, true index) for the ECE
+    rows: list[tuple[np.ndarray, np.ndarray | None, int]] = []  # (path, whole, true index) for the ECE
+    no_face: list[str] = []
     classify_s = 0.0
     faces = 0
     start = time.perf_counter()
     with progress(len(files), "evaluate") as bar:
-        if whole_image:
-            paths = list(files.values())
-            for first in range(0, len(paths), 256):
-                images, kept = [], []
-                for path in paths[first:first + 256]:
-                    try:
-                        images.append(read_image_file(path, limits))
-                        kept.append(path)
-                    except ValueError as exc:
-                        skipped[key_of[path]] = str(exc)
-                batch = model.prepare(images)
+        for outcome in analyze_files(analyzer, files.values(), limits=limits, keep_images=whole_image):
+            bar.update()
+            key = key_of[outcome.path]
+            if outcome.error:
+                skipped[key] = outcome.error
+                log.warning("skipped %s: %s", outcome.path, outcome.error)
+                continue
+            face = outcome.faces[0]
+            predicted[key] = face.emotion
+            if face.whole_image:
+                no_face.append(key)
+            whole_probs = None
+            if outcome.image is not None:
                 t0 = time.perf_counter()
-                probabilities = model.predict_proba(batch)
+                whole_probs = model.predict_proba([outcome.image])[0]
                 classify_s += time.perf_counter() - t0
-                faces += len(kept)
-                for path, probs, label in zip(kept, probabilities, model.decide(probabilities)):
-                    predicted[key_of[path]] = EMOTIONS[int(label)]
-                    rows.append((probs, EMOTIONS.index(truth[key_of[path]])))
-                bar.update(len(paths[first:first + 256]))
-        else:
-            for outcome in analyze_files(analyzer, files.values(), limits=limits):
-                bar.update()
-                key = key_of[outcome.path]
-                if outcome.error:
-                    skipped[key] = outcome.error
-                    log.warning("skipped %s: %s", outcome.path, outcome.error)
-                else:
-                    predicted[key] = outcome.emotion
-                    rows.append((outcome.faces[0].probabilities, EMOTIONS.index(truth[key])))
+                faces += 1
+                whole[key] = EMOTIONS[int(model.decide(whole_probs[None])[0])]
+            rows.append((face.probabilities, whole_probs, EMOTIONS.index(truth[key])))
     elapsed = time.perf_counter() - start
     report = score(truth, predicted, skipped)
     report.seconds_per_image = elapsed / max(1, len(predicted))
+    report.no_face = sorted(no_face)
+    labels = np.array([t for _, _, t in rows])
     if rows:
-        report.ece = expected_calibration_error(np.stack([p for p, _ in rows]), np.array([t for _, t in rows]))
+        report.ece = expected_calibration_error(np.stack([p for p, _, _ in rows]), labels)
+    if not whole_image:
+        return report, None
+    whole_report = score(truth, whole, skipped)
+    if rows:
+        whole_report.ece = expected_calibration_error(np.stack([w for _, w, _ in rows if w is not None]), labels)
     if faces:
-        report.classify_ms_per_face = 1000 * classify_s / faces
-    return report
+        whole_report.classify_ms_per_face = 1000 * classify_s / faces
+    return report, whole_report

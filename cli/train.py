@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from emotion_stream.settings import Settings
 
 from .common import CommandError, Subcommands, add_command, number, progress
+
+
+ONEDNN_UNSAFE = ("mini_xception",)  # networks that train with TensorFlow's oneDNN kernels off
 
 
 def register(sub: Subcommands) -> None:
@@ -21,18 +25,23 @@ def register(sub: Subcommands) -> None:
     p = add_command(
         sub, "train", run, "train an emotion classifier on one or more face domains",
         description=(
-            "Each DOMAIN_DIR is a folder of face crops by label (from `prepare`), or a folder "
-            "with train/ and validation/ inside (the FER2013 layout). Batches are balanced over "
-            "domain and class and augmented like camera frames; the FER2013 baseline is distilled "
-            "into the model on its seven labels; the last epochs' weights are averaged (or the best "
-            "epoch on validation is kept) and its confidences are calibrated (temperature "
-            "scaling). Writes model.keras, model.json, report.json, curves.png and MODEL_CARD.md. "
-            "The shipped default is reproduced by "
-            "`make model` (see model/weights/MODEL_CARD.md)."
+            "Each DOMAIN_DIR is a folder of face crops by label (from `prepare`, which crops as "
+            "serving does), or a folder with train/ and validation/ inside (the FER2013 layout). A "
+            "folder without its own validation is split here, by person when its file names say who "
+            "is shown (<person>_<number>.jpg). Batches are balanced over domain and class, augmented "
+            "like camera frames and mixed up; the loss is label-smoothed (optionally plus distillation "
+            "from the FER2013 baseline); the last epochs' weights are averaged (or the best epoch on "
+            "validation is kept) and its confidences are calibrated (temperature scaling). After "
+            "every epoch the run is checkpointed (MODEL_DIR/checkpoint.npz): `train --resume "
+            "MODEL_DIR` continues an interrupted run to the model it would have given. Writes "
+            "model.keras, model.json, report.json, curves.png and MODEL_CARD.md. The shipped default "
+            "is reproduced by `make model` (see model/weights/MODEL_CARD.md)."
         ),
     )
-    p.add_argument("domains", type=Path, nargs="+", metavar="DOMAIN_DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("domains", type=Path, nargs="*", metavar="DOMAIN_DIR")
+    p.add_argument("--out", type=Path, default=None, metavar="MODEL_DIR")
+    p.add_argument("--resume", type=Path, default=None, metavar="MODEL_DIR",
+                   help="continue the interrupted run in MODEL_DIR with its own options and domains")
     p.add_argument("--network", default=d.network, choices=list(NETWORKS), help="default %(default)s")
     p.add_argument("--weights", default=d.weights,
                    help="keras.applications networks: imagenet (needs internet) | none | PATH (default %(default)s)")
@@ -42,6 +51,13 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--steps", type=number(int, 1), default=d.steps_per_epoch, help="batches per epoch (default %(default)s)")
     p.add_argument("--train-batch-size", type=number(int, 1), default=d.batch_size, help="default %(default)s")
     p.add_argument("--learning-rate", type=number(float, 0, above=True), default=d.learning_rate, help="default %(default)s")
+    p.add_argument("--warmup-epochs", type=number(float, 0), default=d.warmup_epochs,
+                   help="linear learning-rate warm-up before the cosine decay (default %(default)s)")
+    p.add_argument("--weight-decay", type=number(float, 0), default=d.weight_decay, help="AdamW (default %(default)s)")
+    p.add_argument("--label-smoothing", type=number(float, 0, 0.5), default=d.label_smoothing,
+                   help="over the classes some domain has (default %(default)s)")
+    p.add_argument("--mixup", type=number(float, 0), default=d.mixup, metavar="ALPHA",
+                   help="mix image pairs and their targets with Beta(ALPHA, ALPHA) weights; 0 = off (default %(default)s)")
     p.add_argument("--class-power", type=number(float, 0, 1), default=d.class_power,
                    help="sample classes by count**P within a domain: 0 uniform, 1 as in the data (default %(default)s)")
     p.add_argument("--distill", type=number(float, 0), default=d.distill_weight,
@@ -53,6 +69,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--val-split", type=number(float, 0, 0.9, above=True), default=d.val_split,
                    help="validation fraction of domains without their own validation/ (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--flip-average", choices=("auto", "on", "off"), default="auto",
+                   help="test-time flip averaging: auto = on when it gains validation accuracy in every domain; "
+                   "off keeps one classifier pass a face (default %(default)s)")
     p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="MODEL",
                    help="train nothing: combine these trained models (same input; each with its model.json) "
                    "into one ensemble, calibrated and with flip averaging chosen on the DOMAIN_DIRs' validation "
@@ -65,13 +84,35 @@ def register(sub: Subcommands) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.soup and not args.combine:
         raise CommandError("--soup combines trained models: give them with --combine")
-    # TensorFlow 2.21's oneDNN kernels corrupt memory in backward passes here ("double
-    # free or corruption"; tensorflow/tensorflow#117700). Training runs without them;
-    # inference keeps them (stable, and faster).
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    if args.resume is None and (not args.domains or args.out is None):
+        raise CommandError("give DOMAIN_DIR... and --out MODEL_DIR, or --resume MODEL_DIR")
+    if args.resume is not None and (args.domains or args.combine):
+        raise CommandError("--resume continues a run with its own domains and options: give nothing else")
+    from training.checkpoint import load
+
+    try:
+        network = str(load(args.resume).state.options["network"]) if args.resume else args.network
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if network in ONEDNN_UNSAFE:
+        # TensorFlow 2.21's oneDNN kernels corrupt memory in the mini-Xception's backward
+        # passes ("double free or corruption"; tensorflow/tensorflow#117700): it trains
+        # without them. The ResNets keep them: 3.4x faster to train here, and a run a
+        # fault stopped continues with --resume.
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from model.errors import ModelError
     from training.options import TrainOptions
-    from training.train import combine, train
+    from training.train import combine, resume, train
+
+    flip = {"auto": None, "on": True, "off": False}[args.flip_average]
+    if args.resume is not None:
+        try:
+            with progress(None, "train", unit="batch") as bar:
+                report = resume(args.resume, _progress(bar), flip_average=flip)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        _summary(report, args.resume)
+        return 0
 
     for folder in args.domains:
         if not folder.is_dir():
@@ -83,28 +124,45 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(str(exc)) from None
         _summary(report, args.out)
         return 0
-    margin = 0.2
-    prepared = args.domains[0] / "prepare.json"
-    if prepared.is_file():
-        margin = float(json.loads(prepared.read_text()).get("margin", margin))
+    margin = _prepared_margin(args.domains)
     options = TrainOptions(
         network=args.network, weights=args.weights, init_from_fer=not args.from_scratch,
         input_size=args.input_size, epochs=args.epochs, steps_per_epoch=args.steps,
-        batch_size=args.train_batch_size, learning_rate=args.learning_rate, class_power=args.class_power,
-        distill_weight=args.distill, augment=not args.no_augment, val_split=args.val_split,
+        batch_size=args.train_batch_size, learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay, class_power=args.class_power, label_smoothing=args.label_smoothing,
+        mixup=args.mixup, distill_weight=args.distill, augment=not args.no_augment, val_split=args.val_split,
         seed=args.seed, face_margin=margin, average_last=args.average_last,
     )
     try:
         with progress(options.epochs * options.steps_per_epoch, "train", unit="batch") as bar:
-            def update(done: int, total: int, message: str) -> None:
-                bar.update(done - bar.n)
-                bar.set_postfix_str(message)
-
-            report = train(args.domains, args.out, options, update)
+            report = train(args.domains, args.out, options, _progress(bar), flip_average=flip)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     _summary(report, args.out)
     return 0
+
+
+def _prepared_margin(domains: list[Path]) -> float:
+    """The crop margin ``prepare`` cut the domains with (their prepare.json), which the
+    served model must crop with too; one margin for all, 0.2 where none is recorded."""
+    margins = set()
+    for domain in domains:
+        for found in (domain / "prepare.json", domain / "train" / "prepare.json"):
+            if found.is_file():
+                margins.add(float(json.loads(found.read_text()).get("margin", 0.2)))
+                break
+    if len(margins) > 1:
+        raise CommandError(f"the domains were prepared with different crop margins: {sorted(margins)}")
+    return margins.pop() if margins else 0.2
+
+
+def _progress(bar: Any) -> Callable[[int, int, str], None]:
+    def update(done: int, total: int, message: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        bar.set_postfix_str(message)
+
+    return update
 
 
 def _summary(report: dict[str, Any], out: Path) -> None:

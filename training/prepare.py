@@ -1,10 +1,15 @@
-"""``prepare``: clean a folder-per-label dataset into face crops without duplicates.
+"""``prepare``: a folder-per-label dataset into what the classifier sees in service.
 
-For every image: detect faces, drop images without one, crop the largest face with a
-margin. Then find near-duplicates (see ``dedup``): copies within one label folder keep
-one, copies across label folders are all removed (contradictory labels). The input
-folder is only read. Work is cached under ``OUT/.prepare`` so an interrupted run resumes,
-and images are processed by one process per core.
+Every image goes through the serving path for stills: the detector as ``batch`` runs it,
+the largest face cropped by the one ``crop_face`` with the model's margin; an image
+without a face is kept whole (serving classifies such a still whole) or dropped, and
+reported either way. Then near-duplicates are found (see ``dedup``): copies within one
+label folder keep one, copies across label folders are all removed (contradictory
+labels). A domain with its own splits (``train/`` and ``validation/``, the FER2013
+layout) is prepared split by split; a ``test/`` split is left alone (it is only ever
+evaluated, from the raw images). The input folder is only read. Work is cached under
+``OUT/.prepare`` so an interrupted run resumes, and images are processed by one process
+per core.
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ from . import dedup
 log = logging.getLogger(__name__)
 
 CACHE = ".prepare"
+NO_FACE = ("whole", "drop")  # what becomes of an image without a face
+KEPT = ("kept", "whole")  # outcomes that are written to OUT
 RECORDS = "records.jsonl"
+CACHE_KEY = "options.json"  # what the cached crops were made with
+CACHE_VERSION = 2  # 2: stills detected exactly as served, images without a face cropped whole
 SETTINGS_FILE = "prepare.json"  # read by `train` (crop margin, detector)
 
 
@@ -45,6 +54,7 @@ class PrepareOptions:
     workers: int = 0  # 0 = one per core
     threshold: float = dedup.DEFAULT_THRESHOLD
     neighbours: int = dedup.DEFAULT_NEIGHBOURS
+    no_face: str = "whole"  # whole: kept whole, as serving classifies a still without a face; drop
 
 
 @dataclass
@@ -60,7 +70,7 @@ class Record:
     box: list[int] = field(default_factory=list)
     error: str = ""
     # decided after deduplication:
-    outcome: str = ""  # kept | no_face | unreadable | duplicate_within | duplicate_across
+    outcome: str = ""  # kept | whole | no_face | unreadable | duplicate_within | duplicate_across
     group: int = -1
 
 
@@ -68,12 +78,13 @@ class Record:
 class PrepareReport:
     before: dict[str, int]
     after: dict[str, int]
-    no_face: int
+    no_face: int  # kept whole or dropped, as the options say
     multi_face: int
     unreadable: int
     skipped_files: dict[str, str]
     groups: list[dict[str, object]]
     records: list[Record]
+    whole: int = 0  # images without a face kept as the whole image
 
     def format_text(self) -> str:
         within = sum(1 for g in self.groups if g["kind"] == "within")
@@ -84,7 +95,7 @@ class PrepareReport:
                 lines.append(f"{label:<10} {self.before.get(label, 0):>7} {self.after.get(label, 0):>7}")
         lines.append(f"{'total':<10} {sum(self.before.values()):>7} {sum(self.after.values()):>7}")
         lines += [
-            f"no face found:        {self.no_face}",
+            f"no face found:        {self.no_face} ({self.whole} kept whole, as serving classifies them)",
             f"several faces:        {self.multi_face} (largest kept)",
             f"unreadable:           {self.unreadable}",
             f"not image files:      {len(self.skipped_files)}",
@@ -117,25 +128,10 @@ def _init_worker(detector_name: str) -> None:
 
 
 def _detect(image: np.ndarray) -> list[Detection]:
-    """Faces in the image, detected as a still photo (as inference does); tight crops
-    the detector still misses are tried again on a copy with a replicated border, since
-    detectors need some context around a face."""
+    """Faces in the image, detected as serving detects a still photo: nothing more, so
+    training sees what the classifier will be given."""
     assert _detector is not None
-    found = _detector.detect_batch([image], [True])[0]
-    if found:
-        return found
-    pad = max(image.shape[:2]) // 4
-    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    h, w = image.shape[:2]
-    boxes = []
-    for det in _detector.detect_batch([padded])[0]:
-        x, y, bw, bh = det.box
-        x0, y0 = max(0, x - pad), max(0, y - pad)
-        x1, y1 = min(w, x - pad + bw), min(h, y - pad + bh)
-        if x1 - x0 >= 0.5 * bw and y1 - y0 >= 0.5 * bh:  # mostly inside the original
-            landmarks = tuple((px - pad, py - pad) for px, py in det.landmarks) if det.landmarks else None
-            boxes.append(Detection((x0, y0, x1 - x0, y1 - y0), det.score, landmarks))
-    return boxes
+    return _detector.detect_batch([image], [True])[0]
 
 
 def _process(task: tuple[str, str, str, str, int, int, float, int]) -> Record:
@@ -155,12 +151,17 @@ def _process(task: tuple[str, str, str, str, int, int, float, int]) -> Record:
         box = found[0].box  # largest
         record.status, record.box = "face", [int(v) for v in box]
         crop = crop_face(image, box, margin, found[0].landmarks, crop_size)
-        target = Path(cache_dir) / crop_name(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
         wide = crop_face(image, box, 0.5)
     else:
         record.status = "no_face"
+        # The whole image, as serving classifies a still without a face (shrunk, not squared).
+        factor = min(1.0, crop_size / max(image.shape[:2]))
+        crop = image if factor == 1.0 else cv2.resize(
+            image, (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor))),
+            interpolation=cv2.INTER_AREA)
+    target = Path(cache_dir) / crop_name(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
     # Every readable image is fingerprinted, so duplicates show in the report even
     # when they are dropped for having no face.
     fp_path = Path(cache_dir) / f"{key}.npz"
@@ -207,19 +208,53 @@ def scan(train_dir: Path) -> tuple[list[tuple[str, str, Path]], dict[str, str]]:
     return items, skipped
 
 
+SPLITS = ("train", "validation", "val")  # prepared; a "test" split never is
+
+
+def splits(folder: Path) -> list[str]:
+    """The split folders of a domain with its own splits (``train`` and a validation
+    split), in order; empty for a plain folder of label folders."""
+    found = [name for name in SPLITS if (folder / name).is_dir()]
+    return found if "train" in found and len(found) > 1 else []
+
+
+def prepare_domain(
+    domain_dir: Path,
+    out_dir: Path,
+    options: PrepareOptions = PrepareOptions(),
+    progress: Callable[[int, str], None] | None = None,
+) -> dict[str, PrepareReport]:
+    """A domain's reports by split ("" for a plain folder): ``prepare`` of each split into
+    ``OUT/<split>``, or of the folder itself."""
+    parts = splits(domain_dir)
+    if not parts:
+        return {"": prepare(domain_dir, out_dir, options, progress)}
+    return {name: prepare(domain_dir / name, out_dir / name, options, progress) for name in parts}
+
+
 def prepare(
     train_dir: Path,
     out_dir: Path,
     options: PrepareOptions = PrepareOptions(),
     progress: Callable[[int, str], None] | None = None,
 ) -> PrepareReport:
-    """Run the whole preparation; ``progress(n, stage)`` reports n finished units."""
+    """Prepare one folder of label folders; ``progress(n, stage)`` reports n finished units."""
+    if options.no_face not in NO_FACE:
+        raise ValueError(f"unknown no-face policy {options.no_face!r}; choose one of {', '.join(NO_FACE)}")
     train_dir, out_dir = train_dir.resolve(), out_dir.resolve()
     if out_dir == train_dir or train_dir in out_dir.parents or out_dir in train_dir.parents:
         raise ValueError("the output folder must not contain, or be inside, the input folder")
     items, skipped = scan(train_dir)
     cache_dir = out_dir / CACHE
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # The cache holds crops of one detector, margin and size: other options start afresh.
+    made_with = json.dumps({"version": CACHE_VERSION, "detector": options.detector, "margin": options.margin,
+                            "crop_size": options.crop_size}, sort_keys=True)
+    if (cache_dir / CACHE_KEY).is_file() and (cache_dir / CACHE_KEY).read_text() != made_with:
+        log.info("prepare: %s was made with other options; starting afresh", cache_dir)
+        shutil.rmtree(cache_dir)
+        cache_dir.mkdir(parents=True)
+    (cache_dir / CACHE_KEY).write_text(made_with)
     records = _load_records(cache_dir / RECORDS)
     todo = []
     for key, label, path in items:
@@ -253,7 +288,7 @@ def prepare(
             edges += [(index[a], index[b], s) for a, b, s in found]
             if progress:
                 progress(256, "duplicates")
-    groups = _decide(current, readable, edges)
+    groups = _decide(current, readable, edges, keep_whole=options.no_face == "whole")
     _materialise(out_dir, cache_dir, current)
     report = _report(current, skipped, groups)
     _write_reports(out_dir, report, options)
@@ -272,22 +307,25 @@ def _load_records(path: Path) -> dict[str, Record]:
     return records
 
 
-def _decide(current: list[Record], readable: list[Record], edges: list[tuple[int, int, float]]) -> list[dict[str, object]]:
+def _decide(current: list[Record], readable: list[Record], edges: list[tuple[int, int, float]],
+            keep_whole: bool) -> list[dict[str, object]]:
     """Outcome per image. Duplicates are judged over all readable images; an image
-    without a face stays ``no_face`` (it is dropped either way)."""
+    without a face is ``whole`` (kept whole) or ``no_face`` (dropped)."""
+    no_face = "whole" if keep_whole else "no_face"
     for record in current:
-        record.outcome = {"face": "kept", "no_face": "no_face"}.get(record.status, "unreadable")
+        record.outcome = {"face": "kept", "no_face": no_face}.get(record.status, "unreadable")
         record.group = -1
     scores = {(i, j): s for i, j, s in edges}
     groups = []
     for number, members in enumerate(dedup.group(len(readable), [(i, j) for i, j, _ in edges])):
         labels = {readable[i].label for i in members}
         kind = "within" if len(labels) == 1 else "across"
-        keeper = next((i for i in sorted(members, key=lambda m: readable[m].key) if readable[i].status == "face"), None)
+        keeper = next((i for i in sorted(members, key=lambda m: readable[m].key)
+                       if readable[i].outcome in KEPT), None)
         for i in members:
             record = readable[i]
             record.group = number
-            if record.status != "face":
+            if record.outcome not in KEPT:
                 continue
             if kind == "across":
                 record.outcome = "duplicate_across"
@@ -304,7 +342,7 @@ def _decide(current: list[Record], readable: list[Record], edges: list[tuple[int
 
 def _materialise(out_dir: Path, cache_dir: Path, current: list[Record]) -> None:
     """OUT/<label>/<name>.jpg for kept images; anything else there is removed."""
-    keep = {crop_name(r.key) for r in current if r.outcome == "kept"}
+    keep = {crop_name(r.key) for r in current if r.outcome in KEPT}
     for label_dir in (out_dir / label for label in EMOTIONS):
         if label_dir.is_dir():
             for path in label_dir.iterdir():
@@ -323,13 +361,14 @@ def _materialise(out_dir: Path, cache_dir: Path, current: list[Record]) -> None:
 
 def _report(current: list[Record], skipped: dict[str, str], groups: list[dict[str, object]]) -> PrepareReport:
     before = Counter(r.label for r in current)
-    after = Counter(r.label for r in current if r.outcome == "kept")
+    after = Counter(r.label for r in current if r.outcome in KEPT)
     return PrepareReport(
         before=dict(before),
         after=dict(after),
         no_face=sum(r.status == "no_face" for r in current),
         multi_face=sum(r.faces > 1 for r in current),
         unreadable=sum(r.status == "unreadable" for r in current),
+        whole=sum(r.outcome == "whole" for r in current),
         skipped_files=skipped,
         groups=groups,
         records=current,
