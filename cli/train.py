@@ -13,7 +13,6 @@ from emotion_stream.settings import Settings
 
 from .common import CommandError, Subcommands, add_command, number, progress
 
-
 ONEDNN_UNSAFE = ("mini_xception",)  # networks that train with TensorFlow's oneDNN kernels off
 
 
