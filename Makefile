@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv system clean model
+.PHONY: demo test venv system clean model export
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh
@@ -28,7 +28,13 @@ DATA ?= ../shared/data
 model: $(STAMP)
 	$(VENV)/bin/emotion-stream prepare $(DATA)/faces/train --out build/faces
 	$(VENV)/bin/emotion-stream train build/faces $(DATA)/fer2013 --out build/model
-	@echo "to ship it: cp build/model/model.keras model/weights/default.keras && cp build/model/model.json model/weights/default.json"
+	@echo "to ship it: cp build/model/model.keras model/weights/default.keras && cp build/model/model.json model/weights/default.json && make export"
+
+# The shipped default as served without TensorFlow: LiteRT (the serving default) and ONNX.
+WEIGHTS := model/weights
+export: $(STAMP)
+	$(VENV)/bin/emotion-stream export $(WEIGHTS)/default.keras --format tflite --out $(WEIGHTS)/default.tflite
+	$(VENV)/bin/emotion-stream export $(WEIGHTS)/default.keras --format onnx --out $(WEIGHTS)/default.onnx
 
 clean:
 	rm -rf $(VENV) build *.egg-info

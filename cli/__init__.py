@@ -35,6 +35,7 @@ COMMANDS = (
     "evaluate",
     "prepare",
     "train",
+    "export",
     "bench",
 )
 

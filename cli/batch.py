@@ -85,7 +85,7 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     tasks = []
     if workers:
         share_cores(workers)
-        model = await asyncio.to_thread(EmotionModel, settings.model_path, uncertain_below=settings.uncertain_below)
+        model = await asyncio.to_thread(EmotionModel.from_settings, settings)
         tasks = start_in_process(settings, url, stop, workers, model, f"batch-{os.getpid()}")
     client = connect(url, name="emotion-stream-batch")
     job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout)

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             code, report = device_check.run(config, settings)
             print(device_check.format_text(report))
             return code
-        model = EmotionModel(settings.model_path)
+        model = EmotionModel.from_settings(settings)
         results: dict[str, Figures] = {"config": {
             "images": str(folder), "count": len(images), "detector": config.detector, "model": model.id}}
         if "original" in chosen:

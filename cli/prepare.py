@@ -11,7 +11,7 @@ from .common import CommandError, Subcommands, add_command, number, progress
 
 
 def register(sub: Subcommands) -> None:
-    from training.prepare import NO_FACE, PrepareOptions
+    from training.options import NO_FACE, PrepareOptions
 
     defaults = PrepareOptions()
     p = add_command(
@@ -42,7 +42,8 @@ def register(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from training.prepare import PrepareOptions, prepare_domain, scan, splits
+    from training.options import PrepareOptions
+    from training.prepare import prepare_domain, scan, splits
 
     if not args.train_dir.is_dir():
         raise CommandError(f"{args.train_dir}: not a folder")

@@ -18,12 +18,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any, cast
-
-from redis.typing import EncodableT, FieldT
+from typing import TYPE_CHECKING, Any, cast
 
 from . import keys
 from .labels import EMOTIONS
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 SCHEMA_VERSION = 1
 

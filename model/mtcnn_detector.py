@@ -10,6 +10,7 @@ import numpy as np
 from emotion_stream.settings import DEFAULT_DETECT_SIZE
 
 from .detection import Detection, largest_first, to_full_box
+from .errors import ModelError
 
 
 class MTCNNDetector:
@@ -28,7 +29,10 @@ class MTCNNDetector:
         self, max_side: int = DEFAULT_DETECT_SIZE["mtcnn"], min_confidence: float = 0.9,
         min_face_fraction: float = 0.1,
     ) -> None:
-        from mtcnn import MTCNN
+        try:
+            from mtcnn import MTCNN
+        except ImportError:
+            raise ModelError("the mtcnn detector runs on TensorFlow: pip install 'emotion-stream[train]'") from None
 
         from .runtime import has_gpu
 

@@ -1,10 +1,10 @@
-"""The deep-learning runtime in one place: the Keras backend, its device and threads, and
-compiled inference.
+"""The Keras runtime in one place: the Keras backend, its device and threads, and
+compiled inference, for Keras files (training, export, and serving on an accelerator).
 
-``KERAS_BACKEND`` picks TensorFlow (the default), JAX or PyTorch; everything that runs a
-network goes through :func:`compile_inference`, so nothing else in the project is
-specific to one of them. Importing any of them costs seconds, so nothing imports them at
-module level; commands that need a model call :func:`keras_backend` (via EmotionModel).
+``KERAS_BACKEND`` picks TensorFlow (the default), JAX or PyTorch; every Keras network runs
+through :func:`compile_inference`, so nothing else in the project is specific to one of
+them. Importing any of them costs seconds, so nothing imports them at module level, and
+exported files (``model.inference``) serve without them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
@@ -174,6 +175,14 @@ def compile_inference(model: Any, softmax: bool) -> Callable[[np.ndarray], np.nd
             return np.asarray(y.detach().cpu().numpy())
 
     return infer_torch
+
+
+def load_keras(path: Path) -> Any:
+    """A Keras model file (Keras is untyped: the model is Any); Keras' own errors pass through."""
+    keras_backend()
+    import keras
+
+    return keras.models.load_model(path, compile=False)
 
 
 def tflite_interpreter_class() -> type:

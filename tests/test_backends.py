@@ -23,7 +23,7 @@ face = sample_face()
 crops = [face, face[::2, ::2], np.ascontiguousarray(face[:, ::-1]), face[50:450, 100:500]]
 out = {}
 for weights in (None, "fer2013"):
-    model = EmotionModel(weights)
+    model = EmotionModel(weights, runtime="keras")
     out[str(weights)] = {"backend": model.backend, "device": model.device,
                          "p": model.predict_proba(crops).tolist()}
 print(json.dumps(out))

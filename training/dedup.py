@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.85
-DEFAULT_NEIGHBOURS = 5
+from .options import DUPLICATE_NEIGHBOURS, DUPLICATE_THRESHOLD
+
+DEFAULT_THRESHOLD = DUPLICATE_THRESHOLD
+DEFAULT_NEIGHBOURS = DUPLICATE_NEIGHBOURS
 _N = 128  # thumbnail side for verification
 _SCALES = (1.0, 0.85)  # center crops for the spectrum descriptor
 _WINDOW = cv2.createHanningWindow((_N, _N), cv2.CV_32F)

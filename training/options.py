@@ -1,8 +1,28 @@
-"""Training options (a light module: the CLI reads the defaults for --help)."""
+"""Options of prepare, train and export (a light module: the CLI reads the defaults for --help)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+NO_FACE = ("whole", "drop")  # prepare: what becomes of an image without a face
+DUPLICATE_THRESHOLD = 0.85  # dedup similarity from which two images are copies (measured: dedup.py)
+DUPLICATE_NEIGHBOURS = 5  # dedup candidates per image and descriptor
+ExportFormat = Literal["tflite", "onnx"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+Quantize = Literal["none", "float16", "int8"]
+QUANTIZE: tuple[str, ...] = get_args(Quantize)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    detector: str = "blazeface"
+    margin: float = 0.2  # crop margin around the face box, fraction of its size
+    crop_size: int = 256  # longest side of saved crops (no upscaling)
+    workers: int = 0  # 0 = one per core
+    threshold: float = DUPLICATE_THRESHOLD
+    neighbours: int = DUPLICATE_NEIGHBOURS
+    no_face: str = "whole"  # whole: kept whole, as serving classifies a still without a face; drop
 
 
 @dataclass(frozen=True)

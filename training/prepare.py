@@ -34,27 +34,16 @@ from emotion_stream.labels import EMOTIONS, canonical
 from model.detection import Detection
 
 from . import dedup
+from .options import NO_FACE, PrepareOptions
 
 log = logging.getLogger(__name__)
 
 CACHE = ".prepare"
-NO_FACE = ("whole", "drop")  # what becomes of an image without a face
 KEPT = ("kept", "whole")  # outcomes that are written to OUT
 RECORDS = "records.jsonl"
 CACHE_KEY = "options.json"  # what the cached crops were made with
 CACHE_VERSION = 2  # 2: stills detected exactly as served, images without a face cropped whole
 SETTINGS_FILE = "prepare.json"  # read by `train` (crop margin, detector)
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    detector: str = "blazeface"
-    margin: float = 0.2  # crop margin around the face box, fraction of its size
-    crop_size: int = 256  # longest side of saved crops (no upscaling)
-    workers: int = 0  # 0 = one per core
-    threshold: float = dedup.DEFAULT_THRESHOLD
-    neighbours: int = dedup.DEFAULT_NEIGHBOURS
-    no_face: str = "whole"  # whole: kept whole, as serving classifies a still without a face; drop
 
 
 @dataclass
