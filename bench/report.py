@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from .measure import Figures
 
 LIVE_SECTIONS = ("live", "live_idle", "live_single_redis", "live_cluster")
 ENGINES = {"embedded": "embedded (unix socket)", "single": "one redis-server (TCP)",
            "cluster": "Redis Cluster, 3 masters + 3 replicas (TCP)"}
+
+
+def _figure(*path: str) -> Callable[[Figures], float | None]:
+    def get(figures: Figures) -> float | None:
+        value: Any = figures
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return float(value)
+
+    return get
+
+
+# What --baseline puts side by side: the baseline's own bench against ours.
+_SIDE_BY_SIDE = (
+    ("original path, images/s", _figure("original", "images_per_s")),
+    ("direct path, images/s", _figure("direct", "images_per_s")),
+    ("batch mode, images/s", _figure("batch", "images_per_s")),
+    ("live, processed frames/s", _figure("live", "processed_fps")),
+    ("live, capture -> event p50 ms", _figure("live", "capture_to_event_ms", "p50")),
+    ("live, capture -> event p95 ms", _figure("live", "capture_to_event_ms", "p95")),
+)
 
 
 def summarize(results: dict[str, Figures]) -> Figures:
@@ -108,6 +133,40 @@ def format_text(summary: Figures) -> str:
             part = t.get(key)
             if part:
                 lines.append(f"      of which {label}: p50 {part['p50']:.1f} ms, p95 {part['p95']:.1f} ms")
+    runtimes = summary.get("runtimes")
+    if runtimes:
+        lines.append(f"    classifier runtimes (fresh process each, {runtimes['threads']} thread; CPU ms a face):")
+        for name, row in runtimes["rows"].items():
+            if "error" in row:
+                lines.append(f"    {name:<8} unavailable: {row['error']}")
+                continue
+            lines.append(f"    {name:<8} start {row['startup_s']:5.2f} s, peak RSS {row['peak_rss_mb']:6.0f} MB, "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_face"].items())
+                         + f"  ({row['backend']}{', flip averaging' if row['flip_average'] else ''})")
+    startup = summary.get("startup")
+    if startup:
+        lines.append(f"    start-up (median of {startup['repeats']} fresh processes): bare `import numpy, cv2` "
+                     f"{startup['bare_import_numpy_cv2_s']:.2f} s")
+        for name in ("baseline", "current"):
+            if name in startup:
+                row = startup[name]
+                lines.append(f"    {name:<9} predict one photo {row['predict_s']:.2f} s ({row['predict_over_bare']:.1f}x "
+                             f"bare), --help {row['help_s']:.2f} s")
+    memory = summary.get("memory")
+    if memory:
+        for name in ("baseline", "current"):
+            if name in memory:
+                row = memory[name]
+                lines.append(f"    {name:<9} worker serving a 15 fps camera: RSS {row['serving_rss_mb']:.0f} MB "
+                             f"(peak {row['peak_rss_mb']:.0f}), frameworks mapped: "
+                             f"{', '.join(row['frameworks_mapped']) or 'none'}")
+    baseline = summary.get("baseline")
+    if baseline:
+        lines.append(f"side by side, same run: baseline {baseline['tree']} | this checkout | ratio")
+        for label, get in _SIDE_BY_SIDE:
+            old, new = get(baseline), get(summary)
+            if old is not None and new is not None:
+                lines.append(f"    {label:<36} {old:10.1f} | {new:10.1f} | {new / old:6.2f}x")
     for name in ("original", "direct", "direct_opencv", "batch", *LIVE_SECTIONS):
         section = summary.get(name)
         for proc in (section or {}).get("processes", []):

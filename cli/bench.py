@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emotion_stream.settings import Settings
 
 from .common import POSITIVE_SECONDS, CommandError, Subcommands, add_command, add_settings, number
+
+if TYPE_CHECKING:
+    from bench.measure import Figures
+
+
+SCENARIOS = ("original", "detector", "classifier", "direct", "batch", "live", "tracks", "cluster", "runtimes",
+             "startup", "memory")
+BASELINE_SCENARIOS = ("original", "direct", "batch", "live")  # run by the baseline's own bench
 
 
 def register(sub: Subcommands) -> None:
@@ -31,8 +41,12 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0)
     p.add_argument("--original-limit", type=number(int, 1), default=60, help="images timed on the slow original path")
     p.add_argument("--only", default="original,detector,direct,batch,live",
-                   help="comma-separated subset of original,detector,classifier,direct,batch,live,tracks,cluster "
-                   "(cluster: live on one redis-server, then on a local 3+3 Redis Cluster; default %(default)s)")
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (cluster: live on one redis-server, then "
+                   "on a local 3+3 Redis Cluster; runtimes: the classifier in LiteRT, ONNX Runtime and Keras; "
+                   "startup: predict against a bare import; memory: a running worker; default %(default)s)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
+                   help="also measure another checkout of this project in the same run, side by side: its own bench "
+                   f"for {','.join(BASELINE_SCENARIOS)}, and its predict and worker for startup and memory")
     p.add_argument("--compare-model", action="append", default=[], metavar="PATH",
                    help="classifier scenario: also time this model (repeatable); the FER2013 baseline is always timed")
     p.add_argument("--people", type=Path, default=None, metavar="DIR",
@@ -63,9 +77,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from model import EmotionModel, FaceAnalyzer, create_detector
 
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - {"original", "detector", "classifier", "direct", "batch", "live", "tracks", "cluster"}
+    unknown = chosen - set(SCENARIOS)
     if unknown:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if args.baseline is not None and not (args.baseline / "cli" / "__init__.py").is_file():
+        raise CommandError(f"{args.baseline}: not a checkout of this project (no cli/)")
     people = _people(args) if "tracks" in chosen else []
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         folder = args.images or _sample_images(Path(tmp))
@@ -86,6 +102,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         model = EmotionModel.from_settings(settings)
         results: dict[str, Figures] = {"config": {
             "images": str(folder), "count": len(images), "detector": config.detector, "model": model.id}}
+        if args.baseline is not None and chosen & set(BASELINE_SCENARIOS):
+            # The other checkout's own bench first, on the same images, in this run.
+            results["baseline"] = _baseline(args, folder, sorted(chosen & set(BASELINE_SCENARIOS)))
+        if "runtimes" in chosen:
+            from bench.runtimes import run_runtimes
+
+            results["runtimes"] = run_runtimes(str(settings.model_path) if settings.model_path else None)
+        if "startup" in chosen:
+            from bench.footprint import run_startup
+
+            results["startup"] = run_startup(images[0], args.baseline)
+        if "memory" in chosen:
+            from bench.footprint import run_worker_memory
+
+            results["memory"] = run_worker_memory(args.baseline)
         if "original" in chosen:
             results["original"] = run_original(config)
         if "detector" in chosen:
@@ -93,7 +124,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if "classifier" in chosen:
             from bench.classifier import run_classifiers
 
-            compared = {"configured": model, "fer2013": EmotionModel("fer2013")}
+            compared = {"configured": model}
+            if importlib.util.find_spec("keras") is not None:  # the baseline is a Keras file
+                compared["fer2013"] = EmotionModel("fer2013")
             for path in args.compare_model:
                 compared[str(path)] = EmotionModel(path)
             results["classifier"] = run_classifiers(compared)
@@ -122,6 +155,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     summary = summarize(results)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0
+
+
+def _baseline(args: argparse.Namespace, folder: Path, scenarios: list[str]) -> Figures:
+    """Figures of another checkout's bench for ``scenarios``, run here, now."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "cli", "bench", "--json", "--only", ",".join(scenarios), "--images", str(folder),
+               "--cameras", str(args.cameras), "--fps", str(args.fps), "--live-seconds", str(args.live_seconds),
+               "--original-limit", str(args.original_limit), "--log-level", "WARNING"]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    result = subprocess.run(command, cwd=args.baseline, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise CommandError(f"the baseline's bench failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    figures: Figures = json.loads(result.stdout)
+    figures["tree"] = str(args.baseline)
+    return figures
 
 
 def _people(args: argparse.Namespace) -> list[tuple[Path, str]]:
