@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 
@@ -36,6 +36,7 @@ from emotion_stream.settings import Settings
 from .submission import Journal, write_submission
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STALL_WARNING_S = 30.0
 UNCONFIRMED_RESENDS = 3  # with --write-replicas: sends of an image its replicas did not confirm
@@ -65,10 +66,22 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def job_id(folder: Path, settings: Settings) -> str:
-    """Same folder + model + detector -> same job (a re-run resumes it)."""
-    key = f"{folder.resolve()}|{settings.detector}|{settings.model_path or 'default'}"
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
+def job_key(folder: Path, settings: Settings) -> dict[str, str]:
+    """What makes a job: the folder and every setting that changes its labels (the model
+    file by content, so a changed file is another job). A re-run of the same job resumes it."""
+    from model.emotion_model import resolve_weights
+
+    weights, _ = resolve_weights(settings.model_path, settings.model_runtime)
+    try:
+        model = f"{weights.name}@{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+    except OSError:
+        model = str(weights)  # loading it fails later, with its own error
+    return {"folder": str(folder.resolve()), "model": model, "detector": settings.detector,
+            "detect_max_side": str(settings.detect_max_side), "uncertain_below": str(settings.uncertain_below)}
+
+
+def job_id(key: dict[str, str]) -> str:
+    return hashlib.sha1("|".join(f"{k}={v}" for k, v in sorted(key.items())).encode()).hexdigest()[:12]
 
 
 def scan_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
@@ -110,18 +123,21 @@ class BatchJob:
     """
 
     def __init__(self, client: aioredis.Redis, folder: Path, out: Path, settings: Settings, window: int = 256,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, restart: bool = False) -> None:
         self.redis = client
         self.folder = folder
         self.out = out
         self.settings = settings
         self.window = window
         self.timeout = timeout
-        self.id = job_id(folder, settings)
+        key = job_key(folder, settings)
+        self.id = job_id(key)
         self.camera = f"batch-{self.id}"
         self.stream = keys.frames(self.camera)
         self.results = keys.results(self.camera)
-        self.journal = Journal(out.with_name(out.name + ".partial"))
+        self.journal = Journal(out.with_name(out.name + ".partial"), key)
+        if restart:
+            self.journal.remove()
         self.done: dict[str, FrameResult] = {}
         self._slots = asyncio.Semaphore(window)
         self._expected: set[str] = set()
@@ -134,7 +150,9 @@ class BatchJob:
         images, skipped = scan_folder(self.folder)
         summary.images = len(images)
         summary.skipped.update(skipped)
-        self.done = self.journal.load()
+        found = {p.name for p in images}
+        # Only rows of files that are in the folder now (a file removed since is not submitted).
+        self.done = {name: r for name, r in self.journal.load().items() if name in found}
         summary.resumed = sum(1 for r in self.done.values() if r.ok)
         todo = [p for p in images if p.name not in self.done]
         self._expected = {p.name for p in todo}
@@ -154,7 +172,10 @@ class BatchJob:
             await asyncio.gather(producer, collector)
         finally:
             self.journal.close()
-            await self._retry(self._cleanup)
+            try:
+                await self._retry(self._cleanup)
+            except BatchStalled:  # Redis gone: the streams stay for the next run, which resets them
+                log.warning("batch: could not remove the job's streams from Redis")
         for name in (p.name for p in images):
             result = self.done.get(name)
             if result is None:
@@ -201,7 +222,7 @@ class BatchJob:
         for its result forever). A duplicate costs one analysis: results count once."""
         replicas = self.settings.write_replicas
         for _ in range(UNCONFIRMED_RESENDS if replicas else 1):
-            confirmed = await retrying(partial(self._add, message), what="batch job", component="batch")
+            confirmed = await self._retry(partial(self._add, message))
             if confirmed:
                 return
         log.warning("batch: %s not confirmed by %d replica(s) after %d sends; going on",
@@ -230,6 +251,10 @@ class BatchJob:
             except ACCESS_ERRORS:
                 raise
             except TRANSIENT_ERRORS as exc:
+                waited = time.monotonic() - last_progress
+                if self.timeout is not None and waited > self.timeout:
+                    raise BatchStalled(f"Redis unreachable, no result for {self.timeout:g} s ({exc}; "
+                                       f"{self._remaining} images left, resumable)") from None
                 log.warning("batch: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -264,8 +289,21 @@ class BatchJob:
         self._remaining -= 1
         return True
 
-    async def _retry(self, operation: Callable[[], Awaitable[object]]) -> None:
-        await retrying(operation, what="batch job", component="batch")
+    async def _retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation``'s result, through Redis outages; with a timeout, BatchStalled
+        once Redis has been unreachable that long."""
+        started = time.monotonic()
+
+        async def attempt() -> tuple[T]:
+            return (await operation(),)
+
+        def give_up(_attempts: int) -> bool:
+            return self.timeout is not None and time.monotonic() - started > self.timeout
+
+        done = await retrying(attempt, what="batch job", component="batch", give_up=give_up)
+        if done is None:
+            raise BatchStalled(f"Redis unreachable for {self.timeout:g} s (the job is resumable)")
+        return done[0]
 
 
 def _read_limited(path: Path, max_bytes: int) -> bytes:

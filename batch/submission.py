@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -25,15 +26,23 @@ def write_submission(path: Path, rows: Mapping[str, str]) -> None:
     os.replace(tmp, path)
 
 
-class Journal:
-    """Append-only JSON lines of FrameResults, flushed per line.
+class JournalMismatch(ValueError):
+    """The journal left at the output path belongs to another job: resuming from it would
+    put another folder's or another model's rows in this submission."""
 
-    An interrupted run leaves it behind; the next run with the same output path reads
-    it and submits only the images not yet in it.
+
+class Journal:
+    """Append-only JSON lines of FrameResults, flushed per line, after a first line that
+    says which job they belong to (``job``: the folder and what decides the labels).
+
+    An interrupted run leaves it behind; the next run of the same job with the same
+    output path reads it and submits only the images not yet in it. Another job's
+    journal is refused (:class:`JournalMismatch`) rather than merged.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, job: Mapping[str, str]) -> None:
         self.path = path
+        self.job = dict(job)
         self._fh: TextIO | None = None
 
     def load(self) -> dict[str, FrameResult]:
@@ -41,7 +50,14 @@ class Journal:
         if not self.path.exists():
             return done
         with self.path.open() as fh:
-            for number, line in enumerate(fh, start=1):
+            header = fh.readline()
+            try:
+                theirs = json.loads(header).get("job") if header.strip() else None
+            except (ValueError, AttributeError):
+                theirs = None
+            if theirs != self.job:
+                raise JournalMismatch(self._mismatch(theirs))
+            for number, line in enumerate(fh, start=2):
                 try:
                     result = FrameResult.from_json(line)
                 except MessageError:
@@ -51,9 +67,21 @@ class Journal:
                 done.setdefault(result.name, result)
         return done
 
+    def _mismatch(self, theirs: object) -> str:
+        if not isinstance(theirs, dict):
+            what = "no job it belongs to (an older or foreign file)"
+        else:
+            what = "; ".join(f"{key} {theirs.get(key)!r} here, {value!r} now"
+                             for key, value in self.job.items() if theirs.get(key) != value)
+        return (f"{self.path} is the journal of another batch job ({what}): give --restart to discard it, "
+                "or another --out")
+
     def append(self, result: FrameResult) -> None:
         if self._fh is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
             self._fh = self.path.open("a")
+            if new:
+                self._fh.write(json.dumps({"job": self.job}) + "\n")
         self._fh.write(result.to_json() + "\n")
         self._fh.flush()
 

@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from emotion_stream import __version__
-from emotion_stream.logs import setup_logging
+from emotion_stream.logs import redact, setup_logging
 
 from .common import CommandError, add_settings
 
@@ -76,7 +76,7 @@ def _setting_error(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
     else:
         source = env_name(field)
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{source}: {message} (got {error.get('input')!r})"
+    return redact(f"{source}: {message} (got {error.get('input')!r})")
 
 
 def _flag_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str:
@@ -107,16 +107,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
-    from redis.exceptions import AuthenticationError, NoPermissionError
+    from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
+
+    from emotion_stream.lifecycle import TaskFailed
+    from emotion_stream.redis_conn import unwrap_cluster_error
 
     try:
         return int(args.run(args, settings) or 0)
-    except CommandError as exc:
-        print(f"emotion-stream {args.command}: error: {exc}", file=sys.stderr)
+    except (CommandError, TaskFailed) as exc:  # a failed task was logged in full when it failed
+        print(redact(f"emotion-stream {args.command}: error: {exc}"), file=sys.stderr)
         return 1
     except (AuthenticationError, NoPermissionError) as exc:
         # Wrong credentials do not heal by retrying: say so and stop.
-        print(f"emotion-stream {args.command}: error: Redis refused access: {exc}", file=sys.stderr)
+        print(redact(f"emotion-stream {args.command}: error: Redis refused access: {exc}"), file=sys.stderr)
+        return 1
+    except RedisClusterException as exc:
+        reason: BaseException = unwrap_cluster_error(exc)
+        if isinstance(reason, (AuthenticationError, NoPermissionError)):
+            message = f"Redis refused access: {reason}"
+        else:  # e.g. a redis+cluster:// URL naming a node that is not in a cluster
+            while reason.__cause__ is not None:
+                reason = reason.__cause__
+            # redis-py puts the node's own answer after this preamble.
+            said = str(reason).splitlines()[0].split("at least one reachable node: ")[-1]
+            message = f"Redis Cluster: {said}"
+        print(redact(f"emotion-stream {args.command}: error: {message}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         logging.getLogger("emotion_stream").info("interrupted")

@@ -32,7 +32,8 @@ def register(sub: Subcommands) -> None:
             "Send every image of FOLDER through the streaming workers as a finite job "
             "stream and write image_path,emotion rows sorted by file name. Without "
             "REDIS_URL an embedded Redis and local workers are used. An interrupted run "
-            "resumes from OUT.partial when started again with the same arguments."
+            "resumes from OUT.partial when started again with the same folder, model and "
+            "detector; another job's OUT.partial is refused (--restart discards it)."
         ),
     )
     p.add_argument("folder", type=Path, metavar="FOLDER")
@@ -41,7 +42,9 @@ def register(sub: Subcommands) -> None:
                    help="local workers to start (default: one per CPU core; 0 = external workers only)")
     add_settings(p, "batch_size", "write_replicas")
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
-                   help="fail when no result arrives for S seconds (default: wait for workers)")
+                   help="fail when no result arrives (or Redis cannot be reached) for S seconds "
+                        "(default: wait for workers)")
+    p.add_argument("--restart", action="store_true", help="discard OUT.partial of an interrupted run and start over")
     add_model_options(p)
     add_settings(p, "redis_url")
 
@@ -75,6 +78,7 @@ def _check_output(out: Path) -> None:
 
 async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int) -> BatchSummary:
     from batch import BatchJob, BatchStalled
+    from batch.submission import JournalMismatch
     from emotion_stream.lifecycle import stop_on_signals
     from emotion_stream.redis_conn import connect
     from model import EmotionModel
@@ -83,12 +87,17 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
 
     stop = asyncio.Event()
     tasks = []
+    client = connect(url, name="emotion-stream-batch")
+    job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout, restart=args.restart)
+    try:
+        job.journal.load()  # another job's journal is refused before any work
+    except JournalMismatch as exc:
+        await client.aclose()
+        raise CommandError(str(exc)) from None
     if workers:
         share_cores(workers)
         model = await asyncio.to_thread(EmotionModel.from_settings, settings)
         tasks = start_in_process(settings, url, stop, workers, model, f"batch-{os.getpid()}")
-    client = connect(url, name="emotion-stream-batch")
-    job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout)
     job_task = asyncio.create_task(_with_progress(job))
     interrupted = asyncio.Event()
     stop_on_signals(interrupted)

@@ -70,7 +70,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from bench.detectors import run_detectors
     from bench.direct import run_direct
     from bench.live import run_live
-    from bench.measure import Figures
     from bench.original import run_original
     from bench.report import format_text, summarize
     from emotion_stream.images import IMAGE_SUFFIXES

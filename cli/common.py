@@ -141,13 +141,28 @@ def progress(total: int | None, desc: str, unit: str = "img") -> Iterator[Any]:
         bar.close()
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server to this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
     """Start the /metrics HTTP server; returns the bound port (port 0 = any free one)."""
     if port is None:
         return None
     from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(port, addr=host)
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:  # in use, not ours to bind, or a host that does not resolve
+        raise CommandError(f"--metrics-port {port} on {host!r}: {exc.strerror or exc}") from None
     bound = int(server.server_address[1])
     log.info("metrics on http://%s:%d/metrics", host, bound)
     return bound

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 
 from emotion_stream.settings import Settings
@@ -17,6 +18,8 @@ from .common import (
     number,
     serve_metrics,
 )
+
+INGEST_LEASE_MS = 6000  # a camera's ingest lease: free this long after its process died
 
 
 def register(sub: Subcommands) -> None:
@@ -38,9 +41,11 @@ def register(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream import keys
     from emotion_stream.embedded_redis import redis_url_or_embedded
-    from emotion_stream.lifecycle import run_service
-    from emotion_stream.redis_conn import connect
+    from emotion_stream.leases import Lease
+    from emotion_stream.lifecycle import Supervisor, TaskFailed, run_service
+    from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect, retrying
     from emotion_stream.schema import validate_camera_id
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher
@@ -57,10 +62,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     async def main(stop: asyncio.Event) -> int:
         client = connect(url, name=f"emotion-stream-ingest-{camera}")
         publisher = FramePublisher(client, camera, settings)
+        lease = Lease(client, keys.ingest_lease(camera), INGEST_LEASE_MS)
+        supervisor = Supervisor(f"ingest {camera}", stop)
         try:
-            await run_camera(spec, publisher, options, stop)
+            held = await retrying(lease.hold, what="connect", component="ingest", stop=stop)
+            if held is None:
+                return 0  # stopped while waiting for Redis
+            if not held:
+                raise CommandError(f"camera {camera!r} is being ingested by another process (free "
+                                   f"{INGEST_LEASE_MS / 1000:.0f} s after it stops); give this one its own --camera")
+            keeper = supervisor.start(lease.keep(stop), "ingest-lease")
+            try:
+                await run_camera(spec, publisher, options, stop)
+            finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+                with contextlib.suppress(*TRANSIENT_ERRORS):  # Redis gone: the lease expires on its own
+                    await lease.release()
+            supervisor.check()
             return 0
         except (SourceError, RuntimeError) as exc:
+            if isinstance(exc, TaskFailed):
+                raise
             raise CommandError(str(exc)) from None
         finally:
             logging.getLogger("ingest").info("%s", publisher.summary())

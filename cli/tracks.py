@@ -36,8 +36,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import os
     import socket
 
-    from emotion_stream.lifecycle import run_service
-    from emotion_stream.redis_conn import connect
+    from emotion_stream.lifecycle import Supervisor, run_service
+    from emotion_stream.redis_conn import connect, retrying
     from model.emotion_model import read_metadata
     from model.errors import ModelError
     from tracks import TrackOwner
@@ -55,8 +55,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         client = connect(url, name=name)
+        supervisor = Supervisor("tracks", stop)
         try:
-            await TrackOwner(client, settings, name, class_prior).run(stop)
+            # Redis first, as every command: refused access or a wrong URL fail here, in one line.
+            if await retrying(client.ping, what="connect", component="tracks", stop=stop) is None:
+                return 0
+            await supervisor.wait(supervisor.start(TrackOwner(client, settings, name, class_prior).run(stop), "tracks"))
         finally:
             await client.aclose()
         return 0

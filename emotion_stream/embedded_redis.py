@@ -20,7 +20,8 @@ from pathlib import Path
 
 import redis
 
-from .redis_conn import connect_sync, redact
+from .logs import redact
+from .redis_conn import connect_sync
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ Other keys:
   {prefix}:cameras           set of camera ids whose frame streams workers consume
   {prefix}:workers           hash worker-name -> last heartbeat (unix seconds)
   {prefix}:worker-lease:{name}  the live worker holding a consumer name (expiring lease)
+  {prefix}:ingest-lease:{camera}  the live ingest process writing a camera (expiring lease)
   {prefix}:stats:{camera}    hash of frame counts, updated atomically with each add/ack:
                              ingested, trimmed, processed, stale, dead_lettered
                              (ingested = processed + stale + trimmed + dead_lettered
@@ -45,6 +46,11 @@ TRACK_OWNERS = f"{PREFIX}:track-owners"  # hash owner name -> heartbeat (unix se
 
 def worker_lease(name: str) -> str:
     return f"{PREFIX}:worker-lease:{name}"
+
+
+def ingest_lease(camera: str) -> str:
+    """The one ingest process writing a camera's frames (two would interleave their frame numbers)."""
+    return _tagged("ingest-lease", camera)
 
 
 def frames(camera: str) -> str:

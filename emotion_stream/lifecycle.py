@@ -1,13 +1,81 @@
-"""Running a service until SIGINT/SIGTERM, shared by every long-running command."""
+"""Running a service until SIGINT/SIGTERM, shared by every long-running command, and
+supervising its background tasks: a task that fails is logged at once and stops the
+service, which then exits 1. A process that keeps running with a dead task (serving
+nothing, saying nothing) is what must never happen."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+# Test failpoints: "EMOTION_STREAM_FAILPOINTS=tracks,reclaimer" makes those supervised
+# tasks raise after FAILPOINT_DELAY_S, so the suite can check, with real processes, that
+# a failing task is reported and stops its service (failpoints as in etcd's gofail).
+FAILPOINTS = "EMOTION_STREAM_FAILPOINTS"
+FAILPOINT_DELAY_S = 1.0
+
+
+class TaskFailed(RuntimeError):
+    """A service's background task failed; the service stopped (exit 1)."""
+
+
+class Supervisor:
+    """Starts a service's background tasks and watches them. When one ends with an
+    exception, it is logged right away (with its traceback) and counted, ``stop`` is set
+    so the service shuts down in order, and :meth:`check` raises :class:`TaskFailed`."""
+
+    def __init__(self, service: str, stop: asyncio.Event) -> None:
+        self.service = service
+        self.stop = stop
+        self.failure: TaskFailed | None = None
+        self._failpoints = set(filter(None, os.environ.get(FAILPOINTS, "").split(",")))
+
+    def start(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        if name in self._failpoints:
+            coro.close()
+            coro = _fail_after(FAILPOINT_DELAY_S, name)
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if isinstance(exc, TaskFailed):  # a supervised service inside this one: reported already
+            self.failure = self.failure or exc
+            self.stop.set()
+            return
+        from . import metrics  # (metrics imports the schema: not needed before a failure)
+
+        metrics.TASK_FAILURES.labels(self.service, task.get_name()).inc()
+        log.error("%s: background task %s failed; stopping", self.service, task.get_name(), exc_info=exc)
+        if self.failure is None:
+            self.failure = TaskFailed(f"{self.service}: background task {task.get_name()} failed: "
+                                      f"{type(exc).__name__}: {exc}")
+        self.stop.set()
+
+    async def wait(self, task: asyncio.Task[Any]) -> None:
+        """Until ``task`` ends; its failure is raised by :meth:`check`, not here (it is
+        logged once, by the supervisor)."""
+        await asyncio.wait([task])
+        self.check()
+
+    def check(self) -> None:
+        """Raise the first failure, if a task failed."""
+        if self.failure is not None:
+            raise self.failure
+
+
+async def _fail_after(delay: float, name: str) -> None:
+    await asyncio.sleep(delay)
+    raise RuntimeError(f"failpoint {name}")
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

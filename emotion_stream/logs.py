@@ -1,10 +1,30 @@
-"""Logging set-up for services, and a throttle for per-frame warnings."""
+"""Logging set-up for services, password redaction, and a throttle for per-frame warnings."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+
+# scheme://user:password@ in any text: Redis, RTSP, HTTP URLs all carry credentials so.
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):(?P<secret>[^\s@/]*)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ***."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
+
+
+class _Redacting(logging.Filter):
+    """No log line carries a URL's password, whoever logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -14,6 +34,8 @@ def setup_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redacting())
     # TensorFlow/absl chatter is not ours to show at INFO.
     for noisy in ("tensorflow", "absl", "h5py", "aioice", "aiortc", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -37,6 +37,12 @@ def camera_label(camera: str) -> str:
     return "other"
 
 
+# ---------------------------------------------------------------- every service
+TASK_FAILURES = Counter(
+    f"{NS}_task_failures_total", "Background tasks that failed (the service then stops and exits 1)",
+    ["service", "task"],
+)
+
 # ---------------------------------------------------------------- ingest
 FRAMES_INGESTED = Counter(f"{NS}_frames_ingested_total", "Frames written to a frame stream", ["camera"])
 FRAMES_UNCONFIRMED = Counter(
@@ -116,10 +122,16 @@ EMOTION_SECONDS = Counter(
     ["emotion"],
 )
 TRACKED_CAMERAS = Gauge(f"{NS}_tracked_cameras", "Cameras whose tracking this process owns")
+CAMERAS_WITHOUT_OWNER = Gauge(
+    f"{NS}_cameras_without_tracking_owner",
+    "Cameras with analysed frames waiting and no tracking owner for a while (start `emotion-stream tracks` "
+    "or a worker without --no-track-owner)",
+)
 TRACK_FRAMES_SKIPPED = Counter(
     f"{NS}_track_frames_skipped_total",
     "Frames tracking could not use: gap (no record within the reorder window), late (faces published "
-    "untracked), duplicate (a second record of a frame, dropped), malformed",
+    "untracked), before_lookback (analysed before a camera's first owner's look-back: published untracked), "
+    "duplicate (a second record of a frame, dropped), malformed",
     ["reason"],
 )
 TRACK_HANDOVERS = Counter(
@@ -132,6 +144,14 @@ MODEL_INFO = Info(f"{NS}_model", "Loaded model and detector, the Keras backend a
 
 # ---------------------------------------------------------------- webrtc gateway
 PEERS_CONNECTED = Gauge(f"{NS}_webrtc_peers", "Browser peer connections open")
+WEBRTC_OFFERS_REFUSED = Counter(
+    f"{NS}_webrtc_offers_refused_total", "Offers answered with an error: invalid, unauthorized, or full (the cap)",
+    ["reason"],
+)
+WEBRTC_SESSIONS_CLOSED = Counter(
+    f"{NS}_webrtc_sessions_closed_total", "Browser sessions closed, by why: ended, failed, connect_timeout, shutdown",
+    ["reason"],
+)
 
 
 STAGES = ("queue_wait", "decode", "detect", "classify", "publish")
@@ -156,7 +176,7 @@ def init_camera_series(camera: str, *, ingest: bool = False) -> str:
     return label
 
 
-TRACK_SKIP_REASONS = ("gap", "late", "duplicate", "malformed")
+TRACK_SKIP_REASONS = ("gap", "late", "before_lookback", "duplicate", "malformed")
 HANDOVER_KINDS = ("started", "resumed", "lost", "released")
 
 

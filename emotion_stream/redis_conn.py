@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -46,17 +46,6 @@ TRANSIENT_ERRORS = (
 # Refused credentials or permissions: retrying cannot help. redis-py derives
 # AuthenticationError from ConnectionError, so handlers re-raise these first.
 ACCESS_ERRORS = (redis.AuthenticationError, redis.exceptions.NoPermissionError)
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _client_options(url: str, name: str) -> dict[str, Any]:
@@ -302,6 +291,18 @@ class Backoff:
         self.attempt = 0
 
 
+def unwrap_cluster_error(exc: redis.exceptions.RedisClusterException) -> Exception:
+    """redis-py reports a cluster it cannot reach as RedisClusterException with the real
+    reason as its cause: refused access and outages are what they are underneath (one
+    to stop on, the other to retry); anything else (a node that is no cluster) stays."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ACCESS_ERRORS + TRANSIENT_ERRORS):
+        return cause
+    return exc
+
+
 async def retrying(
     operation: Callable[[], Awaitable[T]],
     *,
@@ -324,7 +325,10 @@ async def retrying(
     throttled = Throttled(log)
     while stop is None or not stop.is_set():
         try:
-            return await operation()
+            try:
+                return await operation()
+            except redis.exceptions.RedisClusterException as exc:
+                raise unwrap_cluster_error(exc) from None
         except ACCESS_ERRORS:
             raise
         except TRANSIENT_ERRORS as exc:

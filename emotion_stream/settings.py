@@ -83,7 +83,10 @@ class Settings(BaseSettings):
         description="threads that decode and detect for one worker (the classifier then sees every face "
         "of a micro-batch at once); unset: the cores, shared among in-process workers",
     )
-    max_frame_age_s: float = Field(2.0, gt=0, description="live frames older than this are skipped")
+    max_frame_age_s: float = Field(
+        2.0, gt=0, description="live frames waiting in Redis longer than this are skipped (Redis' clock: the time since "
+        "the frame was added, whatever the camera's clock says)",
+    )
     claim_idle_ms: int = Field(15_000, ge=100, description="reclaim entries pending this long")
     worker_name: str | None = Field(None, description="consumer name, unique per worker; unset: host-pid")
     # --- tracking (see tracks/) ---------------------------------------------------------
@@ -121,6 +124,11 @@ class Settings(BaseSettings):
         3.0, ge=0.5, le=300, description="tracking lease of a camera; a dead owner's cameras move after this"
     )
     track_state_ttl_s: int = Field(3600, ge=60, description="tracking state of a silent camera expires after this")
+    track_lookback_s: float = Field(
+        10.0, ge=0, le=86_400,
+        description="a camera's first tracking owner tracks the frames analysed this long before it; older ones "
+        "(analysed while no owner ran) are published without a track, counted and logged",
+    )
     # --- streams -----------------------------------------------------------------------
     frames_max_len: int = Field(256, ge=8, description="approximate bound of each frame stream")
     events_max_len: int = Field(10_000, ge=100, description="approximate bound of each events stream")
@@ -134,7 +142,17 @@ class Settings(BaseSettings):
     # --- ingest ------------------------------------------------------------------------
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of ingested frames (10-100)")
     # --- webrtc gateway ----------------------------------------------------------------
-    webrtc_token: str | None = Field(None, description="access token for the WebRTC page and offer endpoint")
+    webrtc_token: str | None = Field(
+        None, description="access token for the WebRTC page and offer endpoint; required to listen beyond loopback"
+    )
+    webrtc_max_sessions: int = Field(16, ge=1, le=10_000, description="browsers served at once; more get 503")
+    webrtc_connect_timeout_s: float = Field(
+        20.0, gt=0, le=600, description="a peer not connected this long after its offer is closed"
+    )
+    webrtc_ice_servers: str = Field(
+        "", description="comma-separated STUN/TURN URLs (stun:host:3478, turn:user:pass@host:3478) for browsers "
+        "behind NAT; empty: none (host candidates only, enough on a LAN; nothing is contacted)",
+    )
     # --- observability -----------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="bind address of /metrics (0.0.0.0: all interfaces)")
     metrics_port: int | None = Field(
@@ -145,8 +163,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in REDIS_SCHEMES:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in REDIS_SCHEMES:
             raise ValueError(f"URL scheme must be one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ValueError("the port must be a number from 0 to 65535") from None
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("the URL names no host")
         return url
 
     def overridden(self, values: dict[str, Any]) -> Settings:

@@ -52,7 +52,7 @@ class SourceSpec:
     def describe(self) -> str:
         if isinstance(self.target, int):
             return f"webcam {self.target}"
-        from emotion_stream.redis_conn import redact
+        from emotion_stream.logs import redact
 
         return redact(self.target)  # RTSP URLs often carry credentials
 

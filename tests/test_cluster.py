@@ -148,9 +148,9 @@ def test_live_and_batch_survive_a_master_failover(cluster, services, tmp_path, f
     folder.mkdir()
     for i in range(BATCH_IMAGES):
         cv2.imwrite(str(folder / f"face_{i:04d}.jpg"), cv2.resize(face_bgr, (200 + i % 7 * 20, 240 + i % 5 * 20)))
-    from batch.job import job_id
+    from batch.job import job_id, job_key
 
-    batch_camera = f"batch-{job_id(folder, Settings())}"
+    batch_camera = f"batch-{job_id(job_key(folder, Settings()))}"
     victim = cluster.node_of(keys.frames(batch_camera))
     hit = [c for c in cameras if cluster.node_of(keys.frames(c)) is victim]
     assert 0 < len(hit) < CAMERAS

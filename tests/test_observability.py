@@ -160,7 +160,7 @@ def test_compose_file_runs_real_commands_with_valid_flags():
     assert 'ENTRYPOINT ["emotion-stream"]' in dockerfile
     parser = build_parser()
     # Every package the project installs is copied into the image.
-    for package in ("emotion_stream", "model", "tracks", "ingest", "worker", "batch", "bench", "cli"):
+    for package in ("emotion_stream", "model", "tracks", "ingest", "worker", "batch", "api", "training", "bench", "cli"):
         assert f"COPY {package} ./{package}" in dockerfile, package
     for name in ("worker", "ingest", "webrtc", "worker-gpu"):
         service = services[name]
@@ -171,9 +171,14 @@ def test_compose_file_runs_real_commands_with_valid_flags():
         except SystemExit:
             pytest.fail(f"compose service {name} runs an invalid command: {service['command']}")
         assert args.command == name.removesuffix("-gpu")
-    # The GPU worker: its own image variant, a GPU reserved, only with --profile gpu.
+    # The GPU worker: its own image target, a GPU reserved, only with --profile gpu.
     gpu = services["worker-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"] == {"GPU": "1"} and "ARG GPU=0" in dockerfile
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "gpu" and "FROM train AS gpu" in dockerfile
+    # The default image serves without TensorFlow; the train target adds it.
+    serve = dockerfile[dockerfile.index("FROM base AS serve"):]
+    assert 'pip install . ' in serve and "[train]" not in serve and 'pip install ".[train]"' in dockerfile
+    # The gateway listens on all interfaces in its container: it gets the token variable.
+    assert services["webrtc"]["environment"]["EMOTION_STREAM_WEBRTC_TOKEN"] == "${EMOTION_STREAM_WEBRTC_TOKEN:-}"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     # Prometheus scrapes the port the services serve metrics on; Grafana mounts real files.
     scrape = yaml.safe_load((ROOT / "dashboards/prometheus.yml").read_text())

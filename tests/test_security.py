@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from emotion_stream.embedded_redis import EmbeddedRedis, free_port
-from emotion_stream.redis_conn import connect_sync, redact
+from emotion_stream.logs import redact
+from emotion_stream.redis_conn import connect_sync
 
 from .conftest import missing_system_part, require_system
 from .procs import wait_for

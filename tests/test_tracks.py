@@ -280,3 +280,42 @@ def test_tracker_config_takes_the_class_prior_unless_the_correction_is_off():
     fer = read_metadata("fer2013")
     assert fer is not None and fer.class_prior() is None
     assert TrackerConfig.from_settings(Settings(), fer.class_prior()).class_prior is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hostile_capture_times_never_raise_and_never_run_time_backwards(seed):
+    """Capture times that step back (an NTP step, a second writer), repeat, or jump far
+    ahead: the tracker and the owner's accounting (metrics) never raise, every duration
+    and shown-emotion second is >= 0, and the state still round-trips."""
+    import dataclasses
+
+    import redis.asyncio as aioredis
+
+    from tracks.owner import TrackOwner
+
+    rng = np.random.default_rng(seed)
+    people = [Person("happy", 100, 150, 40), Person("sad", 400, 150, -40, start=0.5)]
+    recs = records("cam", people, 4.0, seed=seed)
+    for i, rec in enumerate(recs):
+        jolt = rng.choice([0.0, 0.0, 0.0, -0.3, -5.0, 0.0, 1e6, -1e6])
+        if i and rng.random() < 0.1:
+            jolt = recs[i - 1].captured_at - rec.captured_at  # the previous frame's time again
+        at = rec.captured_at + jolt
+        faces = [{**face, "captured_at": at} for face in rec.faces]
+        recs[i] = dataclasses.replace(rec, captured_at=at, faces=faces)
+    owner = TrackOwner(aioredis.Redis(), Settings(), "fuzz")  # never connects: only its accounting runs
+    tracker = CameraTracker("cam", CONFIG)
+    order = rng.permutation(len(recs))  # out of order too, as workers finish
+    for step, i in enumerate(order):
+        now = 100.0 + step / FPS
+        out = TrackerOutput()
+        tracker.add(recs[i], now, out)
+        out.merge(tracker.flush(now))
+        owner._account("cam", out, now + 0.01)  # what the service does with each flush
+        assert all(seconds >= 0 for seconds in out.emotion_seconds.values()), out.emotion_seconds
+        for event in out.lifecycle:
+            assert event.duration_s is None or event.duration_s >= 0
+            assert all(v >= 0 for v in (event.emotion_seconds or {}).values())
+        tracker = CameraTracker.from_state(tracker.to_state(), CONFIG)
+    out = tracker.flush(1e9)
+    owner._account("cam", out, 1e9)

@@ -224,13 +224,15 @@ class CameraTracker:
                 track = self._start(box, probabilities, at, record.seq, out)
             else:
                 track = matched
-                shown_before, dt = track.smoother.shown, at - track.last_at
+                # Capture times may step back (an NTP step, another writer): time never runs backwards here.
+                shown_before, dt = track.smoother.shown, max(0.0, at - track.last_at)
                 track.emotion_seconds[shown_before] = track.emotion_seconds.get(shown_before, 0.0) + dt
                 out.emotion_seconds[shown_before] = out.emotion_seconds.get(shown_before, 0.0) + dt
                 previous = track.smoother.update(probabilities, at)
                 track.evidence = [a + b for a, b in zip(track.evidence, probabilities)]
                 track.motion.update(box, at)
-                track.last_at, track.last_seq, track.unseen_s, track.last_face_at = at, record.seq, 0.0, at
+                track.last_at, track.last_seq, track.unseen_s = max(track.last_at, at), record.seq, 0.0
+                track.last_face_at = max(track.last_face_at, at)
                 if previous is not None:
                     out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at,
                                                     record.seq, emotion=track.smoother.shown, previous=previous))
@@ -270,7 +272,7 @@ class CameraTracker:
         seconds = {k: round(v, 3) for k, v in track.emotion_seconds.items() if v > 0}
         out.lifecycle.append(TrackEvent(
             TrackEventType.ENDED, self.camera, track.id, at, seq, emotion=track.dominant(self.config.class_prior),
-            started_at=track.started_at, duration_s=round(track.last_at - track.started_at, 3),
+            started_at=track.started_at, duration_s=round(max(0.0, track.last_at - track.started_at), 3),
             emotion_seconds=seconds, reason=reason.value,
         ))
 

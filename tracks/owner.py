@@ -25,9 +25,17 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
+from emotion_stream.lifecycle import Supervisor
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, LuaScript, StreamReader, as_text, retrying
-from emotion_stream.schema import FrameRecord, MessageError, TrackEventType
+from emotion_stream.redis_conn import (
+    TRANSIENT_ERRORS,
+    LuaScript,
+    StreamReader,
+    as_text,
+    retrying,
+    stream_range,
+)
+from emotion_stream.schema import FrameRecord, MessageError, TrackEventType, face_event_from_doc
 from emotion_stream.settings import Settings
 
 from .camera import CameraTracker, TrackerConfig, TrackerOutput
@@ -94,14 +102,17 @@ class TrackOwner:
         metrics.init_tracking_series()
 
     async def run(self, stop: asyncio.Event) -> None:
-        leases = asyncio.create_task(self._lease_loop(stop), name="track-leases")
+        """Track until ``stop``; a failure of the lease loop or of tracking itself is
+        logged at once and stops the service (``Supervisor``): raises TaskFailed."""
+        supervisor = Supervisor(f"tracks {self.name}", stop)
+        leases = supervisor.start(self._lease_loop(stop), "track-leases")
         try:
             while not stop.is_set():
                 await retrying(self._step, what="tracking", component="tracks", stop=stop)
+            supervisor.check()
         finally:
             leases.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await leases
+            await asyncio.gather(leases, return_exceptions=True)  # its failure is the supervisor's
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._release_all()
             await self.reader.aclose()
@@ -201,13 +212,41 @@ class TrackOwner:
         resumed = tracker is not None
         if tracker is None:
             tracker = CameraTracker(camera, self.config)
-            # No state (new camera, or expired): start a little in the past, so frames
-            # recorded before this lease was taken are not missed.
+            # No state (new camera, or expired): track what was analysed in the look-back
+            # (frames recorded just before this lease was taken); what is older waited
+            # with nobody to track it, and is published untracked, never dropped.
             seconds, micros = await self.redis.time()
-            tracker.cursor = f"{max(0, seconds * 1000 + micros // 1000 - 10_000)}-0"
+            since = max(0, seconds * 1000 + micros // 1000 - int(self.settings.track_lookback_s * 1000))
+            tracker.cursor = f"{since}-0"
+            await self._publish_untracked(camera, tracker.cursor)
         # Silence is judged from here on: records may be waiting in the stream.
         tracker.last_arrival = time.time()
         return tracker, resumed
+
+    async def _publish_untracked(self, camera: str, cursor: str) -> None:
+        """Records before ``cursor`` (older than the look-back): their faces go out without
+        a track, counted and logged. Not fenced by the lease write: the next write trims
+        them, and a second owner after a crash would at worst publish them twice."""
+        old = await stream_range(self.redis, keys.analysed(camera), before=f"({cursor}", count=READ_COUNT * 10)
+        if not old:
+            return
+        events: list[str] = []
+        for _, fields in old:
+            try:
+                record = FrameRecord.from_json(fields.get(b"frame") or b"")
+            except MessageError:
+                continue
+            events += [face_event_from_doc(doc).to_json() for doc in record.faces]
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(keys.events(camera), {"event": event}, maxlen=self.settings.events_max_len, approximate=True)
+            pipe.publish(keys.events(camera), event)
+        pipe.xtrim(keys.analysed(camera), minid=cursor)
+        await pipe.execute()
+        metrics.TRACK_FRAMES_SKIPPED.labels("before_lookback").inc(len(old))
+        log.warning("camera %s: %d frame(s) were analysed more than %g s before tracking took the camera "
+                    "(no tracking owner ran); their %d face event(s) are published without a track",
+                    camera, len(old), self.settings.track_lookback_s, len(events))
 
     def _drop(self, camera: str, why: str) -> None:
         self.tokens.pop(camera, None)

@@ -94,6 +94,11 @@ class OutcomeWriter:
         self._dead_letter = LuaScript(client, _DEAD_LETTER)
         self._announced: dict[str, float] = {}  # camera -> when it was last added to tracked-cameras
 
+    def recent_cameras(self, within_s: float) -> list[str]:
+        """Cameras this writer announced frame records for in the last ``within_s`` seconds."""
+        now = time.monotonic()
+        return sorted(c for c, at in self._announced.items() if now - at <= within_s)
+
     async def write(self, outcomes: list[Outcome]) -> list[bool]:
         """Write all outcomes in one round trip; True where this worker's ACK won."""
         if not outcomes:

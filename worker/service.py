@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,9 +27,10 @@ import redis.asyncio as aioredis
 from emotion_stream import keys, metrics
 from emotion_stream.images import ImageLimits
 from emotion_stream.keys import Stat
-from emotion_stream.lifecycle import sleep_or_stop
+from emotion_stream.leases import Lease
+from emotion_stream.lifecycle import Supervisor, sleep_or_stop
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, LuaScript, retrying
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
     FrameKind,
@@ -44,7 +44,7 @@ from tracks import TrackOwner
 
 from .outcomes import Origin, analyzed_outcome, dead_letter_outcome, end_outcome, skipped_record
 from .processing import FrameAnalysis, FrameProcessor
-from .publishing import Outcome, OutcomeWriter
+from .publishing import ANNOUNCE_S, Outcome, OutcomeWriter
 from .streams import ConsumerGroup, Entry
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,6 @@ READ_BLOCK_MS = 100  # bounds discovery latency and how long shutdown waits for 
 
 
 LEASE_MS = int(3 * HEARTBEAT_S * 1000)  # a worker's name is free this long after it died
-
-# KEYS: lease key; ARGV: this worker's token, lease ms. 1 = held (taken or renewed).
-_HOLD_NAME = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_RELEASE_NAME = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class NameInUse(RuntimeError):
     """Another running worker has this consumer name: the two would share one consumer
@@ -107,9 +93,11 @@ class Worker:
         self._throttled = Throttled(log)
         self._reading_done = asyncio.Event()
         self._discovered = 0.0
-        self._token = uuid.uuid4().hex
-        self._hold_name = LuaScript(client, _HOLD_NAME)
-        self._release_name = LuaScript(client, _RELEASE_NAME)
+        self._name_lease = Lease(client, keys.worker_lease(self.name), LEASE_MS)
+        self._unowned_since: dict[str, float] = {}  # cameras seen without a tracking owner, since when
+        # Redis' clock minus ours: a frame's age is measured on Redis' clock alone (its
+        # XADD time is in the entry id), never against an ingest machine's clock.
+        self._clock_offset = 0.0
         metrics.init_worker_series(self.detector, self.model_id, analyzer.model.backend, analyzer.model.device)
 
     # ------------------------------------------------------------------ lifecycle
@@ -125,18 +113,19 @@ class Worker:
         except BaseException:
             self.executor.shutdown(wait=False)
             raise
-        background = [
-            asyncio.create_task(self._reclaimer(stop), name="reclaimer"),
-            asyncio.create_task(self._housekeeper(stop), name="housekeeper"),
-        ]
+        # A task that fails stops this worker (and the others sharing ``stop``): logged at
+        # once, then an orderly shutdown, then TaskFailed (exit 1). Never half alive.
+        supervisor = Supervisor(f"worker {self.name}", stop)
+        background = [supervisor.start(self._reclaimer(stop), "reclaimer"),
+                      supervisor.start(self._housekeeper(stop), "housekeeper")]
         if self.settings.tracking and self.settings.track_owner:
             owner = TrackOwner(self.redis, self.settings, self.name, self.analyzer.model.metadata.class_prior())
-            background.append(asyncio.create_task(owner.run(stop), name="tracks"))
-        reader = asyncio.create_task(self._reader(stop), name="reader")
-        processor = asyncio.create_task(self._processor(), name="processor")
+            background.append(supervisor.start(owner.run(stop), "tracks"))
+        reader = supervisor.start(self._reader(stop), "reader")
+        processor = supervisor.start(self._processor(), "processor")
         try:
-            await reader
-            await processor  # drains what the reader queued
+            await asyncio.wait([reader])
+            await asyncio.wait([processor])  # drains what the reader queued
         finally:
             for task in background:
                 task.cancel()
@@ -144,6 +133,7 @@ class Worker:
             await self._leave()
             self.executor.shutdown(wait=True)
             self.processor.close()
+        supervisor.check()
         log.info("worker %s: stopped", self.name)
 
     async def _until_connected(self, stop: asyncio.Event) -> None:
@@ -151,18 +141,27 @@ class Worker:
 
     async def _connect(self) -> None:
         await self.redis.ping()
-        if not await self._hold_name(keys=[keys.worker_lease(self.name)], args=[self._token, LEASE_MS]):
+        await self._sync_clock()
+        if not await self._name_lease.hold():
             raise NameInUse(
                 f"worker name {self.name!r} is in use by a running worker (free {LEASE_MS / 1000:.0f} s "
                 "after that one stops); give each worker its own --name"
             )
         await self.group.refresh()
 
+    async def _sync_clock(self) -> None:
+        sent = time.time()
+        seconds, micros = await self.redis.time()
+        self._clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
+
+    def _redis_now(self) -> float:
+        return time.time() + self._clock_offset
+
     async def _leave(self) -> None:
         try:
             await self.group.leave()
             await self.redis.hdel(keys.WORKERS, self.name)
-            await self._release_name(keys=[keys.worker_lease(self.name)], args=[self._token])
+            await self._name_lease.release()
         except TRANSIENT_ERRORS:
             pass
 
@@ -248,10 +247,11 @@ class Worker:
         while not stop.is_set():
             try:
                 now = time.time()
-                if not await self._hold_name(keys=[keys.worker_lease(self.name)], args=[self._token, LEASE_MS]):
+                if not await self._name_lease.hold():
                     # Only if this worker stalled past its lease and another took the name.
                     self._throttled.warning("lease", "worker %s: another worker holds this name now", self.name)
                 await self.redis.hset(keys.WORKERS, self.name, repr(now))
+                await self._sync_clock()
                 beats = await self.redis.hgetall(keys.WORKERS)
                 alive = sum(1 for t in beats.values() if now - float(t) < ALIVE_WINDOW_S)
                 metrics.WORKERS_ALIVE.set(alive)
@@ -259,11 +259,36 @@ class Worker:
                     camera = metrics.camera_label(keys.camera_of(stream))
                     metrics.BACKLOG.labels(camera, "lag").set(lag)
                     metrics.BACKLOG.labels(camera, "pending").set(pending)
+                if self.settings.tracking:
+                    await self._watch_tracking(now)
             except TRANSIENT_ERRORS:
                 pass  # the reader logs outages and backs off
             except Exception:  # housekeeping must never kill the worker
                 log.exception("housekeeping failed")
             await sleep_or_stop(stop, HEARTBEAT_S)
+
+    async def _watch_tracking(self, now: float) -> None:
+        """Frame records of this worker's cameras with no tracking owner for more than two
+        leases (owners take a free camera within one): nothing turns them into events.
+        Warned and gauged; the records wait, and a later owner publishes them (untracked
+        past its look-back)."""
+        cameras = self.writer.recent_cameras(ANNOUNCE_S * 2)
+        pipe = self.redis.pipeline(transaction=False)
+        for camera in cameras:
+            pipe.exists(keys.track_lease(camera))
+            pipe.xlen(keys.analysed(camera))
+        replies = await pipe.execute() if cameras else []
+        grace = 2 * self.settings.track_lease_s
+        unowned = []
+        for camera, owned, waiting in zip(cameras, replies[::2], replies[1::2]):
+            if owned or not waiting:
+                self._unowned_since.pop(camera, None)
+            elif now - self._unowned_since.setdefault(camera, now) > grace:
+                unowned.append(camera)
+                self._throttled.warning(f"unowned:{camera}", "camera %s: %d analysed frame(s) waiting and no "
+                                        "tracking owner (start `emotion-stream tracks`, or a worker without "
+                                        "--no-track-owner)", camera, waiting)
+        metrics.CAMERAS_WITHOUT_OWNER.set(len(unowned))
 
     async def _discover(self) -> None:
         added = await self.group.refresh()
@@ -275,7 +300,7 @@ class Worker:
     # ------------------------------------------------------------------ batch handling
     async def _handle(self, batch: list[Entry]) -> None:
         started = time.monotonic()
-        now = time.time()
+        now = self._redis_now()  # Redis' clock, as the entry ids
         outcomes: list[Outcome] = []
         work: list[tuple[Entry, FrameMessage]] = []
         labels = (self.detector, self.model_id)
@@ -311,11 +336,11 @@ class Worker:
             if message.kind is FrameKind.END:
                 outcomes.append(end_outcome(entry, message, self.settings.tracking))
                 continue
-            if message.kind is FrameKind.LIVE and now - message.captured_at > self.settings.max_frame_age_s:
+            if message.kind is FrameKind.LIVE and now - entry.enqueued_at > self.settings.max_frame_age_s:
                 metrics.FRAMES_SKIPPED.labels(metrics.camera_label(message.camera), SkipReason.STALE).inc()
                 self._throttled.warning(
-                    f"stale:{message.camera}", "camera %s: skipped stale frame %d (%.2f s old)",
-                    message.camera, message.seq, now - message.captured_at,
+                    f"stale:{message.camera}", "camera %s: skipped stale frame %d (%.2f s in Redis)",
+                    message.camera, message.seq, now - entry.enqueued_at,
                 )
                 outcomes.append(Outcome(entry.stream, entry.id, stat=Stat.STALE,
                                         frame_record=skipped_record(message, self.settings.tracking)))

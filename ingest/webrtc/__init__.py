@@ -1,5 +1,5 @@
 """Browser ingest over WebRTC (aiortc + aiohttp)."""
 
-from .gateway import Gateway
+from .gateway import Gateway, ice_servers
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "ice_servers"]

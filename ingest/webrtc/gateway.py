@@ -28,7 +28,14 @@ import cv2
 import numpy as np
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
@@ -42,12 +49,45 @@ from ingest.sources import RateLimiter
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
+MAX_SDP_BYTES = 64 * 1024  # a browser's offer is a few KB
 OVERLAY_TTL_S = 1.5  # boxes older than this fade out (no face any more)
 COLORS = {  # BGR per emotion
     "anger": (40, 40, 230), "contempt": (160, 80, 160), "disgust": (40, 150, 60), "fear": (180, 60, 160),
     "happy": (30, 200, 250), "neutral": (200, 200, 200), "sad": (200, 120, 40), "surprise": (0, 140, 255),
     "uncertain": (128, 128, 128),
 }
+
+
+def ice_servers(urls: str) -> list[RTCIceServer]:
+    """``stun:``/``turn:``/``turns:`` URLs, comma-separated; a TURN URL may carry
+    ``user:password@``. Empty: none (aiortc would otherwise ask Google's public STUN)."""
+    servers = []
+    for url in filter(None, (u.strip() for u in urls.split(","))):
+        scheme, _, rest = url.partition(":")
+        if scheme not in ("stun", "turn", "turns") or not rest:
+            raise ValueError(f"{url!r} is not a stun:, turn: or turns: URL")
+        credentials, at, host = rest.rpartition("@")
+        if at and scheme != "stun":
+            user, _, password = credentials.partition(":")
+            servers.append(RTCIceServer(f"{scheme}:{host}", username=user, credential=password))
+        else:
+            servers.append(RTCIceServer(url))
+    return servers
+
+
+def valid_offer(params: object) -> RTCSessionDescription:
+    """The offer of a ``POST /offer`` body; ValueError with a one-line reason if it is not one."""
+    if not isinstance(params, dict):
+        raise ValueError("expected a JSON object {sdp, type}")
+    sdp, kind = params.get("sdp"), params.get("type")
+    if kind != "offer":
+        raise ValueError("type must be 'offer'")
+    if not isinstance(sdp, str) or len(sdp) > MAX_SDP_BYTES:
+        raise ValueError(f"sdp must be a string of at most {MAX_SDP_BYTES} bytes")
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    if not lines or lines[0].strip() != "v=0" or not any(line.startswith("m=video ") for line in lines):
+        raise ValueError("sdp is not a session description with a video track (v=0 ... m=video)")
+    return RTCSessionDescription(sdp=sdp, type="offer")
 
 
 class Overlay:
@@ -109,7 +149,7 @@ class Session:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.camera = f"webrtc-{secrets.token_hex(4)}"
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=gateway.ice_servers))
         self.overlay = Overlay()
         self.publisher = FramePublisher(gateway.redis, self.camera, gateway.settings)
         self.channel: RTCDataChannel | None = None
@@ -155,8 +195,9 @@ class Session:
             log.info("camera %s: browser track ended", self.camera)
         except Exception:
             log.exception("camera %s: ingest from the browser failed", self.camera)
+            await self.close("failed")
         finally:
-            await self.close()
+            await self.close("ended")
 
     async def _relay_events(self) -> None:
         async for event in live_events(self.gateway.redis, self.camera, self._stop):
@@ -170,10 +211,11 @@ class Session:
             if self.channel is not None and self.channel.readyState == "open":
                 self.channel.send(event.to_json())
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "ended") -> None:
         if self._closed:
             return
         self._closed = True
+        metrics.WEBRTC_SESSIONS_CLOSED.labels(reason).inc()
         self._stop.set()
         current = asyncio.current_task()
         for task in self._tasks:
@@ -186,7 +228,15 @@ class Session:
             log.warning("camera %s: could not withdraw from the cameras set", self.camera)
         self.gateway.sessions.discard(self)
         metrics.PEERS_CONNECTED.set(len(self.gateway.sessions))
-        log.info("camera %s: session closed (%d open)", self.camera, len(self.gateway.sessions))
+        log.info("camera %s: session closed, %s (%d open)", self.camera, reason, len(self.gateway.sessions))
+
+    async def close_unless_connected(self, timeout: float) -> None:
+        """A peer that does not connect in time (its browser left before ICE completed)
+        holds sockets and memory for nothing: close it."""
+        await asyncio.sleep(timeout)
+        if not self._closed and self.pc.connectionState != "connected":
+            log.info("camera %s: not connected after %.0f s; closing", self.camera, timeout)
+            await self.close("connect_timeout")
 
 
 class Gateway:
@@ -202,6 +252,8 @@ class Gateway:
         self.fps = fps
         self.token = token
         self.sessions: set[Session] = set()
+        self.ice_servers = ice_servers(settings.webrtc_ice_servers)
+        self._watchdogs: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024)  # SDP offers are a few KB
@@ -211,10 +263,10 @@ class Gateway:
         app.on_shutdown.append(self.on_shutdown)
         return app
 
-    def _authorized(self, given: str | None) -> bool:
+    def _authorized(self, given: object) -> bool:
         if not self.token:
             return True
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        return isinstance(given, str) and hmac.compare_digest(given.encode(), self.token.encode())
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request.query.get("token")):
@@ -227,12 +279,23 @@ class Gateway:
     async def offer(self, request: web.Request) -> web.Response:
         try:
             params = await request.json()
-            description = RTCSessionDescription(sdp=str(params["sdp"]), type=str(params["type"]))
-        except (ValueError, KeyError, TypeError):
-            raise web.HTTPBadRequest(text="expected JSON {sdp, type, token}\n") from None
+        except ValueError:
+            params = None
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
-        if not self._authorized(params.get("token") or bearer):
+        token = params.get("token") if isinstance(params, dict) else None
+        if not self._authorized(token or bearer):
+            metrics.WEBRTC_OFFERS_REFUSED.labels("unauthorized").inc()
             raise web.HTTPUnauthorized(text="a valid token is required\n")
+        try:
+            description = valid_offer(params)
+        except ValueError as exc:
+            metrics.WEBRTC_OFFERS_REFUSED.labels("invalid").inc()
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        if len(self.sessions) >= self.settings.webrtc_max_sessions:
+            metrics.WEBRTC_OFFERS_REFUSED.labels("full").inc()
+            log.warning("refused an offer: %d sessions open (--webrtc-max-sessions)", len(self.sessions))
+            raise web.HTTPServiceUnavailable(text=f"{len(self.sessions)} browsers are connected, the most this "
+                                             "gateway serves; try again later\n", headers={"Retry-After": "10"})
         session = Session(self)
         self.sessions.add(session)
         metrics.PEERS_CONNECTED.set(len(self.sessions))
@@ -246,7 +309,7 @@ class Gateway:
         async def on_state() -> None:
             log.info("camera %s: connection %s", session.camera, pc.connectionState)
             if pc.connectionState in ("failed", "closed"):
-                await session.close()
+                await session.close(pc.connectionState if pc.connectionState == "failed" else "ended")
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -259,12 +322,18 @@ class Gateway:
             await pc.setRemoteDescription(description)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - a broken offer must not leave a session
-            await session.close()
-            raise web.HTTPBadRequest(text=f"cannot negotiate: {exc}\n") from None
+            await session.close("failed")
+            metrics.WEBRTC_OFFERS_REFUSED.labels("invalid").inc()
+            raise web.HTTPBadRequest(text=f"cannot negotiate: {str(exc).splitlines()[0] if str(exc) else exc}\n") from None
+        watchdog = asyncio.create_task(session.close_unless_connected(self.settings.webrtc_connect_timeout_s))
+        self._watchdogs.add(watchdog)
+        watchdog.add_done_callback(self._watchdogs.discard)
         log.info("camera %s: browser connected (%d open)", session.camera, len(self.sessions))
         return web.json_response(
             {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "camera": session.camera}
         )
 
     async def on_shutdown(self, app: web.Application) -> None:
-        await asyncio.gather(*(s.close() for s in list(self.sessions)), return_exceptions=True)
+        for watchdog in list(self._watchdogs):
+            watchdog.cancel()
+        await asyncio.gather(*(s.close("shutdown") for s in list(self.sessions)), return_exceptions=True)
