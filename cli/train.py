@@ -59,6 +59,8 @@ def register(sub: Subcommands) -> None:
                    help="mix image pairs and their targets with Beta(ALPHA, ALPHA) weights; 0 = off (default %(default)s)")
     p.add_argument("--class-power", type=number(float, 0, 1), default=d.class_power,
                    help="sample classes by count**P within a domain: 0 uniform, 1 as in the data (default %(default)s)")
+    p.add_argument("--domain-power", type=number(float, 0, 1), default=d.domain_power,
+                   help="draw domains by size**P: 0 equally often, 1 as large as they are (default %(default)s)")
     p.add_argument("--distill", type=number(float, 0), default=d.distill_weight,
                    help="weight of distillation from the FER2013 model; 0 = off (default %(default)s)")
     p.add_argument("--no-augment", action="store_true", help="train without camera augmentation")
@@ -128,7 +130,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         network=args.network, weights=args.weights, init_from_fer=not args.from_scratch,
         input_size=args.input_size, epochs=args.epochs, steps_per_epoch=args.steps,
         batch_size=args.train_batch_size, learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay, class_power=args.class_power, label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay, class_power=args.class_power, domain_power=args.domain_power,
+        label_smoothing=args.label_smoothing,
         mixup=args.mixup, distill_weight=args.distill, augment=not args.no_augment, val_split=args.val_split,
         seed=args.seed, face_margin=margin, average_last=args.average_last,
     )

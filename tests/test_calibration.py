@@ -103,6 +103,13 @@ def test_balanced_sampler_draws_domains_equally_and_classes_by_tempered_counts()
     assert abs((labels_a == 6).mean() - 0.5) < 0.03  # power 0: classes uniform within a domain
     natural = BalancedSampler([big], power=1.0).class_share()["b"]
     assert natural == {"anger": 0.9, "fear": 0.1}
+    # domain_power 0.5: drawn by the square root of their sizes (12 and 1000: 10 % and 90 %).
+    by_size = BalancedSampler([small, big], power=0.0, domain_power=0.5)
+    domains = np.array([d for d, _ in by_size.draw(20000, np.random.default_rng(0))])
+    expected = np.sqrt(1000) / (np.sqrt(12) + np.sqrt(1000))
+    assert abs(domains.mean() - expected) < 0.01
+    prior = by_size.class_prior()  # the prior tracking divides out follows the same shares
+    assert abs(prior["anger"] - expected / 2) < 1e-3 and abs(prior["happy"] - (1 - expected) / 2) < 1e-3
 
 
 def test_camera_augmentation_keeps_shape_and_changes_pixels(face_bgr):

@@ -168,7 +168,7 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
     model_dir = tmp_path / "model"
     result = subprocess.run(
         [EXE, "train", str(photos), str(fer), "--out", str(model_dir), "--epochs", "2", "--steps", "3",
-         "--train-batch-size", "8", "--val-split", "0.34"],
+         "--train-batch-size", "8", "--val-split", "0.34", "--domain-power", "0"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

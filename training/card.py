@@ -65,8 +65,8 @@ def model_card(report: Report, meta: ModelMetadata) -> str:
             f"T = {report['temperature']:.3f} (fitted on validation).",
             f"- Training: {options['epochs']} epochs x {options['steps_per_epoch']} steps x {options['batch_size']} "
             f"images, AdamW {options['learning_rate']} ({options['warmup_epochs']} epoch linear warm-up, then "
-            f"cosine), weight decay {options['weight_decay']}; batches balanced over domain (equal) and class "
-            f"(count^{options['class_power']}); camera augmentation {'on' if options['augment'] else 'off'}; "
+            f"cosine), weight decay {options['weight_decay']}; batches drawn by domain (size^"
+            f"{options.get('domain_power', 0.0)}) and class (count^{options['class_power']}); camera augmentation {'on' if options['augment'] else 'off'}; "
             f"mixup {options['mixup'] or 'off'}; label smoothing {options['label_smoothing']}; distillation "
             f"from the FER2013 mini-Xception {distillation}; seed {options['seed']}; {report['seconds']} s "
             f"of wall time ({report.get('resumed', 0)} resumes).",

@@ -38,6 +38,7 @@ class TrainOptions:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to zero
     weight_decay: float = 5e-4  # AdamW, decoupled (times the learning rate)
     class_power: float = 0.5  # within-domain sampling: count**power (0 uniform, 1 natural)
+    domain_power: float = 0.5  # domains drawn by size**power (0: equally often)
     label_smoothing: float = 0.1  # over the classes some domain has
     mixup: float = 0.2  # Beta(a, a) mixing of image pairs and their targets; 0: off
     distill_weight: float = 0.0  # distillation from the FER2013 mini-Xception; 0: off

@@ -89,7 +89,7 @@ def _run(folders: Sequence[Path], out_dir: Path, options: TrainOptions, state: T
 
     train_domains, val_domains = load_domains(folders, meta, options.val_split, options.seed)
     teacher = teacher_targets(train_domains) if options.distill_weight > 0 else None
-    sampler = BalancedSampler(train_domains, options.class_power)
+    sampler = BalancedSampler(train_domains, options.class_power, options.domain_power)
     classes = sorted({int(c) for d in train_domains for c in np.unique(d.labels)})
 
     model = build(options.network, size, options.weights, options.init_from_fer)
