@@ -1,9 +1,15 @@
 """A live clip of people holding expressions, built from labelled face photos.
 
 Like the hidden evaluation clip: 640x480 at 15 fps, two people at a time, each holding
-one expression (one photo) for 2 s, drifting a little, with camera-like noise. Between
-two people a slot stays empty longer than the track timeout, so every appearance is a
-new person. The truth (who, where, which expression) comes with every frame.
+one expression (one photo) for 2 s, drifting a little, with camera-like noise. Two
+variants (``schedule``'s ``queue``):
+
+- gaps: between two people a slot stays empty longer than the track timeout;
+- queue: the next person takes the same spot 0-0.3 s after the last one left, as at a
+  kiosk or after a cut in a video file, and every ``CUT_S`` the whole scene cuts to
+  another background with new people in both spots.
+
+The truth (who, where, which expression) comes with every frame.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ SIZE = (640, 480)
 FPS = 15.0
 HOLD_S = 2.0  # each person's appearance
 GAP_S = 1.6  # empty slot between two people (over the 1 s track timeout)
+QUEUE_GAP_S = (0.0, 0.3)  # queue variant: the next person comes this soon
+CUT_S = 7.0  # queue variant: a hard cut (new scene, new people) this often
 FACE_PX = 110  # face width in the frame
 
 
@@ -42,6 +50,7 @@ class Appearance:
     photo: Photo
     first: int
     last: int
+    scene: int = 0  # which background it is seen against (the queue variant cuts)
 
     def box(self, frame: int, scale: float) -> tuple[int, int, int, int]:
         """Where the face is in ``frame`` (the photo drifts on a slow ellipse)."""
@@ -74,10 +83,11 @@ def load_photos(pairs: Sequence[tuple[Path, str]], detector: FaceDetector) -> li
     return photos
 
 
-def schedule(photos: Sequence[Photo], seconds: float, seed: int) -> list[Appearance]:
+def schedule(photos: Sequence[Photo], seconds: float, seed: int, queue: bool = False) -> list[Appearance]:
     """Two slots, staggered, each a sequence of people. Photos are taken round-robin over
     the labels (shuffled within each), so rare expressions appear as often as common
-    ones, as in a clip of people asked to hold each expression."""
+    ones, as in a clip of people asked to hold each expression. ``queue``: the queue
+    variant (module docstring)."""
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[int]] = {}
     for i in rng.permutation(len(photos)):
@@ -88,13 +98,30 @@ def schedule(photos: Sequence[Photo], seconds: float, seed: int) -> list[Appeara
     frames = int(seconds * FPS)
     hold, gap = int(HOLD_S * FPS), int(GAP_S * FPS)
     out: list[Appearance] = []
+    if not queue:
+        for slot in (0, 1):
+            start = int(slot * (hold + gap) / 2)
+            while start + hold <= frames:
+                photo = photos[order[len(out) % len(order)]]
+                out.append(Appearance(len(out), slot, photo, start, start + hold - 1))
+                start += hold + gap
+        return out
+    cuts = cut_frames(seconds)
     for slot in (0, 1):
-        start = int(slot * (hold + gap) / 2)
-        while start + hold <= frames:
+        start = int(slot * hold / 2)
+        while start < frames:
+            scene = sum(1 for c in cuts if c <= start)
+            # An appearance ends at the next cut; the next scene starts with new people.
+            end = min(start + hold, next((c for c in cuts if c > start), frames), frames)
             photo = photos[order[len(out) % len(order)]]
-            out.append(Appearance(len(out), slot, photo, start, start + hold - 1))
-            start += hold + gap
+            out.append(Appearance(len(out), slot, photo, start, end - 1, scene))
+            start = end if end in cuts else end + int(rng.uniform(*QUEUE_GAP_S) * FPS)
     return out
+
+
+def cut_frames(seconds: float) -> list[int]:
+    """The frames at which the queue variant cuts to a new scene."""
+    return [int(k * CUT_S * FPS) for k in range(1, int(seconds / CUT_S) + 1) if k * CUT_S < seconds]
 
 
 def render(appearances: Sequence[Appearance], frame: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[Appearance, tuple[int, int, int, int]]]]:
@@ -103,9 +130,18 @@ def render(appearances: Sequence[Appearance], frame: int, rng: np.random.Generat
     xs = np.linspace(0, 1, w, dtype=np.float32)[None, :]
     ys = np.linspace(0, 1, h, dtype=np.float32)[:, None]
     image: np.ndarray = np.empty((h, w, 3), np.uint8)
+    scene = max((a.scene for a in appearances if a.first <= frame), default=0)
     image[..., 0] = 80 + 50 * xs
     image[..., 1] = 100 + 40 * ys
     image[..., 2] = 110 + 30 * (1 - xs)
+    if scene:  # after a cut: another room, its own light and things on its walls
+        room = np.random.default_rng(scene)
+        image[:] = np.clip(image.astype(np.int16) + room.integers(-70, 70, 3), 0, 255).astype(np.uint8)
+        for _ in range(3):
+            x0, y0 = int(room.integers(0, w - 120)), int(room.integers(0, h - 120))
+            color = tuple(int(c) for c in room.integers(0, 255, 3))
+            cv2.rectangle(image, (x0, y0), (x0 + int(room.integers(60, 200)), y0 + int(room.integers(60, 200))),
+                          color, -1)
     visible = []
     for a in appearances:
         if not a.first <= frame <= a.last:

@@ -116,23 +116,7 @@ def format_text(summary: Figures) -> str:
         lines.append("    worker time per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in live["stage_ms_per_frame"].items()))
     t = summary.get("tracks")
     if t:
-        raw, tracked, lat = t["raw"], t["tracked"], t["capture_to_tracked_event_ms"]
-        lines.append(f"(e) tracks: {t['cameras']} cameras x {t['fps']:.0f} fps for {t['seconds']:.0f} s, people clip from "
-                     f"{t['photos']} photos, {t['workers']} workers; {tracked['people']} people, "
-                     f"{t['face_seconds']:.0f} face-seconds, {100 * t['faces_found']:.0f}% of planted faces found")
-        lines.append(f"    {'':<34} {'raw per frame':>14} {'tracked':>9}")
-        lines.append(f"    {'label flips per face-second':<34} {raw['flips_per_face_second']:14.2f} {tracked['flips_per_face_second']:9.2f}")
-        lines.append(f"    {'per-frame accuracy':<34} {raw['per_frame_accuracy']:14.3f} {tracked['per_frame_accuracy']:9.3f}")
-        lines.append(f"    {'per-person accuracy':<34} {raw['person_majority_vote_accuracy']:14.3f} "
-                     f"{tracked['track_dominant_accuracy']:9.3f}   (majority vote / track's dominant emotion)")
-        lines.append(f"    ID switches per 100 face-seconds: {tracked['id_switches_per_100_face_seconds']:.2f} "
-                     f"({tracked['tracks']} tracks for {tracked['people']} people)")
-        lines.append(f"    capture -> track-annotated event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
-        for label, key in (("capture -> analysed by a worker", "capture_to_analysed_ms"),
-                           ("analysed -> tracked event", "analysed_to_tracked_event_ms")):
-            part = t.get(key)
-            if part:
-                lines.append(f"      of which {label}: p50 {part['p50']:.1f} ms, p95 {part['p95']:.1f} ms")
+        lines += _tracks_table(t)
     runtimes = summary.get("runtimes")
     if runtimes:
         lines.append(f"    classifier runtimes (fresh process each, {runtimes['threads']} thread; CPU ms a face):")
@@ -178,3 +162,41 @@ def format_text(summary: Figures) -> str:
     if limit:
         lines.append("compute limit: " + ", ".join(f"{k} {v}" for k, v in limit.items()))
     return "\n".join(lines)
+
+
+# (label, path into one variant's figures, format) of the tracks table, in order.
+_TRACK_ROWS = (
+    ("tracks covering more than one person", ("tracked", "tracks_covering_several_people"), "{:.1%}"),
+    ("ID switches per 100 face-seconds", ("tracked", "id_switches_per_100_face_seconds"), "{:.2f}"),
+    ("face-frame recall (planted faces with an event)", ("face_frame_recall",), "{:.3f}"),
+    ("per-frame accuracy, raw", ("raw", "per_frame_accuracy"), "{:.3f}"),
+    ("per-frame accuracy, smoothed", ("tracked", "per_frame_accuracy"), "{:.3f}"),
+    ("per-person accuracy, majority of raw labels", ("raw", "person_majority_vote_accuracy"), "{:.3f}"),
+    ("per-person accuracy, track's dominant emotion", ("tracked", "track_dominant_accuracy"), "{:.3f}"),
+    ("label flips per face-second, raw", ("raw", "flips_per_face_second"), "{:.2f}"),
+    ("label flips per face-second, smoothed", ("tracked", "flips_per_face_second"), "{:.2f}"),
+    ("capture -> tracked event p50 ms", ("capture_to_tracked_event_ms", "p50"), "{:.0f}"),
+    ("capture -> tracked event p95 ms", ("capture_to_tracked_event_ms", "p95"), "{:.0f}"),
+    ("weak detections published", ("weak_events",), "{:.0f}"),
+)
+
+
+def _tracks_table(t: Figures) -> list[str]:
+    """The people clips, both variants, for each checkout measured (baseline first)."""
+    runs = [name for name in ("baseline", "current") if name in t]
+    columns = [(name, variant) for variant in ("gaps", "queue") for name in runs]
+    lines = [f"(e) tracks: {t['cameras']} cameras x {t['fps']:.0f} fps for {t['seconds']:.0f} s, people clips from "
+             f"{t['photos']} photos, {t['workers']} workers; gaps: the next person after an empty spell, queue: "
+             "0-0.3 s after, at the same spot, and hard cuts"]
+    lines.append(f"    {'':<48} " + " ".join(f"{name[:8] + ' ' + variant:>16}" for name, variant in columns))
+    for label, path, form in _TRACK_ROWS:
+        cells = []
+        for name, variant in columns:
+            value = _figure(*path)(t[name][variant])
+            cells.append(f"{form.format(value) if value is not None else '-':>16}")
+        lines.append(f"    {label:<48} " + " ".join(cells))
+    cost = t.get("cost")
+    if cost:
+        lines.append(f"    CPU a face: descriptor {cost['descriptor_cpu_ms_per_face']:.2f} ms (worker), tracking "
+                     f"(association, smoothing, state) {cost['tracking_cpu_ms_per_face']:.2f} ms (owner)")
+    return lines

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             from bench.tracking import run_tracking
 
             try:
-                results["tracks"] = run_tracking(config, model, people, args.tracks_seconds)
+                results["tracks"] = run_tracking(config, people, args.tracks_seconds, args.baseline)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
     summary = summarize(results)

@@ -11,11 +11,14 @@ dead-letter stream with that reason.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
@@ -217,6 +220,9 @@ class FaceEvent:
     # the person's id, stable within the camera, and their smoothed emotion.
     track: int | None = None
     track_emotion: str | None = None
+    # A detection under the face threshold that continues a tracked person (ByteTrack's
+    # low-score boxes): classified and published, never starting a track.
+    weak: bool = False
     type: str = field(default="face", init=False)
     v: int = field(default=SCHEMA_VERSION, init=False)
 
@@ -286,17 +292,19 @@ class FrameStatus(StrEnum):
 @dataclass(frozen=True, slots=True)
 class FrameRecord:
     """What the tracking owner learns of every live frame a worker finished, in whatever
-    order the workers finish: its faces (event documents without track fields), or that
-    it was skipped, or the end of the stream."""
+    order the workers finish: its faces (event documents without track fields, each
+    with its appearance ``descriptor``), or that it was skipped, or the end of the stream."""
 
     camera: str
     seq: int
     captured_at: float
     status: FrameStatus
     faces: list[dict[str, Any]] = field(default_factory=list)
-    # Weak detections (x, y, w, h): below the face threshold, not published, only able
-    # to keep an existing track alive (ByteTrack's second association).
-    weak: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # Weak detections: below the face threshold, able only to continue a tracked person
+    # (ByteTrack's second association). Face documents (classified, with a descriptor);
+    # workers before descriptors wrote bare boxes (x, y, w, h), read as {"box": ...}.
+    weak: list[dict[str, Any]] = field(default_factory=list)
+    scene: str = ""  # the frame's scene signature (encode_vector, SCENE_SIZE): cut detection
     v: int = field(default=SCHEMA_VERSION, init=False)
 
     def to_json(self) -> str:
@@ -306,6 +314,8 @@ class FrameRecord:
                                "status": self.status.value, "faces": self.faces}
         if self.weak:
             doc["weak"] = self.weak
+        if self.scene:
+            doc["scene"] = self.scene
         doc["v"] = self.v
         return json.dumps(doc, separators=(",", ":"))
 
@@ -315,17 +325,62 @@ class FrameRecord:
             doc = json.loads(data)
             if doc.pop("v", None) != SCHEMA_VERSION:
                 raise MessageError("unknown frame record version")
-            weak = [_box(b) for b in doc.get("weak", [])[:MAX_WEAK_BOXES]]
+            weak = [_weak_doc(w) for w in doc.get("weak", [])[:MAX_WEAK_BOXES]]
+            scene = str(doc.get("scene", ""))
             record = cls(doc["camera"], int(doc["seq"]), float(doc["captured_at"]), FrameStatus(doc["status"]),
-                         list(doc.get("faces", [])), weak)
+                         list(doc.get("faces", [])), weak, scene)
+            # Validate now, not halfway through a flush: faces, descriptors, the scene.
             for face in record.faces:
-                face_event_from_doc(face)  # validate now, not halfway through a flush
+                face_event_from_doc(face)
+                _check_descriptor(face)
+            for face in record.weak:
+                if "probabilities" in face:
+                    face_event_from_doc(face)
+                _check_descriptor(face)
+            if scene:
+                decode_vector(scene, SCENE_SIZE, "scene signature")
             return record
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise MessageError(f"malformed frame record: {exc}") from None
 
 
 MAX_WEAK_BOXES = 32  # weak detections kept per frame record
+DESCRIPTOR_SIZE = 240  # a face's appearance descriptor (model.appearance)
+SCENE_SIZE = 48  # a frame's scene signature (model.appearance): a brightness grid, then a histogram
+SCENE_GRID_CELLS = 16  # the first values of a scene signature: a 4x4 grid
+
+
+def encode_vector(values: Sequence[float]) -> str:
+    """A vector as base64 float16 (compact in JSON: 2 bytes a value)."""
+    return base64.b64encode(struct.pack(f"<{len(values)}e", *values)).decode()
+
+
+def decode_vector(text: str, size: int, what: str = "vector") -> tuple[float, ...]:
+    """The vector ``encode_vector`` wrote; ValueError unless it has ``size`` finite values."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, TypeError) as exc:
+        raise ValueError(f"{what}: not base64 ({exc})") from None
+    if len(raw) != 2 * size:
+        raise ValueError(f"{what}: {len(raw) // 2} values, expected {size}")
+    values = struct.unpack(f"<{size}e", raw)
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what}: not a finite number (NaN or infinity)")
+    return values
+
+
+def _check_descriptor(face: dict[str, Any]) -> None:
+    if "descriptor" in face:
+        decode_vector(face["descriptor"], DESCRIPTOR_SIZE, "descriptor")
+
+
+def _weak_doc(value: Any) -> dict[str, Any]:
+    """A weak detection: a face document, or the bare box of an older worker."""
+    if isinstance(value, dict):
+        doc = dict(value)
+        doc["box"] = list(_box(doc["box"]))
+        return doc
+    return {"box": list(_box(value))}
 
 
 def _box(value: Any) -> tuple[int, int, int, int]:
@@ -346,6 +401,7 @@ class TrackEndReason(StrEnum):
     END_OF_STREAM = "end_of_stream"
     CAMERA_SILENT = "camera_silent"  # no frame at all for a while, and no end marker
     CAMERA_RESTARTED = "camera_restarted"  # frame numbers started again from the beginning
+    SCENE_CUT = "scene_cut"  # the picture cut to another scene (a video's edit, a switched camera)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="a face unseen this long (capture time) ends its track"
     )
     track_min_iou: float = Field(0.2, ge=0, lt=1, description="least box overlap to continue a track")
+    track_max_scale: float = Field(
+        1.5, gt=1, le=10, description="a face growing or shrinking more than this factor between frames is someone else"
+    )
+    track_max_appearance: float = Field(
+        0.2, gt=0, le=2,
+        description="largest appearance distance (cosine, of the face descriptors) that continues a track: a "
+        "different face at the same spot starts its own; 2 turns appearance off",
+    )
     track_weak_score: float = Field(
         0.2, ge=0, lt=0.5,
         description="BlazeFace detections scoring from this up to 0.5 are not faces of their own but keep "

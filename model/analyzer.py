@@ -11,6 +11,7 @@ import numpy as np
 from emotion_stream.labels import EMOTIONS
 from emotion_stream.settings import Settings
 
+from .appearance import face_descriptor
 from .detection import Detection, FaceDetector, Landmarks
 from .detectors import create_detector
 from .emotion_model import EmotionModel
@@ -26,6 +27,8 @@ class FaceResult:
     detector_score: float
     whole_image: bool = False  # no face was found; the whole image was classified
     landmarks: Landmarks | None = None  # frame pixels, when the detector gives them
+    weak: bool = False  # a detection under the face threshold (tracking decides its fate)
+    descriptor: np.ndarray | None = None  # what the face looks like (model.appearance), when asked
 
     def probabilities_dict(self) -> dict[str, float]:
         return {label: round(float(p), 5) for label, p in zip(EMOTIONS, self.probabilities)}
@@ -93,10 +96,15 @@ class FaceAnalyzer:
         frames: Sequence[np.ndarray],
         detections: Sequence[Sequence[Detection]],
         whole_image_fallback: Sequence[bool],
+        *,
+        weak: Sequence[Sequence[Detection]] | None = None,
+        describe: Sequence[bool] | None = None,
     ) -> list[list[FaceResult]]:
-        """Crop every detected face of every frame and classify them in one call."""
+        """Crop every detected face of every frame and classify them in one call. Each
+        frame's ``weak`` detections are classified too and come after its faces (marked
+        ``weak``); frames with ``describe`` set get appearance descriptors for tracking."""
         crops: list[np.ndarray] = []
-        owners: list[tuple[int, Detection, bool]] = []
+        owners: list[tuple[int, Detection, bool, bool]] = []  # frame, detection, whole image, weak
         margin = self.model.face_margin
         # Crops at twice the model's input keep detail for its own area resize.
         crop_size = 2 * max(self.model.metadata.input_height, self.model.metadata.input_width)
@@ -104,14 +112,19 @@ class FaceAnalyzer:
             if found:
                 for det in found:
                     crops.append(crop_face(frame, det.box, margin, det.landmarks, crop_size))
-                    owners.append((i, det, False))
+                    owners.append((i, det, False, False))
             elif whole_image_fallback[i]:
                 h, w = frame.shape[:2]
                 crops.append(frame)
-                owners.append((i, Detection((0, 0, w, h), 0.0), True))
+                owners.append((i, Detection((0, 0, w, h), 0.0), True, False))
+            for det in (weak[i] if weak is not None else ()):
+                crops.append(crop_face(frame, det.box, margin, det.landmarks, crop_size))
+                owners.append((i, det, False, True))
         probabilities = self.model.predict_proba(crops)
         results: list[list[FaceResult]] = [[] for _ in frames]
-        for (i, det, whole), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
+        for (i, det, whole, is_weak), crop, probs, label in zip(owners, crops, probabilities,
+                                                                  self.model.decide(probabilities)):
+            descriptor = face_descriptor(frames[i], det.box, crop) if describe and describe[i] and not whole else None
             results[i].append(FaceResult(det.box, EMOTIONS[int(label)], float(probs.max()), probs, det.score,
-                                         whole, det.landmarks))
+                                         whole, det.landmarks, is_weak, descriptor))
         return results

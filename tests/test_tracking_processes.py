@@ -197,3 +197,98 @@ def test_subscribe_tracks_prints_people_arriving_and_leaving(redis_server, redis
     events = [TrackEvent.from_json(line) for line in as_json.output.strip().splitlines()[-4:]]
     assert sorted(e.type.value for e in events) == ["track_ended", "track_ended", "track_started", "track_started"]
     assert {e.reason for e in events if e.type.value == "track_ended"} == {"timeout", "end_of_stream"}
+
+
+def looks_scenes() -> dict[str, tuple[list[Person], tuple[float, ...]]]:
+    """Who is who, camera by camera (each person's looks differ unless said)."""
+    return {
+        # Two people step to each other's spot through each other.
+        "swap": ([Person("happy", 0, 200, 0, path=[(0, 200, 200), (2.0, 200, 200), (2.4, 290, 200), (6, 290, 200)]),
+                  Person("sad", 0, 200, 0, path=[(0, 290, 200), (2.0, 290, 200), (2.4, 200, 200), (6, 200, 200)])], ()),
+        # The next person at the same spot 0.2 s after the last one left.
+        "kiosk": ([Person("happy", 300, 200, 0, end=2.8), Person("anger", 300, 200, 0, start=3.0)], ()),
+        # Out of sight for 0.6 s, back two face widths away.
+        "door": ([Person("neutral", 0, 200, 0, hidden=(2.0, 2.6),
+                         path=[(0, 300, 200), (2.0, 300, 200), (2.6, 420, 200), (6, 420, 200)])], ()),
+        # A cut at 3 s to new people at the same spots.
+        "film": ([Person("happy", 100, 200, 0, end=3.0), Person("sad", 400, 200, 0, end=3.0),
+                  Person("fear", 100, 200, 0, start=3.0), Person("surprise", 400, 200, 0, start=3.0)], (3.0,)),
+    }
+
+
+def test_owners_tell_people_apart_by_their_looks_and_a_takeover_keeps_them(redis_server, redis_client, services):
+    """Real owners on frame records with descriptors and scene signatures; the owner of
+    half the cameras is SIGKILLed mid-stream and the other resumes from the state, galleries
+    included."""
+    url = redis_server.url
+    owners = {name: services(name, "tracks", "--redis", url, "--name", name, *OWNER_FLAGS) for name in ("t1", "t2")}
+    t0 = time.time() + 1.0
+    cams = {camera: records(camera, people, 6.0, t0=t0, seed=i, describe=True, cuts=cuts)
+            for i, (camera, (people, cuts)) in enumerate(looks_scenes().items())}
+    for camera in cams:
+        redis_client.sadd(keys.TRACKED_CAMERAS, camera)
+    wait_for(lambda: {owner_of(redis_client, c) for c in cams} == {"t1", "t2"}, 20, "cameras shared by the owners")
+    victim = owner_of(redis_client, "swap")
+    writer = threading.Thread(target=feed, args=(redis_client, cams, 2.2, lambda: owners[victim].signal(signal.SIGKILL)))
+    writer.start()
+    writer.join(60)
+
+    def ended(camera: str) -> bool:
+        return any(b'"type":"end"' in f[b"event"] for _id, f in redis_client.xrange(keys.events(camera)))
+
+    wait_for(lambda: all(ended(c) for c in cams), 30, "every camera's end of stream")
+    assert "resumed" in owners[({"t1", "t2"} - {victim}).pop()].output
+    state_tracks = [t for c in cams for t in __import__("json").loads(redis_client.get(keys.track_state(c)) or "{}")
+                    .get("tracks", [])]
+    assert all("gallery" in t for t in state_tracks)
+    for camera, recs in cams.items():
+        faces = [e for _id, f in redis_client.xrange(keys.events(camera))
+                 if isinstance(e := parse_event(f[b"event"]), FaceEvent)]
+        assert Counter((f.seq, f.name) for f in faces) == Counter((r.seq, f["name"]) for r in recs for f in r.faces)
+        ids: dict[str, set[int]] = defaultdict(set)
+        for f in faces:
+            ids[f.name].add(f.track)
+        lifecycle = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks(camera))]
+        started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
+        finished = Counter(e.track for e in lifecycle if e.type.value == "track_ended")
+        assert started == finished == Counter({t: 1 for t in set().union(*ids.values())}), camera
+        assert all(len(tracks) == 1 for tracks in ids.values()), (camera, ids)  # one track a person
+        assert len(set().union(*ids.values())) == len(ids), (camera, ids)  # and one person a track
+        reasons = Counter(e.reason for e in lifecycle if e.type.value == "track_ended")
+        if camera == "kiosk":
+            first = [e for e in lifecycle if e.type.value == "track_ended" and e.track in ids["person0"]]
+            assert first[0].reason == "timeout"
+        if camera == "film":
+            assert reasons["scene_cut"] == 2, reasons
+
+
+def test_a_worker_tracks_a_real_clip_and_ends_every_track_at_a_cut(redis_server, redis_client, services, tmp_path):
+    """Real frames through a real worker: descriptors and scene signatures made from the
+    pixels; a hard cut (another room) ends the tracks, which the next scene's faces do not
+    inherit."""
+    import cv2
+
+    from ingest.samples import sample_frame
+
+    clip = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 15, (640, 480))
+    for i in range(60):
+        frame = sample_frame(i / 15)
+        if i >= 30:  # the cut: another room (mirrored, darker, a green cast), another face
+            frame = np.clip(frame[:, ::-1].astype(np.float32) * (0.35, 0.9, 0.4), 0, 255).astype(np.uint8)
+        writer.write(frame)
+    writer.release()
+    services("worker", "worker", "--redis", redis_server.url, "--max-frame-age", "600", "--batch-size", "4")
+    ingest = services("ingest", "ingest", str(clip), "--camera", "film", "--redis", redis_server.url, "--fps", "15")
+    assert ingest.wait(60) == 0, ingest.output
+
+    def lifecycle() -> list[TrackEvent]:
+        return [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks("film"))]
+
+    wait_for(lambda: any(e.reason == "end_of_stream" for e in lifecycle()), 90, "the end of the clip")
+    ended = [e for e in lifecycle() if e.type.value == "track_ended"]
+    assert [e.reason for e in ended] == ["scene_cut", "end_of_stream"], ended
+    assert ended[0].seq in (30, 31)  # at the cut
+    faces = [e for _id, f in redis_client.xrange(keys.events("film")) if isinstance(e := parse_event(f[b"event"]), FaceEvent)]
+    before, after = {f.track for f in faces if f.seq < 30}, {f.track for f in faces if f.seq >= 31}
+    assert len(before) == 1 and len(after) == 1 and before != after

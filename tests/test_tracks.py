@@ -106,7 +106,7 @@ def test_weak_detections_hold_a_track_through_a_dip_but_never_start_or_keep_one_
             if start_s <= r.seq / FPS < end_s:
                 boxes = [tuple(f["box"]) for f in r.faces] if box is None else [box]
                 faces = r.faces if keep_face else []
-                r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, faces, boxes)
+                r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, faces, [{"box": list(b)} for b in boxes])
             out.append(r)
         return out
 
@@ -115,7 +115,7 @@ def test_weak_detections_hold_a_track_through_a_dip_but_never_start_or_keep_one_
     assert len(tracks_of(events)["person0"]) == 1
     assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
 
-    nobody = [FrameRecord("cam", i, 1_000_000.0 + i / FPS, FrameStatus.ANALYSED, [], [(100, 100, 60, 60)])
+    nobody = [FrameRecord("cam", i, 1_000_000.0 + i / FPS, FrameStatus.ANALYSED, [], [{"box": [100, 100, 60, 60]}])
               for i in range(30)]
     events, lifecycle, _ = run(nobody)
     assert not lifecycle and not events
@@ -130,16 +130,30 @@ def test_weak_detections_hold_a_track_through_a_dip_but_never_start_or_keep_one_
     assert ended.at - 1_000_000.0 <= 1.0 + (WEAK_HOLD_TIMEOUTS + 1) * CONFIG.timeout_s + 0.1
 
 
-def test_frame_records_round_trip_weak_boxes_and_refuse_malformed_ones():
-    from emotion_stream.schema import MessageError
+def test_frame_records_round_trip_weak_detections_and_refuse_malformed_ones():
+    from emotion_stream.schema import DESCRIPTOR_SIZE, SCENE_SIZE, MessageError, encode_vector
 
-    record = FrameRecord("cam", 3, 1.5, FrameStatus.ANALYSED, [], [(1, 2, 30, 40)])
+    descriptor = encode_vector([0.1] * DESCRIPTOR_SIZE)
+    record = FrameRecord("cam", 3, 1.5, FrameStatus.ANALYSED, [], [{"box": [1, 2, 30, 40], "descriptor": descriptor}],
+                         encode_vector([0.5] * SCENE_SIZE))
     assert FrameRecord.from_json(record.to_json()) == record
     assert "weak" not in FrameRecord("cam", 3, 1.5, FrameStatus.ANALYSED).to_json()  # old shape when none
-    for bad in ([[1, 2]], [[1, 2, 0, 5]], [["x", 1, 2, 3]], 7):
+    # A worker from before descriptors wrote bare boxes: read as weak detections without more.
+    old = {**json.loads(record.to_json()), "weak": [[1, 2, 30, 40]]}
+    assert FrameRecord.from_json(json.dumps(old)).weak == [{"box": [1, 2, 30, 40]}]
+    for bad in ([[1, 2]], [[1, 2, 0, 5]], [["x", 1, 2, 3]], 7, [{"box": [1, 2, 3, 4], "descriptor": "AAAA"}]):
         doc = {**json.loads(record.to_json()), "weak": bad}
         with pytest.raises(MessageError):
             FrameRecord.from_json(json.dumps(doc))
+    nan = encode_vector([float("nan")] + [0.0] * (DESCRIPTOR_SIZE - 1))
+    short = encode_vector([0.0] * (DESCRIPTOR_SIZE - 1))
+    face = json.loads(records("cam", [Person("happy", 100, 100, 0)], 0.1)[0].to_json())["faces"][0]
+    for descriptor, reason in ((nan, "not a finite number"), (short, f"{DESCRIPTOR_SIZE - 1} values, expected")):
+        doc = {**json.loads(record.to_json()), "faces": [{**face, "descriptor": descriptor}]}
+        with pytest.raises(MessageError, match=reason):
+            FrameRecord.from_json(json.dumps(doc))
+    with pytest.raises(MessageError, match="scene signature"):
+        FrameRecord.from_json(json.dumps({**json.loads(record.to_json()), "scene": short}))
 
 
 def test_shuffled_arrival_within_the_window_gives_the_in_order_result():
@@ -319,3 +333,121 @@ def test_hostile_capture_times_never_raise_and_never_run_time_backwards(seed):
         tracker = CameraTracker.from_state(tracker.to_state(), CONFIG)
     out = tracker.flush(1e9)
     owner._account("cam", out, 1e9)
+
+
+# ---------------------------------------------------------------- who is who: appearance
+def _track_ids(events: list[dict]) -> dict[str, list[int]]:
+    ids: dict[str, list[int]] = defaultdict(list)
+    for e in events:
+        if e.get("type") == "face":
+            ids[e["name"]].append(e["track"])
+    return ids
+
+
+def test_two_people_who_swap_places_keep_their_own_ids():
+    """Side by side, then each steps to the other's spot in 0.4 s, through the other (and
+    once with one hidden behind the other meanwhile): by motion alone each took the
+    other's id; their looks keep them apart."""
+    for hidden in ((), (1.1, 1.5)):
+        a = Person("happy", 0, 200, 0, path=[(0, 200, 200), (1.0, 200, 200), (1.4, 290, 200), (3, 290, 200)])
+        b = Person("sad", 0, 200, 0, hidden=hidden,
+                   path=[(0, 290, 200), (1.0, 290, 200), (1.4, 200, 200), (3, 200, 200)])
+        events, lifecycle, _ = run(records("cam", [a, b], 3.0, describe=True))
+        ids = _track_ids(events)
+        assert len(set(ids["person0"])) == 1 and len(set(ids["person1"])) == 1, (hidden, ids)
+        assert set(ids["person0"]) != set(ids["person1"])
+        assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 2
+
+
+def test_a_person_replaced_at_the_same_spot_is_a_new_track_and_the_first_ends():
+    first = Person("happy", 300, 200, 0, end=2.0, looks=1)
+    second = Person("anger", 300, 200, 0, start=2.2, looks=2)  # 0.2 s later, same spot
+    events, lifecycle, _ = run(records("cam", [first, second], 4.0, describe=True))
+    ids = _track_ids(events)
+    assert len(set(ids["person0"])) == 1 and len(set(ids["person1"])) == 1
+    assert set(ids["person0"]) != set(ids["person1"])
+    ended = [e for e in lifecycle if e.type is TrackEventType.ENDED]
+    assert [e.track for e in ended][0] == ids["person0"][0] and ended[0].reason == "timeout"
+    # Smoothing starts afresh: the newcomer's shown emotion never carries the first's.
+    second_events = [e for e in events if e.get("name") == "person1"]
+    assert second_events[0]["track_emotion"] == second_events[0]["emotion"]
+    changed = [e for e in lifecycle if e.type is TrackEventType.EMOTION_CHANGED]
+    assert all(e.track != ids["person1"][0] or e.previous != "happy" for e in changed)
+
+
+def test_a_person_leaving_and_coming_back_within_the_timeout_keeps_the_track():
+    """Out of sight for 0.6 s (under the 1 s timeout), back at the same spot or two face
+    widths away: their looks bring them back to their own track."""
+    for back_at in (300, 420):
+        person = Person("neutral", 0, 200, 0, hidden=(1.0, 1.6), path=[(0, 300, 200), (1.0, 300, 200),
+                                                                      (1.6, back_at, 200), (3, back_at, 200)])
+        events, lifecycle, _ = run(records("cam", [person], 3.0, describe=True))
+        assert len(set(_track_ids(events)["person0"])) == 1, back_at
+        assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
+
+
+def test_a_cut_ends_every_track_and_new_people_get_new_ones():
+    people = [Person("happy", 100, 200, 0, end=2.0, looks=1), Person("sad", 400, 200, 0, end=2.0, looks=2),
+              Person("anger", 100, 200, 0, start=2.0, looks=3), Person("fear", 400, 200, 0, start=2.0, looks=4)]
+    events, lifecycle, _ = run(records("cam", people, 4.0, describe=True, cuts=(2.0,)))
+    ended = [e for e in lifecycle if e.type is TrackEventType.ENDED]
+    cut = [e for e in ended if e.reason == "scene_cut"]
+    assert len(cut) == 2 and all(abs(e.at - 1_000_002.0) < 1.5 / FPS for e in cut)
+    assert len({t for ids in _track_ids(events).values() for t in ids}) == 4
+    # The same scene going on (people walking about) is no cut.
+    _, lifecycle, _ = run(records("cam", [Person("happy", 40, 200, 140)], 3.0, describe=True))
+    assert not [e for e in lifecycle if e.reason == "scene_cut"]
+
+
+def test_a_face_that_jumps_in_size_is_someone_else():
+    """84 px continued by 177 px overlaps enough (IoU 0.225 > 0.2) but is no continuation."""
+    near = Person("happy", 300, 200, 0, end=1.0, size=84, looks=1)
+    far = Person("happy", 260, 160, 0, start=1.0, size=177, looks=1)  # same looks: only the size tells
+    events, _, _ = run(records("cam", [near, far], 2.0))
+    ids = _track_ids(events)
+    assert set(ids["person0"]).isdisjoint(ids["person1"])
+
+
+def test_weak_detections_continuing_a_confirmed_track_are_published_as_weak():
+    """A face whose score dips under the threshold for 1 s: the worker classified the weak
+    detection, and tracking publishes it, on the person's track, marked weak."""
+    person = Person("surprise", 300, 200, 10)
+    recs = records("cam", [person], 3.0, describe=True)
+    dipped = []
+    for r in recs:
+        if 1.0 <= r.seq / FPS < 2.0:
+            r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, [], r.faces, r.scene)
+        dipped.append(r)
+    events, lifecycle, _ = run(dipped)
+    faces = [e for e in events if e.get("type") == "face"]
+    weak = [e for e in faces if e["weak"]]
+    assert len(weak) == FPS and all(1.0 <= (e["captured_at"] - 1_000_000.0) < 2.0 for e in weak)
+    assert len({e["track"] for e in faces}) == 1
+    assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
+    # Weak detections never start a track, classified or not.
+    alone = [FrameRecord(r.camera, r.seq, r.captured_at, r.status, [], r.faces, r.scene) for r in recs]
+    events, lifecycle, _ = run(alone)
+    assert not events and not lifecycle
+
+
+def test_a_state_from_before_descriptors_loads_and_its_tracks_start_a_gallery():
+    tracker = CameraTracker("cam", CONFIG)
+    for rec in records("cam", [Person("happy", 300, 200, 0)], 0.5):
+        out = TrackerOutput()
+        tracker.add(rec, 100.0 + rec.seq / FPS, out)
+        tracker.flush(100.0 + rec.seq / FPS)
+    doc = json.loads(tracker.to_state())
+    for t in doc["tracks"]:  # what the previous version wrote
+        for key in ("gallery", "hits", "last_match_seq"):
+            del t[key]
+    del doc["last_scene"]
+    restored = CameraTracker.from_state(json.dumps(doc), CONFIG)
+    [track] = restored.tracks.values()
+    assert track.gallery == [] and track.hits >= 3
+    later = records("cam", [Person("happy", 300, 200, 0)], 1.0, describe=True, t0=1_000_000.0)
+    for rec in later[8:12]:
+        out = TrackerOutput()
+        restored.add(rec, 200.0, out)
+        out.merge(restored.flush(200.0 + 1.0))
+    [track] = restored.tracks.values()
+    assert len(track.gallery) >= 1  # its next face started the gallery, on the same track

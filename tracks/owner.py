@@ -20,7 +20,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -35,7 +35,13 @@ from emotion_stream.redis_conn import (
     retrying,
     stream_range,
 )
-from emotion_stream.schema import FrameRecord, MessageError, TrackEventType, face_event_from_doc
+from emotion_stream.schema import (
+    FrameRecord,
+    MessageError,
+    TrackEventType,
+    dead_letter_fields,
+    face_event_from_doc,
+)
 from emotion_stream.settings import Settings
 
 from .camera import CameraTracker, TrackerConfig, TrackerOutput
@@ -277,6 +283,7 @@ class TrackOwner:
         now = time.time()
         outputs: dict[str, TrackerOutput] = {}
         moved: set[str] = set()
+        dead: list[tuple[str, dict[Any, Any]]] = []  # (dead-letter stream, entry)
         for stream, entries in reply:
             camera = keys.camera_of(stream)
             tracker = self.trackers.get(camera)
@@ -293,9 +300,14 @@ class TrackOwner:
                     if record.camera != camera:
                         raise MessageError(f"record of camera {record.camera!r} in {stream}")
                 except MessageError as exc:
+                    # Into the camera's dead letters with the reason; the tracker state is
+                    # untouched (the record never reaches it).
                     metrics.TRACK_FRAMES_SKIPPED.labels("malformed").inc()
-                    self._throttled.warning(f"record:{camera}", "camera %s: skipped frame record %s: %s",
+                    self._throttled.warning(f"record:{camera}", "camera %s: dead-lettered frame record %s: %s",
                                             camera, tracker.cursor, exc)
+                    dead.append((keys.dead_letter(camera), dead_letter_fields(
+                        {b"frame": raw or b""}, stream=stream, entry_id=tracker.cursor, reason=str(exc),
+                        worker=self.name, at=now)))
                     continue
                 late, duplicates = tracker.late, tracker.duplicates
                 tracker.add(record, now, out)
@@ -308,6 +320,8 @@ class TrackOwner:
                     self._throttled.warning(f"dup:{camera}", "camera %s: a second record of frame %d; dropped",
                                             camera, record.seq)
         pipe = self.redis.pipeline(transaction=False)
+        for key, letter in dead:  # before the state write that moves the cursor past them
+            pipe.xadd(key, dict(letter), maxlen=self.settings.dead_letter_max_len, approximate=True)
         pending: list[tuple[str, TrackerOutput]] = []
         for camera, tracker in list(self.trackers.items()):
             if keys.analysed(camera) not in cursors:
@@ -325,10 +339,11 @@ class TrackOwner:
                 client=pipe,
             )
             pending.append((camera, out))
-        if not pending:
+        if not pending and not dead:
             return
         self._unsaved.update(camera for camera, _ in pending)
         replies = await pipe.execute(raise_on_error=False)
+        replies = replies[len(dead):]
         published = time.time()
         if any(isinstance(reply, TRANSIENT_ERRORS) for reply in replies):
             raise next(reply for reply in replies if isinstance(reply, TRANSIENT_ERRORS))

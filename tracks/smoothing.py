@@ -27,15 +27,16 @@ class EmotionSmoother:
     streak: int = 0
     last_at: float = 0.0
 
-    def update(self, probabilities: np.ndarray | list[float], at: float) -> str | None:
-        """Fold in one frame's probabilities (capture time ``at``). Returns the previous
-        label when the shown label changed, else None."""
+    def update(self, probabilities: np.ndarray | list[float], at: float, weight: float = 1.0) -> str | None:
+        """Fold in one frame's probabilities (capture time ``at``), counting ``weight``
+        as much as a face (a weak detection may count less). Returns the previous label
+        when the shown label changed, else None."""
         p = np.asarray(probabilities, np.float64)
         if not self.probabilities:
             self.probabilities, self.shown, self.last_at = p.tolist(), EMOTIONS[int(p.argmax())], at
             return None
         dt = max(0.0, at - self.last_at)
-        alpha = 1.0 if self.time_constant_s <= 0 else 1.0 - math.exp(-dt / self.time_constant_s)
+        alpha = weight if self.time_constant_s <= 0 else weight * (1.0 - math.exp(-dt / self.time_constant_s))
         smoothed = (1.0 - alpha) * np.asarray(self.probabilities) + alpha * p
         self.probabilities, self.last_at = smoothed.tolist(), at
         best = EMOTIONS[int(smoothed.argmax())]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
 
 from emotion_stream.keys import Stat
 from emotion_stream.schema import (
@@ -18,9 +21,9 @@ from emotion_stream.schema import (
     FrameResult,
     FrameStatus,
     dead_letter_fields,
+    encode_vector,
 )
 from model import FaceResult
-from model.detection import Detection
 
 from .publishing import Outcome
 from .streams import Entry
@@ -35,35 +38,48 @@ class Origin:
     model: str
 
 
+def _event(message: FrameMessage, face: FaceResult, index: int, count: int, processed_at: float,
+           origin: Origin) -> FaceEvent:
+    return FaceEvent(
+        camera=message.camera,
+        seq=message.seq,
+        captured_at=message.captured_at,
+        processed_at=processed_at,
+        face_index=index,
+        faces_in_frame=count,
+        box=_pixels(face.box),
+        emotion=face.emotion,
+        confidence=round(face.confidence, 5),
+        probabilities=face.probabilities_dict(),
+        whole_image=face.whole_image,
+        detector=origin.detector,
+        model=origin.model,
+        worker=origin.worker,
+        name=message.name,
+        landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks] if face.landmarks else None,
+        weak=face.weak,
+    )
+
+
+def _document(event: FaceEvent, face: FaceResult) -> dict[str, Any]:
+    """A face's entry in a frame record: its event, and what it looks like for tracking."""
+    doc = asdict(event)
+    if face.descriptor is not None:
+        doc["descriptor"] = encode_vector(face.descriptor.tolist())
+    return doc
+
+
 def analyzed_outcome(
     entry: Entry, message: FrameMessage, faces: list[FaceResult], processed_at: float, origin: Origin,
-    *, tracking: bool = False, weak: Sequence[Detection] = (),
+    *, tracking: bool = False, weak: Sequence[FaceResult] = (), scene: np.ndarray | None = None,
 ) -> Outcome:
     """One event per face, plus the still's result for a batch job. A frame without
     faces still gets an outcome: it is acked and counted as processed. With ``tracking``
     a live frame's events go into one frame record for the tracking stage, which
-    publishes them with their track fields (in order, once per frame)."""
-    events = [
-        FaceEvent(
-            camera=message.camera,
-            seq=message.seq,
-            captured_at=message.captured_at,
-            processed_at=processed_at,
-            face_index=index,
-            faces_in_frame=len(faces),
-            box=_pixels(face.box),
-            emotion=face.emotion,
-            confidence=round(face.confidence, 5),
-            probabilities=face.probabilities_dict(),
-            whole_image=face.whole_image,
-            detector=origin.detector,
-            model=origin.model,
-            worker=origin.worker,
-            name=message.name,
-            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks] if face.landmarks else None,
-        )
-        for index, face in enumerate(faces)
-    ]
+    publishes them with their track fields (in order, once per frame), with the weak
+    detections (classified: tracking publishes those that continue a person), each
+    face's descriptor, and the frame's scene signature."""
+    events = [_event(message, face, index, len(faces), processed_at, origin) for index, face in enumerate(faces)]
     result = ""
     if message.reply_to:
         top = faces[0] if faces else None
@@ -75,9 +91,11 @@ def analyzed_outcome(
         ).to_json()
     live = message.kind is FrameKind.LIVE
     if tracking and live:
-        boxes = [_pixels(d.box) for d in weak[:MAX_WEAK_BOXES]]
+        weak_docs = [_document(_event(message, w, index, len(faces), processed_at, origin), w)
+                     for index, w in enumerate(weak[:MAX_WEAK_BOXES])]
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
-                             [asdict(e) for e in events], boxes).to_json()
+                             [_document(e, face) for e, face in zip(events, faces)], weak_docs,
+                             encode_vector(scene.tolist()) if scene is not None else "").to_json()
         return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
                        stat=Stat.PROCESSED, frame_record=record)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,

@@ -22,6 +22,7 @@ from emotion_stream.images import ImageError, ImageLimits, decode_image
 from emotion_stream.schema import DeadLetterKind, FrameKind, FrameMessage
 from model import FaceAnalyzer, FaceResult
 from model.analyzer import StageTimes
+from model.appearance import scene_signature
 from model.detection import Detection, FaceDetector, detect_with_weak
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class BatchTimes:
 @dataclass(slots=True)
 class FrameAnalysis:
     faces: list[FaceResult] = field(default_factory=list)
-    weak: list[Detection] = field(default_factory=list)  # below the face threshold (tracking only)
+    weak: list[FaceResult] = field(default_factory=list)  # below the face threshold, classified (tracking only)
+    scene: np.ndarray | None = None  # the frame's scene signature (tracking only)
     error: str = ""  # set when the frame cannot be processed (dead-letter reason)
     error_kind: DeadLetterKind | None = None  # set with error
 
@@ -54,15 +56,19 @@ class Prepared:
     decode_s: float
     detect_s: float = 0.0
     weak: list[Detection] = field(default_factory=list)
+    scene: np.ndarray | None = None
 
 
 class FrameProcessor:
     """Decodes each frame once, detects on ``threads`` CPU threads, and classifies the
-    whole batch's faces with one classifier call."""
+    whole batch's faces with one classifier call. With ``describe`` (tracking on), live
+    frames also get what tracking needs: weak detections classified, descriptors of what
+    every face looks like, and the frame's scene signature."""
 
-    def __init__(self, analyzer: FaceAnalyzer, limits: ImageLimits, threads: int = 1) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, limits: ImageLimits, threads: int = 1, describe: bool = False) -> None:
         self.analyzer = analyzer
         self.limits = limits
+        self.describe = describe
         self.threads = threads if analyzer.new_detector is not None else 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="detect") if self.threads > 1 else None
         self._local = threading.local()
@@ -92,6 +98,7 @@ class FrameProcessor:
             prepared = [item for chunk in self._pool.map(self._decode_detect, chunks) for item in chunk]
         frames: list[np.ndarray] = []
         found: list[list[Detection] | None] = []
+        weak: list[list[Detection]] = []
         owners: list[int] = []
         for i, item in enumerate(prepared):
             times.decode += item.decode_s
@@ -99,13 +106,15 @@ class FrameProcessor:
             if item.frame is None:
                 out[i].error, out[i].error_kind = item.error, DeadLetterKind.UNDECODABLE_IMAGE
             else:
-                out[i].weak = item.weak
+                out[i].scene = item.scene
                 frames.append(item.frame)
                 found.append(item.detections)
+                weak.append(item.weak)
                 owners.append(i)
         if not frames:
             return out, times
         fallback = [messages[i].kind is FrameKind.STILL for i in owners]
+        describe = [self.describe and messages[i].kind is FrameKind.LIVE for i in owners]
         stage = StageTimes()
         results: list[list[FaceResult] | Exception]
         try:
@@ -113,7 +122,7 @@ class FrameProcessor:
             if len(detections) < len(found):
                 raise RuntimeError("detection failed on a frame")
             t0 = time.perf_counter()
-            classified = self.analyzer.classify(frames, detections, fallback)
+            classified = self.analyzer.classify(frames, detections, fallback, weak=weak, describe=describe)
             stage.classify = time.perf_counter() - t0
             metrics.CLASSIFY_BATCH_FACES.observe(sum(len(r) for r in classified))
             results = list(classified)
@@ -132,7 +141,8 @@ class FrameProcessor:
                 out[i].error = f"analysis failed: {type(faces).__name__}: {faces}"
                 out[i].error_kind = DeadLetterKind.ANALYSIS_FAILED
             else:
-                out[i].faces = faces
+                out[i].faces = [face for face in faces if not face.weak]
+                out[i].weak = [face for face in faces if face.weak]
         times.detect += stage.detect
         times.classify = stage.classify
         return out, times
@@ -148,7 +158,8 @@ class FrameProcessor:
                     frames.append(decode_image(message.image, self.limits))
                     stills.append(message.kind is FrameKind.STILL)
                     decoded.append(i)
-                    out.append(Prepared(None, None, "", time.perf_counter() - t0))
+                    scene = scene_signature(frames[-1]) if self.describe and not stills[-1] else None
+                    out.append(Prepared(None, None, "", time.perf_counter() - t0, scene=scene))
                 except ImageError as exc:
                     out.append(Prepared(None, None, f"undecodable image: {exc}", time.perf_counter() - t0))
             if not frames:
@@ -160,7 +171,7 @@ class FrameProcessor:
                 found, weak = [None] * len(frames), [[] for _ in frames]
             share = (time.perf_counter() - t1) / len(frames)
             for i, frame, detections, weak_ones in zip(decoded, frames, found, weak):
-                out[i] = Prepared(frame, detections, "", out[i].decode_s, share, weak_ones)
+                out[i] = Prepared(frame, detections, "", out[i].decode_s, share, weak_ones, out[i].scene)
             return out
         finally:
             if self._pool is not None:

@@ -82,7 +82,7 @@ class Worker:
         self.group = ConsumerGroup(client, self.name)
         self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
         self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
-                                        threads=settings.cpu_threads or os.cpu_count() or 1)
+                                        threads=settings.cpu_threads or os.cpu_count() or 1, describe=settings.tracking)
         self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=2 * settings.batch_size)
         # One CPU thread per worker; OpenCV and TensorFlow release the GIL, so several
         # workers (processes, or in-process for batch mode) use several cores.
@@ -383,7 +383,7 @@ class Worker:
         if analysis.error:
             return self._dead_letter(entry, analysis.error, message, analysis.error_kind or DeadLetterKind.ANALYSIS_FAILED)
         outcome = analyzed_outcome(entry, message, analysis.faces, processed_at, self.origin,
-                                   tracking=self.settings.tracking, weak=analysis.weak)
+                                   tracking=self.settings.tracking, weak=analysis.weak, scene=analysis.scene)
         detected = sum(1 for face in analysis.faces if not face.whole_image)
         metrics.FACES_DETECTED.labels(self.detector).inc(detected)
         if analysis.faces and analysis.faces[0].whole_image:

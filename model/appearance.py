@@ -1,0 +1,102 @@
+"""What a face and a frame look like, compactly: the tracker's evidence of who is who.
+
+A face descriptor (``DESCRIPTOR_SIZE`` values, unit length) joins three views of one
+detection, each unit length and weighted: the face's layout (a 12x12 grey thumbnail of
+the eye-aligned crop, zero mean), its texture (local binary patterns in 2x2 cells, which
+survive lighting changes), and its colours around it (a hue/saturation histogram of the
+face with the hair above and the shoulders below). The cosine distance of two
+descriptors is the weighted mean of the three views' distances. It is no face
+recogniser: it tells the face seen a moment ago from another face at the same spot
+(``tracks.appearance`` compares them). Measured on the people clip's queue variant
+(different people taking the same spot, 3 frames apart): the layout view tells them
+apart best (one person's distance 99th percentile 0.25, two people's 1st percentile
+0.42), texture next (0.021 against 0.029), colour only where clothes or hair differ;
+weighted, 0.14 against 0.22 (``tracks.association.Gates``).
+
+A scene signature (``SCENE_SIZE`` values) is a 4x4 grid of mean brightness and a 32-bin
+colour histogram (hue, saturation and brightness) of the whole frame: a cut to another
+scene moves both at once, which people walking through a fixed camera's view do not.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from emotion_stream.schema import DESCRIPTOR_SIZE, SCENE_GRID_CELLS, SCENE_SIZE
+
+from .preprocessing import Box
+
+THUMB = 12  # side of the layout thumbnail
+LBP_CELLS = 2  # per side
+LBP_BINS = 16  # the upper four of the eight neighbour bits
+HUE_BINS, SAT_BINS = 8, 4
+# Weights of the three views (they sum to 1): layout, texture, colour.
+WEIGHTS = (0.5, 0.3, 0.2)
+assert THUMB * THUMB + LBP_CELLS**2 * LBP_BINS + HUE_BINS * SAT_BINS == DESCRIPTOR_SIZE
+
+GRID = 4
+SCENE_HUES, SCENE_SATURATIONS, SCENE_VALUES = 8, 2, 2
+SCENE_BINS = SCENE_HUES * SCENE_SATURATIONS * SCENE_VALUES
+assert GRID * GRID == SCENE_GRID_CELLS and SCENE_GRID_CELLS + SCENE_BINS == SCENE_SIZE
+
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+
+
+def face_descriptor(frame: np.ndarray, box: Box, crop: np.ndarray) -> np.ndarray:
+    """The descriptor of the face at ``box`` in ``frame``; ``crop`` is its eye-aligned
+    crop as the classifier gets it (any size, BGR or grey)."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    layout = cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    layout -= layout.mean()
+    texture = _lbp_histograms(cv2.resize(grey, (34, 34), interpolation=cv2.INTER_AREA))
+    colour = _colour(frame, box)
+    parts = [_unit(layout), _unit(texture), _unit(colour)]
+    return np.concatenate([np.sqrt(w) * p for w, p in zip(WEIGHTS, parts)]).astype(np.float32)
+
+
+def _lbp_histograms(grey: np.ndarray) -> np.ndarray:
+    image = grey.astype(np.int16)
+    centre = image[1:-1, 1:-1]
+    h, w = centre.shape
+    code = np.zeros((h, w), np.uint8)
+    for bit, (dy, dx) in enumerate(_NEIGHBOURS):
+        code |= (image[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] >= centre).astype(np.uint8) << bit
+    code >>= 4  # 16 bins: the half of the pattern nearest the top (robust, small)
+    cell = h // LBP_CELLS
+    hists = [np.bincount(code[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell].ravel(), minlength=LBP_BINS)
+             for i in range(LBP_CELLS) for j in range(LBP_CELLS)]
+    return np.sqrt(np.concatenate(hists).astype(np.float32))  # Hellinger: histograms compare by overlap
+
+
+def _colour(frame: np.ndarray, box: Box) -> np.ndarray:
+    """Hue/saturation histogram of the face, the hair above it and the shoulders below."""
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return np.ones(HUE_BINS * SAT_BINS, np.float32)  # a grey camera has no colour to tell apart
+    x, y, w, h = box
+    fh, fw = frame.shape[:2]
+    x0, y0 = max(0, int(x - 0.25 * w)), max(0, int(y - 0.4 * h))
+    x1, y1 = min(fw, int(x + 1.25 * w)), min(fh, int(y + 1.6 * h))
+    if x1 <= x0 or y1 <= y0:
+        return np.ones(HUE_BINS * SAT_BINS, np.float32)
+    region = cv2.resize(frame[y0:y1, x0:x1, :3], (24, 32), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(region, cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1], None, [HUE_BINS, SAT_BINS], [0, 180, 0, 256]).ravel()
+    return np.sqrt(hist.astype(np.float32))
+
+
+def scene_signature(frame: np.ndarray) -> np.ndarray:
+    """The frame's brightness layout (4x4 grid, 0-1) and colour histogram (32 bins, sums to 1)."""
+    colour = frame if frame.ndim == 3 and frame.shape[2] == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    small = cv2.resize(colour, (32, 24), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    grid = cv2.resize(grey, (GRID, GRID), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() / 255.0
+    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [SCENE_HUES, SCENE_SATURATIONS, SCENE_VALUES],
+                        [0, 180, 0, 256, 0, 256]).ravel()
+    return np.concatenate([grid, hist / max(float(hist.sum()), 1.0)]).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-9 else np.full_like(v, 1.0 / np.sqrt(len(v)))
