@@ -144,6 +144,21 @@ def format_text(summary: Figures) -> str:
                 lines.append(f"    {name:<9} worker serving a 15 fps camera: RSS {row['serving_rss_mb']:.0f} MB "
                              f"(peak {row['peak_rss_mb']:.0f}), frameworks mapped: "
                              f"{', '.join(row['frameworks_mapped']) or 'none'}")
+    api = summary.get("api")
+    if api:
+        for phases, sse in api["sse"].items():
+            lat, out = sse["redis_to_client_ms"], sse["redis_to_written_ms"]
+            lines.append(f"(h) api: {sse['clients']} SSE clients, {sse['cameras']} cameras x {sse['fps']:.0f} fps "
+                         f"({phases}) for {sse['seconds']:.0f} s: Redis -> written by the API p50 {out['p50']:.1f} ms, "
+                         f"p95 {out['p95']:.1f} ms ({out['within_20ms']:.1%} within 20 ms); -> read by the clients "
+                         f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; API CPU {sse['api_cpu_cores']} cores, "
+                         f"peak RSS {sse['api_peak_rss_mb']} MB (clients' process {sse['client_process_cpu_cores']} "
+                         f"cores); events a client {sse['events_received_per_client']['min']}-"
+                         f"{sse['events_received_per_client']['max']} of {sse['events_written']}")
+        hooks = api["webhooks"]
+        lines.append(f"    webhooks, receiver refusing every other POST: {hooks['delivered_ids']}/{hooks['events']} ids "
+                     f"delivered in {hooks['seconds']} s ({hooks['attempts']} attempts), {hooks['duplicates']} "
+                     f"duplicates, {hooks['missing']} missing, in order per camera: {hooks['in_order_per_camera']}")
     baseline = summary.get("baseline")
     if baseline:
         lines.append(f"side by side, same run: baseline {baseline['tree']} | this checkout | ratio")

@@ -31,6 +31,7 @@ COMMANDS = (
     "subscribe",
     "batch",
     "webrtc",
+    "api",
     "predict",
     "evaluate",
     "prepare",

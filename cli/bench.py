@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 SCENARIOS = ("original", "detector", "classifier", "direct", "batch", "live", "tracks", "cluster", "runtimes",
-             "startup", "memory")
+             "startup", "memory", "api")
 BASELINE_SCENARIOS = ("original", "direct", "batch", "live")  # run by the baseline's own bench
 
 
@@ -43,7 +43,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--only", default="original,detector,direct,batch,live",
                    help=f"comma-separated subset of {','.join(SCENARIOS)} (cluster: live on one redis-server, then "
                    "on a local 3+3 Redis Cluster; runtimes: the classifier in LiteRT, ONNX Runtime and Keras; "
-                   "startup: predict against a bare import; memory: a running worker; default %(default)s)")
+                   "startup: predict against a bare import; memory: a running worker; api: SSE clients and webhooks; "
+                   "default %(default)s)")
+    p.add_argument("--sse-clients", type=number(int, 1), default=200, help="api: SSE clients (default %(default)s)")
     p.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
                    help="also measure another checkout of this project in the same run, side by side: its own bench "
                    f"for {','.join(BASELINE_SCENARIOS)}, and its predict and worker for startup and memory")
@@ -151,6 +153,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 results["tracks"] = run_tracking(config, people, args.tracks_seconds, args.baseline)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
+        if "api" in chosen:
+            from bench.api import run_api
+
+            results["api"] = run_api(config.cameras, config.fps, args.sse_clients, min(config.live_seconds, 30.0))
     summary = summarize(results)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0

@@ -65,6 +65,9 @@ FLAG_NAMES = {
     "worker_name": "--name",
     "frames_max_len": "--max-len",
     "webrtc_token": "--token",
+    "api_host": "--host",
+    "api_port": "--port",
+    "api_cors_origin": "--cors-origin",
 }
 
 
@@ -85,7 +88,7 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = Non
             help = f"{field.description} (default {'on' if default else 'off'}; env {env_name(name)})"
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=absent, help=help)
             continue
-        shown = "" if default is None else f"default {default}; "  # the description says what unset means
+        shown = "" if default in (None, "") else f"default {default}; "  # the description says what unset means
         help = f"{field.description} ({shown}env {env_name(name)})".replace("%", "%%")
         metavar = None if choices else METAVARS.get(name, _TYPE_METAVARS.get(kind, "VALUE"))
         parser.add_argument(
@@ -95,7 +98,8 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = Non
 
 
 METAVARS = {"redis_url": "URL", "metrics_host": "ADDR", "metrics_port": "PORT", "detect_max_side": "PX",
-            "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS", "worker_name": "NAME"}
+            "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS", "worker_name": "NAME",
+            "api_host": "ADDR", "api_port": "PORT", "api_cors_origin": "ORIGINS", "api_tokens": "TOKENS"}
 _TYPE_METAVARS: dict[object, str] = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
 
 
@@ -139,18 +143,6 @@ def progress(total: int | None, desc: str, unit: str = "img") -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps a server to this machine."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from emotion_stream.settings import Settings
+from emotion_stream.settings import Settings, is_loopback
 
 from .common import (
     CommandError,
@@ -13,7 +13,6 @@ from .common import (
     add_command,
     add_service_options,
     add_settings,
-    is_loopback,
     number,
     serve_metrics,
 )

@@ -156,6 +156,33 @@ PANELS: tuple[Panel, ...] = (
         },
         description="gap: no record within the reorder window; late: published without a track.",
     ),
+    Panel("HTTP API and webhooks", {}, kind="row"),
+    Panel(
+        "API: requests, live clients, dropped clients",
+        {
+            "{{route}} {{status}}/s": f"sum by (route, status) (rate({NS}_api_requests_total{WINDOW}))",
+            "SSE clients": f"sum({NS}_api_sse_clients)",
+            "dropped (5 min)": f"sum(increase({NS}_api_sse_clients_dropped_total[5m]))",
+        },
+        description="Dropped: SSE clients that fell --api-client-buffer events behind (they may resume).",
+    ),
+    Panel(
+        "API: event in Redis -> handed to SSE clients, and answer times",
+        {
+            "SSE p95": quantile(0.95, "api_sse_delay_seconds"),
+            "{{route}} p95": quantile(0.95, "api_request_seconds", "route"),
+        },
+        unit="s",
+    ),
+    Panel(
+        "Webhooks: deliveries, backlog, latency",
+        {
+            "{{result}}/s {{webhook}}": f"sum by (webhook, result) (rate({NS}_webhook_deliveries_total{WINDOW}))",
+            "backlog {{webhook}}": f"sum by (webhook) ({NS}_webhook_backlog_events)",
+            "p95 s {{webhook}}": quantile(0.95, "webhook_delivery_seconds", "webhook"),
+        },
+        description="failed: refused or unreachable, retried; dead_lettered: refused for the whole retry window.",
+    ),
     Panel(
         "Model, detector, backend and device",
         {"{{model}} / {{detector}} on {{backend}} {{device}}": f"count by (model, detector, backend, device) ({NS}_model_info)"},
@@ -165,15 +192,22 @@ PANELS: tuple[Panel, ...] = (
 
 
 def dashboard() -> dict[str, object]:
-    panels = []
+    panels: list[dict[str, object]] = []
+    x = y = 0
     for i, p in enumerate(PANELS):
+        if p.kind == "row":  # a titled band across the width; the panels after it sit below
+            y += 8 if x else 0
+            panels.append({"id": i + 1, "type": "row", "title": p.title, "collapsed": False, "panels": [],
+                           "targets": [], "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+            x, y = 0, y + 1
+            continue
         panel: dict[str, object] = {
             "id": i + 1,
             "type": p.kind,
             "title": p.title,
             "description": p.description,
             "datasource": {"type": "prometheus", "uid": "prometheus"},
-            "gridPos": {"h": 8, "w": p.width, "x": (i % 2) * 12, "y": (i // 2) * 8},
+            "gridPos": {"h": 8, "w": p.width, "x": x, "y": y},
             "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
             "targets": [
                 {"refId": chr(ord("A") + j), "expr": expr, "legendFormat": legend,
@@ -187,6 +221,8 @@ def dashboard() -> dict[str, object]:
             else:
                 panel[key] = value
         panels.append(panel)
+        x = (x + p.width) % 24
+        y += 0 if x else 8
     return {
         "uid": "emotion-stream",
         "title": "emotion-stream",

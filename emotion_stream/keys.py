@@ -18,6 +18,8 @@ Other keys:
   {prefix}:workers           hash worker-name -> last heartbeat (unix seconds)
   {prefix}:worker-lease:{name}  the live worker holding a consumer name (expiring lease)
   {prefix}:ingest-lease:{camera}  the live ingest process writing a camera (expiring lease)
+  {prefix}:webhook-cursor:{webhook}  hash stream -> the last entry delivered to a webhook
+  {prefix}:webhook-dead-letter:{webhook}  events a webhook refused for its whole retry window
   {prefix}:stats:{camera}    hash of frame counts, updated atomically with each add/ack:
                              ingested, trimmed, processed, stale, dead_lettered
                              (ingested = processed + stale + trimmed + dead_lettered
@@ -46,6 +48,17 @@ TRACK_OWNERS = f"{PREFIX}:track-owners"  # hash owner name -> heartbeat (unix se
 
 def worker_lease(name: str) -> str:
     return f"{PREFIX}:worker-lease:{name}"
+
+
+def webhook_cursor(webhook: str) -> str:
+    """Hash stream -> last entry id delivered (or given up on) to one webhook (``webhook``:
+    its id, a hash of its URL): a restarted ``api`` resumes from it."""
+    return f"{PREFIX}:webhook-cursor:{webhook}"
+
+
+def webhook_dead_letter(webhook: str) -> str:
+    """Events one webhook refused for its whole retry window, with the last error."""
+    return f"{PREFIX}:webhook-dead-letter:{webhook}"
 
 
 def ingest_lease(camera: str) -> str:

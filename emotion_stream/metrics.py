@@ -153,6 +153,30 @@ WEBRTC_SESSIONS_CLOSED = Counter(
     ["reason"],
 )
 
+# ---------------------------------------------------------------- HTTP API
+API_REQUESTS = Counter(f"{NS}_api_requests_total", "HTTP API requests answered", ["route", "status"])
+API_REQUEST_SECONDS = Histogram(
+    f"{NS}_api_request_seconds", "Time to answer an HTTP API request (SSE: to its first byte)", ["route"],
+    buckets=LATENCY_BUCKETS,
+)
+API_SSE_CLIENTS = Gauge(f"{NS}_api_sse_clients", "Clients connected to the live event stream (SSE)")
+API_SSE_DROPPED = Counter(
+    f"{NS}_api_sse_clients_dropped_total",
+    "SSE clients disconnected for falling more than --api-client-buffer events behind (they may resume)",
+)
+API_SSE_DELAY_SECONDS = Histogram(
+    f"{NS}_api_sse_delay_seconds",
+    "From an event's write to Redis to its write to an SSE client's connection (the latency the API adds)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+WEBHOOK_DELIVERIES = Counter(
+    f"{NS}_webhook_deliveries_total", "Webhook deliveries: delivered, failed (retried), dead_lettered",
+    ["webhook", "result"],
+)
+WEBHOOK_SECONDS = Histogram(
+    f"{NS}_webhook_delivery_seconds", "One webhook POST, to its answer", ["webhook"], buckets=LATENCY_BUCKETS
+)
+WEBHOOK_BACKLOG = Gauge(f"{NS}_webhook_backlog_events", "Events waiting for delivery to a webhook", ["webhook"])
 
 STAGES = ("queue_wait", "decode", "detect", "classify", "publish")
 DEAD_LETTER_KINDS = tuple(DeadLetterKind)

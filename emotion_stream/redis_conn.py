@@ -254,6 +254,18 @@ class StreamReader:
         self._nodes.clear()
 
 
+async def clock_ms(client: aioredis.Redis) -> int:
+    """Redis' clock in milliseconds; on a cluster, the earliest of its masters' clocks:
+    no stream entry written from now on can have an id below it (ids take the writing
+    master's time, or later)."""
+    if is_cluster(client):
+        replies = await cast(RedisCluster, client).execute_command("TIME", target_nodes=RedisCluster.PRIMARIES)
+        times = list(replies.values()) if isinstance(replies, dict) else [replies]
+    else:
+        times = [await client.time()]
+    return min(int(seconds) * 1000 + int(micros) // 1000 for seconds, micros in times)
+
+
 def as_text(value: bytes | str) -> str:
     """A name or id from a Redis reply (bytes, or str with decode_responses) as str."""
     return value.decode() if isinstance(value, bytes) else value

@@ -161,6 +161,32 @@ class Settings(BaseSettings):
         "", description="comma-separated STUN/TURN URLs (stun:host:3478, turn:user:pass@host:3478) for browsers "
         "behind NAT; empty: none (host candidates only, enough on a LAN; nothing is contacted)",
     )
+    # --- HTTP API ----------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="bind address of the HTTP API (0.0.0.0: all interfaces)")
+    api_port: int = Field(8080, ge=0, le=65535, description="port of the HTTP API")
+    api_tokens: str = Field(
+        "", description="comma-separated bearer tokens the API accepts; required to listen beyond loopback"
+    )
+    api_cors_origin: str = Field(
+        "", description="comma-separated browser origins allowed to call the API (CORS); empty: none"
+    )
+    api_client_buffer: int = Field(
+        1000, ge=10, le=1_000_000,
+        description="events an SSE client may fall behind by; a client further behind is dropped (it can resume "
+        "with Last-Event-ID)",
+    )
+    webhooks: str = Field("", description="comma-separated http(s) URLs that receive track lifecycle events")
+    webhook_secret: str | None = Field(
+        None, description="HMAC-SHA256 key of the X-Emotion-Stream-Signature header of webhook deliveries"
+    )
+    webhook_face_events_s: float | None = Field(
+        None, gt=0, le=3600,
+        description="also deliver face events to webhooks, at most one per person per this many seconds; unset: none",
+    )
+    webhook_retry_s: float = Field(
+        300.0, gt=0, le=86_400,
+        description="a delivery still failing this long after its first try goes to the webhook's dead letters",
+    )
     # --- observability -----------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="bind address of /metrics (0.0.0.0: all interfaces)")
     metrics_port: int | None = Field(
@@ -184,6 +210,15 @@ class Settings(BaseSettings):
             raise ValueError("the URL names no host")
         return url
 
+    @field_validator("webhooks")
+    @classmethod
+    def _webhook_urls(cls, urls: str) -> str:
+        for url in filter(None, (u.strip() for u in urls.split(","))):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"webhook {url!r} is not an http:// or https:// URL")
+        return urls
+
     def overridden(self, values: dict[str, Any]) -> Settings:
         """A copy with ``values`` (field name -> value) in place, validated exactly like the
         environment: a bad value raises a ValidationError naming the field."""
@@ -191,6 +226,18 @@ class Settings(BaseSettings):
             return self
         # model_validate runs the field constraints without re-reading the environment.
         return type(self).model_validate({**self.model_dump(), **values})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server to this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def env_name(field: str) -> str:

@@ -1,4 +1,4 @@
-"""The packages stay layered: contract <- model <- services | training <- bench <- cli.
+"""The packages stay layered: contract <- model <- services (worker, ingest, batch, tracks, api) | training <- bench <- cli.
 
 Every import of every module is checked, including imports inside functions: a lazy
 import hides an upward dependency from a casual read but is one all the same.
@@ -21,12 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"emotion_stream", "model", "tracks"},  # a worker may own tracking; else services stay apart
     "ingest": {"emotion_stream", "model"},
     "batch": {"emotion_stream", "model"},
+    "api": {"emotion_stream"},  # serves what the pipeline wrote: no model, no tracking
     # Offline training beside the services: it uses the serving crop and metadata, and
     # nothing that serves (model, tracks, worker, ingest, batch, bench) imports it.
     "training": {"emotion_stream", "model"},
-    "bench": {"emotion_stream", "model", "tracks", "worker", "ingest", "batch"},
+    "bench": {"emotion_stream", "model", "tracks", "worker", "ingest", "batch", "api"},
     # the top: imported by none
-    "cli": {"emotion_stream", "model", "tracks", "worker", "ingest", "batch", "training", "bench"},
+    "cli": {"emotion_stream", "model", "tracks", "worker", "ingest", "batch", "api", "training", "bench"},
 }
 
 

@@ -18,6 +18,8 @@ from ingest.samples import write_clip
 
 from .conftest import require_system
 from .procs import wait_for
+from .sse import SseClient
+from .webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "dashboards"))
@@ -68,8 +70,13 @@ def test_dashboard_json_is_generated_from_the_panel_table():
 @pytest.mark.slow
 def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_server, redis_client, services, tmp_path):
     prometheus = require_system("prometheus", "dashboard queries are evaluated by a real Prometheus")
-    worker_port, ingest_port, prom_port = free_port(), free_port(), free_port()
+    worker_port, ingest_port, prom_port, api_port, api_metrics = (free_port() for _ in range(5))
     url = redis_server.url
+    receiver = Receiver("k")  # a webhook receiver, so the webhook series move too
+    api_service = services("api", "api", "--redis", url, "--port", str(api_port), "--metrics-port", str(api_metrics),
+                   "--webhook", receiver.url, "--webhook-secret", "k")
+    wait_for(lambda: "serving http://" in api_service.output, 30, "the API")
+    sse = SseClient(api_port, "/v1/events")
     clip = write_clip(tmp_path / "clip.avi", seconds=6, fps=10, faces=2)
     worker = services("worker", "worker", "--redis", url, "--metrics-port", str(worker_port), "--batch-size", "4")
     ingest = services("ingest", "ingest", str(clip), "--camera", "cam-a", "--redis", url, "--loop",
@@ -80,6 +87,7 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
         "scrape_configs": [
             {"job_name": "worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
             {"job_name": "ingest", "static_configs": [{"targets": [f"127.0.0.1:{ingest_port}"]}]},
+            {"job_name": "api", "static_configs": [{"targets": [f"127.0.0.1:{api_metrics}"]}]},
         ],
     }))
     prom = subprocess.Popen(
@@ -129,7 +137,9 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
     finally:
         prom.terminate()
         prom.wait(10)
-    assert worker.stop() == 0 and ingest.stop() == 0
+        sse.close()
+        receiver.shutdown()
+    assert worker.stop() == 0 and ingest.stop() == 0 and api_service.stop() == 0
 
 
 def _ok(url: str) -> bool:
@@ -150,7 +160,7 @@ def test_compose_file_runs_real_commands_with_valid_flags():
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "prometheus", "grafana", "worker", "ingest", "webrtc"} <= set(services)
+    assert {"redis", "prometheus", "grafana", "worker", "ingest", "webrtc", "api"} <= set(services)
     assert services["redis"]["image"].startswith("redis:7")
     assert services["prometheus"]["image"].startswith("prom/prometheus")
     assert services["grafana"]["image"].startswith("grafana/grafana")
@@ -162,7 +172,7 @@ def test_compose_file_runs_real_commands_with_valid_flags():
     # Every package the project installs is copied into the image.
     for package in ("emotion_stream", "model", "tracks", "ingest", "worker", "batch", "api", "training", "bench", "cli"):
         assert f"COPY {package} ./{package}" in dockerfile, package
-    for name in ("worker", "ingest", "webrtc", "worker-gpu"):
+    for name in ("worker", "ingest", "webrtc", "api", "worker-gpu"):
         service = services[name]
         assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert service["environment"]["EMOTION_STREAM_METRICS_HOST"] == "0.0.0.0"
@@ -179,6 +189,7 @@ def test_compose_file_runs_real_commands_with_valid_flags():
     assert 'pip install . ' in serve and "[train]" not in serve and 'pip install ".[train]"' in dockerfile
     # The gateway listens on all interfaces in its container: it gets the token variable.
     assert services["webrtc"]["environment"]["EMOTION_STREAM_WEBRTC_TOKEN"] == "${EMOTION_STREAM_WEBRTC_TOKEN:-}"
+    assert services["api"]["environment"]["EMOTION_STREAM_API_TOKENS"] == "${EMOTION_STREAM_API_TOKENS:-}"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     # Prometheus scrapes the port the services serve metrics on; Grafana mounts real files.
     scrape = yaml.safe_load((ROOT / "dashboards/prometheus.yml").read_text())

@@ -9,7 +9,14 @@ import cv2
 
 from emotion_stream import keys
 from emotion_stream.labels import EMOTIONS
-from emotion_stream.schema import EndOfStream, FaceEvent, FrameKind, FrameMessage, TrackEvent, parse_event
+from emotion_stream.schema import (
+    EndOfStream,
+    FaceEvent,
+    FrameKind,
+    FrameMessage,
+    TrackEvent,
+    parse_event,
+)
 from ingest.samples import sample_frame, write_clip
 
 from .procs import wait_for
