@@ -32,10 +32,12 @@ def test_a_capture_time_stepping_back_leaves_tracking_alive_for_every_camera(red
     """One frame stamped 0.3 s before the last (an NTP step) used to kill the tracking
     owner silently: no camera it owned got another event."""
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS, "--reorder-window-s", "0.2")
+    wait_for(lambda: redis_client.hlen(keys.WORKERS), 90, "the worker to start")
     start = time.time()
     for seq in range(12):
+        # One frame at a time (each tracked alone), the seventh stamped 0.3 s before the sixth.
         _live(redis_client, "clock-a", seq, start + seq * 0.1 - (0.4 if seq == 6 else 0.0))
-        time.sleep(0.05)
+        time.sleep(0.3)
     wait_for(lambda: len(faces_of(redis_client, "clock-a")) >= 12, 90, "camera a's tracked events")
     for seq in range(8):
         _live(redis_client, "clock-b", seq, time.time())
