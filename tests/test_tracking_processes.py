@@ -61,6 +61,18 @@ def feed(redis_client, cams: dict[str, list[FrameRecord]], kill_at: float, kill)
         redis_client.xadd(keys.analysed(camera), {"frame": end.to_json()})
 
 
+def who_is_who(redis_client, camera: str,
+               faces: list[FaceEvent]) -> tuple[dict[str, set[int]], list[TrackEvent], Counter, Counter]:
+    """(person name -> the track ids their faces got, lifecycle events, tracks started, tracks ended)."""
+    ids: dict[str, set[int]] = defaultdict(set)
+    for f in faces:
+        ids[f.name].add(f.track)
+    lifecycle = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks(camera))]
+    started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
+    finished = Counter(e.track for e in lifecycle if e.type.value == "track_ended")
+    return ids, lifecycle, started, finished
+
+
 def owner_of(redis_client, camera: str) -> str | None:
     token = redis_client.get(keys.track_lease(camera))
     return token.decode().split(":")[0] if token else None
@@ -103,12 +115,7 @@ def test_owner_killed_mid_stream_another_resumes_and_every_event_happens_once(re
         assert Counter((f.seq, f.name) for f in faces) == expected
         assert [f.seq for f in faces] == sorted(f.seq for f in faces)
         assert all(f.track is not None and f.track_emotion for f in faces)
-        ids: dict[str, set[int]] = defaultdict(set)
-        for f in faces:
-            ids[f.name].add(f.track)
-        lifecycle = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks(camera))]
-        started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
-        finished = Counter(e.track for e in lifecycle if e.type.value == "track_ended")
+        ids, lifecycle, started, finished = who_is_who(redis_client, camera, faces)
         all_ids = set().union(*ids.values())
         assert started == finished == Counter({t: 1 for t in all_ids}), (started, finished)
         if camera == "hall":
@@ -245,12 +252,7 @@ def test_owners_tell_people_apart_by_their_looks_and_a_takeover_keeps_them(redis
         faces = [e for _id, f in redis_client.xrange(keys.events(camera))
                  if isinstance(e := parse_event(f[b"event"]), FaceEvent)]
         assert Counter((f.seq, f.name) for f in faces) == Counter((r.seq, f["name"]) for r in recs for f in r.faces)
-        ids: dict[str, set[int]] = defaultdict(set)
-        for f in faces:
-            ids[f.name].add(f.track)
-        lifecycle = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks(camera))]
-        started = Counter(e.track for e in lifecycle if e.type.value == "track_started")
-        finished = Counter(e.track for e in lifecycle if e.type.value == "track_ended")
+        ids, lifecycle, started, finished = who_is_who(redis_client, camera, faces)
         assert started == finished == Counter({t: 1 for t in set().union(*ids.values())}), camera
         assert all(len(tracks) == 1 for tracks in ids.values()), (camera, ids)  # one track a person
         assert len(set().union(*ids.values())) == len(ids), (camera, ids)  # and one person a track

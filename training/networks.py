@@ -54,7 +54,7 @@ def build(name: str, size: int, weights: str = "none", init_from_fer: bool = Tru
     elif name == "resnet18":
         body = _resnet(keras, shape, widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2), stem_stride=1)
     elif name == "resnet_small":
-        body = _resnet_small(keras, shape)
+        body = _resnet(keras, shape, widths=(32, 64, 128, 256), blocks=(2, 2, 2, 2), stem_stride=2)
     else:
         apps = {"mobilenetv2": keras.applications.MobileNetV2, "efficientnetb0": keras.applications.EfficientNetB0}
         try:
@@ -116,25 +116,3 @@ def _resnet(keras: Any, shape: tuple[int, int, int], widths: tuple[int, ...], bl
         for i in range(count):
             x = block(x, filters, 2 if stage and not i else 1)
     return keras.Model(inputs, x, name=f"resnet{2 + 2 * sum(blocks)}")
-
-
-def _resnet_small(keras: Any, shape: tuple[int, int, int]) -> KerasModel:
-    layers = keras.layers
-
-    def block(x: Any, filters: int, stride: int) -> Any:
-        shortcut = x
-        y = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
-        y = layers.ReLU()(layers.BatchNormalization()(y))
-        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-        y = layers.BatchNormalization()(y)
-        if stride != 1 or x.shape[-1] != filters:
-            shortcut = layers.BatchNormalization()(layers.Conv2D(filters, 1, stride, use_bias=False)(x))
-        return layers.ReLU()(layers.Add()([y, shortcut]))
-
-    inputs = keras.Input(shape)
-    x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False)(inputs)
-    x = layers.ReLU()(layers.BatchNormalization()(x))
-    for filters, stride in ((32, 1), (64, 2), (128, 2), (256, 2)):
-        x = block(x, filters, stride)
-        x = block(x, filters, 1)
-    return keras.Model(inputs, x, name="resnet_small")
