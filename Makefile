@@ -29,7 +29,7 @@ DATA ?= ../shared/data
 model: $(STAMP)
 	$(VENV)/bin/emotion-stream prepare $(DATA)/faces/train --out build/faces
 	$(VENV)/bin/emotion-stream prepare $(DATA)/fer2013 --out build/fer2013
-	$(VENV)/bin/emotion-stream train build/faces build/fer2013 --network resnet10 --epochs 30 --steps 250 --out build/model
+	$(VENV)/bin/emotion-stream train build/faces build/fer2013 --network resnet10 --epochs 30 --steps 250 --flip-average off --out build/model
 	@echo "to ship it: cp build/model/model.keras model/weights/default.keras && cp build/model/model.json model/weights/default.json && make export"
 
 # The shipped default as served without TensorFlow: LiteRT (the serving default) and ONNX.

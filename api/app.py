@@ -58,20 +58,12 @@ class Health(BaseModel):
     live: bool  # the live reader is running (false while Redis is unreachable)
 
 
-class CameraStats(BaseModel):
-    ingested: int
-    trimmed: int
-    processed: int
-    stale: int
-    dead_lettered: int
-
-
 class Camera(BaseModel):
     camera: str
     last_frame_at: float | None
     fps: float | None
     active_tracks: int
-    stats: dict[str, int]
+    stats: dict[str, int]  # ingested, trimmed, processed, stale, dead_lettered
 
 
 class Cameras(BaseModel):

@@ -62,7 +62,7 @@ async def known(client: aioredis.Redis, camera: str) -> bool:
 async def events_page(client: aioredis.Redis, camera: str, after: str, limit: int) -> dict[str, Any]:
     """Events (face and end of stream) after entry id ``after``, oldest first."""
     entries = await stream_range(client, keys.events(camera), after=f"({after}" if after != "0" else "-", count=limit)
-    items = [{"id": entry, "event": json.loads(fields[b"event"])} for entry, fields in entries if b"event" in fields]
+    items = [{"id": entry, "event": doc} for entry, fields in entries if (doc := _document(fields)) is not None]
     return {"items": items, "next": entries[-1][0] if len(entries) == limit else None}
 
 
@@ -76,7 +76,7 @@ async def tracks_page(client: aioredis.Redis, camera: str, after: str, limit: in
         entries = await stream_range(client, keys.tracks(camera), after=start, count=REPLAY_CHUNK)
         for entry, fields in entries:
             scanned = entry
-            doc = json.loads(fields.get(b"event", b"{}"))
+            doc = _document(fields) or {}
             if doc.get("type") == "track_ended":
                 items.append({"id": entry, "track": doc})
                 if len(items) == limit:
@@ -99,21 +99,36 @@ async def summary(client: aioredis.Redis, camera: str, window_s: float) -> dict[
     while True:
         entries = await stream_range(client, keys.tracks(camera), after=start, count=REPLAY_CHUNK)
         for _entry, fields in entries:
-            doc = json.loads(fields.get(b"event", b"{}"))
-            if "track" in doc:
-                people.add(int(doc["track"]))
+            doc = _document(fields) or {}
+            if isinstance(doc.get("track"), int):
+                people.add(doc["track"])
             if doc.get("type") == "track_ended":
-                for emotion, spent in (doc.get("emotion_seconds") or {}).items():
-                    emotions[emotion] = emotions.get(emotion, 0.0) + float(spent)
+                _add_seconds(emotions, doc)
         if len(entries) < REPLAY_CHUNK:
             break
         start = f"({entries[-1][0]}"
     for track in _active_tracks(await client.get(keys.track_state(camera))):
-        people.add(int(track["id"]))
-        for emotion, spent in (track.get("emotion_seconds") or {}).items():
-            emotions[emotion] = emotions.get(emotion, 0.0) + float(spent)
+        people.add(track["id"])
+        _add_seconds(emotions, track)
     return {"camera": camera, "window_s": window_s, "until": now, "people": len(people),
             "emotion_seconds": {k: round(v, 3) for k, v in sorted(emotions.items(), key=lambda kv: -kv[1])}}
+
+
+def _add_seconds(emotions: dict[str, float], doc: dict[str, Any]) -> None:
+    """Add a track's seconds per emotion (a track_ended event's, or a live track's)."""
+    spent = doc.get("emotion_seconds")
+    for emotion, seconds in (spent.items() if isinstance(spent, dict) else ()):
+        if isinstance(seconds, (int, float)):
+            emotions[emotion] = emotions.get(emotion, 0.0) + float(seconds)
+
+
+def _document(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """An entry's event as a JSON object; None for one that is not (skipped, not a 500)."""
+    try:
+        doc = json.loads(fields.get(b"event", b""))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _active_tracks(state: bytes | str | None) -> list[dict[str, Any]]:
@@ -123,7 +138,7 @@ def _active_tracks(state: bytes | str | None) -> list[dict[str, Any]]:
         tracks = json.loads(state).get("tracks", [])
     except (ValueError, AttributeError):
         return []
-    return [t for t in tracks if isinstance(t, dict) and "id" in t]
+    return [t for t in tracks if isinstance(t, dict) and isinstance(t.get("id"), int)]
 
 
 async def cameras(client: aioredis.Redis) -> list[dict[str, Any]]:
