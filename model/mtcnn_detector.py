@@ -29,12 +29,13 @@ class MTCNNDetector:
         self, max_side: int = DEFAULT_DETECT_SIZE["mtcnn"], min_confidence: float = 0.9,
         min_face_fraction: float = 0.1,
     ) -> None:
+        from .runtime import has_gpu, srtp_before_tensorflow
+
+        srtp_before_tensorflow()  # mtcnn imports TensorFlow itself
         try:
             from mtcnn import MTCNN
         except ImportError:
             raise ModelError("the mtcnn detector runs on TensorFlow: pip install 'emotion-stream[train]'") from None
-
-        from .runtime import has_gpu
 
         self._mtcnn = MTCNN(device="GPU:0" if has_gpu() else "CPU:0")
         self.max_side = max_side

@@ -32,6 +32,7 @@ def tensorflow(threads: int | None = None) -> ModuleType:
     thread each avoids oversubscription. A GPU is used automatically when visible.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    srtp_before_tensorflow()
     with quiet_stderr():
         import tensorflow as tf
 
@@ -50,6 +51,17 @@ def tensorflow(threads: int | None = None) -> ModuleType:
     log.debug("TensorFlow %s, GPUs: %s", tf.__version__, [g.name for g in gpus] or "none")
     module: ModuleType = tf
     return module
+
+
+def srtp_before_tensorflow() -> None:
+    """Load libsrtp (aiortc's SRTP, the WebRTC gateway) before TensorFlow in any process
+    that may hold both. TensorFlow loads its framework library with global symbols, its
+    BoringSSL among them; libsrtp loaded afterwards binds ``HMAC_Init_ex`` to that copy and
+    segfaults in its start-up self-test. Loaded first, it binds to its own OpenSSL."""
+    try:
+        import pylibsrtp  # noqa: F401
+    except ImportError:  # no WebRTC in this install: nothing to protect
+        pass
 
 
 _STDERR_LOCK = threading.RLock()

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.runtime import srtp_before_tensorflow
+
+# Tests import Keras (hence TensorFlow) directly, and later ones load aiortc in this process.
+srtp_before_tensorflow()
+
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -111,3 +111,16 @@ def test_cpu_pool_and_one_classifier_call_per_micro_batch_under_load(redis_serve
     assert faces / calls >= 8, (faces, calls)  # many frames' faces per classifier call
     assert sample_value(text, "emotion_stream_cpu_stage_queue_frames") == 0
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("detector", ["keras", "mtcnn"])
+def test_the_webrtc_stack_loads_after_tensorflow(detector):
+    """A gateway or worker that loaded TensorFlow (a Keras model, MTCNN) can still load
+    aiortc: TensorFlow's global BoringSSL symbols used to crash libsrtp's self-test."""
+    load = ("EmotionModel(runtime='keras')" if detector == "keras"
+            else "__import__('model.mtcnn_detector').mtcnn_detector.MTCNNDetector()")
+    code = f"from model import EmotionModel\n{load}\nimport aiortc\nprint('loaded')"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "loaded", (result.returncode, result.stderr[-2000:])

@@ -133,13 +133,15 @@ def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror(tmp_path, face_bgr)
     import shutil
 
     from model import EmotionModel
-    from model.emotion_model import BUNDLED_WEIGHTS
+    from model.emotion_model import BUNDLED
 
-    plain = EmotionModel()
-    shutil.copy(BUNDLED_WEIGHTS, tmp_path / "m.keras")
-    meta = json.loads(BUNDLED_WEIGHTS.with_suffix(".json").read_text())
-    (tmp_path / "m.json").write_text(json.dumps({**meta, "flip_average": True}))
-    flipping = EmotionModel(tmp_path / "m.keras")
+    shipped = BUNDLED["keras"]
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    for name, flip in (("plain", False), ("flipping", True)):
+        shutil.copy(shipped, tmp_path / f"{name}.keras")
+        (tmp_path / f"{name}.json").write_text(json.dumps({**meta, "flip_average": flip}))
+    plain = EmotionModel(tmp_path / "plain.keras")
+    flipping = EmotionModel(tmp_path / "flipping.keras")
     faces = [face_bgr, np.ascontiguousarray(face_bgr[:, ::-1]), face_bgr[40:440, 60:460]] * 15  # 45: two calls
     mirrored = [np.ascontiguousarray(f[:, ::-1]) for f in faces]
     expected = (plain.predict_proba(faces) + plain.predict_proba(mirrored)) / 2
