@@ -23,7 +23,7 @@ test: $(STAMP) system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Reproduce the shipped classifier (model/weights/MODEL_CARD.md): both domains cropped
-# through the serving path, then training across them. Offline; about 2 h on 2 cores
+# through the serving path, then training across them. Offline; 75 min of training on 2 cores
 # (interrupted, `emotion-stream train --resume build/model` continues it).
 DATA ?= ../shared/data
 model: $(STAMP)

@@ -167,7 +167,7 @@ def _baseline(args: argparse.Namespace, folder: Path, scenarios: list[str]) -> F
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "cli", "bench", "--json", "--only", ",".join(scenarios), "--images", str(folder),
+    command = [sys.executable, "-m", "cli", "bench", "--json", "--only", ",".join(scenarios), "--images", str(folder.resolve()),
                "--cameras", str(args.cameras), "--fps", str(args.fps), "--live-seconds", str(args.live_seconds),
                "--original-limit", str(args.original_limit), "--log-level", "WARNING"]
     if args.workers:

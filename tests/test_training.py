@@ -289,7 +289,7 @@ def test_weight_averaging_serves_the_mean_of_the_last_epochs(tmp_path):
         assert saved.state.epoch == epoch + 1 and len(saved.state.history) == epoch + 1
         assert all(np.array_equal(a, b) for a, b in zip(saved.model, per_epoch[-1]))
     assert callback.averaged == 2 and len(callback.history) == 3
-    for got, second, third in zip(callback.averaged_weights(), per_epoch[1], per_epoch[2]):
+    for got, second, third in zip(callback.averaged_weights(model), per_epoch[1], per_epoch[2]):
         assert got.dtype == np.float32 and np.allclose(got, (second + third) / 2)
     best = max(callback.history, key=lambda h: h["score"])
     assert callback.best_epoch == best["epoch"]
@@ -332,6 +332,13 @@ def test_an_interrupted_run_resumed_gives_the_model_of_an_uninterrupted_one(tmp_
     assert reports[1]["resumed"] == 1 and "(1 resumes)" in (broken / "MODEL_CARD.md").read_text()
     weights = [keras.models.load_model(d / "model.keras", compile=False).get_weights() for d in (whole, broken)]
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(*weights))
+    # A finished run resumed trains nothing and serves again, here with flip averaging forced off.
+    result = subprocess.run([EXE, "train", "--resume", str(whole), "--flip-average", "off"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((whole / "model.json").read_text())["flip_average"] is False
+    again = keras.models.load_model(whole / "model.keras", compile=False).get_weights()
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(weights[0], again))
     # Nothing to resume from: one line, exit 1.
     result = subprocess.run([EXE, "train", "--resume", str(tmp_path / "nothing")], capture_output=True, text=True)
     assert result.returncode == 1 and "no checkpoint to resume from" in result.stderr

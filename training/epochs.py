@@ -61,10 +61,12 @@ def epoch_end(val_domains: Sequence[Domain], meta: ModelMetadata, state: TrainSt
         def averaged(self) -> int:
             return self.state.averaged
 
-        def averaged_weights(self) -> list[np.ndarray]:
+        def averaged_weights(self, model: Any) -> list[np.ndarray]:
+            """The mean of the summed epochs' weights, in ``model``'s dtypes (a finished
+            run that is resumed trains no epoch: the callback never met the model)."""
             if self.summed is None:
                 raise RuntimeError("no epoch was averaged")
-            dtypes = self.dtypes or [w.dtype for w in self.model.get_weights()]
+            dtypes = self.dtypes or [w.dtype for w in model.get_weights()]
             return [(w / self.state.averaged).astype(t) for w, t in zip(self.summed, dtypes)]
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:

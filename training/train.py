@@ -119,7 +119,7 @@ def _run(folders: Sequence[Path], out_dir: Path, options: TrainOptions, state: T
         # Stochastic weight averaging over the low-learning-rate tail of the schedule: a
         # flatter optimum than any one epoch's (Izmailov et al. 2018), which carries better
         # to other domains (Cha et al. 2021, SWAD); no pick among noisy epoch scores either.
-        model.set_weights(callback.averaged_weights())
+        model.set_weights(callback.averaged_weights(model))
         averaged = {"epochs": [options.epochs - average_last + 1, options.epochs]}
     else:
         model.set_weights(callback.best_weights)
