@@ -77,8 +77,9 @@ def test_rtsp_camera_survives_the_server_going_away(redis_server, redis_client, 
         server.wait()
 
 
-def _status(url: str, data: bytes | None = None) -> int:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+def _status(url: str, data: bytes | None = None, token: str | None = None) -> int:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status
@@ -106,7 +107,9 @@ def test_browser_camera_over_webrtc_gets_annotated_video_and_events(redis_server
     assert _status(f"{base}/") == 401
     assert _status(f"{base}/?token=wrong") == 401
     assert _status(f"{base}/offer", json.dumps({"sdp": "x", "type": "offer"}).encode()) == 401
-    assert _status(f"{base}/offer", b"not json") == 400
+    # Authentication comes first: junk from a stranger is 401, from a token holder 400.
+    assert _status(f"{base}/offer", b"not json") == 401
+    assert _status(f"{base}/offer", b"not json", token) == 400
 
     OUTPUT.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
