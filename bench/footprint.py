@@ -47,7 +47,7 @@ def run_startup(photo: Path, baseline: Path | None = None, repeats: int = 5) -> 
     for name, tree in (("baseline", baseline), ("current", ROOT)):
         if tree is None:
             continue
-        predict = _wall([*CLI, "predict", str(photo)], tree, repeats)
+        predict = _wall([*CLI, "predict", str(photo.resolve())], tree, repeats)
         help_s = _wall([*CLI, "--help"], tree, repeats)
         out[name] = {"tree": str(tree), "predict_s": predict, "help_s": help_s, "predict_over_bare": predict / bare}
     return out
