@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from emotion_stream import keys, metrics
 from emotion_stream.lifecycle import sleep_or_stop
@@ -114,6 +115,7 @@ class Webhook:
             return
         reply = await self.reader.read(reading, count=READ_COUNT, block_ms=READ_BLOCK_MS)
         backlog = sum(len(entries) for _, entries in reply)
+        skipped: dict[FieldT, EncodableT] = {}  # streams whose cursor moved past events not for this receiver
         for stream, entries in reply:
             kind, camera = self.streams[stream]
             for raw_id, fields in entries:
@@ -123,9 +125,15 @@ class Webhook:
                 if event is not None and self._wanted(event):
                     if not await self._deliver(event, stop):
                         return  # stopping: the cursor stays before this event
+                    # Saved at once after a delivery: a restart must not deliver it again.
+                    await self.redis.hset(keys.webhook_cursor(self.name), stream, entry)
+                    skipped.pop(stream, None)
+                else:
+                    skipped[stream] = entry  # one write for the round (re-read and skipped again after a crash)
                 self.cursors[stream] = entry
-                await self.redis.hset(keys.webhook_cursor(self.name), stream, entry)
                 backlog -= 1
+        if skipped:
+            await self.redis.hset(keys.webhook_cursor(self.name), mapping=skipped)
         metrics.WEBHOOK_BACKLOG.labels(self.name).set(0)
 
     def _wanted(self, event: Event) -> bool:
