@@ -103,7 +103,7 @@ def create_app(settings: Settings, client: aioredis.Redis, hub: EventHub) -> Fas
     tokens = parse_tokens(settings.api_tokens)
     app = FastAPI(title="emotion-stream", version="1", summary="Live emotion events, tracks and summaries")
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: FastAPI would run a plain def on a thread
         if not tokens:
             return  # no tokens: loopback only (the service refuses any other address)
         token = presented(request.headers.get("authorization"), request.query_params.get(TOKEN_PARAMETER))
