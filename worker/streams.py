@@ -227,6 +227,8 @@ class ConsumerGroup:
             for stream, reply in zip(chunk, await pipe.execute(raise_on_error=False)):
                 if isinstance(reply, redis.ResponseError):
                     continue  # NOGROUP or the key vanished: the reader rejoins
+                if isinstance(reply, Exception):
+                    raise reply  # a node lost mid-pipeline (a failover): the caller retries
                 cursor, entries = reply[0], reply[1]
                 self._claim_cursor[stream] = as_text(cursor)
                 for entry in entries:
