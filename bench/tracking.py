@@ -173,7 +173,6 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
     from emotion_stream.schema import FrameRecord, FrameStatus, encode_vector
     from model import create_detector
     from model.appearance import face_descriptor, scene_signature
-    from model.preprocessing import crop_face
     from tracks.camera import CameraTracker, TrackerConfig, TrackerOutput
 
     detector = create_detector("blazeface")
@@ -185,9 +184,8 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
         image, _ = people_clip.render(plan, i, rng)
         docs: list[dict[str, Any]] = []
         for d in detector.detect(image):
-            crop = crop_face(image, d.box, 0.2, d.landmarks, 128)
             started = time.process_time()
-            descriptor = face_descriptor(image, d.box, crop)
+            descriptor = face_descriptor(image, d.box)
             describe_s += time.process_time() - started
             described += 1
             probabilities = {label: 1 / 9 for label in ("anger", "contempt", "disgust", "fear", "happy", "neutral",

@@ -122,9 +122,8 @@ class FaceAnalyzer:
                 owners.append((i, det, False, True))
         probabilities = self.model.predict_proba(crops)
         results: list[list[FaceResult]] = [[] for _ in frames]
-        for (i, det, whole, is_weak), crop, probs, label in zip(owners, crops, probabilities,
-                                                                  self.model.decide(probabilities)):
-            descriptor = face_descriptor(frames[i], det.box, crop) if describe and describe[i] and not whole else None
+        for (i, det, whole, is_weak), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
+            descriptor = face_descriptor(frames[i], det.box) if describe and describe[i] and not whole else None
             results[i].append(FaceResult(det.box, EMOTIONS[int(label)], float(probs.max()), probs, det.score,
                                          whole, det.landmarks, is_weak, descriptor))
         return results

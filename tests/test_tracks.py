@@ -12,7 +12,7 @@ from emotion_stream.labels import EMOTIONS
 from emotion_stream.schema import FrameRecord, FrameStatus, TrackEvent, TrackEventType
 from emotion_stream.settings import Settings
 from tracks.association import Motion
-from tracks.camera import CameraTracker, Track, TrackerConfig, TrackerOutput
+from tracks.camera import CONFIRMED_HITS, CameraTracker, Track, TrackerConfig, TrackerOutput
 from tracks.smoothing import EmotionSmoother
 
 from .track_scenes import FPS, Person, records
@@ -443,7 +443,7 @@ def test_a_state_from_before_descriptors_loads_and_its_tracks_start_a_gallery():
     del doc["last_scene"]
     restored = CameraTracker.from_state(json.dumps(doc), CONFIG)
     [track] = restored.tracks.values()
-    assert track.gallery == [] and track.hits >= 3
+    assert track.gallery == [] and track.hits >= CONFIRMED_HITS
     later = records("cam", [Person("happy", 300, 200, 0)], 1.0, describe=True, t0=1_000_000.0)
     for rec in later[8:12]:
         out = TrackerOutput()
