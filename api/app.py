@@ -40,6 +40,7 @@ RETRY_MS = 2000  # EventSource's reconnection delay
 RETRY_UNAVAILABLE_MS = 5000  # ... while Redis is unreachable
 REPLAY_CHUNK = 500  # replayed events a write
 ALL_TYPES = ",".join(TYPES)
+RAW_SEND = "emotion_stream.send"  # scope key: the server's own send (RawSend)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -252,8 +253,13 @@ async def _event_stream(client: aioredis.Redis, hub: EventHub, subscription: Sub
 
 
 class EventStreamResponse(StreamingResponse):
-    """An SSE response that ends when its client is dropped for falling behind: a client
-    that does not read blocks its writes, so the hub's signal must end it from outside."""
+    """An SSE response written straight to the connection.
+
+    The response head goes through the middleware like any other (metrics see it); the
+    events then go to the server's own ``send`` (``RawSend``): one event is written to
+    every client in turn, so each layer a write passes through delays the clients after
+    it. The response ends when its client disconnects or is dropped for falling behind
+    (a client that does not read blocks its writes: the hub's signal ends it)."""
 
     def __init__(self, body: AsyncIterator[bytes], subscription: Subscription, hub: EventHub) -> None:
         super().__init__(body, media_type="text/event-stream",
@@ -262,15 +268,41 @@ class EventStreamResponse(StreamingResponse):
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.ensure_future(super().__call__(scope, receive, send))
-        dropped = asyncio.ensure_future(self.subscription.dropped.wait())
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        write: Send = scope.get(RAW_SEND, send)
+        streaming = asyncio.ensure_future(self._stream(write))
+        tasks = [streaming, asyncio.ensure_future(_disconnected(receive)),
+                 asyncio.ensure_future(self.subscription.dropped.wait())]
         try:
-            await asyncio.wait({streaming, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (streaming, dropped):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(streaming, dropped, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.hub.unsubscribe(self.subscription)
+        if not streaming.cancelled():
+            streaming.result()  # the stream's own error, if it had one, for the server to log
+
+    async def _stream(self, write: Send) -> None:
+        async for chunk in self.body_iterator:
+            await write({"type": "http.response.body", "body": chunk, "more_body": True})
+        await write({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class RawSend:
+    """Outermost: keeps the server's own ``send`` in the scope for the event streams."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
 
 
 # ------------------------------------------------------------------ middleware (plain ASGI: streams pass through)

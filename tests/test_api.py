@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import time
 import urllib.error
@@ -42,6 +43,17 @@ def get(port: int, path: str, token: str | None = TOKEN, headers: dict[str, str]
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def unending_head(port: int) -> bytes:
+    """What the API answers a request head that keeps growing (100 kB, no end in sight):
+    the server must refuse it, not keep buffering for the rest."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET /v1/cameras HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"y" * 100_000)
+            return sock.recv(100)
+        except ConnectionError:
+            return b"reset"  # refused while still sending: the kernel discarded the answer
 
 
 def announce(client, *cameras: str) -> None:
@@ -135,6 +147,7 @@ def test_tokens_and_bad_input_get_one_line_answers(redis_server, redis_client, s
     assert status == 400 and body["error"].startswith("Last-Event-ID: not an event id")
     assert get(port, "/v1/cameras?" + "x" * 5000)[0] == 414
     assert get(port, "/v1/cameras", headers={"X-Padding": "y" * 9000})[0] == 431
+    assert unending_head(port).startswith((b"HTTP/1.1 431 ", b"reset")) and get(port, "/v1/cameras")[0] == 200
     status, body = get(port, "/v1/cameras/door/summary?window=60")
     assert status == 200 and body["people"] == 1 and body["emotion_seconds"] == {"happy": 1.0}
     assert get(port, "/openapi.json", token=None)[0] == 200
