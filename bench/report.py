@@ -152,8 +152,8 @@ def format_text(summary: Figures) -> str:
                          f"({phases}) for {sse['seconds']:.0f} s: Redis -> written by the API p50 {out['p50']:.1f} ms, "
                          f"p95 {out['p95']:.1f} ms ({out['within_20ms']:.1%} within 20 ms); -> read by the clients "
                          f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; API CPU {sse['api_cpu_cores']} cores, "
-                         f"peak RSS {sse['api_peak_rss_mb']} MB (clients' process {sse['client_process_cpu_cores']} "
-                         f"cores); events a client {sse['events_received_per_client']['min']}-"
+                         f"peak RSS {sse['api_peak_rss_mb']} MB (the clients' {sse['client_processes']} processes "
+                         f"{sse['client_processes_cpu_cores']:.2f} cores); events a client {sse['events_received_per_client']['min']}-"
                          f"{sse['events_received_per_client']['max']} of {sse['events_written']}")
         hooks = api["webhooks"]
         lines.append(f"    webhooks, receiver refusing every other POST: {hooks['delivered_ids']}/{hooks['events']} ids "
