@@ -70,7 +70,8 @@ class BoundedHttpTools(HttpToolsProtocol):
     protocol, and with 200 clients on 4 cameras httptools' writes took the API's p95
     Redis -> written from about 20 to about 16 ms (``bench --only api``). h11 caps a request
     head; httptools does not, so this does: bytes received between a request's start and
-    the end of its headers, past MAX_HEAD_BYTES, get 431 and the connection is closed."""
+    the end of its headers, past MAX_HEAD_BYTES, get 431 and the connection is closed (a
+    body sent in the head's packets counts too: every route is a GET)."""
 
     head_bytes = 0
     in_head = True  # between a request's first byte and the end of its headers
