@@ -41,6 +41,9 @@ RETRY_UNAVAILABLE_MS = 5000  # ... while Redis is unreachable
 REPLAY_CHUNK = 500  # replayed events a write
 ALL_TYPES = ",".join(TYPES)
 RAW_SEND = "emotion_stream.send"  # scope key: the server's own send (RawSend)
+# Scope key: a synchronous write of one more body chunk of the response, False when the
+# connection cannot take it now (the server's protocol puts it there: service.py).
+WRITE_NOW = "emotion_stream.write_now"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -233,11 +236,14 @@ async def _event_stream(client: aioredis.Redis, hub: EventHub, subscription: Sub
                             exc, RETRY_UNAVAILABLE_MS)
                 yield f"retry: {RETRY_UNAVAILABLE_MS}\n: Redis is unavailable\n\n".encode()
                 return
+        subscription.floor = floor
+        subscription.direct = True  # caught up: from now on the hub may write to the connection itself
         queue = subscription.queue
         while True:
             items = [await queue.get()]
             while not queue.empty():  # all that is queued in one write
                 items.append(queue.get_nowait())
+            subscription.busy = True  # until written: the hub must not write past these
             events = [e for e in items if e is not None and (floor is None or e.id > floor)]  # (floor: replayed)
             if events:
                 yield b"".join(e.message for e in events)
@@ -248,6 +254,7 @@ async def _event_stream(client: aioredis.Redis, hub: EventHub, subscription: Sub
                 yield f"retry: {RETRY_UNAVAILABLE_MS}\n: Redis is unavailable\n\n".encode()
             elif None in items:
                 yield b": keep-alive\n\n"
+            subscription.busy = False
     finally:
         hub.unsubscribe(subscription)
 
@@ -270,6 +277,7 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         write: Send = scope.get(RAW_SEND, send)
+        self.subscription.write_now = scope.get(WRITE_NOW)
         streaming = asyncio.ensure_future(self._stream(write))
         tasks = [streaming, asyncio.ensure_future(_disconnected(receive)),
                  asyncio.ensure_future(self.subscription.dropped.wait())]

@@ -2,9 +2,12 @@
 every connected client, in event-id order (``streams``).
 
 One reader, whatever the number of clients: 200 browsers cost the API 200 queues, not
-200 Redis readers. Each client has a bounded queue; a client that falls further behind
-than it holds is dropped (counted), never allowed to grow memory; it can resume from
-its last id.
+200 Redis readers. A client that is caught up and whose connection takes writes gets
+each event written by the hub itself, in one pass over the clients (``Subscription.direct``):
+waking one task a client and event cost about 35 us each, so the 200th client waited
+7 ms for an event the first had. Any other client gets its events through its bounded
+queue and its own task; a client that falls further behind than the queue holds is
+dropped (counted), never allowed to grow memory; it can resume from its last id.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -40,9 +44,27 @@ class Subscription:
     types: frozenset[str]
     queue: asyncio.Queue[Event | None]  # None: nothing happened for KEEPALIVE_S (say so to the client)
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    # The connection's own write, where the server offers one: False when the connection
+    # cannot take a write now (its buffer is full, or it closed).
+    write_now: Callable[[bytes], bool] | None = None
+    direct: bool = False  # caught up (replayed): the hub may write to the connection itself
+    floor: EventId | None = None  # events at or below it were replayed
+    busy: bool = False  # the client's task holds events it has not written yet
 
     def wants(self, event: Event) -> bool:
         return event.type in self.types and (self.cameras is None or event.id.camera in self.cameras)
+
+    def live(self, events: list[Event]) -> list[Event]:
+        """Those of ``events`` the client wants and has not had in its replay."""
+        floor = self.floor
+        return [e for e in events if self.wants(e) and (floor is None or e.id > floor)]
+
+    def written_now(self, events: list[Event]) -> bool:
+        """Write ``events`` straight to the connection if nothing is ahead of them (in
+        the queue or in the client's task) and the connection takes them now."""
+        if not self.direct or self.busy or not self.queue.empty() or self.write_now is None:
+            return False
+        return self.write_now(events[0].message if len(events) == 1 else b"".join(e.message for e in events))
 
 
 def parse_entry(entry_id: str, fields: dict[bytes, bytes] | None, kind: str, camera: str) -> Event | None:
@@ -146,10 +168,16 @@ class EventHub:
         return time.time() * 1000 + self._offset_ms
 
     def _hand_out(self, events: list[Event]) -> None:
-        for event in events:
-            for subscription in list(self.subscriptions):
-                if subscription.dropped.is_set() or not subscription.wants(event):
-                    continue
+        for subscription in list(self.subscriptions):
+            if subscription.dropped.is_set():
+                continue
+            wanted = subscription.live(events)
+            if not wanted:
+                continue
+            if subscription.written_now(wanted):
+                metrics.API_SSE_DELAY_SECONDS.observe(max(0.0, (self.redis_now_ms() - wanted[0].id.ms) / 1000))
+                continue
+            for event in wanted:
                 try:
                     subscription.queue.put_nowait(event)
                 except asyncio.QueueFull:
@@ -157,6 +185,7 @@ class EventHub:
                     metrics.API_SSE_DROPPED.inc()
                     log.warning("an SSE client fell %d events behind; dropped (it may resume from its "
                                 "last id)", self.buffer)
+                    break
 
     async def _discover(self) -> None:
         """Start reading the streams of cameras not read yet, from the watermark on (no

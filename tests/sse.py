@@ -37,8 +37,12 @@ class SseClient:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if read:
-            self._thread = threading.Thread(target=self._read, daemon=True)
-            self._thread.start()
+            self.start_reading()
+
+    def start_reading(self) -> None:
+        """Read in the background from now on (a client that stalled, then reads again)."""
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
     def _read(self) -> None:
         buffer = b""

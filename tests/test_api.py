@@ -285,6 +285,35 @@ def test_a_client_that_never_reads_is_dropped_while_others_keep_flowing(redis_se
     assert "Traceback" not in api.output and "ASGI callable" not in api.output
 
 
+def test_a_client_that_stalls_then_reads_again_gets_every_event_once_in_order(redis_server, redis_client, services):
+    # A caught-up client gets events written by the hub itself; one whose connection is
+    # full gets them through its queue. Events keep coming while the stalled client
+    # drains its queue: any event written past the queued ones shows up out of order.
+    api, port = start_api(services, redis_server.url)
+    announce(redis_client, "stall")
+    time.sleep(1.5)
+    stalled = SseClient(port, "/v1/events", token=TOKEN, read=False, receive_buffer=4096)
+    padding = "x" * 32_000
+    written: list[str] = []
+
+    def write(n: int, pause: float) -> None:
+        for _ in range(n):
+            doc = {"type": "face", "camera": "stall", "seq": len(written), "captured_at": time.time(), "pad": padding}
+            written.append(redis_client.xadd(keys.events("stall"), {"event": json.dumps(doc)}).decode())
+            time.sleep(pause)
+
+    write(300, 0.002)  # about 10 MB: more than the socket buffers hold (4 MB), less than its queue
+    stalled.start_reading()
+    write(200, 0.005)
+    wait_for(lambda: len(stalled.snapshot()) >= 500, 60, "the stalled client to catch up")
+    time.sleep(0.5)
+    assert [m.id.split(":")[0] for m in stalled.snapshot()] == written
+    assert not stalled.closed_by_server
+    stalled.close()
+    assert api.stop() == 0
+    assert "Traceback" not in api.output
+
+
 @pytest.fixture(autouse=True)
 def _quiet_proxies(monkeypatch):
     # urllib honours proxy variables; the API is on loopback.
