@@ -1,4 +1,6 @@
-"""(b) direct: our FaceAnalyzer on the files, batched, in one process, per stage."""
+"""(b) direct: our FaceAnalyzer on the files, batched, in one process: as ``predict`` and
+``evaluate`` run it (``analyze_files``, batches on one thread a core), and once more on
+one thread, stage by stage, for each stage's CPU."""
 
 from __future__ import annotations
 
@@ -14,13 +16,16 @@ if TYPE_CHECKING:
 
 
 def run_direct(config: BenchConfig, analyzer: FaceAnalyzer) -> Figures:
-    """Per-stage CPU seconds (process time: includes OpenCV and TensorFlow threads)."""
+    """Images a second through ``analyze_files``; per-stage CPU seconds of the one-thread
+    pass (process time: includes the libraries' own threads)."""
     from emotion_stream.images import read_image_file
+    from model.stills import BATCH, analyze_files
 
-    batch = 32
+    batch = BATCH
     cpu = {"decode": 0.0, "detect": 0.0, "classify": 0.0}
     wall = {"decode": 0.0, "detect": 0.0, "classify": 0.0}
-    analyzer.analyze_batch([read_image_file(config.images[0])], whole_image_fallback=True)  # warm-up
+    for _ in analyze_files(analyzer, config.images[: 4 * batch]):  # warm-up: every thread's detector and model
+        pass
     faces = 0
     with UsageSampler({"bench": os.getpid()}) as usage:
         start = time.perf_counter()
@@ -39,13 +44,19 @@ def run_direct(config: BenchConfig, analyzer: FaceAnalyzer) -> Figures:
             wall["classify"] += time.perf_counter() - t
             cpu["classify"] += time.process_time() - c
             faces += sum(1 for r in results for face in r if not face.whole_image)
+        one_thread = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in analyze_files(analyzer, config.images, batch_size=batch):
+            pass
         total = time.perf_counter() - start
     n = len(config.images)
     return {
         "images": n,
         "faces": faces,
+        "threads": os.cpu_count() or 1,
         "ms_per_image": 1000 * total / n,
         "images_per_s": n / total,
+        "one_thread_images_per_s": n / one_thread,
         "stage_ms_per_image": {k: 1000 * v / n for k, v in wall.items()},
         "stage_cpu_ms_per_image": {k: 1000 * v / n for k, v in cpu.items()},
         "processes": usage.summaries(),

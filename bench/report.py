@@ -92,9 +92,10 @@ def format_text(summary: Figures) -> str:
     for key, title in (("direct", "(b) direct analyzer  "), ("direct_opencv", "    same, opencv     ")):
         d = summary.get(key)
         if d:
+            threads = f", {d['threads']} threads; one thread {d['one_thread_images_per_s']:.1f}/s" if "threads" in d else ""
             lines.append(f"{title} {d['ms_per_image']:8.1f} ms/image  {d['images_per_s']:7.1f} images/s  "
-                         f"({d['images']} images, {d['faces']} faces)")
-            lines.append("    per stage (wall ms / CPU ms per image): " + ", ".join(
+                         f"({d['images']} images, {d['faces']} faces{threads})")
+            lines.append("    one thread, per stage (wall ms / CPU ms per image): " + ", ".join(
                 f"{k} {d['stage_ms_per_image'][k]:.2f}/{d['stage_cpu_ms_per_image'][k]:.2f}" for k in d["stage_ms_per_image"]))
     b = summary.get("batch")
     if b:

@@ -132,10 +132,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 compared[str(path)] = EmotionModel(path)
             results["classifier"] = run_classifiers(compared)
         if "direct" in chosen:
-            results["direct"] = run_direct(config, FaceAnalyzer(model, create_detector(config.detector, config.detect_max_side)))
+            def analyzer(name: str, max_side: int | None) -> FaceAnalyzer:
+                return FaceAnalyzer(model, create_detector(name, max_side), lambda: create_detector(name, max_side))
+
+            results["direct"] = run_direct(config, analyzer(config.detector, config.detect_max_side))
             if config.detector != "opencv":
                 # The Haar path that was the default before BlazeFace, for a same-run ratio.
-                results["direct_opencv"] = run_direct(config, FaceAnalyzer(model, create_detector("opencv")))
+                results["direct_opencv"] = run_direct(config, analyzer("opencv", None))
         if "batch" in chosen:
             results["batch"] = run_batch(config, model)
         if "live" in chosen:

@@ -56,6 +56,16 @@ class FaceAnalyzer:
         # More detectors like this one, for detection on several threads (a detector is
         # not thread-safe; the model is).
         self.new_detector = new_detector
+        self._siblings: list[FaceAnalyzer] = []
+
+    def siblings(self, n: int) -> list[FaceAnalyzer]:
+        """``n`` analyzers for other threads: this one's model, detectors of their own
+        (made once, then reused: a detector's first batches of a size cost extra)."""
+        if self.new_detector is None:
+            raise RuntimeError("this analyzer cannot make more detectors")
+        while len(self._siblings) < n:
+            self._siblings.append(FaceAnalyzer(self.model, self.new_detector(), self.new_detector))
+        return self._siblings[:n]
 
     @classmethod
     def from_settings(cls, settings: Settings, model: EmotionModel | None = None) -> FaceAnalyzer:

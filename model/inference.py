@@ -145,6 +145,9 @@ class OnnxNetwork:
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own choice (the cores)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle pool threads would spin for work, burning the cores the other workers'
+        # detectors and decoders need (batch mode with 2 workers: 177 against 237 images/s).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self._session = ort.InferenceSession(str(path), options, providers=providers)
         used = self._session.get_providers()[0]

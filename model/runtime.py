@@ -100,6 +100,18 @@ def share_cores(workers: int) -> int:
     return previous
 
 
+@contextmanager
+def cores_shared(workers: int) -> Iterator[None]:
+    """``share_cores`` for the length of a block."""
+    import cv2
+
+    previous = share_cores(workers)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
