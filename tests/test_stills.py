@@ -10,7 +10,7 @@ import numpy as np
 
 from emotion_stream.settings import Settings
 from ingest.samples import sample_frame
-from model import FaceAnalyzer
+from model import EmotionModel, FaceAnalyzer
 from model.stills import analyze_files
 
 
@@ -19,7 +19,7 @@ def outcomes(analyzer: FaceAnalyzer, paths: list[Path], threads: int) -> list[tu
             for o in analyze_files(analyzer, paths, batch_size=3, threads=threads)]
 
 
-def test_threads_give_the_outcomes_of_one_thread_in_input_order(tmp_path, default_model):
+def test_threads_give_the_outcomes_of_one_thread_in_input_order(tmp_path: Path, default_model: EmotionModel) -> None:
     paths = []
     for i in range(23):
         path = tmp_path / f"{i:02d}.jpg"
