@@ -23,6 +23,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.images import ImageLimits
     from model.stills import analyze_files
 
+    if settings.model_path is None and settings.model_runtime == "auto":
+        from model.emotion_model import ONE_SHOT_RUNTIME
+
+        settings = settings.overridden({"model_runtime": ONE_SHOT_RUNTIME})
     analyzer = load_analyzer(settings)
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
     failures = 0

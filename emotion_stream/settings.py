@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     )
     model_runtime: ModelRuntime = Field(
         "auto",
-        description="where the classifier runs: auto (a file's own runtime; the bundled model in LiteRT), "
+        description="where the classifier runs: auto (a file's own runtime; the bundled model in ONNX Runtime, "
+        "in LiteRT for predict), "
         "litert, onnx (ONNX Runtime; CUDA with onnxruntime-gpu), or keras (the .keras file on TensorFlow, JAX or "
         "PyTorch as KERAS_BACKEND says, on a GPU when it sees one; needs the train extra)",
     )
