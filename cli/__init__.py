@@ -108,30 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
-    from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
-
-    from emotion_stream.lifecycle import TaskFailed
-    from emotion_stream.redis_conn import unwrap_cluster_error
-
     try:
         return int(args.run(args, settings) or 0)
-    except (CommandError, TaskFailed) as exc:  # a failed task was logged in full when it failed
+    except CommandError as exc:
         print(redact(f"emotion-stream {args.command}: error: {exc}"), file=sys.stderr)
         return 1
-    except (AuthenticationError, NoPermissionError) as exc:
-        # Wrong credentials do not heal by retrying: say so and stop.
-        print(redact(f"emotion-stream {args.command}: error: Redis refused access: {exc}"), file=sys.stderr)
-        return 1
-    except RedisClusterException as exc:
-        reason: BaseException = unwrap_cluster_error(exc)
-        if isinstance(reason, (AuthenticationError, NoPermissionError)):
-            message = f"Redis refused access: {reason}"
-        else:  # e.g. a redis+cluster:// URL naming a node that is not in a cluster
-            while reason.__cause__ is not None:
-                reason = reason.__cause__
-            # redis-py puts the node's own answer after this preamble.
-            said = str(reason).splitlines()[0].split("at least one reachable node: ")[-1]
-            message = f"Redis Cluster: {said}"
+    except Exception as exc:
+        message = _known_failure(exc)
+        if message is None:
+            raise
         print(redact(f"emotion-stream {args.command}: error: {message}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -141,3 +126,32 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _known_failure(exc: Exception) -> str | None:
+    """The one line for a failure the user can act on (a failed task, Redis refusing
+    access, a cluster that is not one); None for anything else. Redis' and the service
+    modules are looked up, not imported: ``predict`` never loads them (their import is a
+    sixth of its start-up), and an exception of a module never loaded was never raised."""
+    lifecycle = sys.modules.get("emotion_stream.lifecycle")
+    if lifecycle is not None and isinstance(exc, lifecycle.TaskFailed):
+        return str(exc)  # the failed task was logged in full when it failed
+    if "redis" not in sys.modules:
+        return None
+    from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
+
+    from emotion_stream.redis_conn import unwrap_cluster_error
+
+    if isinstance(exc, (AuthenticationError, NoPermissionError)):
+        return f"Redis refused access: {exc}"  # wrong credentials do not heal by retrying
+    if not isinstance(exc, RedisClusterException):
+        return None
+    reason: BaseException = unwrap_cluster_error(exc)
+    if isinstance(reason, (AuthenticationError, NoPermissionError)):
+        return f"Redis refused access: {reason}"
+    # e.g. a redis+cluster:// URL naming a node that is not in a cluster
+    while reason.__cause__ is not None:
+        reason = reason.__cause__
+    # redis-py puts the node's own answer after this preamble.
+    said = str(reason).splitlines()[0].split("at least one reachable node: ")[-1]
+    return f"Redis Cluster: {said}"

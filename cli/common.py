@@ -11,9 +11,8 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union, get_args, get_origin
 
-from emotion_stream.schema import EndOfStream, Event, FaceEvent, TrackEvent, TrackEventType
-
 if TYPE_CHECKING:
+    from emotion_stream.schema import Event, TrackEvent
     from emotion_stream.settings import Settings
     from model import FaceAnalyzer
 
@@ -162,6 +161,8 @@ def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
 
 def format_event(event: Event) -> str:
     """One human-readable line per event."""
+    from emotion_stream.schema import EndOfStream, FaceEvent  # here: most commands never format events
+
     if isinstance(event, EndOfStream):
         return f"{event.camera:<12} end of stream after seq {event.seq}"
     assert isinstance(event, FaceEvent)
@@ -179,6 +180,8 @@ def format_event(event: Event) -> str:
 
 def format_track_event(event: TrackEvent) -> str:
     """One human-readable line per track lifecycle event."""
+    from emotion_stream.schema import TrackEventType
+
     clock = time.strftime("%H:%M:%S", time.localtime(event.at))
     head = f"{clock} {event.camera:<12} person {event.track:<5}"
     if event.type is TrackEventType.STARTED:
