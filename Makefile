@@ -32,7 +32,7 @@ model: $(STAMP)
 	$(VENV)/bin/emotion-stream train build/faces build/fer2013 --network resnet10 --epochs 30 --steps 250 --flip-average off --out build/model
 	@echo "to ship it: cp build/model/model.keras model/weights/default.keras && cp build/model/model.json model/weights/default.json && make export"
 
-# The shipped default as served without TensorFlow: LiteRT (the serving default) and ONNX.
+# The shipped default as served without TensorFlow: ONNX (served) and LiteRT (predict).
 WEIGHTS := model/weights
 export: $(STAMP)
 	$(VENV)/bin/emotion-stream export $(WEIGHTS)/default.keras --format tflite --out $(WEIGHTS)/default.tflite
