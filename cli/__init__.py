@@ -124,9 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def _known_failure(exc: Exception) -> str | None:
     """The one line for a failure the user can act on (a failed task, Redis refusing
@@ -155,3 +152,7 @@ def _known_failure(exc: Exception) -> str | None:
     # redis-py puts the node's own answer after this preamble.
     said = str(reason).splitlines()[0].split("at least one reachable node: ")[-1]
     return f"Redis Cluster: {said}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
