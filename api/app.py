@@ -244,7 +244,7 @@ async def _event_stream(client: aioredis.Redis, hub: EventHub, subscription: Sub
             while not queue.empty():  # all that is queued in one write
                 items.append(queue.get_nowait())
             subscription.busy = True  # until written: the hub must not write past these
-            events = [e for e in items if e is not None and (floor is None or e.id > floor)]  # (floor: replayed)
+            events = subscription.live([e for e in items if e is not None])  # (queued during the replay: some were in it)
             if events:
                 yield b"".join(e.message for e in events)
                 # Written to the connection (the next item is asked for after the send):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from emotion_stream.embedded_redis import EmbeddedRedis
 from emotion_stream.redis_conn import connect
-from model.runtime import share_cores
+from model.runtime import cores_shared
 
 from .config import (
     BenchConfig,
@@ -51,7 +51,6 @@ def run_batch(config: BenchConfig, model: EmotionModel) -> Figures:
     from batch import BatchJob
 
     settings = settings_for(config)
-    threads = share_cores(config.workers)  # as `emotion-stream batch` does
 
     async def main(url: str, folder: Path, out: Path) -> Figures:
         stop = asyncio.Event()
@@ -74,14 +73,12 @@ def run_batch(config: BenchConfig, model: EmotionModel) -> Figures:
             "stage_ms_per_image": {s: 1000 * (busy1[s] - busy0[s]) / frames for s in busy1},
         }
 
-    with _folder_of(config.images) as folder, EmbeddedRedis() as redis:
+    # OpenCV's threads shared out as `emotion-stream batch` does, for this run only.
+    with cores_shared(config.workers), _folder_of(config.images) as folder, EmbeddedRedis() as redis:
         out = folder.parent / f"{folder.name}-submission.csv"
         with UsageSampler({"bench (workers + job)": os.getpid(), "redis-server": redis.pid}) as usage:
             result = asyncio.run(main(redis.url, folder, out))
         out.unlink(missing_ok=True)
-    import cv2
-
-    cv2.setNumThreads(threads)
     result["workers"] = config.workers
     result["processes"] = usage.summaries()
     return result

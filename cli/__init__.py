@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-
 def _known_failure(exc: Exception) -> str | None:
     """The one line for a failure the user can act on (a failed task, Redis refusing
     access, a cluster that is not one); None for anything else. Redis' and the service
