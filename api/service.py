@@ -94,8 +94,9 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         super().on_headers_complete()
-        if self.cycle is not None and self.cycle.scope is self.scope:
-            self.scope[WRITE_NOW] = partial(_write_chunk, self.cycle)  # type: ignore[literal-required]  # our own key
+        cycle = getattr(self, "cycle", None)  # uvicorn's own fields: absent, the streams take the queued path
+        if cycle is not None and getattr(cycle, "scope", None) is self.scope:
+            self.scope[WRITE_NOW] = partial(_write_chunk, cycle)  # our own key
 
     def on_message_complete(self) -> None:
         self.in_head, self.head_bytes = True, 0  # the next request on this connection
@@ -106,11 +107,16 @@ def _write_chunk(cycle: RequestResponseCycle, body: bytes) -> bool:
     """One more chunk of the cycle's response, written as its own ``send`` would write it
     (chunked: an event stream has no length), if the response is under way and the
     connection takes it now; False otherwise (the caller queues it for ``send``, which
-    waits for the connection)."""
-    if (cycle.disconnected or cycle.flow.write_paused or cycle.response_complete
-            or not cycle.response_started or cycle.chunked_encoding is not True):
+    waits for the connection). This reads uvicorn's own fields of the cycle; should a
+    release rename them, every write is refused and the streams all take the queued path."""
+    try:
+        if (cycle.disconnected or cycle.flow.write_paused or cycle.response_complete
+                or not cycle.response_started or cycle.chunked_encoding is not True):
+            return False
+        transport = cycle.transport
+    except AttributeError:
         return False
-    cycle.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+    transport.write(b"%x\r\n%s\r\n" % (len(body), body))
     return True
 
 

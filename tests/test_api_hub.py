@@ -104,3 +104,14 @@ def test_a_client_whose_connection_stays_full_is_dropped_at_its_buffer() -> None
         assert subscription.queue.qsize() == 3 and connection.written == []
 
     asyncio.run(run())
+
+
+def test_a_server_cycle_without_the_fields_it_reads_refuses_direct_writes() -> None:
+    # Should uvicorn rename the fields the synchronous write reads, streams fall back to
+    # the queued path instead of failing.
+    from api.service import _write_chunk
+
+    class Renamed:
+        transport = None
+
+    assert _write_chunk(Renamed(), b"event") is False  # type: ignore[arg-type]
