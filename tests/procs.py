@@ -31,7 +31,8 @@ class Service:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # faulthandler: a service that hangs is made to print every thread's stack (wait).
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
         self.process = subprocess.Popen([EXE, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     @property
@@ -50,7 +51,12 @@ class Service:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} did not exit within {timeout} s:\n{self.output[-3000:]}") from None
+            self.process.send_signal(signal.SIGABRT)  # faulthandler writes where each thread is
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            raise AssertionError(f"{self.name} did not exit within {timeout} s:\n{self.output[-6000:]}") from None
 
     def stop(self, timeout: float = 30) -> int:
         self.signal(signal.SIGTERM)
