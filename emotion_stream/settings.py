@@ -1,17 +1,23 @@
 """All settings, read once from the environment and overridden by CLI flags (``cli``).
 
-Environment variables use the ``EMOTION_STREAM_`` prefix (``EMOTION_STREAM_BATCH_SIZE=32``);
-the Redis URL is also read from the conventional ``REDIS_URL``.
+Environment variables use the ``EMOTION_STREAM_`` prefix (``EMOTION_STREAM_BATCH_SIZE=32``,
+any case); the Redis URL is also read from the conventional ``REDIS_URL``. Every field is
+a scalar, so pydantic's own conversion of the variable's text is the whole parsing: no
+settings library (pydantic-settings cost every command 85 ms of imports, `predict` an
+eighth of its start-up).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "EMOTION_STREAM_"
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 # Hostile-input limits (images.ImageLimits uses the same defaults).
@@ -31,10 +37,12 @@ MODEL_RUNTIMES: tuple[str, ...] = get_args(ModelRuntime)
 DEFAULT_DETECT_SIZE: dict[str, int] = {"blazeface": 256, "opencv": 192, "mtcnn": 192}
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EMOTION_STREAM_", populate_by_name=True, extra="ignore", frozen=True
-    )
+class Settings(BaseModel):
+    """``Settings(**values)``: the environment's settings with ``values`` (field name ->
+    value) in their place; a bad value raises a ValidationError naming the field (or
+    ``REDIS_URL``, when read from there)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
     # --- Redis -------------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -220,6 +228,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"webhook {url!r} is not an http:// or https:// URL")
         return urls
 
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment(exclude=values.keys()), **values})
+
     def overridden(self, values: dict[str, Any]) -> Settings:
         """A copy with ``values`` (field name -> value) in place, validated exactly like the
         environment: a bad value raises a ValidationError naming the field."""
@@ -243,4 +254,20 @@ def is_loopback(host: str) -> bool:
 
 def env_name(field: str) -> str:
     """The environment variable a setting is read from."""
-    return "REDIS_URL" if field == "redis_url" else f"EMOTION_STREAM_{field.upper()}"
+    return "REDIS_URL" if field == "redis_url" else f"{ENV_PREFIX}{field.upper()}"
+
+
+def _environment(exclude: Collection[str] = ()) -> dict[str, str]:
+    """Each setting the environment sets (variable names in any case), under its field
+    name; the Redis URL under the variable it came from (REDIS_URL first), so that an
+    error names what the user set."""
+    variables = {name.upper(): value for name, value in os.environ.items()}
+    found: dict[str, str] = {}
+    for field in Settings.model_fields:
+        if field in exclude:
+            continue
+        names = ("REDIS_URL", f"{ENV_PREFIX}REDIS_URL") if field == "redis_url" else (env_name(field),)
+        name = next((n for n in names if n in variables), None)
+        if name is not None:
+            found[name if field == "redis_url" else field] = variables[name]
+    return found

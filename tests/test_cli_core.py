@@ -125,6 +125,27 @@ def test_evaluate_on_the_shared_dev_set(shared_faces, detector, capsys):
     assert report["accuracy"] > 0.35  # far above the 1/8 of guessing
 
 
+def test_settings_read_the_environment_and_given_values_win(monkeypatch):
+    from pydantic import ValidationError
+
+    from emotion_stream.settings import Settings
+
+    monkeypatch.setenv("emotion_stream_batch_size", "32")  # any case, as before
+    monkeypatch.setenv("EMOTION_STREAM_TRACKING", "false")
+    monkeypatch.setenv("EMOTION_STREAM_REDIS_URL", "redis://second:6379")
+    monkeypatch.setenv("REDIS_URL", "redis://first:6379")
+    settings = Settings()
+    assert (settings.batch_size, settings.tracking, settings.redis_url) == (32, False, "redis://first:6379")
+    given = Settings(batch_size=4, redis_url="redis://given:6379")
+    assert (given.batch_size, given.redis_url) == (4, "redis://given:6379")
+    assert given.overridden({"max_wait_ms": 7}).batch_size == 4  # no second read of the environment
+    monkeypatch.setenv("REDIS_URL", "http://web:80")
+    with pytest.raises(ValidationError) as bad:
+        Settings()
+    assert bad.value.errors()[0]["loc"] == ("REDIS_URL",)  # the variable the user set
+    assert Settings(redis_url=None).redis_url is None  # a given value replaces the bad one unread
+
+
 def test_setting_flags_are_generated_from_the_settings_fields():
     from emotion_stream.settings import DEFAULT_DETECT_SIZE, Settings
 
