@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 STALL_WARNING_S = 30.0
 UNCONFIRMED_RESENDS = 3  # with --write-replicas: sends of an image its replicas did not confirm
+SEND_CHUNK = 32  # images read in one thread hop and sent in one round trip
 
 
 @dataclass
@@ -203,40 +204,56 @@ class BatchJob:
 
     async def _produce(self, todo: list[Path]) -> None:
         max_bytes = self.settings.max_image_bytes
-        for seq, path in enumerate(todo):
+        sent = 0
+        while sent < len(todo):
+            # As many images as the window has room for now, up to SEND_CHUNK: one
+            # thread hop reads them and one round trip sends them (one at a time, the
+            # producer could not keep two workers fed).
             await self._slots.acquire()
-            try:
-                data = await asyncio.to_thread(_read_limited, path, max_bytes)
-            except (OSError, ValueError) as exc:
-                self._record(FrameResult(self.camera, seq, path.name, ok=False, error=str(exc)))
-                continue
-            message = FrameMessage(
-                self.camera, seq, time.time(), FrameKind.STILL, data, name=path.name, reply_to=self.results
-            )
-            await self._send(message)
-        await self._send(FrameMessage(self.camera, len(todo), time.time(), FrameKind.END, reply_to=self.results))
+            count = 1
+            while count < min(SEND_CHUNK, len(todo) - sent) and not self._slots.locked():
+                await self._slots.acquire()
+                count += 1
+            chunk = list(enumerate(todo[sent : sent + count], start=sent))
+            sent += count
+            reads = await asyncio.to_thread(_read_all, [path for _, path in chunk], max_bytes)
+            messages = []
+            for (seq, path), data in zip(chunk, reads):
+                if isinstance(data, Exception):
+                    self._record(FrameResult(self.camera, seq, path.name, ok=False, error=str(data)))
+                else:
+                    messages.append(FrameMessage(self.camera, seq, time.time(), FrameKind.STILL, data,
+                                                 name=path.name, reply_to=self.results))
+            if messages:
+                await self._send(messages)
+        await self._send([FrameMessage(self.camera, len(todo), time.time(), FrameKind.END, reply_to=self.results)])
 
-    async def _send(self, message: FrameMessage) -> None:
-        """XADD the message; with ``write_replicas``, again until replicas confirm it (a
-        master that fails before replicating loses the entry, and the job would wait
-        for its result forever). A duplicate costs one analysis: results count once."""
+    async def _send(self, messages: list[FrameMessage]) -> None:
+        """XADD the messages in one round trip; with ``write_replicas``, again until
+        replicas confirm them (a master that fails before replicating loses the entries,
+        and the job would wait for their results forever). A duplicate (also from a
+        retried round trip) costs one analysis: results count once."""
         replicas = self.settings.write_replicas
         for _ in range(UNCONFIRMED_RESENDS if replicas else 1):
-            confirmed = await self._retry(partial(self._add, message))
+            confirmed = await self._retry(partial(self._add, messages))
             if confirmed:
                 return
-        log.warning("batch: %s not confirmed by %d replica(s) after %d sends; going on",
-                    message.name or "the end marker", replicas, UNCONFIRMED_RESENDS)
+        log.warning("batch: %d image(s) from %s not confirmed by %d replica(s) after %d sends; going on",
+                    len(messages), messages[0].name or "the end marker", replicas, UNCONFIRMED_RESENDS)
 
-    async def _add(self, message: FrameMessage) -> bool:
-        """One XADD (and WAIT for the replicas asked for); True when confirmed."""
+    async def _add(self, messages: list[FrameMessage]) -> bool:
+        """One pipelined XADD of each message (and WAIT for the replicas asked for);
+        True when confirmed."""
+        async def queue(pipe: Any) -> None:
+            for message in messages:
+                pipe.xadd(self.stream, message.to_fields())
+
         replicas = self.settings.write_replicas
         if not replicas:
-            await self.redis.xadd(self.stream, message.to_fields())
+            pipe = self.redis.pipeline(transaction=False)
+            await queue(pipe)
+            await pipe.execute()
             return True
-        async def queue(pipe: Any) -> None:
-            pipe.xadd(self.stream, message.to_fields())
-
         _id, confirmed = await write_confirmed(
             self.redis, self.stream, queue, replicas, self.settings.write_replicas_timeout_ms)
         return confirmed
@@ -304,6 +321,17 @@ class BatchJob:
         if done is None:
             raise BatchStalled(f"Redis unreachable for {self.timeout:g} s (the job is resumable)")
         return done[0]
+
+
+def _read_all(paths: list[Path], max_bytes: int) -> list[bytes | Exception]:
+    """Each file's bytes, or why it cannot be sent (reported per file)."""
+    out: list[bytes | Exception] = []
+    for path in paths:
+        try:
+            out.append(_read_limited(path, max_bytes))
+        except (OSError, ValueError) as exc:
+            out.append(exc)
+    return out
 
 
 def _read_limited(path: Path, max_bytes: int) -> bytes:

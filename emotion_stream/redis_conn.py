@@ -113,11 +113,11 @@ async def write_confirmed(
     client: aioredis.Redis, key: str, write: Callable[[Any], Awaitable[object]],
     replicas: int, timeout_ms: int,
 ) -> tuple[Any, bool]:
-    """Queue one command on ``key``'s slot with ``await write(pipe)``, then WAIT for
-    ``replicas`` replicas to have it: (the command's reply, confirmed). WAIT counts the
-    writes of its own connection and has no key: on a cluster it goes to ``key``'s node,
-    in the same per-node batch as the write. (``write`` must not await the pipeline
-    itself: awaiting a cluster pipeline starts it afresh.)"""
+    """Queue commands on ``key``'s slot with ``await write(pipe)``, then WAIT for
+    ``replicas`` replicas to have them: (the last command's reply, confirmed). WAIT counts
+    the writes of its own connection and has no key: on a cluster it goes to ``key``'s
+    node, in the same per-node batch as the writes. (``write`` must not await the
+    pipeline itself: awaiting a cluster pipeline starts it afresh.)"""
     pipe = client.pipeline(transaction=False)
     await write(pipe)
     if is_cluster(client):
@@ -125,8 +125,8 @@ async def write_confirmed(
         pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
     else:
         pipe.execute_command("WAIT", replicas, timeout_ms)
-    reply, acked = await pipe.execute()
-    return reply, int(acked) >= replicas
+    *replies, acked = await pipe.execute()
+    return replies[-1], int(acked) >= replicas
 
 
 StreamEntries = list[tuple[Any, dict[bytes, bytes] | None]]
