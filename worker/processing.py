@@ -72,12 +72,13 @@ class FrameProcessor:
         self.threads = threads if analyzer.new_detector is not None else 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="detect") if self.threads > 1 else None
         self._local = threading.local()
-        # One detector per pool thread, made now: loading a model hides stderr for a moment
-        # (runtime.quiet_stderr), which must not happen while other threads log.
+        # One detector per pool thread, the analyzer's siblings' (as the direct path's),
+        # made now: loading a model hides stderr for a moment (runtime.quiet_stderr),
+        # which must not happen while other threads log.
         self._spare: queue.SimpleQueue[FaceDetector] = queue.SimpleQueue()
-        if self._pool is not None and analyzer.new_detector is not None:
-            for _ in range(self.threads):
-                self._spare.put(analyzer.new_detector())
+        if self._pool is not None:
+            for sibling in analyzer.siblings(self.threads):
+                self._spare.put(sibling.detector)
         self._queued = 0  # frames handed to the pool and not finished (a metric)
         self._lock = threading.Lock()
 
@@ -179,7 +180,7 @@ class FrameProcessor:
 
     def _detector(self) -> FaceDetector:
         """This thread's detector (the analyzer's own when there is no pool)."""
-        if self._pool is None or self.analyzer.new_detector is None:
+        if self._pool is None:
             return self.analyzer.detector
         detector = getattr(self._local, "detector", None)
         if detector is None:
