@@ -30,9 +30,9 @@ DETECTORS: tuple[str, ...] = get_args(DetectorName)
 ModelRuntime = Literal["auto", "litert", "onnx", "keras"]
 MODEL_RUNTIMES: tuple[str, ...] = get_args(ModelRuntime)
 # Longest side a frame is analysed at, per detector, when --detect-size is not given.
-# BlazeFace: 256 px cuts a 640x480 frame into two overlapping 192 px tiles (two model runs)
-# and finds faces from ~40 px wide: all 8 of the bench frame, 212 of 229 in 30 random
-# frames (320 px finds all 229 for 2.2x the CPU: four tiles and the whole frame).
+# BlazeFace: 256 px makes a 640x480 frame one 256x192 model input (one model run) and finds
+# faces from ~40 px wide: all 8 of the bench frame, 232 of 240 in 30 generated frames
+# (320 px finds all 240 for 1.7x the CPU; 192 px finds 192).
 # Haar and MTCNN: 192 px, about the same faces as 480 px on 350 px photos at half the CPU.
 DEFAULT_DETECT_SIZE: dict[str, int] = {"blazeface": 256, "opencv": 192, "mtcnn": 192}
 

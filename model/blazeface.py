@@ -11,15 +11,20 @@ Runtime: TensorFlow's TFLite interpreter (XNNPACK) where TensorFlow or ``ai_edge
 is installed, else OpenCV's DNN TFLite importer (machines with OpenCV but no
 TensorFlow). Measured here at 192 px with one thread: 3.8 ms per view with TFLite against
 8.1 ms with OpenCV DNN (README, "Face detection").
+
+Live frames go through the full-range model with its input resized to the frame's own
+shape (``sized_model``): the network is convolutional, so only its input shape and the
+output sizes of its three upsampling layers are fixed in the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import itertools
 import math
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +74,11 @@ def model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def ssd_anchors(variant: Variant) -> np.ndarray:
-    """Anchor centers (n, 2) in [0, 1], in the order the model emits its outputs."""
+def ssd_anchors(variant: Variant, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """Anchor centers (n, 2) as (x, y) in [0, 1] of an input of ``height`` x ``width``
+    (default: the model's own square input), in the order the model emits its outputs."""
+    height, width = height or variant.input_size, width or variant.input_size
     centers: list[np.ndarray] = []
-    size = variant.input_size
     strides = list(variant.strides)
     layer = 0
     while layer < len(strides):
@@ -81,17 +87,47 @@ def ssd_anchors(variant: Variant) -> np.ndarray:
         while same < len(strides) and strides[same] == strides[layer]:
             same += 1
         repeats = (same - layer) * variant.anchors_per_cell
-        cells = size // strides[layer]
-        grid = (np.arange(cells, dtype=np.float32) + 0.5) / cells
-        xs, ys = np.meshgrid(grid, grid)
+        rows, columns = height // strides[layer], width // strides[layer]
+        xs, ys = np.meshgrid((np.arange(columns, dtype=np.float32) + 0.5) / columns,
+                             (np.arange(rows, dtype=np.float32) + 0.5) / rows)
         cell_centers = np.stack([xs.ravel(), ys.ravel()], axis=1)
         centers.append(np.repeat(cell_centers, repeats, axis=0))
         layer = same
     return np.concatenate(centers).astype(np.float32)
 
 
+SIZE_STEP = 32  # sides of a sized input are multiples of this: each of the 5 halvings is exact
+
+
+def sized_model(content: bytes, height: int, width: int) -> bytes:
+    """A BlazeFace ``.tflite`` file's bytes with its input made ``height`` x ``width``
+    (multiples of SIZE_STEP): the input tensor's shape and the constant output sizes of
+    its RESIZE_BILINEAR layers (the feature pyramid's upsampling), scaled alike, patched
+    in place. Every other shape follows from these when the interpreter allocates, and
+    the outputs match ONNX Runtime running the same graph with free input dimensions
+    (``tests/test_blazeface.py``)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = bytearray(content)
+    try:
+        model = schema.Model.GetRootAs(buf, 0)
+        graph = model.Subgraphs(0)
+        shape = graph.Tensors(graph.Inputs(0)).ShapeAsNumpy()  # views into ``buf``: written in place
+        old_height, old_width = int(shape[1]), int(shape[2])
+        shape[1:3] = (height, width)
+        for i in range(graph.OperatorsLength()):
+            operator = graph.Operators(i)
+            code = model.OperatorCodes(operator.OpcodeIndex())
+            if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == schema.BuiltinOperator.RESIZE_BILINEAR:
+                size = model.Buffers(graph.Tensors(operator.Inputs(1)).Buffer()).DataAsNumpy().view(np.int32)
+                size[:] = (size[0] * height // old_height, size[1] * width // old_width)
+    except Exception as exc:  # any damage to the file surfaces here, as whatever the reader trips on
+        raise ValueError(f"not a TFLite model with an image input ({type(exc).__name__}: {exc})") from None
+    return bytes(buf)
+
+
 def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray,
-           input_size: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+           input_hw: tuple[int, int], min_score: float) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs of one image -> (points (n, 8, 2), scores (n,)) of the anchors scoring
     at least ``min_score``, normalised to the input.
 
@@ -105,7 +141,7 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray,
         logit = -math.inf if min_score <= 0.0 else math.inf
     keep = np.flatnonzero(raw_scores >= logit)
     raw_boxes, raw_scores, anchors = raw_boxes.reshape(-1, 16)[keep], raw_scores[keep], anchors[keep]
-    points = raw_boxes.reshape(-1, 8, 2) / float(input_size)
+    points = raw_boxes.reshape(-1, 8, 2) / np.array(input_hw[::-1], np.float32)  # input pixels -> [0, 1]
     center = points[:, 0] + anchors
     half = points[:, 1] / 2.0
     points[:, 0] = center - half
@@ -158,15 +194,16 @@ class _TFLiteRunner:
     """TFLite interpreter with XNNPACK, one image per invoke: larger batches were slower
     per image here (3.8 ms at 1, 4.5 ms at 16; the working set outgrows the cache)."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, content: bytes, threads: int, quiet: bool = True) -> None:
         from .runtime import quiet_stderr, tflite_interpreter_class
 
         interpreter_cls = tflite_interpreter_class()
-        with warnings.catch_warnings(), quiet_stderr():
-            # tf.lite.Interpreter warns that it moves to ai_edge_litert (same API), and
-            # the XNNPACK delegate announces itself on stderr.
+        # tf.lite.Interpreter warns that it moves to ai_edge_litert (same API), and the
+        # XNNPACK delegate announces itself on stderr, once a process: a net made while
+        # serving (``quiet`` off) leaves stderr alone, as other threads may be logging.
+        with warnings.catch_warnings(), quiet_stderr() if quiet else contextlib.nullcontext():
             warnings.simplefilter("ignore")
-            self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
+            self._interpreter = interpreter_cls(model_content=content, num_threads=threads)
             self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = self._interpreter.get_output_details()
@@ -190,8 +227,8 @@ class _TFLiteRunner:
 class _OpenCVRunner:
     """OpenCV DNN's TFLite importer; one image per call (it cannot batch this graph)."""
 
-    def __init__(self, path: Path) -> None:
-        self._net = cv2.dnn.readNetFromTFLite(str(path))
+    def __init__(self, content: bytes) -> None:
+        self._net = cv2.dnn.readNetFromTFLite(np.frombuffer(content, np.uint8))
         names = list(self._net.getUnconnectedOutLayersNames())
         self._names = sorted(names, key=lambda n: "regressor" not in n)  # boxes first
         self._lock = threading.Lock()
@@ -210,72 +247,87 @@ class _OpenCVRunner:
 RUNTIMES = ("auto", "tflite", "opencv")
 
 
-def _make_runner(path: Path, runtime: str, threads: int) -> _Runner:
+def _make_runner(content: bytes, runtime: str, threads: int, quiet: bool) -> _Runner:
     if runtime == "auto":
         has_tflite = any(importlib.util.find_spec(m) for m in ("ai_edge_litert", "tensorflow"))
         runtime = "tflite" if has_tflite else "opencv"
     if runtime == "tflite":
-        return _TFLiteRunner(path, threads)
+        return _TFLiteRunner(content, threads, quiet)
     if runtime == "opencv":
-        return _OpenCVRunner(path)
+        return _OpenCVRunner(content)
     raise ValueError(f"unknown BlazeFace runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 
 @dataclass(frozen=True, slots=True)
 class _Net:
-    """One loaded BlazeFace model: its variant, runner and anchors."""
+    """One loaded BlazeFace model: its variant, runner, input size and anchors."""
 
     variant: Variant
     path: Path
     runner: _Runner
+    input_hw: tuple[int, int]
     anchors: np.ndarray
 
 
-def _load(variant: str, runtime: str, threads: int, path: Path | None = None) -> _Net:
+def _model_path(variant: str, path: Path | None) -> tuple[Variant, Path]:
     if variant not in VARIANTS:
         raise ValueError(f"unknown BlazeFace variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    spec = VARIANTS[variant]
-    path = path or model_dir() / spec.file
+    path = path or model_dir() / VARIANTS[variant].file
     if not path.is_file():
         raise ModelError(f"BlazeFace model file missing: {path}")
+    return VARIANTS[variant], path
+
+
+def _load(variant: str, runtime: str, threads: int, path: Path | None = None,
+          input_hw: tuple[int, int] | None = None, quiet: bool = True) -> _Net:
+    """The model, with its input made ``input_hw`` when given (``sized_model``)."""
+    spec, path = _model_path(variant, path)
     try:
-        runner = _make_runner(path, runtime, threads)
-    except (ValueError, RuntimeError, cv2.error) as exc:
-        # Both runtimes raise one of these on a truncated or foreign file.
+        content = path.read_bytes()
+        if input_hw is not None:
+            content = sized_model(content, *input_hw)
+        runner = _make_runner(content, runtime, threads, quiet)
+    except (OSError, ValueError, RuntimeError, cv2.error) as exc:
+        # The runtimes raise one of these on a truncated or foreign file.
         raise ModelError(f"cannot load BlazeFace model {path}: {str(exc).splitlines()[0]}") from None
-    return _Net(spec, path, runner, ssd_anchors(spec))
+    hw = input_hw or (spec.input_size, spec.input_size)
+    return _Net(spec, path, runner, hw, ssd_anchors(spec, *hw))
 
 
 @dataclass(frozen=True, slots=True)
 class _View:
-    """One model input cut from a frame scaled by ``scale``: frame pixel = (input pixel +
-    origin) / scale. Parts outside the scaled frame (a negative origin, or past its end)
-    read as black padding."""
+    """A frame scaled by ``scale`` as one model input: frame pixel = (input pixel +
+    origin) / scale. Parts of the input outside the scaled frame (a negative origin, or
+    past its end) read as black padding."""
 
     scale: float
     x: int  # origin in scaled-frame pixels
     y: int
 
 
+LIVE_SIZES_KEPT = 8  # live input sizes (frame shapes) with a model loaded, least recently used dropped
+
+
 class BlazeFaceDetector:
     """MediaPipe BlazeFace with its anchor decoding and weighted NMS.
 
-    A frame goes through the model as one square view, letterboxed with black bars
-    (aspect kept), so cost is fixed per frame whatever its size. With
-    ``detect_max_side`` above the model's input (192 px), a live frame is scaled so its
-    longer side is that many pixels and cut into overlapping model-sized tiles, plus one
-    whole-frame view for faces too big for a tile: smaller faces are found at the cost
-    of one model run per view. Still photos always get one
-    view with a black border of ``still_pad`` times their longer side on each side:
-    BlazeFace needs context and misses faces that fill the image (tight crops).
+    A live frame is scaled so that its longer side is ``detect_max_side`` pixels and goes
+    through the full-range model as one input of the frame's own shape, its sides
+    rounded up to multiples of 32 (black padding): a 640x480 frame at 256 px is one
+    256x192 input. Larger sizes find smaller faces; the cost follows the input's area
+    (one 256x192 run, 1.3x a 192 px one, replaced the two overlapping 192 px tiles of
+    earlier releases, with no seams to cut faces). A model is loaded per input shape,
+    the 4:3 one at once and others on their first frame.
 
-    Stills go through ``still_variant``, by default the short-range model (128 px input,
-    faces within ~2 m) with a border of 0.3: a still is one view whose face is large,
-    which is what that model is for. Measured on padded stills: it found faces in 219 of
-    219 ``test_kaggle`` photos and 97.2 % of 535 FER2013 48 px faces, against 216 and
-    86.7 % for the full-range model (border 0.5), at 1.9 against 6.9 ms CPU a photo, and
-    its eye line was off by 1.8 degrees on average on a turned portrait (full range 2.5).
-    Live frames keep the full-range model and its tiles (small, distant faces).
+    Still photos always get one square view with a black border of ``still_pad`` times
+    their longer side on each side: BlazeFace needs context and misses faces that fill
+    the image (tight crops). Stills go through ``still_variant``, by default the
+    short-range model (128 px input, faces within ~2 m) with a border of 0.3: a still is
+    one view whose face is large, which is what that model is for. Measured on padded
+    stills: it found faces in 219 of 219 ``test_kaggle`` photos and 97.2 % of 535
+    FER2013 48 px faces, against 216 and 86.7 % for the full-range model (border 0.5), at
+    1.9 against 6.9 ms CPU a photo, and its eye line was off by 1.8 degrees on average on
+    a turned portrait (full range 2.5).
     """
 
     name = "blazeface"
@@ -294,54 +346,64 @@ class BlazeFaceDetector:
     ) -> None:
         # Threads follow OpenCV's count, which share_cores() lowers to one when several
         # in-process workers already fill the cores. ``path``: the live model's file.
-        threads = threads or cv2.getNumThreads()
-        self._live = _load(variant, runtime, threads, path)
-        self._still = self._live if still_variant == variant and path is None else _load(still_variant, runtime, threads)
-        self.variant, self.path = self._live.variant, self._live.path
+        self._runtime, self._threads = runtime, threads or cv2.getNumThreads()
+        self._live_variant, self._live_path = variant, path
+        self._live_variant_spec = _model_path(variant, path)[0]
+        self.detect_max_side = detect_max_side
+        # Loaded now, so that a bad file fails here: the 4:3 shape most cameras send.
+        self._live: OrderedDict[tuple[int, int], _Net] = OrderedDict()
+        first = self._live_net(self._live_view(3 * detect_max_side // 4, detect_max_side)[1], quiet=True)
+        self._still = _load(still_variant, runtime, self._threads)
+        self.variant, self.path = first.variant, first.path
         self.min_score = min_score
         # Candidates between weak_score and min_score are "weak" detections (0: none):
         # not faces of their own, but evidence that a tracked face is still there.
         self.weak_score = weak_score if 0.0 < weak_score < min_score else 0.0
-        self.detect_max_side = detect_max_side
         self.still_pad = still_pad
 
     # ------------------------------------------------------------------ geometry
-    def _views(self, height: int, width: int, still: bool) -> list[_View]:
-        longest = max(height, width)
-        if still:
-            size = self._still.variant.input_size
-            return [_centered(height, width, size / (longest * (1.0 + 2.0 * self.still_pad)), size)]
-        size = self.variant.input_size
-        whole = _centered(height, width, size / longest, size)
-        if self.detect_max_side <= size or longest <= size:
-            return [whole]
-        scale = self.detect_max_side / longest
-        sw, sh = round(width * scale), round(height * scale)
-        xs, ys = _starts(sw, size), _starts(sh, size)
-        views = [_View(scale, x, y) for y in ys for x in xs]
-        # A face wider than the tiles' overlap is cut in every tile: add the whole frame
-        # unless the overlap holds a face of a third of the frame's shorter side.
-        overlap = min(_min_overlap(xs, size, sw), _min_overlap(ys, size, sh)) / scale
-        if overlap < min(height, width) / 3:
-            views.append(whole)
-        return views
+    def _live_view(self, height: int, width: int) -> tuple[_View, tuple[int, int]]:
+        """The view of a live frame, and the input size it needs: the scaled frame's, in
+        multiples of SIZE_STEP, and never under the model's own input on either side
+        (below it the frame is letterboxed, as the model was trained: small faces near
+        the input's edge were missed, 122 of 240 at 192 px with 8 px bars against 192
+        of 240 in the model's 192x192 with 24 px bars)."""
+        scale = self.detect_max_side / max(height, width)
+        scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+        least = self._live_variant_spec.input_size
+        input_hw = (max(least, -(-scaled_h // SIZE_STEP) * SIZE_STEP), max(least, -(-scaled_w // SIZE_STEP) * SIZE_STEP))
+        return _View(scale, (scaled_w - input_hw[1]) // 2, (scaled_h - input_hw[0]) // 2), input_hw
 
-    def _inputs(self, frame: np.ndarray, views: Sequence[_View], size: int) -> np.ndarray:
+    def _still_view(self, height: int, width: int) -> _View:
+        size = self._still.variant.input_size
+        scale = size / (max(height, width) * (1.0 + 2.0 * self.still_pad))
+        return _View(scale, round((width * scale - size) / 2), round((height * scale - size) / 2))
+
+    def _live_net(self, input_hw: tuple[int, int], quiet: bool = False) -> _Net:
+        net = self._live.get(input_hw)
+        if net is None:
+            net = self._live[input_hw] = _load(self._live_variant, self._runtime, self._threads, self._live_path,
+                                               input_hw, quiet)
+            if len(self._live) > LIVE_SIZES_KEPT:
+                self._live.popitem(last=False)
+        self._live.move_to_end(input_hw)
+        return net
+
+    @staticmethod
+    def _input(frame: np.ndarray, view: _View, input_hw: tuple[int, int]) -> np.ndarray:
+        """The view as a (1, height, width, 3) batch in [-1, 1]."""
         h, w = frame.shape[:2]
-        batch = np.zeros((len(views), size, size, 3), np.float32)
-        scaled: dict[float, np.ndarray] = {}
-        for i, view in enumerate(views):
-            if view.scale not in scaled:
-                # Resize first, convert colour after: both then touch the small image only.
-                dims = (max(1, round(w * view.scale)), max(1, round(h * view.scale)))
-                interp = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
-                scaled[view.scale] = _to_rgb(cv2.resize(frame, dims, interpolation=interp))
-            image = scaled[view.scale]
-            # Copy the part of the scaled frame the view covers; the rest stays black.
-            x0, y0 = max(view.x, 0), max(view.y, 0)
-            x1, y1 = min(view.x + size, image.shape[1]), min(view.y + size, image.shape[0])
-            if x1 > x0 and y1 > y0:
-                batch[i, y0 - view.y:y1 - view.y, x0 - view.x:x1 - view.x] = image[y0:y1, x0:x1]
+        height, width = input_hw
+        batch = np.zeros((1, height, width, 3), np.float32)
+        # Resize first, convert colour after: both then touch the small image only.
+        dims = (max(1, round(w * view.scale)), max(1, round(h * view.scale)))
+        interp = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
+        image = _to_rgb(cv2.resize(frame, dims, interpolation=interp))
+        # Copy the part of the scaled frame the view covers; the rest stays black.
+        x0, y0 = max(view.x, 0), max(view.y, 0)
+        x1, y1 = min(view.x + width, image.shape[1]), min(view.y + height, image.shape[0])
+        if x1 > x0 and y1 > y0:
+            batch[0, y0 - view.y:y1 - view.y, x0 - view.x:x1 - view.x] = image[y0:y1, x0:x1]
         # Pixels to [-1, 1]; the padding (0 so far) becomes -1, black like the image's black.
         batch *= 1.0 / 127.5
         batch -= 1.0
@@ -361,90 +423,35 @@ class BlazeFaceDetector:
     ) -> list[tuple[list[Detection], list[Detection]]]:
         """(faces, weak detections) of each frame. The faces are exactly ``detect_batch``'s;
         weak ones score in [weak_score, min_score) and overlap no face (ByteTrack's low-score
-        boxes: a tracker may use them to keep a track, never to start one). Stills get none."""
-        if not frames:
-            return []
+        boxes: a tracker may use them to keep a track, never to start one). Stills get none.
+        One model run a frame: the runtimes run one image per call anyway."""
         flags = list(stills) if stills is not None else [False] * len(frames)
-        results: list[tuple[list[Detection], list[Detection]]] = [([], [])] * len(frames)
-        for still in (False, True):  # one model run per group: live frames, then stills
-            group = [i for i, flag in enumerate(flags) if flag is still]
-            if group:
-                for i, found in zip(group, self._detect_group([frames[i] for i in group], still)):
-                    results[i] = found
-        return results
+        return [self._detect_one(frame, still) for frame, still in zip(frames, flags, strict=True)]
 
-    def _detect_group(self, frames: Sequence[np.ndarray], still: bool
-                      ) -> list[tuple[list[Detection], list[Detection]]]:
-        net = self._still if still else self._live
-        size = net.variant.input_size
-        views = [self._views(f.shape[0], f.shape[1], still) for f in frames]
-        batch = np.concatenate([self._inputs(f, v, size) for f, v in zip(frames, views)])
-        raw_boxes, raw_scores = net.runner.run(batch)
-        results: list[tuple[list[Detection], list[Detection]]] = []
-        row = 0
+    def _detect_one(self, frame: np.ndarray, still: bool) -> tuple[list[Detection], list[Detection]]:
+        if still:
+            view, net = self._still_view(*frame.shape[:2]), self._still
+        else:
+            view, input_hw = self._live_view(*frame.shape[:2])
+            net = self._live_net(input_hw)
+        height, width = net.input_hw
+        raw_boxes, raw_scores = net.runner.run(self._input(frame, view, net.input_hw))
         floor = self.min_score if still or not self.weak_score else self.weak_score
-        for frame, frame_views in zip(frames, views):
-            points_all, scores_all = [], []
-            for view in frame_views:
-                points, scores = decode(raw_boxes[row], raw_scores[row], net.anchors, size, floor)
-                row += 1
-                cut = _cut_by_tile_edge(points, view, frame.shape[1] * view.scale, frame.shape[0] * view.scale, size)
-                points, scores = points[~cut], scores[~cut]
-                # Normalised view coordinates -> frame pixels.
-                origin = np.array([view.x, view.y], np.float32)
-                points_all.append((points * size + origin) / view.scale)
-                scores_all.append(scores)
-            points, scores = np.concatenate(points_all), np.concatenate(scores_all)
-            faces = weighted_nms(points, scores, self.min_score)
-            weak: list[tuple[np.ndarray, float]] = []
-            if floor < self.min_score:
-                below = scores < self.min_score
-                low_points, low_scores = points[below], scores[below]
-                for face, _ in faces:  # most low candidates surround a face: drop them first
-                    apart = _iou(face[:2], low_points[:, :2]) <= _NMS_IOU
-                    low_points, low_scores = low_points[apart], low_scores[apart]
-                weak = [(p, s) for p, s in weighted_nms(low_points, low_scores, floor)
-                        if not any(_iou(p[:2], f[None, :2])[0] > _NMS_IOU for f, _ in faces)]
-            results.append((largest_first([_detection(p, s, frame.shape) for p, s in faces]),
-                            largest_first([_detection(p, s, frame.shape) for p, s in weak])))
-        return results
-
-
-_EDGE = 0.02  # of a view's side: a box this close to a tile's inner edge is cut off
-
-
-def _cut_by_tile_edge(points: np.ndarray, view: _View, width: float, height: float, size: int) -> np.ndarray:
-    """Boxes reaching an edge of the view that lies inside the frame: a face cut by a
-    tile seam. The neighbouring tile (they overlap) or the whole-frame view sees it whole;
-    kept, the half face would survive NMS as a second, smaller face (IoU under 0.3)."""
-    inner_left, inner_top = view.x > 0, view.y > 0
-    inner_right, inner_bottom = view.x + size < width - 1, view.y + size < height - 1
-    (x0, y0), (x1, y1) = points[:, 0].T, points[:, 1].T
-    cut: np.ndarray = (
-        (inner_left & (x0 < _EDGE)) | (inner_top & (y0 < _EDGE))
-        | (inner_right & (x1 > 1 - _EDGE)) | (inner_bottom & (y1 > 1 - _EDGE))
-    )
-    return cut
-
-
-def _centered(height: int, width: int, scale: float, size: int) -> _View:
-    """One view of the whole frame at ``scale``, centred in the model's input."""
-    return _View(scale, round((width * scale - size) / 2), round((height * scale - size) / 2))
-
-
-def _starts(length: int, tile: int) -> list[int]:
-    """Tile origins along one axis: a quarter overlap at least, the last tile flush;
-    one centred tile when the axis is shorter than a tile."""
-    if length <= tile:
-        return [(length - tile) // 2]
-    step = max(1, int(tile * 0.75))
-    return [*range(0, length - tile, step), length - tile]
-
-
-def _min_overlap(starts: Sequence[int], tile: int, length: int) -> float:
-    if len(starts) == 1:
-        return float(length)  # one tile spans the axis: nothing is cut
-    return float(min(tile - (b - a) for a, b in itertools.pairwise(starts)))
+        points, scores = decode(raw_boxes[0], raw_scores[0], net.anchors, net.input_hw, floor)
+        # Normalised input coordinates -> frame pixels.
+        points = (points * np.array([width, height], np.float32) + np.array([view.x, view.y], np.float32)) / view.scale
+        faces = weighted_nms(points, scores, self.min_score)
+        weak: list[tuple[np.ndarray, float]] = []
+        if floor < self.min_score:
+            below = scores < self.min_score
+            low_points, low_scores = points[below], scores[below]
+            for face, _ in faces:  # most low candidates surround a face: drop them first
+                apart = _iou(face[:2], low_points[:, :2]) <= _NMS_IOU
+                low_points, low_scores = low_points[apart], low_scores[apart]
+            weak = [(p, s) for p, s in weighted_nms(low_points, low_scores, floor)
+                    if not any(_iou(p[:2], f[None, :2])[0] > _NMS_IOU for f, _ in faces)]
+        return (largest_first([_detection(p, s, frame.shape) for p, s in faces]),
+                largest_first([_detection(p, s, frame.shape) for p, s in weak]))
 
 
 def _to_rgb(frame: np.ndarray) -> np.ndarray:

@@ -15,8 +15,9 @@ from .detection import FaceDetector
 
 def create_detector(name: str, max_side: int | None = None, weak_score: float = 0.0) -> FaceDetector:
     """A detector by name. ``max_side`` (unset: ``DEFAULT_DETECT_SIZE``) is the longest
-    side frames are analysed at: BlazeFace tiles frames above its 192 px input (see
-    ``BlazeFaceDetector``); Haar and MTCNN shrink frames to it and map boxes back. For
+    side frames are analysed at: BlazeFace runs its model on the frame scaled to it, as
+    one input of the frame's shape (see ``BlazeFaceDetector``); Haar and MTCNN shrink
+    frames to it and map boxes back. For
     Haar, 192 px found about the same faces as 480 px on the 350 px dev photos (157 vs
     160 of 219) for half the CPU, but misses faces under ~10 % of the frame's shorter
     side (about 64 px in 640x480). ``weak_score``: BlazeFace also reports detections down

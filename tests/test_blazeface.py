@@ -10,7 +10,15 @@ import pytest
 
 from ingest.samples import sample_face, sample_frame, small_faces_frame
 from model import ModelError, create_detector
-from model.blazeface import VARIANTS, BlazeFaceDetector, ssd_anchors, weighted_nms
+from model.blazeface import (
+    LIVE_SIZES_KEPT,
+    VARIANTS,
+    BlazeFaceDetector,
+    model_dir,
+    sized_model,
+    ssd_anchors,
+    weighted_nms,
+)
 from model.preprocessing import crop_face, eye_angle
 from tracks.association import iou
 
@@ -45,9 +53,9 @@ def test_finds_every_face_of_a_multi_face_frame(detector):
         assert len(found) == faces, found
 
 
-def test_a_face_on_a_tile_seam_is_one_face(detector):
-    # The portrait drifts across the seams of the 4 tiles of a 640x480 frame; at t=6.7 s
-    # its half in one tile used to survive as a second face.
+def test_a_drifting_face_is_one_face(detector):
+    # The portrait drifts across a 640x480 frame; at t=6.7 s, when frames were cut into
+    # tiles, its half in one tile used to survive as a second face.
     for i in range(0, 100, 3):
         assert len(detector.detect(sample_frame(i / 10, faces=1))) == 1, i
     assert len(detector.detect(sample_frame(6.7, faces=1))) == 1
@@ -60,7 +68,7 @@ def test_finds_small_faces_at_the_default_size(detector):
     for x, y, w, h in planted:
         assert any(abs(d.box[0] + d.box[2] / 2 - (x + w / 2)) < w / 2 and
                    abs(d.box[1] + d.box[3] / 2 - (y + h / 2)) < h / 2 for d in found), (x, y, w, h)
-    # One letterboxed 192 px view cannot see them all: the tiles are doing the work.
+    # At 192 px they are too small to see: the size is doing the work.
     assert len(create_detector("blazeface", 192).detect(frame)) < len(planted)
 
 
@@ -155,6 +163,76 @@ def test_both_runtimes_agree():
 def test_anchor_layouts_match_the_models():
     assert len(ssd_anchors(VARIANTS["full"])) == 48 * 48
     assert len(ssd_anchors(VARIANTS["short"])) == 16 * 16 * 2 + 8 * 8 * 6
+
+
+def test_anchor_layouts_of_a_sized_input():
+    anchors = ssd_anchors(VARIANTS["full"], 192, 256)
+    assert len(anchors) == 48 * 64
+    # Row by row, x fastest: the order of the model's (1, 48, 64, ...) output reshaped.
+    assert anchors[1, 0] > anchors[0, 0] and anchors[1, 1] == anchors[0, 1]
+    assert anchors[64, 1] > anchors[0, 1] and anchors[64, 0] == anchors[0, 0]
+
+
+@pytest.mark.parametrize("input_hw", [(192, 256), (256, 192), (160, 256)])
+def test_a_sized_model_computes_the_graph_with_free_input_dimensions(input_hw, onnx_full_range):
+    """The patched file (input shape, upsampling sizes) against ONNX Runtime running the
+    unpatched graph, converted by tf2onnx, with its input dimensions left free."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = model_dir() / VARIANTS["full"].file
+    interpreter = Interpreter(model_content=sized_model(path.read_bytes(), *input_hw), num_threads=1)
+    interpreter.allocate_tensors()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, *input_hw, 3)).astype(np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    ours = sorted((interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()),
+                  key=lambda a: a.shape[-1])
+    theirs = sorted(onnx_full_range.run(None, {onnx_full_range.get_inputs()[0].name: x}), key=lambda a: a.shape[-1])
+    anchors = input_hw[0] // 4 * (input_hw[1] // 4)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape == (1, anchors, a.shape[-1])
+        assert np.abs(a - b).max() < 1e-3 * max(1.0, float(np.abs(b).max()))
+
+
+@pytest.fixture(scope="module")
+def onnx_full_range():
+    import onnxruntime as ort
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_tflite(str(model_dir() / VARIANTS["full"].file), opset=17)
+    for dim, name in zip(proto.graph.input[0].type.tensor_type.shape.dim, ("n", "h", "w")):
+        dim.dim_param = name
+    for output in proto.graph.output:
+        for dim in output.type.tensor_type.shape.dim:
+            dim.dim_param = "free"
+    del proto.graph.value_info[:]  # shapes inferred for the 192 px input
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("canvas", [(720, 1280), (640, 480), (300, 1000)])
+def test_frames_of_any_shape_find_the_face_where_it_is(detector, canvas):
+    """A live frame of any shape is one input of its own shape: the portrait, scaled to
+    half the frame's height and put off-centre, is found with its eyes where they are."""
+    height, width = canvas
+    face = sample_face()
+    scale = height / 2 / face.shape[0]
+    small = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    frame = np.full((height, width, 3), 90, np.uint8)
+    x0, y0 = width - small.shape[1] - width // 10, height // 8
+    frame[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+    [found] = detector.detect(frame)
+    eyes = sorted(found.landmarks[:2])
+    tolerance = max(6.0, 15 * scale)
+    for eye, (ex, ey) in zip(eyes, EYES):
+        assert _near(eye, (x0 + ex * scale, y0 + ey * scale), tolerance), (eye, canvas)
+
+
+def test_models_kept_for_frame_shapes_are_bounded():
+    detector = BlazeFaceDetector(detect_max_side=512)
+    shapes = [(32 * k, 512) for k in range(6, 17)]  # 11 input shapes: 192x512 to 512x512
+    for shape in shapes:
+        assert detector.detect(np.zeros((*shape, 3), np.uint8)) == []
+    assert len(detector._live) == LIVE_SIZES_KEPT < len(shapes)
 
 
 def test_weighted_nms_merges_overlapping_candidates():
