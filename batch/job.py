@@ -207,8 +207,8 @@ class BatchJob:
         sent = 0
         while sent < len(todo):
             # As many images as the window has room for now, up to SEND_CHUNK: one
-            # thread hop reads them and one round trip sends them (one at a time, the
-            # producer could not keep two workers fed).
+            # thread hop reads them and one round trip sends them (not a hop and a
+            # round trip an image).
             await self._slots.acquire()
             count = 1
             while count < min(SEND_CHUNK, len(todo) - sent) and not self._slots.locked():

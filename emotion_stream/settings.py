@@ -10,8 +10,8 @@ eighth of its start-up).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 

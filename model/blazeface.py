@@ -348,7 +348,7 @@ class BlazeFaceDetector:
         # in-process workers already fill the cores. ``path``: the live model's file.
         self._runtime, self._threads = runtime, threads or cv2.getNumThreads()
         self._live_variant, self._live_path = variant, path
-        self._live_variant_spec = _model_path(variant, path)[0]
+        self._live_side = _model_path(variant, path)[0].input_size  # the least side of a live input
         self.detect_max_side = detect_max_side
         # Loaded now, so that a bad file fails here: the 4:3 shape most cameras send.
         self._live: OrderedDict[tuple[int, int], _Net] = OrderedDict()
@@ -370,7 +370,7 @@ class BlazeFaceDetector:
         of 240 in the model's 192x192 with 24 px bars)."""
         scale = self.detect_max_side / max(height, width)
         scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
-        least = self._live_variant_spec.input_size
+        least = self._live_side
         input_hw = (max(least, -(-scaled_h // SIZE_STEP) * SIZE_STEP), max(least, -(-scaled_w // SIZE_STEP) * SIZE_STEP))
         return _View(scale, (scaled_w - input_hw[1]) // 2, (scaled_h - input_hw[0]) // 2), input_hw
 
