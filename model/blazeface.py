@@ -305,7 +305,9 @@ class _View:
     y: int
 
 
-LIVE_SIZES_KEPT = 8  # live input sizes (frame shapes) with a model loaded, least recently used dropped
+# Live input sizes with a model loaded (about 15 MB each), least recently used dropped.
+# 4:3 and 16:9 frames share one at the default size; portrait frames take another.
+LIVE_SIZES_KEPT = 4
 
 
 class BlazeFaceDetector:
