@@ -155,6 +155,38 @@ def test_a_camera_silent_for_the_state_lifetime_is_let_go(redis_server, redis_cl
     assert redis_client.get(keys.track_lease("quiet")) is None
 
 
+def test_a_camera_let_go_while_its_state_reloads_is_not_tracked_again(redis_server, redis_client):
+    """After a write that did not reach Redis, tracking reloads the camera's state; if the
+    lease loop lets the camera go during that reload (its lease lost in a failover), the
+    reloaded tracker must not come back without its lease (the owner then failed with a
+    KeyError and stopped its worker)."""
+    import asyncio
+
+    from emotion_stream.redis_conn import connect
+    from emotion_stream.settings import Settings
+    from tracks import TrackOwner
+
+    async def main() -> None:
+        client = connect(redis_server.url, "test")
+        owner = TrackOwner(client, Settings(track_lease_s=1), "solo")
+        await owner._try_acquire("gate")  # noqa: SLF001 - the race, driven by hand
+        assert "gate" in owner.trackers and "gate" in owner.tokens
+        reload = owner._load  # noqa: SLF001
+
+        async def load_while_the_lease_is_lost(camera: str):  # noqa: ANN202
+            owner._drop(camera, "lease lost")  # noqa: SLF001 - what the lease loop does meanwhile
+            return await reload(camera)
+
+        owner._load = load_while_the_lease_is_lost  # noqa: SLF001
+        owner._unsaved.add("gate")  # noqa: SLF001 - the last write did not reach Redis
+        await owner._step()  # noqa: SLF001
+        assert "gate" not in owner.trackers and "gate" not in owner.tokens
+        await owner._step()  # noqa: SLF001 - and the next step runs as usual
+        await client.aclose()
+
+    asyncio.run(main())
+
+
 def test_redis_restart_mid_stream_loses_no_tracked_event(redis_server, redis_client, services):
     """Redis goes away for a few seconds while the owner works: events of the step whose
     write failed are produced again from the state Redis kept, none twice."""

@@ -190,8 +190,8 @@ class TrackOwner:
         next frame record."""
         ttl = self.settings.track_state_ttl_s
         for camera, tracker in list(self.trackers.items()):
-            if not tracker.tracks and not tracker.buffer and now - tracker.last_arrival > ttl:
-                token = self.tokens[camera]
+            token = self.tokens.get(camera)  # None: tracking let it go while this loop awaited
+            if token is not None and not tracker.tracks and not tracker.buffer and now - tracker.last_arrival > ttl:
                 self._drop(camera, f"silent for {ttl} s")
                 await self.redis.srem(keys.TRACKED_CAMERAS, camera)
                 await self._release(keys=[keys.track_lease(camera)], args=[token])
@@ -273,7 +273,9 @@ class TrackOwner:
             # A write that did not reach Redis: go back to what Redis has, so the
             # events of that step are produced again rather than lost.
             if camera in self.trackers:
-                self.trackers[camera], _ = await self._load(camera)
+                reloaded, _ = await self._load(camera)
+                if camera in self.trackers:  # the lease loop may have let it go meanwhile
+                    self.trackers[camera] = reloaded
             self._unsaved.discard(camera)
         if not self.trackers:
             await asyncio.sleep(READ_BLOCK_MS / 1000)
