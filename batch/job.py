@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.images import IMAGE_SUFFIXES
+from emotion_stream.lifecycle import cancel_and_wait
 from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, retrying, write_confirmed
 from emotion_stream.schema import (
     FrameKind,
@@ -167,9 +168,10 @@ class BatchJob:
             collector = asyncio.create_task(self._collect(on_result))
             # If either fails (e.g. Redis refuses access), the other must not wait forever.
             done, pending = await asyncio.wait({producer, collector}, return_when=asyncio.FIRST_EXCEPTION)
-            if any(task.exception() for task in done):
-                for task in pending:
-                    task.cancel()
+            failed = [task for task in done if task.exception()]
+            if failed:
+                await cancel_and_wait(*pending)
+                raise cast(BaseException, failed[0].exception())  # not the other's cancellation
             await asyncio.gather(producer, collector)
         finally:
             self.journal.close()

@@ -24,6 +24,8 @@ from .common import (
 if TYPE_CHECKING:
     from batch import BatchJob, BatchSummary
 
+CLEANUP_S = 5.0  # an interrupted job's time to remove its streams before it is cancelled again
+
 
 def register(sub: Subcommands) -> None:
     p = add_command(
@@ -79,7 +81,7 @@ def _check_output(out: Path) -> None:
 async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int) -> BatchSummary:
     from batch import BatchJob, BatchStalled
     from batch.submission import JournalMismatch
-    from emotion_stream.lifecycle import stop_on_signals
+    from emotion_stream.lifecycle import cancel_and_wait, stop_on_signals
     from emotion_stream.redis_conn import connect
     from model import EmotionModel
     from model.runtime import share_cores
@@ -105,9 +107,8 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     try:
         done, _ = await asyncio.wait({job_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if job_task not in done:
-            job_task.cancel()
             # Let the job remove its camera and streams from Redis before we go.
-            await asyncio.gather(job_task, return_exceptions=True)
+            await cancel_and_wait(job_task, again_after=CLEANUP_S)
             raise KeyboardInterrupt
         try:
             return job_task.result()

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream import keys
     from emotion_stream.embedded_redis import redis_url_or_embedded
     from emotion_stream.leases import Lease
-    from emotion_stream.lifecycle import Supervisor, TaskFailed, run_service
+    from emotion_stream.lifecycle import Supervisor, TaskFailed, cancel_and_wait, run_service
     from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect, retrying
     from emotion_stream.schema import validate_camera_id
     from ingest.camera import IngestOptions, run_camera
@@ -75,8 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 await run_camera(spec, publisher, options, stop)
             finally:
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+                await cancel_and_wait(keeper)
                 with contextlib.suppress(*TRANSIENT_ERRORS):  # Redis gone: the lease expires on its own
                     await lease.release()
             supervisor.check()

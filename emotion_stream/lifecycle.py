@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ async def _fail_after(delay: float, name: str) -> None:
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
-    """Set ``stop`` on SIGINT or SIGTERM; a second signal restores the default (force quit)."""
+    """Set ``stop`` on SIGINT or SIGTERM; a second signal restores the default (force quit).
+    SIGUSR1 logs the asyncio tasks (:func:`log_tasks`)."""
     loop = asyncio.get_running_loop()
 
     def handler(signum: int) -> None:
@@ -92,6 +94,43 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, handler, signum)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
+
+
+def log_tasks() -> None:
+    """SIGUSR1: log every asyncio task and the chain of awaits it is suspended in. A
+    service that seems stuck shows which await never returns (faulthandler shows threads,
+    and ``Task.get_stack`` only a suspended task's outermost coroutine)."""
+    tasks = asyncio.all_tasks()
+    lines = [f"{len(tasks)} asyncio tasks:"]
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        lines.append(f"  {task.get_name()}: {' -> '.join(_awaits(task.get_coro()))}")
+    log.warning("\n".join(lines))
+
+
+def _awaits(awaitable: object) -> list[str]:
+    chain = []
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None:  # a future, or a finished coroutine
+            chain.append(type(awaitable).__name__)
+            break
+        chain.append(f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return chain
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any], again_after: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any still
+    running ``again_after`` seconds later. Python 3.11's ``asyncio.wait_for`` loses a
+    cancellation that lands as the future it waits on completes (CPython gh-86296, fixed
+    in 3.12), and redis-py sends every command through it: a task cancelled once inside
+    a Redis call can carry on as if it never was, and whoever awaits it waits forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

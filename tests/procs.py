@@ -51,7 +51,11 @@ class Service:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.send_signal(signal.SIGABRT)  # faulthandler writes where each thread is
+            # Services log their asyncio tasks on SIGUSR1, then faulthandler writes where
+            # each thread is on SIGABRT.
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            self.signal(signal.SIGABRT)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:

@@ -25,7 +25,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
-from emotion_stream.lifecycle import Supervisor
+from emotion_stream.lifecycle import Supervisor, cancel_and_wait
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import (
     TRANSIENT_ERRORS,
@@ -117,8 +117,7 @@ class TrackOwner:
                 await retrying(self._step, what="tracking", component="tracks", stop=stop)
             supervisor.check()
         finally:
-            leases.cancel()
-            await asyncio.gather(leases, return_exceptions=True)  # its failure is the supervisor's
+            await cancel_and_wait(leases)  # its failure is the supervisor's
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._release_all()
             await self.reader.aclose()

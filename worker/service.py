@@ -28,7 +28,7 @@ from emotion_stream import keys, metrics
 from emotion_stream.images import ImageLimits
 from emotion_stream.keys import Stat
 from emotion_stream.leases import Lease
-from emotion_stream.lifecycle import Supervisor, sleep_or_stop
+from emotion_stream.lifecycle import Supervisor, cancel_and_wait, sleep_or_stop
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
 from emotion_stream.schema import (
@@ -127,9 +127,7 @@ class Worker:
             await asyncio.wait([reader])
             await asyncio.wait([processor])  # drains what the reader queued
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await cancel_and_wait(*background)
             await self._leave()
             self.executor.shutdown(wait=True)
             self.processor.close()
