@@ -45,6 +45,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--weights", default=d.weights,
                    help="keras.applications networks: imagenet (needs internet) | none | PATH (default %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="mini_xception: do not start from the FER2013 weights")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL",
+                   help="start from a trained model of the same network (e.g. model/weights/default.keras) "
+                   "for a further schedule: a warm restart")
     p.add_argument("--input-size", type=number(int, 16, 1024), default=None, help="input side in pixels (default: the network's own)")
     p.add_argument("--epochs", type=number(int, 1), default=d.epochs, help="default %(default)s")
     p.add_argument("--steps", type=number(int, 1), default=d.steps_per_epoch, help="batches per epoch (default %(default)s)")
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     margin = _prepared_margin(args.domains)
     options = TrainOptions(
         network=args.network, weights=args.weights, init_from_fer=not args.from_scratch,
+        init_from=str(args.init_from) if args.init_from else None,
         input_size=args.input_size, epochs=args.epochs, steps_per_epoch=args.steps,
         batch_size=args.train_batch_size, learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay, class_power=args.class_power, domain_power=args.domain_power,

@@ -69,7 +69,8 @@ def model_card(report: Report, meta: ModelMetadata) -> str:
             f"{options.get('domain_power', 0.0)}) and class (count^{options['class_power']}); camera augmentation {'on' if options['augment'] else 'off'}; "
             f"mixup {options['mixup'] or 'off'}; label smoothing {options['label_smoothing']}; distillation "
             f"from the FER2013 mini-Xception {distillation}; seed {options['seed']}; {report['seconds']} s "
-            f"of wall time ({report.get('resumed', 0)} resumes).",
+            f"of wall time ({report.get('resumed', 0)} resumes)"
+            + (f"; started from the weights of `{options['init_from']}`." if options.get("init_from") else "."),
             _selected(report),
         ]
     lines += [

