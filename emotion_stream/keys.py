@@ -66,6 +66,12 @@ def ingest_lease(camera: str) -> str:
     return _tagged("ingest-lease", camera)
 
 
+def ingest_last_write(camera: str) -> str:
+    """The id of the last frame write ingest made to the camera's stream (expiring): a
+    write retried after its reply was lost is recognised and not appended twice."""
+    return _tagged("ingest-last", camera)
+
+
 def frames(camera: str) -> str:
     return _tagged("frames", camera)
 

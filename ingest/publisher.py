@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter
 
 import cv2
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 
 # XADD, then trim to exactly MAXLEN. Trimmed entries the consumer group never received
 # are frames lost to the bound: counted in the camera's stats hash and returned, never
-# silent. KEYS: stream, stats hash. ARGV: maxlen, group, stats field to count this frame
-# under ('' for none), stats field for trimmed frames, fields...
+# silent. A write whose id is the last one made is a retry of it (its reply was lost and
+# redis-py sent it again): not appended twice. KEYS: stream, stats hash, last-write key.
+# ARGV: maxlen, group, stats field to count this frame under ('' for none), stats field
+# for trimmed frames, write id, fields...
 _ADD_BOUNDED = """
 local function after(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -31,7 +34,9 @@ local function after(a, b)
   ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
   return ams > bms or (ams == bms and aseq > bseq)
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+if redis.call('GET', KEYS[3]) == ARGV[5] then return {'', 0} end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 6))
+redis.call('SET', KEYS[3], ARGV[5], 'PX', 600000)  -- 10 minutes: retries come within seconds
 if ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[3], 1) end
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
 local lost = 0
@@ -67,6 +72,8 @@ class FramePublisher:
         self.redis = client
         self.camera = camera
         self.stream = keys.frames(camera)
+        self._last_write = keys.ingest_last_write(camera)
+        self._token = uuid.uuid4().hex[:12]  # this publisher's writes' ids: token:seq
         self.settings = settings
         self.seq = 0
         self._label = metrics.init_camera_series(camera, ingest=True)
@@ -120,7 +127,7 @@ class FramePublisher:
     async def _append(self, message: FrameMessage) -> bool:
         counted = keys.Stat.INGESTED if message.kind is FrameKind.LIVE else ""
         args: list[EncodableT] = [
-            self.settings.frames_max_len, keys.WORKER_GROUP, counted, keys.Stat.TRIMMED
+            self.settings.frames_max_len, keys.WORKER_GROUP, counted, keys.Stat.TRIMMED, f"{self._token}:{message.seq}"
         ]
         for name, value in message.to_fields().items():
             args += [name, value]
@@ -131,6 +138,10 @@ class FramePublisher:
         except ACCESS_ERRORS:
             raise
         except TRANSIENT_ERRORS as exc:
+            # The number is spent even so: the write may have landed before its reply was
+            # lost, and a frame number must never name two frames (tracking would drop
+            # the second as a copy). A dropped frame leaves a gap tracking skips.
+            self.seq += 1
             metrics.REDIS_ERRORS.labels("ingest").inc()
             self._drop("redis_unavailable", "camera %s: Redis unavailable, frame dropped: %s", exc)
             self._registered = False  # re-announce after a Redis restart
@@ -156,7 +167,7 @@ class FramePublisher:
     async def _write(self, args: list[EncodableT]) -> tuple[int, bool]:
         """Append (the script), then WAIT for the replicas on the same connection:
         (frames lost to the bound, confirmed)."""
-        script_keys = [self.stream, keys.stats(self.camera)]
+        script_keys = [self.stream, keys.stats(self.camera), self._last_write]
         replicas = self.settings.write_replicas
         if not replicas:
             _id, lost = await self._add(keys=script_keys, args=args)

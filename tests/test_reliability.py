@@ -172,3 +172,71 @@ def test_sigusr1_logs_each_asyncio_task_and_where_it_waits(redis_server, service
     assert "ingest-lease: keep (leases.py:" in dump  # the keeper, and the await it is in
     assert ingest.alive()  # a dump, not a stop
     assert ingest.stop() == 0
+
+
+def test_a_frame_write_whose_reply_is_lost_is_stored_once_and_its_number_never_reused(redis_server):
+    """A TCP proxy between ingest's publisher and a real Redis passes a frame's write
+    on and cuts the connection before the reply. redis-py sends the write again: the
+    frame must not be appended twice. If Redis then stays unreachable the frame counts
+    as dropped, and its number must not go to the next frame (tracking would drop that
+    one as a copy)."""
+    import asyncio
+
+    import numpy as np
+
+    from emotion_stream.redis_conn import connect
+    from emotion_stream.settings import Settings
+    from ingest.publisher import FramePublisher
+
+    cut_reply, refuse = asyncio.Event(), asyncio.Event()
+    host, port = redis_server.url.removeprefix("redis://").split("/")[0].split(":")
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if refuse.is_set():
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        dropping = False
+
+        async def upstream() -> None:
+            nonlocal dropping
+            while data := await reader.read(65536):
+                if cut_reply.is_set() and b"EVALSHA" in data:
+                    cut_reply.clear()
+                    dropping = True
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                if dropping:
+                    break  # Redis ran the write; its reply is lost with the connection
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+            up_writer.close()
+
+        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+
+    async def scenario() -> list[int]:
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        client = connect(f"redis://127.0.0.1:{proxy.sockets[0].getsockname()[1]}", "tests")
+        publisher = FramePublisher(client, "door", Settings())
+        frame = np.full((48, 64, 3), 128, np.uint8)
+        assert await publisher.publish(frame, time.time())  # frame 0
+        cut_reply.set()
+        assert await publisher.publish(frame, time.time())  # frame 1: sent again, stored once
+        cut_reply.set()
+        refuse.set()
+        assert not await publisher.publish(frame, time.time())  # frame 2: landed, reply lost, Redis gone
+        refuse.clear()
+        assert await publisher.publish(frame, time.time())  # frame 3
+        assert publisher.dropped == {"redis_unavailable": 1} and publisher.accepted == 3
+        entries = await client.xrange(keys.frames("door"))
+        await client.aclose()
+        proxy.close()
+        await asyncio.sleep(0.2)  # the relays see their connections close
+        return [int(fields[b"seq"]) for _, fields in entries]
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3]
