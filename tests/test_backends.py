@@ -60,8 +60,9 @@ def test_tensorflow_and_jax_give_the_same_probabilities():
 def test_model_and_analyzer_tests_pass_under_jax():
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
+        # (test_blazeface is not here: the detector runs in LiteRT, whatever Keras' backend.)
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_model.py",
-         "tests/test_blazeface.py", "tests/test_calibration.py"],
+         "tests/test_calibration.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
