@@ -9,8 +9,10 @@ Exit codes: 0 success, 1 failure (the error is one line on stderr), 2 usage erro
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    # `kill -USR1 PID` prints where every thread is, for any command (one that seems
+    # stuck); services also log their asyncio tasks on it (lifecycle.stop_on_signals).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return int(args.run(args, settings) or 0)
     except CommandError as exc:

@@ -6,6 +6,8 @@ nothing, saying nothing) is what must never happen."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -98,14 +100,16 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 def log_tasks() -> None:
-    """SIGUSR1: log every asyncio task and the chain of awaits it is suspended in. A
-    service that seems stuck shows which await never returns (faulthandler shows threads,
-    and ``Task.get_stack`` only a suspended task's outermost coroutine)."""
+    """SIGUSR1: log every asyncio task and the chain of awaits it is suspended in, then
+    write every thread's stack to stderr. A service that seems stuck shows which await
+    never returns (``Task.get_stack`` gives only a suspended task's outermost coroutine)."""
     tasks = asyncio.all_tasks()
     lines = [f"{len(tasks)} asyncio tasks:"]
     for task in sorted(tasks, key=lambda t: t.get_name()):
         lines.append(f"  {task.get_name()}: {' -> '.join(_awaits(task.get_coro()))}")
     log.warning("\n".join(lines))
+    with contextlib.suppress(ValueError, OSError):  # stderr closed, or not a real file
+        faulthandler.dump_traceback(all_threads=True)
 
 
 def _awaits(awaitable: object) -> list[str]:

@@ -51,8 +51,8 @@ class Service:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            # Services log their asyncio tasks on SIGUSR1, then faulthandler writes where
-            # each thread is on SIGABRT.
+            # Every command prints its threads on SIGUSR1 (services their asyncio tasks
+            # too), and faulthandler again on SIGABRT, which ends it.
             self.process.send_signal(signal.SIGUSR1)
             time.sleep(1.0)
             self.signal(signal.SIGABRT)

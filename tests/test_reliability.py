@@ -170,8 +170,20 @@ def test_sigusr1_logs_each_asyncio_task_and_where_it_waits(redis_server, service
     wait_for(lambda: "asyncio tasks:" in ingest.output, 10, "the task dump")
     dump = ingest.output.split("asyncio tasks:", 1)[1]
     assert "ingest-lease: keep (leases.py:" in dump  # the keeper, and the await it is in
+    wait_for(lambda: "most recent call first" in ingest.output, 10, "the thread dump")
     assert ingest.alive()  # a dump, not a stop
     assert ingest.stop() == 0
+
+
+def test_sigusr1_makes_a_one_shot_command_print_its_threads_not_die(services, face_bgr, tmp_path):
+    image = tmp_path / "face.jpg"
+    cv2.imwrite(str(image), face_bgr)
+    predict = services("predict", "predict", *[str(image)] * 1500)  # some seconds of work
+    wait_for(lambda: "face.jpg" in predict.output, 120, "predict's first result")
+    predict.signal(signal.SIGUSR1)
+    wait_for(lambda: "most recent call first" in predict.output, 10, "the thread dump")
+    assert predict.wait(120) == 0
+    assert predict.output.count("face.jpg") == 1500
 
 
 def test_a_frame_write_whose_reply_is_lost_is_stored_once_and_its_number_never_reused(redis_server):
