@@ -326,3 +326,14 @@ def test_a_worker_tracks_a_real_clip_and_ends_every_track_at_a_cut(redis_server,
     faces = [e for _id, f in redis_client.xrange(keys.events("film")) if isinstance(e := parse_event(f[b"event"]), FaceEvent)]
     before, after = {f.track for f in faces if f.seq < 30}, {f.track for f in faces if f.seq >= 31}
     assert len(before) == 1 and len(after) == 1 and before != after
+
+
+def test_a_worker_stopped_hands_its_cameras_on_at_once(redis_server, redis_client, services):
+    """SIGTERM: the worker's tracks owner releases its camera leases before it exits, so
+    another owner takes over now rather than when the leases expire (60 s here)."""
+    worker = services("w1", "worker", "--redis", redis_server.url, "--name", "w1", "--track-lease-s", "60")
+    redis_client.sadd(keys.TRACKED_CAMERAS, "porch")
+    wait_for(lambda: owner_of(redis_client, "porch") == "w1", 60, "the worker to own the camera")
+    assert worker.stop() == 0
+    assert redis_client.get(keys.track_lease("porch")) is None
+    assert not redis_client.hexists(keys.TRACK_OWNERS, "w1")

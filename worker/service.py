@@ -58,6 +58,7 @@ READ_BLOCK_MS = 100  # bounds discovery latency and how long shutdown waits for 
 
 
 LEASE_MS = int(3 * HEARTBEAT_S * 1000)  # a worker's name is free this long after it died
+BACKGROUND_GRACE_S = 5.0  # at shutdown, for the background tasks to end by themselves
 
 class NameInUse(RuntimeError):
     """Another running worker has this consumer name: the two would share one consumer
@@ -127,6 +128,10 @@ class Worker:
             await asyncio.wait([reader])
             await asyncio.wait([processor])  # drains what the reader queued
         finally:
+            if stop.is_set():
+                # The background loops end on their own once ``stop`` is set; the tracks
+                # owner then releases its cameras, which a cancellation could cut short.
+                await asyncio.wait(background, timeout=BACKGROUND_GRACE_S)
             await cancel_and_wait(*background)
             await self._leave()
             self.executor.shutdown(wait=True)
