@@ -29,7 +29,9 @@ DATA ?= ../shared/data
 model: $(STAMP)
 	$(VENV)/bin/emotion-stream prepare $(DATA)/faces/train --out build/faces
 	$(VENV)/bin/emotion-stream prepare $(DATA)/fer2013 --out build/fer2013
-	$(VENV)/bin/emotion-stream train build/faces build/fer2013 --network resnet10 --epochs 30 --steps 250 --flip-average off --out build/model
+	$(VENV)/bin/emotion-stream train build/faces build/fer2013 --network resnet10 --epochs 30 --steps 250 --flip-average off --out build/model-v5
+	$(VENV)/bin/emotion-stream train build/faces build/fer2013 --network resnet10 --init-from build/model-v5/model.keras \
+		--epochs 16 --steps 250 --learning-rate 0.001 --warmup-epochs 0.5 --average-last 8 --flip-average off --out build/model
 	@echo "to ship it: cp build/model/model.keras model/weights/default.keras && cp build/model/model.json model/weights/default.json && make export"
 
 # The shipped default as served without TensorFlow: ONNX (served) and LiteRT (predict).
