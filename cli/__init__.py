@@ -9,6 +9,7 @@ Exit codes: 0 success, 1 failure (the error is one line on stderr), 2 usage erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
 import logging
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     # `kill -USR1 PID` prints where every thread is, for any command (one that seems
     # stuck); services also log their asyncio tasks on it (lifecycle.stop_on_signals).
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(ValueError, OSError):  # stderr is no file (main called in-process)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return int(args.run(args, settings) or 0)
     except CommandError as exc:
