@@ -128,11 +128,13 @@ class Worker:
             await asyncio.wait([reader])
             await asyncio.wait([processor])  # drains what the reader queued
         finally:
-            if stop.is_set():
-                # The background loops end on their own once ``stop`` is set; the tracks
-                # owner then releases its cameras, which a cancellation could cut short.
-                await asyncio.wait(background, timeout=BACKGROUND_GRACE_S)
-            await cancel_and_wait(*background)
+            try:
+                if stop.is_set():
+                    # The background loops end on their own once ``stop`` is set; the tracks
+                    # owner then releases its cameras, which a cancellation could cut short.
+                    await asyncio.wait(background, timeout=BACKGROUND_GRACE_S)
+            finally:  # also when this task is cancelled during that wait
+                await cancel_and_wait(*background)
             await self._leave()
             self.executor.shutdown(wait=True)
             self.processor.close()
