@@ -178,12 +178,17 @@ def test_sigusr1_logs_each_asyncio_task_and_where_it_waits(redis_server, service
 def test_sigusr1_makes_a_one_shot_command_print_its_threads_not_die(services, face_bgr, tmp_path):
     image = tmp_path / "face.jpg"
     cv2.imwrite(str(image), face_bgr)
-    predict = services("predict", "predict", *[str(image)] * 1500)  # some seconds of work
+    predict = services("predict", "predict", *[str(image)] * 3000)  # some seconds of work
     wait_for(lambda: "face.jpg" in predict.output, 120, "predict's first result")
+    # Stopped, it cannot finish before the signal lands: SIGUSR1 waits, pending, and is
+    # the first thing it handles on SIGCONT.
+    predict.signal(signal.SIGSTOP)
+    assert predict.alive(), "predict finished before it could be signalled"
     predict.signal(signal.SIGUSR1)
+    predict.signal(signal.SIGCONT)
     wait_for(lambda: "most recent call first" in predict.output, 10, "the thread dump")
     assert predict.wait(120) == 0
-    assert predict.output.count("face.jpg") == 1500
+    assert predict.output.count("face.jpg") == 3000
 
 
 def test_a_frame_write_whose_reply_is_lost_is_stored_once_and_its_number_never_reused(redis_server):
