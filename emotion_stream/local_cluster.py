@@ -70,7 +70,9 @@ class LocalCluster:
     def start(self, timeout: float = 30.0) -> LocalCluster:
         try:
             for _ in range(self.masters * (1 + self.replicas)):
-                self.nodes.append(self._start_node(_free_cluster_port()))
+                # A node just started may not listen yet: never pick its ports again.
+                taken = frozenset(n.port for n in self.nodes)
+                self.nodes.append(self._start_node(_free_cluster_port(taken)))
             for node in self.nodes:
                 _wait(functools.partial(_pings, node), timeout, f"redis-server on port {node.port}")
             tls = ["--tls", "--cacert", str(self.tls[0])] if self.tls else []
@@ -178,10 +180,13 @@ def _command(node: ClusterNode, *args: str) -> Any:
     return node.client().execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
 
-def _free_cluster_port() -> int:
-    """A port free with its cluster-bus port (+10000); so at most 55535."""
+def _free_cluster_port(taken: frozenset[int] = frozenset()) -> int:
+    """A port free with its cluster-bus port (+10000), clear of the ``taken`` nodes'
+    ports and bus ports; so at most 55535."""
     for _ in range(200):
         port = random.randint(20_000, 45_000)
+        if taken & {port, port + 10_000, port - 10_000}:
+            continue
         if _bindable(port) and _bindable(port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
