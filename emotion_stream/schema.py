@@ -402,6 +402,7 @@ class TrackEndReason(StrEnum):
     CAMERA_SILENT = "camera_silent"  # no frame at all for a while, and no end marker
     CAMERA_RESTARTED = "camera_restarted"  # frame numbers started again from the beginning
     SCENE_CUT = "scene_cut"  # the picture cut to another scene (a video's edit, a switched camera)
+    REPLACED = "replaced"  # another face started a track where this one was
 
 
 @dataclass(frozen=True, slots=True)

@@ -366,8 +366,10 @@ def test_a_person_replaced_at_the_same_spot_is_a_new_track_and_the_first_ends():
     ids = _track_ids(events)
     assert len(set(ids["person0"])) == 1 and len(set(ids["person1"])) == 1
     assert set(ids["person0"]) != set(ids["person1"])
+    # The first track ends as the newcomer's starts on top of it, not a timeout later.
     ended = [e for e in lifecycle if e.type is TrackEventType.ENDED]
-    assert [e.track for e in ended][0] == ids["person0"][0] and ended[0].reason == "timeout"
+    assert [e.track for e in ended][0] == ids["person0"][0] and ended[0].reason == "replaced"
+    assert ended[0].at == min(e["captured_at"] for e in events if e.get("name") == "person1")
     # Smoothing starts afresh: the newcomer's shown emotion never carries the first's.
     second_events = [e for e in events if e.get("name") == "person1"]
     assert second_events[0]["track_emotion"] == second_events[0]["emotion"]
@@ -428,6 +430,30 @@ def test_weak_detections_continuing_a_confirmed_track_are_published_as_weak():
     alone = [FrameRecord(r.camera, r.seq, r.captured_at, r.status, [], r.faces, r.scene) for r in recs]
     events, lifecycle, _ = run(alone)
     assert not events and not lifecycle
+
+
+def test_a_weak_box_smaller_than_the_face_does_not_cost_the_face_its_track():
+    """Weak detections are often part of the face: 76 px inside a 111 px face for half a
+    second, then the face's box is back, a little larger (120 px, as detector boxes
+    jitter). It is the same track: the size gate compares the face with the face's last
+    size, not with the weak box's (120 / 76 is past the 1.5 gate)."""
+    person = Person("sad", 300, 200, 10, size=111)
+    recs = records("cam", [person], 3.0, describe=True)
+    dipped = []
+    for r in recs:
+        x, y, w, h = r.faces[0]["box"]
+        if 1.0 <= r.seq / FPS < 1.5:
+            part = [dict(r.faces[0], box=[x + (w - 76) // 2, y + (h - 76) // 2 + 8, 76, 76])]
+            r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, [], part, r.scene)
+        elif r.seq / FPS >= 1.5:
+            r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, [dict(r.faces[0], box=[x - 4, y - 4, 120, 120])],
+                            scene=r.scene)
+        dipped.append(r)
+    events, lifecycle, _ = run(dipped)
+    faces = [e for e in events if e.get("type") == "face"]
+    assert sum(e["weak"] for e in faces) == int(FPS // 2) + 1
+    assert len({e["track"] for e in faces}) == 1
+    assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
 
 
 def test_a_state_from_before_descriptors_loads_and_its_tracks_start_a_gallery():

@@ -34,7 +34,7 @@ from emotion_stream.schema import (
 from emotion_stream.settings import Settings
 
 from .appearance import scene_change
-from .association import Box, Candidate, Gates, Motion, TrackView, associate
+from .association import Box, Candidate, Gates, Motion, TrackView, associate, centre, iou
 from .smoothing import EmotionSmoother
 
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
@@ -51,6 +51,7 @@ GALLERY_EVERY = 3  # every so many matched faces, the newest descriptor joins th
 # Measured on the people clip: frames without a cut moved at most 0.076 / 0.183 (queue
 # variant, people coming and going), its five cuts at least 0.083 / 0.234.
 CUT_LAYOUT, CUT_HISTOGRAM = 0.08, 0.2
+REPLACED_IOU = 0.5  # a new track this far on top of an unmatched one ends it (``_replace``)
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ class CameraTracker:
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
             matched = owner.get(index)
             if matched is None:
+                self._replace(candidate.box, {t.id for t in owner.values()}, at, record.seq, out)
                 track = self._start(candidate.box, probabilities, at, record.seq, out)
             else:
                 track = matched
@@ -265,7 +267,8 @@ class CameraTracker:
             out.captured.append(face.captured_at)
         if record.weak:
             taken = {t for t, _ in pairs}
-            self._weak(record, at, [track for i, track in enumerate(tracks) if i not in taken], out)
+            # Tracks a new face replaced are gone (``_replace``): they take no weak box.
+            self._weak(record, at, [t for i, t in enumerate(tracks) if i not in taken and t.id in self.tracks], out)
 
     def _view(self, track: Track, at: float, seq: int) -> TrackView:
         return TrackView(track.motion.predict(at), track.looks(), missed=track.last_match_seq < seq - 1)
@@ -311,15 +314,29 @@ class CameraTracker:
         candidates = [Candidate(_box(doc["box"]), _descriptor(doc)) for doc in record.weak]
         for t, d in associate([self._view(h, at, record.seq) for h in holders], candidates, self.config.gates):
             track, doc = holders[t], record.weak[d]
+            # A weak box says where the face is, not how large: it is often part of the
+            # face (72 px inside a 111 px one), and taking its size made the face's next
+            # box fail the size gate: 4 of the 5 ID switches of the tracks bench's
+            # 4-camera clips, replayed.
+            box = _sized_like(candidates[d].box, track.motion.box)
             if "probabilities" not in doc:
-                track.motion.update(candidates[d].box, at)
+                track.motion.update(box, at)
                 track.unseen_s = 0.0
                 continue
             face = face_event_from_doc(doc)
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
-            self._continue(track, candidates[d].box, probabilities, self.config.weak_weight, at, record.seq, out)
+            self._continue(track, box, probabilities, self.config.weak_weight, at, record.seq, out)
             out.events.append(replace(face, weak=True, track=track.id, track_emotion=track.smoother.shown).to_json())
             out.captured.append(face.captured_at)
+
+    def _replace(self, box: Box, matched: set[int], at: float, seq: int, out: TrackerOutput) -> None:
+        """End the tracks a new face starts on top of: whoever was there is not any more
+        (a newcomer at the same spot), or was refused by appearance by mistake (their box
+        jumped in size, so their crop and descriptor changed). Kept, such a track would go
+        on taking that face's weak boxes, and the two tracks would trade one person."""
+        for track in [t for t in self.tracks.values() if t.id not in matched]:
+            if iou(track.motion.predict(at), box) >= REPLACED_IOU:
+                self._end(track, TrackEndReason.REPLACED, at, seq, out)
 
     def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
                out: TrackerOutput) -> Track:
@@ -383,6 +400,12 @@ class CameraTracker:
 def _box(box: Sequence[int]) -> Box:
     x, y, w, h = box
     return float(x), float(y), float(w), float(h)
+
+
+def _sized_like(box: Box, like: Box) -> Box:
+    """``box``'s centre with ``like``'s size."""
+    (cx, cy), (w, h) = centre(box), like[2:]
+    return cx - w / 2, cy - h / 2, w, h
 
 
 def _descriptor(doc: Mapping[str, Any]) -> np.ndarray | None:
