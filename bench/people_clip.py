@@ -97,25 +97,28 @@ def schedule(photos: Sequence[Photo], seconds: float, seed: int, queue: bool = F
              for k in range(len(photos))]
     frames = int(seconds * FPS)
     hold, gap = int(HOLD_S * FPS), int(GAP_S * FPS)
+    cuts = cut_frames(seconds) if queue else []
+    # Both slots' people are drawn in the order they appear, so that the rotation's
+    # consecutive photos never show at once: a label with one photo (contempt) must
+    # not be one person in both slots a second apart, whom any re-identification
+    # rightly follows from one slot to the other.
+    starts = [int(slot * (hold if queue else hold + gap) / 2) for slot in (0, 1)]
     out: list[Appearance] = []
-    if not queue:
-        for slot in (0, 1):
-            start = int(slot * (hold + gap) / 2)
-            while start + hold <= frames:
-                photo = photos[order[len(out) % len(order)]]
-                out.append(Appearance(len(out), slot, photo, start, start + hold - 1))
-                start += hold + gap
-        return out
-    cuts = cut_frames(seconds)
-    for slot in (0, 1):
-        start = int(slot * hold / 2)
-        while start < frames:
-            scene = sum(1 for c in cuts if c <= start)
-            # An appearance ends at the next cut; the next scene starts with new people.
-            end = min(start + hold, next((c for c in cuts if c > start), frames), frames)
-            photo = photos[order[len(out) % len(order)]]
-            out.append(Appearance(len(out), slot, photo, start, end - 1, scene))
-            start = end if end in cuts else end + int(rng.uniform(*QUEUE_GAP_S) * FPS)
+    while True:
+        slot = min((0, 1), key=lambda s: starts[s])
+        start = starts[slot]
+        if start >= frames or (not queue and start + hold > frames):
+            break
+        photo = photos[order[len(out) % len(order)]]
+        if not queue:
+            out.append(Appearance(len(out), slot, photo, start, start + hold - 1))
+            starts[slot] = start + hold + gap
+            continue
+        scene = sum(1 for c in cuts if c <= start)
+        # An appearance ends at the next cut; the next scene starts with new people.
+        end = min(start + hold, next((c for c in cuts if c > start), frames), frames)
+        out.append(Appearance(len(out), slot, photo, start, end - 1, scene))
+        starts[slot] = end if end in cuts else end + int(rng.uniform(*QUEUE_GAP_S) * FPS)
     return out
 
 
