@@ -116,9 +116,9 @@ def format_text(summary: Figures) -> str:
         lines.append(f"    capture -> event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         lines.append(f"    backlog (frames): first tenth {live['backlog_first_tenth']}, last tenth {live['backlog_last_tenth']}")
         lines.append("    worker time per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in live["stage_ms_per_frame"].items()))
-    t = summary.get("tracks")
-    if t:
-        lines += _tracks_table(t)
+    for key in ("tracks", "tracks_replay"):
+        if summary.get(key):
+            lines += _tracks_table(summary[key])
     runtimes = summary.get("runtimes")
     if runtimes:
         lines.append(f"    classifier runtimes (fresh process each, {runtimes['threads']} thread; CPU ms a face):")
@@ -202,15 +202,16 @@ def _tracks_table(t: Figures) -> list[str]:
     """The people clips, both variants, for each checkout measured (baseline first)."""
     runs = [name for name in ("baseline", "current") if name in t]
     columns = [(name, variant) for variant in ("gaps", "queue") for name in runs]
+    how = "replayed offline, every frame in order" if t.get("replay") else f"{t['workers']} workers"
     lines = [f"(e) tracks: {t['cameras']} cameras x {t['fps']:.0f} fps for {t['seconds']:.0f} s, people clips from "
-             f"{t['photos']} photos, {t['workers']} workers; gaps: the next person after an empty spell, queue: "
+             f"{t['photos']} photos, {how}; gaps: the next person after an empty spell, queue: "
              "0-0.3 s after, at the same spot, and hard cuts"]
     lines.append(f"    {'':<48} " + " ".join(f"{name[:8] + ' ' + variant:>16}" for name, variant in columns))
     for label, path, form in _TRACK_ROWS:
-        cells = []
-        for name, variant in columns:
-            value = _figure(*path)(t[name][variant])
-            cells.append(f"{form.format(value) if value is not None else '-':>16}")
+        values = [_figure(*path)(t[name][variant]) for name, variant in columns]
+        if all(value is None for value in values):
+            continue  # not measured by this scenario (latency, when replayed)
+        cells = [f"{form.format(value) if value is not None else '-':>16}" for value in values]
         lines.append(f"    {label:<48} " + " ".join(cells))
     cost = t.get("cost")
     if cost:

@@ -20,7 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -45,6 +45,9 @@ from . import people_clip
 from .config import BenchConfig, settings_for, workers_ready
 from .measure import Figures, percentiles
 
+if TYPE_CHECKING:
+    from model import EmotionModel
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("gaps", "queue")
 Truth = list[list[tuple[people_clip.Appearance, tuple[int, int, int, int]]]]  # per frame: who is where
@@ -68,6 +71,53 @@ def run_tracking(config: BenchConfig, photos: Sequence[tuple[Path, str]], second
         out[name] = {"tree": str(tree)}
         for variant, cams in clips.items():
             out[name][variant] = _run(config, tree, cams, seconds)
+    return out
+
+
+def run_replay(config: BenchConfig, photos: Sequence[tuple[Path, str]], seconds: float,
+               model: EmotionModel | None = None) -> Figures:
+    """Both variants' clips through the worker's own analysis offline, every frame in
+    order (``FrameProcessor``, then its frame records), and one tracker a camera, scored
+    as ``run_tracking``. No load, no skipped frame, no Redis: the same figures at every
+    run of one checkout, so tracking changes compare across commits, and more cameras or
+    seconds give more people than the live clip can on this machine."""
+    from emotion_stream.images import ImageLimits
+    from emotion_stream.schema import FrameRecord, parse_event
+    from model import FaceAnalyzer, create_detector
+    from tracks.camera import CameraTracker, TrackerConfig, TrackerOutput
+    from worker.outcomes import Origin, analyzed_outcome
+    from worker.processing import FrameProcessor
+    from worker.streams import Entry
+
+    faces = people_clip.load_photos(photos, create_detector("blazeface"))
+    if len(faces) < 4:
+        raise ValueError(f"only {len(faces)} usable face photos; the clip needs at least 4")
+    settings = settings_for(config).model_copy(update={"tracking": True})
+    analyzer = FaceAnalyzer.from_settings(settings, model)
+    processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels), describe=True)
+    origin = Origin("replay", analyzer.detector.name, analyzer.model.id)
+    tracking = TrackerConfig.from_settings(settings, analyzer.model.metadata.class_prior())
+    out: Figures = {"cameras": config.cameras, "fps": people_clip.FPS, "seconds": seconds, "workers": 0,
+                    "photos": len(faces), "replay": True, "current": {"tree": str(ROOT)}}
+    try:
+        for variant in VARIANTS:
+            scored = []
+            for name, frames, truth in _clips(faces, config.cameras, seconds, variant == "queue", settings.jpeg_quality):
+                tracker, emitted = CameraTracker(name, tracking), TrackerOutput()
+                for start in range(0, len(frames), settings.batch_size):
+                    messages = [FrameMessage(name, i, i / people_clip.FPS, FrameKind.LIVE, frames[i], *people_clip.SIZE)
+                                for i in range(start, min(start + settings.batch_size, len(frames)))]
+                    for message, analysis in zip(messages, processor.process(messages)[0]):
+                        outcome = analyzed_outcome(Entry(name, "0-0", None), message, analysis.faces, 0.0, origin,
+                                                   tracking=True, weak=analysis.weak, scene=analysis.scene)
+                        record = FrameRecord.from_json(outcome.frame_record)
+                        tracker.add(record, record.captured_at, emitted)
+                        emitted.merge(tracker.flush(record.captured_at))
+                emitted.merge(tracker.flush(float("inf")))
+                scored.append((truth, [parse_event(e) for e in emitted.events], emitted.lifecycle))
+            out["current"][variant] = score(scored)
+    finally:
+        processor.close()
     return out
 
 

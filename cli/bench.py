@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from bench.measure import Figures
 
 
-SCENARIOS = ("original", "detector", "classifier", "direct", "batch", "live", "tracks", "cluster", "runtimes",
-             "startup", "memory", "api")
+SCENARIOS = ("original", "detector", "classifier", "direct", "batch", "live", "tracks", "tracks-replay", "cluster",
+             "runtimes", "startup", "memory", "api")
 BASELINE_SCENARIOS = ("original", "direct", "batch", "live")  # run by the baseline's own bench
 
 
@@ -34,7 +34,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("--images", type=Path, default=None,
                    help="folder of images, e.g. ../shared/data/faces/test_kaggle (default: 40 generated samples)")
-    add_settings(p, "detector", "detect_max_side")
+    add_settings(p, "detector", "detect_max_side", "batch_size", "max_wait_ms")
     p.add_argument("--workers", type=number(int, 1), default=None, help="workers for (c) and (d) (default: cores)")
     p.add_argument("--cameras", type=number(int, 1), default=4)
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=15.0)
@@ -43,6 +43,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--only", default="original,detector,direct,batch,live",
                    help=f"comma-separated subset of {','.join(SCENARIOS)} (cluster: live on one redis-server, then "
                    "on a local 3+3 Redis Cluster; runtimes: the classifier in LiteRT, ONNX Runtime and Keras; "
+                   "tracks-replay: the tracks clips analysed offline frame by frame, then tracked: the same figures every run; "
                    "startup: predict against a bare import; memory: a running worker; api: SSE clients and webhooks; "
                    "default %(default)s)")
     p.add_argument("--sse-clients", type=number(int, 1), default=200, help="api: SSE clients (default %(default)s)")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     if args.baseline is not None and not (args.baseline / "cli" / "__init__.py").is_file():
         raise CommandError(f"{args.baseline}: not a checkout of this project (no cli/)")
-    people = _people(args) if "tracks" in chosen else []
+    people = _people(args) if chosen & {"tracks", "tracks-replay"} else []
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         folder = args.images or _sample_images(Path(tmp))
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         config = BenchConfig(
             images=images, detector=settings.detector, workers=args.workers or os.cpu_count() or 1,
             cameras=args.cameras, fps=args.fps, live_seconds=args.live_seconds, original_limit=args.original_limit,
-            detect_max_side=settings.detect_max_side,
+            detect_max_side=settings.detect_max_side, batch_size=settings.batch_size, max_wait_ms=settings.max_wait_ms,
         )
         if args.device_check:
             from bench import device_check
@@ -154,6 +155,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
             try:
                 results["tracks"] = run_tracking(config, people, args.tracks_seconds, args.baseline)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+        if "tracks-replay" in chosen:
+            from bench.tracking import run_replay
+
+            try:
+                results["tracks_replay"] = run_replay(config, people, args.tracks_seconds, model)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
         if "api" in chosen:

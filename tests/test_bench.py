@@ -62,3 +62,25 @@ def test_the_people_clip_never_shows_one_photo_twice_within_seconds(queue):
             spans.sort()
             assert all(b[0] - a[1] > 2 * FPS for a, b in zip(spans, spans[1:])), spans
 
+
+@pytest.mark.slow
+def test_tracks_replay_runs_the_worker_analysis_and_gives_the_same_figures_twice(tmp_path):
+    """`bench --only tracks-replay` on generated portraits (two labels): both clips go
+    through detection, classification, descriptors and the tracker, and a second run
+    gives the same figures (nothing in it depends on timing)."""
+    for i, label in enumerate(["happy", "sad"] * 3):
+        (tmp_path / label).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / label / f"{i}.jpg"), sample_frame(i * 0.7, size=(320, 320)))
+    command = [EXE, "bench", "--only", "tracks-replay", "--people", str(tmp_path), "--cameras", "1",
+               "--tracks-seconds", "6", "--json"]
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(json.loads(result.stdout)["tracks_replay"])
+    first, second = runs
+    assert first["replay"] and first["photos"] == 6
+    for variant in ("gaps", "queue"):
+        figures = first["current"][variant]
+        assert figures["face_frame_recall"] > 0.5 and figures["tracked"]["tracks"] >= 2, figures
+        assert figures == second["current"][variant]
