@@ -399,8 +399,7 @@ class BlazeFaceDetector:
         batch = np.zeros((1, height, width, 3), np.float32)
         # Resize first, convert colour after: both then touch the small image only.
         dims = (max(1, round(w * view.scale)), max(1, round(h * view.scale)))
-        interp = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
-        image = _to_rgb(cv2.resize(frame, dims, interpolation=interp))
+        image = _to_rgb(_shrink(frame, dims) if view.scale < 1 else cv2.resize(frame, dims, interpolation=cv2.INTER_LINEAR))
         # Copy the part of the scaled frame the view covers; the rest stays black.
         x0, y0 = max(view.x, 0), max(view.y, 0)
         x1, y1 = min(view.x + width, image.shape[1]), min(view.y + height, image.shape[0])
@@ -454,6 +453,21 @@ class BlazeFaceDetector:
                     if not any(_iou(p[:2], f[None, :2])[0] > _NMS_IOU for f, _ in faces)]
         return (largest_first([_detection(p, s, frame.shape) for p, s in faces]),
                 largest_first([_detection(p, s, frame.shape) for p, s in weak]))
+
+
+def _shrink(frame: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
+    """``frame`` area-averaged down to ``dims`` (width, height), by its whole factor
+    first: OpenCV's area resize has a fast path for whole factors. A 640x480 frame to
+    256x192 (halved, then 1.25x) took 0.66 ms on one thread here, against 1.22 ms in one
+    step; on the tracks clips' frames BlazeFace then found 1,395 of 1,771 planted faces
+    as faces (1,403 before) and 1,747 as faces or weak detections (1,745)."""
+    h, w = frame.shape[:2]
+    k = min(w // dims[0], h // dims[1])
+    if k >= 2:
+        frame = cv2.resize(frame, (w // k, h // k), interpolation=cv2.INTER_AREA)
+        if (frame.shape[1], frame.shape[0]) == dims:
+            return frame
+    return cv2.resize(frame, dims, interpolation=cv2.INTER_AREA)
 
 
 def _to_rgb(frame: np.ndarray) -> np.ndarray:
