@@ -251,11 +251,12 @@ class CameraTracker:
         tracks = list(self.tracks.values())
         pairs = associate([self._view(t, at, record.seq) for t in tracks], candidates, self.config.gates)
         owner = {d: tracks[t] for t, d in pairs}
+        matched_ids = {track.id for track in owner.values()}
         for index, (face, candidate, doc) in enumerate(zip(faces, candidates, record.faces)):
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
             matched = owner.get(index)
             if matched is None:
-                self._replace(candidate.box, {t.id for t in owner.values()}, at, record.seq, out)
+                self._replace(candidate.box, matched_ids, at, record.seq, out)
                 track = self._start(candidate.box, probabilities, at, record.seq, out)
             else:
                 track = matched
