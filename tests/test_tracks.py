@@ -15,7 +15,7 @@ from tracks.association import Motion
 from tracks.camera import CONFIRMED_HITS, CameraTracker, Track, TrackerConfig, TrackerOutput
 from tracks.smoothing import EmotionSmoother
 
-from .track_scenes import FPS, Person, records
+from .track_scenes import FPS, Person, looks, records
 
 CONFIG = TrackerConfig(timeout_s=1.0, reorder_window_s=0.3)
 
@@ -454,6 +454,45 @@ def test_a_weak_box_smaller_than_the_face_does_not_cost_the_face_its_track():
     assert sum(e["weak"] for e in faces) == int(FPS // 2) + 1
     assert len({e["track"] for e in faces}) == 1
     assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
+
+
+def test_a_face_boxed_at_two_scales_ends_up_on_one_track_and_a_false_face_inside_ends_none():
+    """BlazeFace boxes some faces at two scales on alternate frames (66 and 98 px, the
+    small box inside the large one: IoU 0.45), and the large box's crop looks different
+    enough to be refused. The large box starts a track and ends the small box's
+    (``replaced``): one switch, not a trade of the person between two tracks every frame
+    as the weak boxes alternate. A false 35 px face on a part of a 112 px face ends
+    nothing."""
+    person = Person("sad", 300, 200, 10, size=66)
+    recs = records("cam", [person], 3.0, describe=True)
+    rng = np.random.default_rng(1)
+    two_scales = []
+    for r in recs:
+        x, y, w, h = r.faces[0]["box"]
+        if r.seq / FPS >= 1.0:
+            large = dict(r.faces[0], box=[x - 16, y - 16, 98, 98], descriptor=looks(7, rng))
+            faces, weak = ([large], []) if r.seq % 2 else ([], r.faces)
+            r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, faces, weak, r.scene)
+        two_scales.append(r)
+    events, lifecycle, _ = run(two_scales)
+    ids = [e["track"] for e in events if e.get("type") == "face"]
+    assert sum(a != b for a, b in zip(ids, ids[1:])) == 1
+    ended = [e for e in lifecycle if e.type is TrackEventType.ENDED]
+    assert ended[0].track == ids[0] and ended[0].reason == "replaced"
+
+    big = Person("sad", 300, 200, 10, size=112)
+    recs = records("cam", [big], 3.0, describe=True)
+    with_part = []
+    for r in recs:
+        x, y, w, h = r.faces[0]["box"]
+        if r.seq / FPS >= 1.0:
+            part = dict(r.faces[0], box=[x + 40, y + 50, 35, 35], descriptor=looks(7, rng))
+            r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, [part], r.faces, r.scene)
+        with_part.append(r)
+    events, lifecycle, _ = run(with_part)
+    assert not [e for e in lifecycle if e.type is TrackEventType.ENDED and e.reason == "replaced"]
+    first = events[0]["track"]
+    assert all(e["track"] == first for e in events if e.get("type") == "face" and e["box"][2] > 100)
 
 
 def test_a_state_from_before_descriptors_loads_and_its_tracks_start_a_gallery():

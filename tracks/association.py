@@ -66,6 +66,16 @@ def iou(a: Box, b: Box) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
+def within(a: Box, b: Box) -> float:
+    """The share of the smaller box that lies inside the other: 1.0 when one face box
+    holds the other whatever their sizes (IoU of a 66 px box inside a 98 px one: 0.45)."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / max(min(a[2] * a[3], b[2] * b[3]), 1e-9)
+
+
 @dataclass(frozen=True)
 class Gates:
     min_iou: float = 0.2  # least overlap that counts as the same place

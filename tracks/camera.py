@@ -34,7 +34,7 @@ from emotion_stream.schema import (
 from emotion_stream.settings import Settings
 
 from .appearance import scene_change
-from .association import Box, Candidate, Gates, Motion, TrackView, associate, centre, iou
+from .association import Box, Candidate, Gates, Motion, TrackView, associate, centre, iou, within
 from .smoothing import EmotionSmoother
 
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
@@ -51,7 +51,11 @@ GALLERY_EVERY = 3  # every so many matched faces, the newest descriptor joins th
 # Measured on the people clip: frames without a cut moved at most 0.076 / 0.183 (queue
 # variant, people coming and going), its five cuts at least 0.083 / 0.234.
 CUT_LAYOUT, CUT_HISTOGRAM = 0.08, 0.2
-REPLACED_IOU = 0.5  # a new track this far on top of an unmatched one ends it (``_replace``)
+# A new track this far on top of an unmatched one ends it (``_replace``); so does one whose
+# box lies this much inside the other's, or holds it, at up to REPLACED_SCALE times its
+# size: BlazeFace boxes some faces at two scales (66 and 98 px) on alternate frames. A box
+# far smaller is a false face on a part of the face (35 px on 112) and replaces nothing.
+REPLACED_IOU, REPLACED_WITHIN, REPLACED_SCALE = 0.5, 0.8, 2.0
 
 
 @dataclass(frozen=True)
@@ -336,7 +340,9 @@ class CameraTracker:
         jumped in size, so their crop and descriptor changed). Kept, such a track would go
         on taking that face's weak boxes, and the two tracks would trade one person."""
         for track in [t for t in self.tracks.values() if t.id not in matched]:
-            if iou(track.motion.predict(at), box) >= REPLACED_IOU:
+            where = track.motion.predict(at)
+            scale = max(where[2], box[2]) / max(min(where[2], box[2]), 1.0)
+            if iou(where, box) >= REPLACED_IOU or (within(where, box) >= REPLACED_WITHIN and scale <= REPLACED_SCALE):
                 self._end(track, TrackEndReason.REPLACED, at, seq, out)
 
     def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
