@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level)
     # `kill -USR1 PID` prints where every thread is, for any command (one that seems
-    # stuck); services also log their asyncio tasks on it (lifecycle.stop_on_signals).
+    # stuck); services also log their asyncio tasks on it (lifecycle.stop_on_signals), and
+    # register this again when their event loop closes (lifecycle.dump_threads_on_usr1).
     with contextlib.suppress(ValueError, OSError):  # stderr is no file (main called in-process)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

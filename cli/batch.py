@@ -53,6 +53,7 @@ def register(sub: Subcommands) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.embedded_redis import redis_url_or_embedded
+    from emotion_stream.lifecycle import dump_threads_on_usr1
 
     if not args.folder.is_dir():
         raise CommandError(f"{args.folder}: not a folder")
@@ -61,7 +62,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if workers == 0 and not settings.redis_url:
         raise CommandError("--workers 0 needs external workers: set REDIS_URL")
     with redis_url_or_embedded(settings.redis_url) as url:
-        summary = asyncio.run(_run(args, settings, url, workers))
+        try:
+            summary = asyncio.run(_run(args, settings, url, workers))
+        finally:
+            dump_threads_on_usr1()
     print(summary.format_text())
     print(f"wrote {args.out}")
     return 0

@@ -99,6 +99,17 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop.add_signal_handler(signal.SIGUSR1, log_tasks)
 
 
+def dump_threads_on_usr1() -> None:
+    """SIGUSR1 writes every thread's stack to stderr (``kill -USR1 PID`` on a command
+    that seems stuck). Again after an event loop that handled SIGUSR1 closes: closing
+    resets the signal to its default, which would kill a process signalled while it
+    shuts down."""
+    with contextlib.suppress(ValueError, OSError):  # stderr is no file (main called in-process)
+        # faulthandler installs its handler only when the signal is not registered yet.
+        faulthandler.unregister(signal.SIGUSR1)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def log_tasks() -> None:
     """SIGUSR1: log every asyncio task and the chain of awaits it is suspended in, then
     write every thread's stack to stderr. A service that seems stuck shows which await
@@ -155,4 +166,7 @@ def run_service(main: Callable[[asyncio.Event], Awaitable[int | None]], duration
             asyncio.get_running_loop().call_later(duration, stop.set)
         return int(await main(stop) or 0)
 
-    return asyncio.run(runner())
+    try:
+        return asyncio.run(runner())
+    finally:
+        dump_threads_on_usr1()

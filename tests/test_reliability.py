@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import signal
+import subprocess
+import sys
 import time
 
 import cv2
@@ -189,6 +191,31 @@ def test_sigusr1_makes_a_one_shot_command_print_its_threads_not_die(services, fa
     wait_for(lambda: "most recent call first" in predict.output, 10, "the thread dump")
     assert predict.wait(120) == 0
     assert predict.output.count("face.jpg") == 3000
+
+
+def test_sigusr1_after_a_service_loop_closed_still_dumps_threads_not_kills():
+    """Closing an event loop resets the signals it handled to their defaults; SIGUSR1's
+    default ends the process. A service signalled while it shuts down must not die."""
+    code = (
+        "import sys, time\n"
+        "from emotion_stream.lifecycle import dump_threads_on_usr1, run_service\n"
+        "dump_threads_on_usr1()\n"
+        "async def main(stop):\n"
+        "    return 0\n"
+        "run_service(main)\n"
+        "print('closed', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "closed"
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        assert process.poll() is None, "SIGUSR1 after the loop closed ended the process"
+    finally:
+        process.kill()
+        _, err = process.communicate()
+    assert "most recent call first" in err
 
 
 def test_a_frame_write_whose_reply_is_lost_is_stored_once_and_its_number_never_reused(redis_server):
