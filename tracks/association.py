@@ -57,23 +57,20 @@ def centre(box: Box) -> tuple[float, float]:
 
 
 def iou(a: Box, b: Box) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    w = min(ax1, bx1) - max(a[0], b[0])
-    h = min(ay1, by1) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    inter = _intersection(a, b)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter) if inter else 0.0
 
 
 def within(a: Box, b: Box) -> float:
     """The share of the smaller box that lies inside the other: 1.0 when one face box
     holds the other whatever their sizes (IoU of a 66 px box inside a 98 px one: 0.45)."""
+    return _intersection(a, b) / max(min(a[2] * a[3], b[2] * b[3]), 1e-9)
+
+
+def _intersection(a: Box, b: Box) -> float:
     w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    return w * h / max(min(a[2] * a[3], b[2] * b[3]), 1e-9)
+    return w * h if w > 0 and h > 0 else 0.0
 
 
 @dataclass(frozen=True)
