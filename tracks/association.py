@@ -67,6 +67,11 @@ def within(a: Box, b: Box) -> float:
     return _intersection(a, b) / max(min(a[2] * a[3], b[2] * b[3]), 1e-9)
 
 
+def size_ratio(a: Box, b: Box) -> float:
+    """How many times wider the wider box is (1.0: the same size)."""
+    return max(a[2], b[2]) / max(min(a[2], b[2]), 1.0)
+
+
 def _intersection(a: Box, b: Box) -> float:
     w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
@@ -108,8 +113,7 @@ def motion_score(predicted: Box, box: Box, gates: Gates, missed: bool = False,
     """How well ``box`` continues a track predicted at ``predicted``, 0 = not at all.
     Overlap scores 1 + IoU; otherwise nearness of the centres (within one face width,
     or ``reid_radius`` widths for a missed track that looks alike) scores below."""
-    scale = box[2] / max(predicted[2], 1.0)
-    if not 1 / gates.max_scale <= scale <= gates.max_scale:
+    if size_ratio(predicted, box) > gates.max_scale:
         return 0.0  # 84 px continued by 177 px is somebody else
     overlap = iou(predicted, box)
     if overlap >= gates.min_iou:

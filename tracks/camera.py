@@ -34,7 +34,7 @@ from emotion_stream.schema import (
 from emotion_stream.settings import Settings
 
 from .appearance import scene_change
-from .association import Box, Candidate, Gates, Motion, TrackView, associate, centre, iou, within
+from .association import Box, Candidate, Gates, Motion, TrackView, associate, centre, iou, size_ratio, within
 from .smoothing import EmotionSmoother
 
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
@@ -341,8 +341,8 @@ class CameraTracker:
         on taking that face's weak boxes, and the two tracks would trade one person."""
         for track in [t for t in self.tracks.values() if t.id not in matched]:
             where = track.motion.predict(at)
-            scale = max(where[2], box[2]) / max(min(where[2], box[2]), 1.0)
-            if iou(where, box) >= REPLACED_IOU or (within(where, box) >= REPLACED_WITHIN and scale <= REPLACED_SCALE):
+            if iou(where, box) >= REPLACED_IOU or (within(where, box) >= REPLACED_WITHIN
+                                                   and size_ratio(where, box) <= REPLACED_SCALE):
                 self._end(track, TrackEndReason.REPLACED, at, seq, out)
 
     def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
