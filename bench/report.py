@@ -186,6 +186,7 @@ _TRACK_ROWS = (
     ("tracks covering more than one person", ("tracked", "tracks_covering_several_people"), "{:.1%}"),
     ("ID switches per 100 face-seconds", ("tracked", "id_switches_per_100_face_seconds"), "{:.2f}"),
     ("face-frame recall (planted faces with an event)", ("face_frame_recall",), "{:.3f}"),
+    ("events on no planted face, a 100 face-frames", ("false_events_per_100_face_frames",), "{:.2f}"),
     ("per-frame accuracy, raw", ("raw", "per_frame_accuracy"), "{:.3f}"),
     ("per-frame accuracy, smoothed", ("tracked", "per_frame_accuracy"), "{:.3f}"),
     ("per-person accuracy, majority of raw labels", ("raw", "person_majority_vote_accuracy"), "{:.3f}"),

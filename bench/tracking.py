@@ -260,7 +260,7 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
 
 def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures:
     """Figures over all cameras: each event is matched to the planted face it overlaps."""
-    matched = total_truth = right_raw = right_smoothed = weak = 0
+    matched = total_truth = right_raw = right_smoothed = weak = false = 0
     raw_flips = smoothed_flips = switches = 0
     vote_right = vote_total = track_right = track_total = 0
     tracks_total = tracks_mixed = 0
@@ -276,6 +276,8 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
                 seen[best[0].person].append(event)
                 person_label[best[0].person] = best[0].photo.label
                 weak += int(getattr(event, "weak", False))
+            else:
+                false += 1
         total_truth += sum(len(v) for v in truth)
         for person, evs in seen.items():
             evs.sort(key=lambda e: e.seq)
@@ -305,6 +307,8 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
         "face_frame_recall": matched / max(1, total_truth),
         "face_seconds": face_seconds,
         "weak_events": weak,
+        # Events on no planted face (false detections), a 100 planted face-frames.
+        "false_events_per_100_face_frames": 100 * false / max(1, total_truth),
         "raw": {
             "flips_per_face_second": raw_flips / max(1e-9, face_seconds),
             "per_frame_accuracy": right_raw / max(1, matched),

@@ -31,7 +31,7 @@ def register(sub: Subcommands) -> None:
     add_service_options(p)
     add_model_options(p)
     add_settings(p, "batch_size", "max_wait_ms", "cpu_threads", "max_frame_age_s", "claim_idle_ms", "worker_name")
-    add_settings(p, "tracking", "track_owner", "track_weak_score", *TRACKER_SETTINGS)
+    add_settings(p, "tracking", "track_owner", "track_weak_score", "track_second_look", *TRACKER_SETTINGS)
 
 
 # The tracker's tuning, shared by `worker` and `tracks`.

@@ -122,6 +122,11 @@ class Settings(BaseModel):
         description="BlazeFace detections scoring from this up to 0.5 are not faces of their own but keep "
         "a tracked face's track alive when the detector's confidence dips (0: off)",
     )
+    track_second_look: float = Field(
+        0.6, ge=0, lt=1,
+        description="a weak BlazeFace detection gets a closer look (a crop around it through the short-range "
+        "model); one with a face there scoring this much may start a track where no track is (0: off)",
+    )
     track_smoothing_s: float = Field(
         0.5, ge=0, le=30, description="time constant of the exponential smoothing of a track's probabilities"
     )

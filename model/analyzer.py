@@ -29,6 +29,7 @@ class FaceResult:
     landmarks: Landmarks | None = None  # frame pixels, when the detector gives them
     weak: bool = False  # a detection under the face threshold (tracking decides its fate)
     descriptor: np.ndarray | None = None  # what the face looks like (model.appearance), when asked
+    looked: bool = False  # a weak detection a closer look found a face in (Detection.looked)
 
     def probabilities_dict(self) -> dict[str, float]:
         return {label: round(float(p), 5) for label, p in zip(EMOTIONS, self.probabilities)}
@@ -75,8 +76,10 @@ class FaceAnalyzer:
             model = EmotionModel.from_settings(settings)
 
         def new_detector() -> FaceDetector:
-            weak = settings.track_weak_score if settings.tracking else 0.0
-            return create_detector(settings.detector, settings.detect_max_side, weak)
+            if not settings.tracking:
+                return create_detector(settings.detector, settings.detect_max_side)
+            return create_detector(settings.detector, settings.detect_max_side, settings.track_weak_score,
+                                   settings.track_second_look)
 
         return cls(model, new_detector(), new_detector)
 
@@ -135,5 +138,5 @@ class FaceAnalyzer:
         for (i, det, whole, is_weak), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
             descriptor = face_descriptor(frames[i], det.box) if describe and describe[i] and not whole else None
             results[i].append(FaceResult(det.box, EMOTIONS[int(label)], float(probs.max()), probs, det.score,
-                                         whole, det.landmarks, is_weak, descriptor))
+                                         whole, det.landmarks, is_weak, descriptor, det.looked))
         return results

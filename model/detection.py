@@ -24,6 +24,9 @@ class Detection:
     # Frame pixels, BlazeFace order: eye, eye, nose tip, mouth, ear, ear; None if the
     # detector gives none. The two eyes level the crop (preprocessing.crop_face).
     landmarks: Landmarks | None = None
+    # A weak detection that a closer look found a face in (BlazeFace's second look): a
+    # tracker may start a track of it where no other track is.
+    looked: bool = False
 
     @property
     def area(self) -> int:

@@ -87,6 +87,26 @@ def test_weak_detections_are_below_the_threshold_apart_from_faces_and_change_no_
     assert all(not ws for _, ws in weak_detector.detect_batch_split(frames, [True] * len(frames)))
 
 
+def test_a_second_look_marks_weak_candidates_on_small_faces_and_none_on_noise():
+    """Faces of 26-40 px are 10-16 px to the full-range model at 256 px: it finds two of
+    eight, and two more only as weak candidates. A closer look finds a face in both
+    (``looked``), where they are; the faces stay as they were; on noise no weak
+    candidate is looked."""
+    frame, planted = small_faces_frame((26, 28, 30, 32, 34, 36, 38, 40))
+    faces, weak = create_detector("blazeface", weak_score=0.2).detect_batch_split([frame])[0]
+    looker = create_detector("blazeface", weak_score=0.2, second_look=0.6)
+    looked_faces, looked_weak = looker.detect_batch_split([frame])[0]
+    assert weak and not any(w.looked for w in weak)
+    assert looked_faces == faces and [w.box for w in looked_weak] == [w.box for w in weak]
+    assert all(w.looked and w.score < 0.5 for w in looked_weak)
+    assert all(any(iou(w.box, box) >= 0.3 for box in planted) for w in looked_weak)
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(40)]
+    split = looker.detect_batch_split(noise)
+    assert any(ws for _, ws in split) and not any(fs for fs, _ in split)
+    assert not any(w.looked for _, ws in split for w in ws)
+
+
 def test_no_false_positives_on_noise(detector):
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -432,6 +432,39 @@ def test_weak_detections_continuing_a_confirmed_track_are_published_as_weak():
     assert not events and not lifecycle
 
 
+def test_a_weak_detection_a_closer_look_found_a_face_in_starts_a_track_where_no_track_is():
+    """A face the detector only ever scores under the face threshold, but whose closer
+    look found a face (``looked``): it gets a track of its own, published as weak. A
+    looked box on top of a track no face continued (the person's box at another scale,
+    refused on appearance) starts none: the person stays one track."""
+    alone = [FrameRecord(r.camera, r.seq, r.captured_at, r.status, [], [dict(f, looked=True) for f in r.faces],
+                         r.scene) for r in records("cam", [Person("fear", 300, 200, 10)], 2.0, describe=True)]
+    events, lifecycle, _ = run(alone)
+    faces = [e for e in events if e.get("type") == "face"]
+    assert len(faces) == len(alone) and all(e["weak"] for e in faces) and len({e["track"] for e in faces}) == 1
+    assert [e.type for e in lifecycle] == [TrackEventType.STARTED, TrackEventType.ENDED]
+    # Not looked: the same boxes start nothing.
+    plain = [FrameRecord(r.camera, r.seq, r.captured_at, r.status, [],
+                         [{k: v for k, v in w.items() if k != "looked"} for w in r.weak], r.scene) for r in alone]
+    events, lifecycle, _ = run(plain)
+    assert not events and not lifecycle
+
+    person = Person("sad", 300, 200, 10, size=110)
+    recs = records("cam", [person], 3.0, describe=True)
+    stranger = looks(7, np.random.default_rng(3))  # its crop at 70 px looks like no one
+    odd = []
+    for r in recs:
+        if 1.0 <= r.seq / FPS < 1.5:
+            x, y, w, h = r.faces[0]["box"]
+            part = dict(r.faces[0], box=[x + 20, y + 20, 70, 70], descriptor=stranger, looked=True)
+            r = FrameRecord(r.camera, r.seq, r.captured_at, r.status, [], [part], r.scene)
+        odd.append(r)
+    events, lifecycle, _ = run(odd)
+    faces = [e for e in events if e.get("type") == "face"]
+    assert len({e["track"] for e in faces}) == 1
+    assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
+
+
 def test_a_weak_box_smaller_than_the_face_does_not_cost_the_face_its_track():
     """Weak detections are often part of the face: 76 px inside a 111 px face for half a
     second, then the face's box is back, a little larger (120 px, as detector boxes

@@ -23,6 +23,7 @@ from emotion_stream.schema import (
     DESCRIPTOR_SIZE,
     SCENE_SIZE,
     EndOfStream,
+    FaceEvent,
     FrameRecord,
     FrameStatus,
     TrackEndReason,
@@ -33,7 +34,7 @@ from emotion_stream.schema import (
 )
 from emotion_stream.settings import Settings
 
-from .appearance import scene_change
+from .appearance import gallery_distance, scene_change
 from .association import Box, Candidate, Gates, Motion, TrackView, associate, centre, iou, size_ratio, within
 from .smoothing import EmotionSmoother
 
@@ -56,6 +57,9 @@ CUT_LAYOUT, CUT_HISTOGRAM = 0.08, 0.2
 # size: BlazeFace boxes some faces at two scales (66 and 98 px) on alternate frames. A box
 # far smaller is a false face on a part of the face (35 px on 112) and replaces nothing.
 REPLACED_IOU, REPLACED_WITHIN, REPLACED_SCALE = 0.5, 0.8, 2.0
+# A looked weak detection starts a track only this far apart from every track (the share
+# of the smaller box inside the other at most), and under the motion gate's overlap.
+LOOKED_APART = 0.5
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class Track:
     gallery: list[str] = field(default_factory=list)  # descriptors kept (encode_vector), newest last
     hits: int = 0  # faces matched (weak detections aside)
     last_match_seq: int = -1  # the frame it was last matched in
+    # Started by a looked weak detection and no face since: its size and looks are a weak
+    # box's, so a face takes it with a looser appearance gate (``CameraTracker._view``),
+    # or by lying on it whatever its size (``_adopt``), and one near it ends it.
+    provisional: bool = False
 
     def looks(self) -> list[np.ndarray]:
         return [np.asarray(decode_vector(d, DESCRIPTOR_SIZE), np.float32) for d in self.gallery]
@@ -253,30 +261,44 @@ class CameraTracker:
         faces = [face_event_from_doc(doc) for doc in record.faces]
         candidates = [Candidate(_box(f.box), _descriptor(doc)) for f, doc in zip(faces, record.faces)]
         tracks = list(self.tracks.values())
-        pairs = associate([self._view(t, at, record.seq) for t in tracks], candidates, self.config.gates)
+        pairs = associate([self._view(t, at, record.seq, faces=True) for t in tracks], candidates, self.config.gates)
         owner = {d: tracks[t] for t, d in pairs}
         matched_ids = {track.id for track in owner.values()}
         for index, (face, candidate, doc) in enumerate(zip(faces, candidates, record.faces)):
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
             matched = owner.get(index)
+            adopted = None if matched is not None else self._adopt(candidate, matched_ids, at)
+            if adopted is not None:
+                matched_ids.add(adopted.id)
+                matched = adopted
             if matched is None:
                 self._replace(candidate.box, matched_ids, at, record.seq, out)
                 track = self._start(candidate.box, probabilities, at, record.seq, out)
             else:
                 track = matched
                 self._continue(track, candidate.box, probabilities, 1.0, at, record.seq, out)
-            track.hits += 1
-            track.last_face_at = max(track.last_face_at, at)
-            track.remember(doc.get("descriptor"))
-            out.events.append(replace(face, track=track.id, track_emotion=track.smoother.shown).to_json())
-            out.captured.append(face.captured_at)
+            self._hit(track, face, doc, at, out)
         if record.weak:
             taken = {t for t, _ in pairs}
             # Tracks a new face replaced are gone (``_replace``): they take no weak box.
             self._weak(record, at, [t for i, t in enumerate(tracks) if i not in taken and t.id in self.tracks], out)
 
-    def _view(self, track: Track, at: float, seq: int) -> TrackView:
-        return TrackView(track.motion.predict(at), track.looks(), missed=track.last_match_seq < seq - 1)
+    def _hit(self, track: Track, face: FaceEvent, doc: Mapping[str, Any], at: float, out: TrackerOutput,
+             weak: bool = False) -> None:
+        """A face of ``track`` in this frame: counted, its looks kept, its event published."""
+        if track.provisional and not weak:  # its first face: the weak box's looks go
+            track.provisional, track.gallery = False, []
+        track.hits += 1
+        track.last_face_at = max(track.last_face_at, at)
+        track.remember(doc.get("descriptor"))
+        out.events.append(replace(face, weak=weak, track=track.id, track_emotion=track.smoother.shown).to_json())
+        out.captured.append(face.captured_at)
+
+    def _view(self, track: Track, at: float, seq: int, faces: bool = False) -> TrackView:
+        """What association sees of ``track``; to ``faces``, a provisional track has the
+        looser appearance gate (its looks are a weak box's, often a part of the face)."""
+        gate = self.config.gates.provisional_appearance if faces and track.provisional else None
+        return TrackView(track.motion.predict(at), track.looks(), track.last_match_seq < seq - 1, gate)
 
     def _cut(self, record: FrameRecord) -> bool:
         """Whether this frame cut to another scene (a video file's edit, a switched
@@ -314,10 +336,10 @@ class CameraTracker:
         last face, so a lingering false detection cannot carry it onto the next person."""
         limit = WEAK_HOLD_TIMEOUTS * self.config.timeout_s
         holders = [t for t in unmatched if at - t.last_face_at <= limit and t.hits >= CONFIRMED_HITS]
-        if not holders:
-            return
         candidates = [Candidate(_box(doc["box"]), _descriptor(doc)) for doc in record.weak]
-        for t, d in associate([self._view(h, at, record.seq) for h in holders], candidates, self.config.gates):
+        pairs = associate([self._view(h, at, record.seq) for h in holders], candidates, self.config.gates)
+        self._start_looked(record, at, candidates, {d for _, d in pairs}, out)
+        for t, d in pairs:
             track, doc = holders[t], record.weak[d]
             # A weak box says where the face is, not how large: it is often part of the
             # face (72 px inside a 111 px one), and taking its size made the face's next
@@ -334,6 +356,40 @@ class CameraTracker:
             out.events.append(replace(face, weak=True, track=track.id, track_emotion=track.smoother.shown).to_json())
             out.captured.append(face.captured_at)
 
+    def _start_looked(self, record: FrameRecord, at: float, candidates: list[Candidate], taken: set[int],
+                      out: TrackerOutput) -> None:
+        """Start a track of each weak detection the detector found a face in on a closer
+        look (``looked``) that no track took, where no track is. On top of a track it
+        may be that person's box at another scale, which the appearance gate refused,
+        or the next person at that spot: a face (or the old track's timeout) decides."""
+        for d, doc in enumerate(record.weak):
+            box = candidates[d].box
+            if d in taken or not doc.get("looked") or "probabilities" not in doc or any(
+                    self._near(t.motion.predict(at), box) for t in self.tracks.values()):
+                continue
+            face = face_event_from_doc(doc)
+            track = self._start(box, [face.probabilities.get(label, 0.0) for label in EMOTIONS], at, record.seq, out)
+            track.provisional = True
+            self._hit(track, face, doc, at, out, weak=True)
+
+    def _near(self, where: Box, box: Box) -> bool:
+        """Whether two boxes overlap as much as the motion gate asks, or one lies half
+        inside the other: too near for a looked box to start a track of its own."""
+        return iou(where, box) >= self.config.gates.min_iou or within(where, box) >= LOOKED_APART
+
+    def _adopt(self, face: Candidate, matched: set[int], at: float) -> Track | None:
+        """A provisional track no face matched that a new face lies on (as ``_replace``
+        reads it) and looks like (its looser gate): the face is that track's first, not
+        the start of another. Its weak box was often a part of the face, too small for
+        the size gate."""
+        limit = self.config.gates.provisional_appearance
+        for track in self.tracks.values():
+            if track.provisional and track.id not in matched and _on_top(track.motion.predict(at), face.box) and (
+                    face.descriptor is None or not track.gallery
+                    or gallery_distance(track.looks(), face.descriptor) <= limit):
+                return track
+        return None
+
     def _replace(self, box: Box, matched: set[int], at: float, seq: int, out: TrackerOutput) -> None:
         """End the tracks a new face starts on top of: whoever was there is not any more
         (a newcomer at the same spot), or was refused by appearance by mistake (their box
@@ -341,8 +397,9 @@ class CameraTracker:
         on taking that face's weak boxes, and the two tracks would trade one person."""
         for track in [t for t in self.tracks.values() if t.id not in matched]:
             where = track.motion.predict(at)
-            if iou(where, box) >= REPLACED_IOU or (within(where, box) >= REPLACED_WITHIN
-                                                   and size_ratio(where, box) <= REPLACED_SCALE):
+            # A provisional track is weak evidence: a face anywhere on it replaces it, as
+            # a looked box anywhere on a track starts none (``_start_looked``).
+            if _on_top(where, box) or (track.provisional and self._near(where, box)):
                 self._end(track, TrackEndReason.REPLACED, at, seq, out)
 
     def _start(self, box: Box, probabilities: list[float], at: float, seq: int,
@@ -407,6 +464,12 @@ class CameraTracker:
 def _box(box: Sequence[int]) -> Box:
     x, y, w, h = box
     return float(x), float(y), float(w), float(h)
+
+
+def _on_top(where: Box, box: Box) -> bool:
+    """Whether a new face at ``box`` lies on a track predicted at ``where`` (REPLACED_*)."""
+    return iou(where, box) >= REPLACED_IOU or (within(where, box) >= REPLACED_WITHIN
+                                               and size_ratio(where, box) <= REPLACED_SCALE)
 
 
 def _sized_like(box: Box, like: Box) -> Box:

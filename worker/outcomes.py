@@ -66,6 +66,8 @@ def _document(event: FaceEvent, face: FaceResult) -> dict[str, Any]:
     doc = asdict(event)
     if face.descriptor is not None:
         doc["descriptor"] = encode_vector(face.descriptor.tolist())
+    if face.looked:
+        doc["looked"] = True
     return doc
 
 
