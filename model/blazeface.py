@@ -46,6 +46,9 @@ _NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold for face detection
 # may lie, in squares.
 SECOND_LOOK_CROP = 2.2
 SECOND_LOOK_CENTRED = 0.25
+# At most this many second looks a frame (the best-scoring candidates): each is a model
+# run of about 1.5 ms, and a crowd or a noisy frame may have dozens of candidates.
+SECOND_LOOK_MAX = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +487,10 @@ class BlazeFaceDetector:
         training photos (``docs/benchmarks.md``): at 0.6 it found a face around 82 % of
         the weak candidates on a face and 5 % of those on none."""
         out: list[tuple[np.ndarray, float, bool]] = []
-        for points, score in weak:
+        for rank, (points, score) in enumerate(weak):  # best first (weighted_nms)
+            if rank >= SECOND_LOOK_MAX:
+                out.append((points, score, False))
+                continue
             (x0, y0), (x1, y1) = points[0], points[1]
             side = max(1, round(SECOND_LOOK_CROP * max(x1 - x0, y1 - y0)))
             left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)

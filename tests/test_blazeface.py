@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ingest.samples import sample_face, sample_frame, small_faces_frame
-from model import ModelError, create_detector
+from model import ModelError, blazeface, create_detector
 from model.blazeface import (
     LIVE_SIZES_KEPT,
     VARIANTS,
@@ -87,11 +87,11 @@ def test_weak_detections_are_below_the_threshold_apart_from_faces_and_change_no_
     assert all(not ws for _, ws in weak_detector.detect_batch_split(frames, [True] * len(frames)))
 
 
-def test_a_second_look_marks_weak_candidates_on_small_faces_and_none_on_noise():
+def test_a_second_look_marks_weak_candidates_on_small_faces_and_none_on_noise(monkeypatch):
     """Faces of 26-40 px are 10-16 px to the full-range model at 256 px: it finds two of
     eight, and two more only as weak candidates. A closer look finds a face in both
     (``looked``), where they are; the faces stay as they were; on noise no weak
-    candidate is looked."""
+    candidate is looked. A frame gets at most SECOND_LOOK_MAX looks, best first."""
     frame, planted = small_faces_frame((26, 28, 30, 32, 34, 36, 38, 40))
     faces, weak = create_detector("blazeface", weak_score=0.2).detect_batch_split([frame])[0]
     looker = create_detector("blazeface", weak_score=0.2, second_look=0.6)
@@ -105,6 +105,9 @@ def test_a_second_look_marks_weak_candidates_on_small_faces_and_none_on_noise():
     split = looker.detect_batch_split(noise)
     assert any(ws for _, ws in split) and not any(fs for fs, _ in split)
     assert not any(w.looked for _, ws in split for w in ws)
+    monkeypatch.setattr(blazeface, "SECOND_LOOK_MAX", 1)
+    [best] = [w for w in looker.detect_batch_split([frame])[0][1] if w.looked]
+    assert best.score == max(w.score for w in weak)
 
 
 def test_no_false_positives_on_noise(detector):
