@@ -448,6 +448,20 @@ def test_a_weak_detection_a_closer_look_found_a_face_in_starts_a_track_where_no_
                          [{k: v for k, v in w.items() if k != "looked"} for w in r.weak], r.scene) for r in alone]
     events, lifecycle, _ = run(plain)
     assert not events and not lifecycle
+    # Until 1 s the looked box is a part of the face (64 of 100 px); then the face shows,
+    # past the size gate (1.56x) but lying on the provisional track: it is that track's,
+    # which then takes no weak box (an 80 px part) in a frame its face took it in.
+    shown = []
+    for r in records("cam", [Person("fear", 300, 200, 10, size=100)], 2.0, describe=True):
+        x, y, w, h = r.faces[0]["box"]
+        side = 64 if r.seq / FPS < 1.0 else 80
+        part = dict(r.faces[0], box=[x + (w - side) // 2, y + (h - side) // 2, side, side], looked=True)
+        faces = r.faces if r.seq / FPS >= 1.0 else []
+        shown.append(FrameRecord(r.camera, r.seq, r.captured_at, r.status, faces, [part], r.scene))
+    events, lifecycle, _ = run(shown)
+    faces = [e for e in events if e.get("type") == "face"]
+    assert len({e["track"] for e in faces}) == 1 and len({e["seq"] for e in faces}) == len(faces) == len(shown)
+    assert Counter(e.type for e in lifecycle)[TrackEventType.STARTED] == 1
 
     person = Person("sad", 300, 200, 10, size=110)
     recs = records("cam", [person], 3.0, describe=True)

@@ -266,22 +266,18 @@ class CameraTracker:
         matched_ids = {track.id for track in owner.values()}
         for index, (face, candidate, doc) in enumerate(zip(faces, candidates, record.faces)):
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
-            matched = owner.get(index)
-            adopted = None if matched is not None else self._adopt(candidate, matched_ids, at)
-            if adopted is not None:
-                matched_ids.add(adopted.id)
-                matched = adopted
+            matched = owner.get(index) or self._adopt(candidate, matched_ids, at)
             if matched is None:
                 self._replace(candidate.box, matched_ids, at, record.seq, out)
                 track = self._start(candidate.box, probabilities, at, record.seq, out)
             else:
                 track = matched
+                matched_ids.add(track.id)
                 self._continue(track, candidate.box, probabilities, 1.0, at, record.seq, out)
             self._hit(track, face, doc, at, out)
         if record.weak:
-            taken = {t for t, _ in pairs}
             # Tracks a new face replaced are gone (``_replace``): they take no weak box.
-            self._weak(record, at, [t for i, t in enumerate(tracks) if i not in taken and t.id in self.tracks], out)
+            self._weak(record, at, [t for t in tracks if t.id not in matched_ids and t.id in self.tracks], out)
 
     def _hit(self, track: Track, face: FaceEvent, doc: Mapping[str, Any], at: float, out: TrackerOutput,
              weak: bool = False) -> None:
