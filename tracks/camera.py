@@ -287,6 +287,11 @@ class CameraTracker:
         track.hits += 1
         track.last_face_at = max(track.last_face_at, at)
         track.remember(doc.get("descriptor"))
+        self._publish(track, face, out, weak)
+
+    @staticmethod
+    def _publish(track: Track, face: FaceEvent, out: TrackerOutput, weak: bool) -> None:
+        """``face``'s event, on ``track`` with its smoothed emotion."""
         out.events.append(replace(face, weak=weak, track=track.id, track_emotion=track.smoother.shown).to_json())
         out.captured.append(face.captured_at)
 
@@ -349,8 +354,7 @@ class CameraTracker:
             face = face_event_from_doc(doc)
             probabilities = [face.probabilities.get(label, 0.0) for label in EMOTIONS]
             self._continue(track, box, probabilities, self.config.weak_weight, at, record.seq, out)
-            out.events.append(replace(face, weak=True, track=track.id, track_emotion=track.smoother.shown).to_json())
-            out.captured.append(face.captured_at)
+            self._publish(track, face, out, weak=True)
 
     def _start_looked(self, record: FrameRecord, at: float, candidates: list[Candidate], taken: set[int],
                       out: TrackerOutput) -> None:
