@@ -195,6 +195,7 @@ _TRACK_ROWS = (
     ("label flips per face-second, smoothed", ("tracked", "flips_per_face_second"), "{:.2f}"),
     ("capture -> tracked event p50 ms", ("capture_to_tracked_event_ms", "p50"), "{:.0f}"),
     ("capture -> tracked event p95 ms", ("capture_to_tracked_event_ms", "p95"), "{:.0f}"),
+    ("workers' CPU ms a frame", ("workers_cpu_ms_per_frame",), "{:.1f}"),
     ("weak detections published", ("weak_events",), "{:.0f}"),
 )
 

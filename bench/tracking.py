@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+import psutil
 import redis.asyncio as aioredis
 
 from emotion_stream import keys
@@ -139,6 +140,10 @@ def _clips(faces: list[people_clip.Photo], cameras: int, seconds: float, queue: 
 def _run(config: BenchConfig, tree: Path, clips: list[tuple[str, list[bytes], Truth]], seconds: float) -> Figures:
     """The clips through ``config.workers`` worker processes of ``tree`` on a fresh Redis."""
     latencies: list[tuple[float, float, float]] = []  # (received, capture -> received, capture -> analysed)
+    cpu_s: list[float] = []  # the workers' CPU seconds once ready, and after the clips
+
+    def workers_cpu() -> float:
+        return sum(sum(psutil.Process(w.pid).cpu_times()[:2]) for w in workers)
 
     async def main(url: str) -> dict[str, tuple[list[Event], list[TrackEvent]]]:
         from emotion_stream.events import live_events
@@ -146,6 +151,7 @@ def _run(config: BenchConfig, tree: Path, clips: list[tuple[str, list[bytes], Tr
         stop = asyncio.Event()
         client = connect(url, "bench-tracks")
         await workers_ready(client, config.workers, timeout=300)
+        cpu_s.append(workers_cpu())
 
         async def subscriber() -> None:
             async for event in live_events(client, None, stop):
@@ -194,6 +200,7 @@ def _run(config: BenchConfig, tree: Path, clips: list[tuple[str, list[bytes], Tr
                    for i in range(config.workers)]
         try:
             streams = asyncio.run(main(redis.url))
+            cpu_s.append(workers_cpu())
         finally:
             for worker in workers:
                 worker.terminate()
@@ -208,6 +215,7 @@ def _run(config: BenchConfig, tree: Path, clips: list[tuple[str, list[bytes], Tr
         # from there through the frame record, the reorder window and tracking to the event.
         capture_to_analysed_ms={k: 1000 * v for k, v in percentiles([w for _, w in steady]).items()},
         analysed_to_tracked_event_ms={k: 1000 * v for k, v in percentiles([lat - w for lat, w in steady]).items()},
+        workers_cpu_ms_per_frame=1000 * (cpu_s[1] - cpu_s[0]) / max(1, sum(len(frames) for _, frames, _ in clips)),
     )
     return result
 
