@@ -103,8 +103,9 @@ class Track:
     # Its last face's descriptor, kept or not: a face is compared with it too. Looks that
     # change a little every frame (a turning head; BlazeFace boxing one up-scaled 48 px
     # face at 80 px, then 98) drift past the gate within the three faces between kept
-    # ones: on a tracks clip of FER2013 faces, this took ID switches from 3.13 / 1.69 to
-    # 1.98 / 1.35 (gaps / queue), and left the tracks bench's photo clips as they were.
+    # ones. On the tracks replay of a clip of FER2013 faces, ID switches 1.69 -> 1.40 a 100
+    # face-seconds on its gaps variant (3.13 -> 1.98 with the faces in another order);
+    # the photo clips' figures stayed as they were (docs/benchmarks.md).
     latest: str = ""
     hits: int = 0  # faces matched (weak detections aside)
     last_match_seq: int = -1  # the frame it was last matched in
