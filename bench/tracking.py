@@ -243,7 +243,7 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
         docs: list[dict[str, Any]] = []
         for d in detector.detect(image):
             started = time.process_time()
-            descriptor = face_descriptor(image, d.box)
+            descriptor = face_descriptor(image, d.box, d.landmarks)
             describe_s += time.process_time() - started
             described += 1
             probabilities = {label: 1 / 9 for label in ("anger", "contempt", "disgust", "fear", "happy", "neutral",

@@ -136,7 +136,8 @@ class FaceAnalyzer:
         probabilities = self.model.predict_proba(crops)
         results: list[list[FaceResult]] = [[] for _ in frames]
         for (i, det, whole, is_weak), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
-            descriptor = face_descriptor(frames[i], det.box) if describe and describe[i] and not whole else None
+            described = describe and describe[i] and not whole
+            descriptor = face_descriptor(frames[i], det.box, det.landmarks) if described else None
             results[i].append(FaceResult(det.box, EMOTIONS[int(label)], float(probs.max()), probs, det.score,
                                          whole, det.landmarks, is_weak, descriptor, det.looked))
         return results

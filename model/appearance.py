@@ -2,9 +2,9 @@
 
 A face descriptor (``DESCRIPTOR_SIZE`` values, unit length) joins three views of one
 detection, each unit length and weighted: the face's layout (a 12x12 grey thumbnail of
-the upright square around the box, zero mean), its texture (local binary patterns in 2x2
-cells, which survive lighting changes), and its colours around it (a hue/saturation
-histogram of the face with the hair above and the shoulders below). The cosine distance
+the upright square around the box and the eyes, zero mean), its texture (local binary
+patterns in 2x2 cells, which survive lighting changes), and its colours around it (a
+hue/saturation histogram of the face with the hair above and the shoulders below). The cosine distance
 of two descriptors is the weighted mean of the three views' distances. It is no face
 recogniser: it tells the face seen a moment ago from another face at the same spot
 (``tracks.appearance`` compares them).
@@ -26,6 +26,9 @@ scene moves both at once, which people walking through a fixed camera's view do 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -36,6 +39,17 @@ from .preprocessing import Box, crop_face
 THUMB = 12  # side of the layout thumbnail
 MARGIN = 0.2  # the layout's square: the box enlarged by this much a side
 SQUARE_PX = 64  # ...shrunk to at most this side first (area), for cheap thumbnails
+# Detectors box one face at two scales on alternate frames (MTCNN the sample clip's face
+# 133 or 160 px high, BlazeFace an up-scaled 48 px face 80 or 98 px wide), and the layout
+# view moved with the box. The eyes set a second square: its side their distance over
+# EYE_SPAN, its centre EYE_DROP of its side below them (BlazeFace's medians on the tracks clips: 0.41
+# and 0.16-0.18 of the box's width), held within EYE_BOUND times the box's (a face in
+# profile has its eyes close together); the layout is cut from the mean of the two.
+# A face against its person's last 5: the largest distance fell 0.165 -> 0.093 (the
+# sample clip under MTCNN), 0.144 -> 0.095 and 0.189 -> 0.180 (the tracks clips of
+# FER2013 faces and of photos), newcomers' 1st percentile rose 0.109 -> 0.124 and 0.209
+# -> 0.212; the photos' tracks replay has half the ID switches (docs/benchmarks.md).
+EYE_SPAN, EYE_DROP, EYE_BOUND = 0.41, 0.17, 1.5
 LBP_CELLS = 2  # per side
 LBP_BINS = 16  # the upper four of the eight neighbour bits
 HUE_BINS, SAT_BINS = 8, 4
@@ -51,9 +65,10 @@ assert GRID * GRID == SCENE_GRID_CELLS and SCENE_GRID_CELLS + SCENE_BINS == SCEN
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
 
-def face_descriptor(frame: np.ndarray, box: Box) -> np.ndarray:
-    """The descriptor of the face at ``box`` in ``frame`` (BGR or grey)."""
-    square = crop_face(frame, box, MARGIN, None, SQUARE_PX)
+def face_descriptor(frame: np.ndarray, box: Box, landmarks: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+    """The descriptor of the face at ``box`` in ``frame`` (BGR or grey); the detector's
+    ``landmarks`` (eyes first), when it gives them, steady the layout's square."""
+    square = crop_face(frame, layout_box(box, landmarks), MARGIN, None, SQUARE_PX)
     grey = cv2.cvtColor(square, cv2.COLOR_BGR2GRAY) if square.ndim == 3 else square
     layout = cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     layout -= layout.mean()
@@ -61,6 +76,19 @@ def face_descriptor(frame: np.ndarray, box: Box) -> np.ndarray:
     colour = _colour(frame, box)
     parts = [_unit(layout), _unit(texture), _unit(colour)]
     return np.concatenate([np.sqrt(w) * p for w, p in zip(WEIGHTS, parts)]).astype(np.float32)
+
+
+def layout_box(box: Box, landmarks: Sequence[tuple[float, float]] | None = None) -> Box:
+    """The square the layout view is cut from (before MARGIN): the box's own, or with the
+    eyes, the mean of it and the square the eyes set (EYE_SPAN, EYE_DROP)."""
+    x, y, w, h = box
+    side, cx, cy = float(max(w, h)), x + w / 2.0, y + h / 2.0
+    if landmarks is not None and len(landmarks) >= 2:
+        (ax, ay), (bx, by) = landmarks[0], landmarks[1]
+        eyes = min(max(math.hypot(bx - ax, by - ay) / EYE_SPAN, side / EYE_BOUND), side * EYE_BOUND)
+        side, cx, cy = (side + eyes) / 2, (cx + (ax + bx) / 2) / 2, (cy + (ay + by) / 2 + EYE_DROP * eyes) / 2
+    half = side / 2
+    return round(cx - half), round(cy - half), max(1, round(side)), max(1, round(side))
 
 
 def _lbp_histograms(grey: np.ndarray) -> np.ndarray:

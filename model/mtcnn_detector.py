@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from emotion_stream.settings import DEFAULT_DETECT_SIZE
 
-from .detection import Detection, largest_first, to_full_box
+from .detection import Detection, Landmarks, largest_first, to_full_box
 from .errors import ModelError
 
 
@@ -70,9 +70,23 @@ class MTCNNDetector:
             for i, (_, factor), faces in zip(indices, shrunk, found):
                 results[i] = largest_first(
                     [
-                        Detection(to_full_box(f["box"], factor, frames[i].shape), float(f["confidence"]))
+                        Detection(to_full_box(f["box"], factor, frames[i].shape), float(f["confidence"]),
+                                  _landmarks(f.get("keypoints"), factor))
                         for f in faces
                         if f["confidence"] >= self.min_confidence
                     ]
                 )
         return results
+
+
+def _landmarks(keypoints: Mapping[str, Sequence[float]] | None, factor: float) -> Landmarks | None:
+    """MTCNN's keypoints in frame pixels, in BlazeFace's order as far as it has them:
+    the eyes, the nose tip, the mouth (the middle of its corners); no ears."""
+    try:
+        points = [keypoints[k] for k in ("left_eye", "right_eye", "nose")] if keypoints else []
+        mouth = [(a + b) / 2 for a, b in zip(keypoints["mouth_left"], keypoints["mouth_right"])] if keypoints else []
+    except KeyError:
+        return None
+    if not points:
+        return None
+    return tuple((float(x) / factor, float(y) / factor) for x, y in [*points, mouth])

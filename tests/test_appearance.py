@@ -33,6 +33,20 @@ def test_a_face_looks_the_same_whatever_angle_its_eye_landmarks_swing_to(blazefa
     assert max(descriptor_distance(descriptors[1], d) for d in descriptors) < 1e-6
 
 
+def test_a_face_boxed_at_another_scale_keeps_its_looks_by_its_eyes(blazeface_analyzer, face_bgr):
+    """Detectors box one face at two scales on alternate frames (MTCNN the sample clip's
+    face 133 or 160 px high); the eyes steady the square the layout is cut from."""
+    from model.appearance import face_descriptor
+
+    (face,) = blazeface_analyzer.detector.detect(face_bgr)
+    x, y, w, h = face.box
+    taller = (x, y - h // 10, w, h + h // 5)
+    by_box = descriptor_distance(face_descriptor(face_bgr, face.box), face_descriptor(face_bgr, taller))
+    by_eyes = descriptor_distance(face_descriptor(face_bgr, face.box, face.landmarks),
+                                  face_descriptor(face_bgr, taller, face.landmarks))
+    assert by_eyes < 0.6 * by_box, (by_eyes, by_box)
+
+
 def test_a_cut_moves_the_scene_signature_and_a_moving_face_does_not() -> None:
     from ingest.samples import sample_frame
     from model.appearance import scene_signature

@@ -10,6 +10,7 @@ from ingest.samples import sample_frame
 
 # Where Grace Hopper's face is in the 512x600 portrait (checked by eye).
 FACE_REGION = (150, 100, 390, 350)  # x0, y0, x1, y1
+EYES = ((215, 188), (305, 184))  # her pupils (as in test_blazeface)
 
 
 def _inside(box, region, slack=30):
@@ -26,6 +27,18 @@ def test_detector_finds_the_face_in_a_real_photo(name, face_bgr, request):
     assert _inside(found[0].box, FACE_REGION)
     assert found[0].box[2] > 120  # a face, not a detail of the uniform
     assert 0.5 < found[0].score <= 1.0
+
+
+@pytest.mark.parametrize("name", ["blazeface", "mtcnn"])
+def test_the_eye_landmarks_land_on_the_eyes(name, face_bgr, request):
+    """Detectors that find eyes report them in frame pixels, eyes first: they level the
+    classifier's crop and steady the tracker's descriptor (``model.appearance``)."""
+    [found] = request.getfixturevalue(f"{name}_analyzer").detector.detect(face_bgr)
+    assert found.landmarks is not None and len(found.landmarks) >= 4
+    eyes = sorted(found.landmarks[:2])
+    assert all(np.hypot(ex - x, ey - y) <= 15 for (ex, ey), (x, y) in zip(eyes, EYES)), eyes
+    nose, mouth = found.landmarks[2], found.landmarks[3]
+    assert max(y for _, y in EYES) < nose[1] < mouth[1] < 320, (nose, mouth)
 
 
 @pytest.mark.parametrize("name", DETECTORS)
