@@ -86,6 +86,9 @@ def test_export_writes_files_that_load_and_agree(tmp_path, face_bgr, capsys):
         assert meta["extra"]["exported_from"]["format"] == fmt and meta["extra"]["exported_from"]["quantize"] == quantize
         got = EmotionModel(out).predict_proba(crops)
         assert np.abs(got - expected).max() < tolerance, (fmt, quantize, np.abs(got - expected).max())
+        # Probabilities, however the network is quantised: a quantised softmax gave
+        # steps of 1/255 that did not sum to 1.
+        assert np.abs(got.sum(axis=1) - 1).max() < 1e-4, (fmt, quantize, got.sum(axis=1))
     # ONNX Runtime loads the file on its own, and agrees with Keras.
     import onnxruntime
 
