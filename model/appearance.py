@@ -4,10 +4,10 @@ A face descriptor (``DESCRIPTOR_SIZE`` values, unit length) joins three views of
 detection, each unit length and weighted: the face's layout (a 12x12 grey thumbnail of
 the upright square around the box and the eyes, zero mean), its texture (local binary
 patterns in 2x2 cells, which survive lighting changes), and its colours around it (a
-hue/saturation histogram of the face with the hair above and the shoulders below). The cosine distance
-of two descriptors is the weighted mean of the three views' distances. It is no face
-recogniser: it tells the face seen a moment ago from another face at the same spot
-(``tracks.appearance`` compares them).
+hue/saturation histogram of the face with the hair above and the shoulders below). The
+cosine distance of two descriptors is the weighted mean of the three views' distances.
+It is no face recogniser: it tells the face seen a moment ago from another face at the
+same spot (``tracks.appearance`` compares them).
 
 The crop is not turned to level the eyes as the classifier's is: on a face seen from the
 side the eye landmarks are a few pixels apart and their angle swings by 20 degrees from
@@ -42,9 +42,9 @@ SQUARE_PX = 64  # ...shrunk to at most this side first (area), for cheap thumbna
 # Detectors box one face at two scales on alternate frames (MTCNN the sample clip's face
 # 133 or 160 px high, BlazeFace an up-scaled 48 px face 80 or 98 px wide), and the layout
 # view moved with the box. The eyes set a second square: its side their distance over
-# EYE_SPAN, its centre EYE_DROP of its side below them (BlazeFace's medians on the tracks clips: 0.41
-# and 0.16-0.18 of the box's width), held within EYE_BOUND times the box's (a face in
-# profile has its eyes close together); the layout is cut from the mean of the two.
+# EYE_SPAN, its centre EYE_DROP of its side below them (BlazeFace's medians on the tracks
+# clips: 0.41 and 0.16-0.18 of the box's width), held within EYE_BOUND times the box's (a
+# face in profile has its eyes close together); the layout is cut from the mean of the two.
 # A face against its person's last 5: the largest distance fell 0.165 -> 0.093 (the
 # sample clip under MTCNN), 0.144 -> 0.095 and 0.189 -> 0.180 (the tracks clips of
 # FER2013 faces and of photos), newcomers' 1st percentile rose 0.109 -> 0.124 and 0.209
@@ -65,7 +65,8 @@ assert GRID * GRID == SCENE_GRID_CELLS and SCENE_GRID_CELLS + SCENE_BINS == SCEN
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
 
-def face_descriptor(frame: np.ndarray, box: Box, landmarks: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+def face_descriptor(frame: np.ndarray, box: Box,
+                    landmarks: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
     """The descriptor of the face at ``box`` in ``frame`` (BGR or grey); the detector's
     ``landmarks`` (eyes first), when it gives them, steady the layout's square."""
     square = crop_face(frame, layout_box(box, landmarks), MARGIN, None, SQUARE_PX)

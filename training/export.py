@@ -168,10 +168,11 @@ def _onnx(model: KerasModel, out: Path, quantize: str, samples: np.ndarray) -> N
         # Folded and shape-annotated first, unsigned activations and per-channel weights:
         # the form ONNX Runtime's x86 int8 kernels run. Signed activations and one scale
         # a tensor ran no faster than float32 here (1.12 against 1.18 ms a face at batch
-        # 64, one thread); this form 0.39 ms (the model card).
+        # 64, one thread); this form 0.40 against 1.24 (the model card).
         quant_pre_process(str(floating), str(prepared), skip_symbolic_shape=True)
-        # Up to the last convolution, where the cost is: the head (pooling, dense,
-        # temperature, softmax) stays float, or the probabilities come in steps of 1/255.
+        # Up to the last convolution, where the cost is: what follows it (its block's sum,
+        # pooling, dense, temperature, softmax) stays float, or the probabilities come in
+        # steps of 1/255.
         nodes = onnx.load(str(prepared)).graph.node
         last_conv = max((i for i, n in enumerate(nodes) if n.op_type == "Conv"), default=len(nodes) - 1)
         quantize_static(str(prepared), str(out), Reader(name), quant_format=QuantFormat.QDQ,
