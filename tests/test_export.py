@@ -32,6 +32,12 @@ def keras_default():
     return EmotionModel(runtime="keras")
 
 
+# How far each shipped export's probabilities may lie from the .keras file's: LiteRT runs
+# the float32 network, ONNX Runtime the int8 one (`make export`; 0.037 at most on the
+# 219 test photos, the model card).
+SHIPPED_TOLERANCE = {"litert": 1e-3, "onnx": 0.05}
+
+
 @pytest.mark.parametrize("runtime", ["litert", "onnx"])
 def test_the_shipped_exports_give_the_keras_answers(runtime, keras_default, face_bgr):
     exported = EmotionModel(runtime=runtime)
@@ -39,12 +45,15 @@ def test_the_shipped_exports_give_the_keras_answers(runtime, keras_default, face
     assert exported.metadata == keras_default.metadata  # one metadata file for the three
     crops = _crops(face_bgr)
     a, b = exported.predict_proba(crops), keras_default.predict_proba(crops)
-    assert np.abs(a - b).max() < 1e-3
+    assert np.abs(a - b).max() < SHIPPED_TOLERANCE[runtime]
+    assert np.abs(a.sum(axis=1) - 1).max() < 1e-4  # probabilities, not a quantised softmax's steps
     assert exported.predict_batch(crops) == keras_default.predict_batch(crops)
 
 
 def test_the_shipped_exports_agree_on_the_dev_photos(shared_faces, keras_default):
-    """Same labels on all of test_kaggle and probabilities within 1e-3, through the crops serving makes."""
+    """Probabilities within SHIPPED_TOLERANCE on all of test_kaggle, through the crops
+    serving makes, and the same labels: LiteRT's on every photo, the int8 file's wherever
+    Keras's two likeliest labels are more than 0.1 apart (near-ties may turn)."""
     from model import FaceAnalyzer, create_detector
     from model.preprocessing import crop_face
 
@@ -55,10 +64,13 @@ def test_the_shipped_exports_agree_on_the_dev_photos(shared_faces, keras_default
         found = detector.detect_batch([image], [True])[0]
         crops.append(crop_face(image, found[0].box, keras_default.face_margin, found[0].landmarks) if found else image)
     expected = keras_default.predict_proba(crops)
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 0.1
     for runtime in ("litert", "onnx"):
         got = EmotionModel(runtime=runtime).predict_proba(crops)
-        assert np.abs(got - expected).max() < 1e-3, runtime
-        assert (got.argmax(1) == expected.argmax(1)).all(), runtime
+        assert np.abs(got - expected).max() < SHIPPED_TOLERANCE[runtime], runtime
+        same = got.argmax(1) == expected.argmax(1)
+        assert (same if runtime == "litert" else same | ~clear).all(), runtime
     assert len(crops) == 219 and FaceAnalyzer  # the whole set
 
 
