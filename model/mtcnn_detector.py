@@ -82,11 +82,11 @@ class MTCNNDetector:
 def _landmarks(keypoints: Mapping[str, Sequence[float]] | None, factor: float) -> Landmarks | None:
     """MTCNN's keypoints in frame pixels, in BlazeFace's order as far as it has them:
     the eyes, the nose tip, the mouth (the middle of its corners); no ears."""
-    try:
-        points = [keypoints[k] for k in ("left_eye", "right_eye", "nose")] if keypoints else []
-        mouth = [(a + b) / 2 for a, b in zip(keypoints["mouth_left"], keypoints["mouth_right"])] if keypoints else []
-    except KeyError:
+    if not keypoints:
         return None
-    if not points:
+    try:
+        points = [keypoints[k] for k in ("left_eye", "right_eye", "nose")]
+        mouth = [(a + b) / 2 for a, b in zip(keypoints["mouth_left"], keypoints["mouth_right"])]
+    except KeyError:
         return None
     return tuple((float(x) / factor, float(y) / factor) for x, y in [*points, mouth])
