@@ -98,7 +98,7 @@ def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Set
 
     from emotion_stream.images import ImageLimits
     from emotion_stream.labels import EMOTIONS
-    from model.calibration import expected_calibration_error
+    from model.calibration import calibrated_ece, expected_calibration_error
     from model.evaluation import score
     from model.stills import analyze_files
 
@@ -140,12 +140,16 @@ def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Set
     report.no_face = sorted(no_face)
     labels = np.array([t for _, _, t in rows])
     if rows:
-        report.ece = expected_calibration_error(np.stack([p for p, _, _ in rows]), labels)
+        probabilities = np.stack([p for p, _, _ in rows])
+        report.ece = expected_calibration_error(probabilities, labels)
+        report.ece_noise = calibrated_ece(probabilities)
     if not whole_image:
         return report, None
     whole_report = score(truth, whole, skipped)
     if rows:
-        whole_report.ece = expected_calibration_error(np.stack([w for _, w, _ in rows if w is not None]), labels)
+        whole_probabilities = np.stack([w for _, w, _ in rows if w is not None])
+        whole_report.ece = expected_calibration_error(whole_probabilities, labels)
+        whole_report.ece_noise = calibrated_ece(whole_probabilities)
     if faces:
         whole_report.classify_ms_per_face = 1000 * classify_s / faces
     return report, whole_report

@@ -72,6 +72,30 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(error)
 
 
+def calibrated_ece(probabilities: np.ndarray, bins: int = ECE_BINS, draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """(mean, 95th percentile) of the ECE a perfectly calibrated model with these
+    confidences would measure on this many images: the figure's sampling noise.
+
+    ECE is biased upward on small sets: on 219 faces at about 0.7 confidence even a
+    perfectly calibrated model measures about 0.07. Each draw makes each prediction right
+    with probability equal to its confidence (what calibration means), then scores it."""
+    confidence = np.asarray(probabilities, np.float64).max(axis=1)
+    if not len(confidence):
+        return 0.0, 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    members = np.zeros((len(confidence), bins))
+    members[np.arange(len(confidence)), which] = 1.0
+    count = members.sum(axis=0)
+    used = count > 0
+    mean_confidence = (confidence @ members)[used] / count[used]
+    correct = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
+    accuracy = (correct @ members)[:, used] / count[used]
+    errors = np.abs(accuracy - mean_confidence) @ (count[used] / len(confidence))
+    return float(errors.mean()), float(np.percentile(errors, 95))
+
+
 def abstain(probabilities: np.ndarray, below: float | None, uncertain_index: int) -> np.ndarray:
     """Argmax labels, replaced by ``uncertain_index`` where the top probability is below
     ``below`` (None: never abstain)."""

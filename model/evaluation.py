@@ -76,6 +76,9 @@ class EvaluationReport:
     seconds_per_image: float | None = None
     unlabelled: list[str] = field(default_factory=list)  # predictions with no answer
     ece: float | None = None  # expected calibration error of the top probability, when known
+    # (mean, 95th percentile) of the ECE a perfectly calibrated model would measure here:
+    # how much of ``ece`` is the sample's size (model.calibration.calibrated_ece)
+    ece_noise: tuple[float, float] | None = None
     classify_ms_per_face: float | None = None  # classifier alone, batched
     no_face: list[str] = field(default_factory=list)  # no face found: classified whole, as serving does
 
@@ -106,6 +109,8 @@ class EvaluationReport:
             "accuracy": self.accuracy,
             "balanced_accuracy": self.balanced_accuracy,
             "ece": self.ece,
+            "ece_of_a_calibrated_model": (None if self.ece_noise is None
+                                          else {"mean": self.ece_noise[0], "p95": self.ece_noise[1]}),
             "classify_ms_per_face": self.classify_ms_per_face,
             "scored": self.scored,
             "skipped": len(self.skipped),
@@ -125,6 +130,9 @@ class EvaluationReport:
                  f"balanced accuracy:    {self.balanced_accuracy:.4f}  (mean per-class recall)"]
         if self.ece is not None:
             lines.append(f"calibration error:    {self.ece:.4f}  (ECE, 15 bins)")
+            if self.ece_noise is not None:
+                lines.append(f"  a calibrated model: {self.ece_noise[0]:.4f}  (95 % under {self.ece_noise[1]:.4f}: "
+                             f"the ECE of {self.scored} images is noisy)")
         if self.seconds_per_image is not None:
             lines.append(f"time per image:       {self.seconds_per_image * 1000:.1f} ms")
         if self.classify_ms_per_face is not None:
@@ -164,6 +172,8 @@ def format_comparison(path: EvaluationReport, whole: EvaluationReport) -> str:
              f"{'accuracy':<22} {figure(path.accuracy):>12} {figure(whole.accuracy):>12}",
              f"{'balanced accuracy':<22} {figure(path.balanced_accuracy):>12} {figure(whole.balanced_accuracy):>12}",
              f"{'calibration error':<22} {figure(path.ece):>12} {figure(whole.ece):>12}"]
+    if path.ece_noise is not None and whole.ece_noise is not None:
+        lines.append(f"{'  a calibrated model':<22} {figure(path.ece_noise[0]):>12} {figure(whole.ece_noise[0]):>12}")
     for (label, a), b in zip(path.recall().items(), whole.recall().values()):
         if a is not None or b is not None:
             lines.append(f"{'  recall ' + label:<22} {figure(a):>12} {figure(b):>12}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emotion_stream.labels import EMOTIONS
-from model.calibration import abstain, expected_calibration_error, fit_temperature, softmax
+from model.calibration import abstain, calibrated_ece, expected_calibration_error, fit_temperature, softmax
 
 
 def _overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +34,20 @@ def test_calibration_changes_confidences_but_not_the_argmax():
     assert (raw.argmax(1) == calibrated.argmax(1)).all()
     assert not np.allclose(raw.max(1), calibrated.max(1))
     np.testing.assert_allclose(calibrated.sum(1), 1.0, rtol=1e-9)
+
+
+def test_a_calibrated_models_ece_is_the_noise_of_few_images():
+    """On a few hundred images a perfectly calibrated model still measures an ECE of a
+    few points: ``calibrated_ece`` says how much, and an over-confident model stands out
+    of it."""
+    logits, labels = _overconfident()
+    calibrated, raw = softmax(logits, 2.5), softmax(logits)
+    few = slice(0, 200)
+    mean, p95 = calibrated_ece(calibrated[few])
+    assert 0.03 < mean < p95 < 0.15
+    assert expected_calibration_error(calibrated[few], labels[few]) < p95
+    assert calibrated_ece(calibrated)[0] < mean / 3  # 20 times the images: a third of the noise
+    assert expected_calibration_error(raw[few], labels[few]) > calibrated_ece(raw[few])[1]
 
 
 def test_the_served_model_applies_the_temperature_inside(tmp_path):

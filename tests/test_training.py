@@ -205,6 +205,8 @@ def test_train_on_two_domains_then_load_calibrated_and_evaluate(tmp_path, face_b
     # The serving path (detector, crop), and beside it every image whole.
     assert scored["scored"] == 3 and 0.0 <= scored["balanced_accuracy"] <= 1.0 and scored["ece"] is not None
     assert scored["no_face"] == 0 and scored["whole_image"]["scored"] == 3
+    noise = scored["ece_of_a_calibrated_model"]  # on 3 images, mostly noise
+    assert 0.0 < noise["mean"] <= noise["p95"] < 1.0
     assert scored["whole_image"]["classify_ms_per_face"] > 0
 
     # A second member (another class power), then the two combined into one served file.
