@@ -36,7 +36,7 @@ def register(sub: Subcommands) -> None:
 
 # The tracker's tuning, shared by `worker` and `tracks`.
 TRACKER_SETTINGS = ("track_timeout_s", "track_min_iou", "track_max_scale", "track_max_appearance", "track_smoothing_s", "track_switch_margin",
-                    "track_switch_frames", "track_prior_correction", "reorder_window_s", "track_lease_s",
+                    "track_switch_frames", "track_prior_power", "reorder_window_s", "track_lease_s",
                     "track_lookback_s")
 
 

@@ -134,10 +134,11 @@ class Settings(BaseModel):
         0.1, ge=0, lt=1, description="a new label must lead the shown one by this smoothed probability..."
     )
     track_switch_frames: int = Field(3, ge=1, le=100, description="...for this many frames in a row to replace it")
-    track_prior_correction: bool = Field(
-        True, description="a track's dominant emotion weighs each emotion's summed probability by 1/(the "
-        "model's training share of it): frames vote with likelihoods, not with the model's prior counted "
-        "once per frame (needs class_prior in the model's metadata; the shipped model has it)",
+    track_prior_power: float = Field(
+        0.625, ge=0, le=1, description="a track's dominant emotion weighs each emotion's summed probability by "
+        "1/(the model's training share of it)**this: 1 votes with likelihoods, 0 with the model's posteriors "
+        "(off); in between, rare emotions gain without a trace of probability on one winning (needs class_prior "
+        "in the model's metadata; the shipped model has it)",
     )
     reorder_window_s: float = Field(
         0.5, gt=0, le=30, description="longest wait for a missing frame before tracking skips it"

@@ -71,8 +71,8 @@ class TrackerConfig:
     switch_margin: float = 0.1
     switch_frames: int = 3
     reorder_window_s: float = 0.5
-    # Class shares the model was trained under, EMOTIONS order; None: judge the dominant
-    # emotion on the summed probabilities as they are.
+    # Class shares the model was trained under, EMOTIONS order, raised to the prior power
+    # (what the dominant emotion divides by); None: the summed probabilities as they are.
     class_prior: tuple[float, ...] | None = None
     gates: Gates = Gates()
     weak_weight: float = 1.0  # a weak detection's evidence against a face's
@@ -80,11 +80,14 @@ class TrackerConfig:
     @classmethod
     def from_settings(cls, s: Settings, class_prior: Mapping[str, float] | None = None) -> TrackerConfig:
         """``class_prior``: the served model's training class shares (its metadata's
-        ``class_prior``), used unless ``track_prior_correction`` is off."""
-        prior = tuple(class_prior.get(label, 0.0) for label in EMOTIONS) if class_prior else None
+        ``class_prior``), raised to ``track_prior_power`` (0: not used)."""
+        power = s.track_prior_power
+        prior = None
+        if class_prior and power > 0:
+            prior = tuple(share**power if share > 0 else 0.0 for share in (class_prior.get(e, 0.0) for e in EMOTIONS))
         gates = Gates(min_iou=s.track_min_iou, max_scale=s.track_max_scale, max_appearance=s.track_max_appearance)
         return cls(s.track_timeout_s, s.track_smoothing_s, s.track_switch_margin, s.track_switch_frames,
-                   s.reorder_window_s, prior if s.track_prior_correction else None, gates)
+                   s.reorder_window_s, prior, gates)
 
 
 @dataclass
@@ -129,10 +132,12 @@ class Track:
         """The emotion best supported by all the track's frames: a soft vote over the
         summed probabilities, steadier than counting per-frame or shown labels.
 
-        With the model's training ``prior``, each class's sum is divided by its prior,
-        i.e. frames vote with likelihoods p(face | emotion) rather than posteriors. A
-        posterior carries the prior once per frame, so over a track of many frames the
-        classes the model saw most (neutral, happy) would win every close call; classes
+        With the model's training ``prior`` (raised to ``track_prior_power``), each
+        class's sum is divided by it: frames vote nearer to likelihoods p(face | emotion)
+        than to posteriors, so the classes the model saw most (neutral, happy) do not win
+        every close call. Not all the way: a rare class's probability has a floor (label
+        smoothing puts a share of every training target on the other classes), which,
+        divided by a share of 0.005 (contempt), outvotes real evidence elsewhere. Classes
         with no prior (never trained, e.g. ``uncertain``) cannot win."""
         if not self.evidence:
             return self.smoother.shown

@@ -79,7 +79,7 @@ def model_card(report: Report, meta: ModelMetadata) -> str:
         f"- Test-time flip averaging: {'on' if meta.flip_average else 'off'} ({report['flip_choice']}; it "
         "doubles the classifier's work).",
         "- Class prior (each class's share of the training batches, `class_prior` in the metadata; "
-        "tracking divides it out of a track's summed probabilities): "
+        "tracking divides a track's summed probabilities by it to the power `--track-prior-power`): "
         + ", ".join(f"{k} {v:.3f}" for k, v in (meta.class_prior() or {}).items()) + ".",
         "",
         "## Data",

@@ -189,7 +189,7 @@ class BalancedSampler:
 
     def class_prior(self) -> dict[str, float]:
         """The share of each class over all batches: the label prior the model is trained
-        under, which tracking divides out (see ``tracks.camera.Track.dominant``)."""
+        under, which tracking divides out to a power (see ``tracks.camera.Track.dominant``)."""
         prior = np.zeros(len(EMOTIONS))
         for domain, members, probs, share in zip(self.domains, self._classes, self._class_p, self.domain_p):
             for m, p in zip(members, probs):
