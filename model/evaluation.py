@@ -131,8 +131,8 @@ class EvaluationReport:
         if self.ece is not None:
             lines.append(f"calibration error:    {self.ece:.4f}  (ECE, 15 bins)")
             if self.ece_noise is not None:
-                lines.append(f"  a calibrated model: {self.ece_noise[0]:.4f}  (95 % under {self.ece_noise[1]:.4f}: "
-                             f"the ECE of {self.scored} images is noisy)")
+                lines.append(f"  a calibrated model: {self.ece_noise[0]:.4f}  (the same confidences on {self.scored} "
+                             f"images; 95 % of draws under {self.ece_noise[1]:.4f})")
         if self.seconds_per_image is not None:
             lines.append(f"time per image:       {self.seconds_per_image * 1000:.1f} ms")
         if self.classify_ms_per_face is not None:
