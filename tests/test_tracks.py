@@ -146,9 +146,11 @@ def test_frame_records_round_trip_weak_detections_and_refuse_malformed_ones():
         with pytest.raises(MessageError):
             FrameRecord.from_json(json.dumps(doc))
     nan = encode_vector([float("nan")] + [0.0] * (DESCRIPTOR_SIZE - 1))
+    infinite = encode_vector([0.0] * (DESCRIPTOR_SIZE - 2) + [float("inf"), float("-inf")])
     short = encode_vector([0.0] * (DESCRIPTOR_SIZE - 1))
     face = json.loads(records("cam", [Person("happy", 100, 100, 0)], 0.1)[0].to_json())["faces"][0]
-    for descriptor, reason in ((nan, "not a finite number"), (short, f"{DESCRIPTOR_SIZE - 1} values, expected")):
+    for descriptor, reason in ((nan, "not a finite number"), (infinite, "not a finite number"),
+                               (short, f"{DESCRIPTOR_SIZE - 1} values, expected")):
         doc = {**json.loads(record.to_json()), "faces": [{**face, "descriptor": descriptor}]}
         with pytest.raises(MessageError, match=reason):
             FrameRecord.from_json(json.dumps(doc))
