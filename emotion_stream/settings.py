@@ -137,8 +137,8 @@ class Settings(BaseModel):
     track_prior_power: float = Field(
         0.625, ge=0, le=1, description="a track's dominant emotion weighs each emotion's summed probability by "
         "1/(the model's training share of it)**this: 1 votes with likelihoods, 0 with the model's posteriors "
-        "(off); in between, rare emotions gain without a trace of probability on one winning (needs class_prior "
-        "in the model's metadata; the shipped model has it)",
+        "(off); in between, rare emotions gain, but a rare one's trace of probability on every frame does not "
+        "win (needs class_prior in the model's metadata; the shipped model has it)",
     )
     reorder_window_s: float = Field(
         0.5, gt=0, le=30, description="longest wait for a missing frame before tracking skips it"

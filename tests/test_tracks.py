@@ -283,20 +283,21 @@ def test_dominant_emotion_votes_with_likelihoods_when_the_model_prior_is_known()
     assert track.dominant(as_tuple) == "anger"
 
 
-def test_a_rare_emotions_probability_floor_does_not_win_at_half_the_prior_power():
+def test_a_rare_emotions_probability_floor_does_not_win_at_the_default_prior_power():
     """Divided by a share of 0.005, contempt's trace of probability on every frame (the
-    floor label smoothing leaves) outvotes everything at power 1; at power 0.5 the
-    frames' evidence wins, and anger still beats the more common neutral."""
+    floor label smoothing leaves) outvotes everything at power 1; at the default power
+    the frames' evidence wins, and anger still beats the more common neutral."""
     shares = {"anger": 0.136, "contempt": 0.005, "disgust": 0.055, "fear": 0.116, "happy": 0.224, "neutral": 0.193,
               "sad": 0.15, "surprise": 0.121}
     frame = {"anger": 0.4, "neutral": 0.45, "contempt": 0.015, "happy": 0.135}
     track = Track(1, 0.0, 0.0, 0, Motion((0, 0, 10, 10), 0.0), EmotionSmoother(0.5, 0.1, 3),
                   evidence=[10 * frame.get(label, 0.0) for label in EMOTIONS])
 
-    def prior(power: float) -> tuple[float, ...] | None:
-        return TrackerConfig.from_settings(Settings(track_prior_power=power), shares).class_prior
+    def prior(settings: Settings) -> tuple[float, ...] | None:
+        return TrackerConfig.from_settings(settings, shares).class_prior
 
-    assert [track.dominant(prior(power)) for power in (0, 0.5, 1)] == ["neutral", "anger", "contempt"]
+    powers = (Settings(track_prior_power=0), Settings(), Settings(track_prior_power=1))
+    assert [track.dominant(prior(s)) for s in powers] == ["neutral", "anger", "contempt"]
 
 
 def test_tracker_config_takes_the_class_prior_to_its_power_unless_that_is_0():
