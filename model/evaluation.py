@@ -104,10 +104,27 @@ class EvaluationReport:
         present = [r for r in self.recall().values() if r is not None]
         return float(np.mean(present)) if present else 0.0
 
+    def standard_errors(self) -> tuple[float, float]:
+        """(accuracy's, balanced accuracy's) binomial standard errors: how far another
+        sample of as many images would move them. Two models' figures closer than about
+        twice this are not told apart by this set (219 photos at 0.68: 0.032). Rates are
+        taken half an image from 0 and 1, so a class of one image, right or wrong, counts
+        as uncertain rather than as exact."""
+        if not self.scored:
+            return 0.0, 0.0
+        support = self.confusion.sum(axis=1)
+        present = support > 0
+        n = support[present]
+        recall = (np.diag(self.confusion)[present] + 0.5) / (n + 1)
+        accuracy = (np.trace(self.confusion) + 0.5) / (self.scored + 1)
+        balanced = np.sqrt(np.sum(recall * (1 - recall) / n)) / present.sum()
+        return float(np.sqrt(accuracy * (1 - accuracy) / self.scored)), float(balanced)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "accuracy": self.accuracy,
             "balanced_accuracy": self.balanced_accuracy,
+            "standard_errors": dict(zip(("accuracy", "balanced_accuracy"), self.standard_errors())),
             "ece": self.ece,
             "ece_of_a_calibrated_model": (None if self.ece_noise is None
                                           else {"mean": self.ece_noise[0], "p95": self.ece_noise[1]}),
@@ -126,8 +143,11 @@ class EvaluationReport:
         }
 
     def format_text(self) -> str:
-        lines = [f"categorical accuracy: {self.accuracy:.4f}  ({np.trace(self.confusion)}/{self.scored} images)",
-                 f"balanced accuracy:    {self.balanced_accuracy:.4f}  (mean per-class recall)"]
+        se, balanced_se = self.standard_errors()
+        lines = [f"categorical accuracy: {self.accuracy:.4f}  ({np.trace(self.confusion)}/{self.scored} images; "
+                 f"standard error {se:.3f})",
+                 f"balanced accuracy:    {self.balanced_accuracy:.4f}  (mean per-class recall; standard error "
+                 f"{balanced_se:.3f})"]
         if self.ece is not None:
             lines.append(f"calibration error:    {self.ece:.4f}  (ECE, 15 bins)")
             if self.ece_noise is not None:

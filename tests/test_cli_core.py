@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from cli import COMMANDS, main
@@ -102,8 +103,27 @@ def test_evaluate_scores_a_submission_csv_exactly(tmp_path, capsys):
     submission.write_text("image_path,emotion\na.jpg,happy\nb.jpg,sad\nc.jpg,happy\nd.jpg,neutral\n")
     assert main(["evaluate", str(submission), "--labels", str(labels)]) == 0
     text = capsys.readouterr().out
-    assert "categorical accuracy: 0.7500  (3/4 images)" in text
+    assert "categorical accuracy: 0.7500  (3/4 images; standard error 0.229)" in text
     assert "anger       0.000  (n=1)" in text and "happy       1.000  (n=1)" in text
+
+
+def test_evaluation_reports_how_far_another_sample_would_move_its_figures():
+    from emotion_stream.labels import EMOTIONS
+    from model.evaluation import EvaluationReport
+
+    confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), np.int64)
+    anger, happy = EMOTIONS.index("anger"), EMOTIONS.index("happy")
+    confusion[anger, anger], confusion[anger, happy] = 50, 50  # recall 0.5 of 100
+    confusion[happy, happy], confusion[happy, anger] = 90, 10  # recall 0.9 of 100
+    report = EvaluationReport(confusion)
+    accuracy_se, balanced_se = report.standard_errors()
+    assert accuracy_se == pytest.approx((0.7 * 0.3 / 200) ** 0.5, rel=0.01)
+    assert balanced_se == pytest.approx((0.5 * 0.5 / 100 + 0.9 * 0.1 / 100) ** 0.5 / 2, rel=0.01)
+    one_wrong = confusion.copy()
+    one_wrong[EMOTIONS.index("fear"), anger] = 1  # one image, wrong: uncertain, not exactly 0
+    assert EvaluationReport(one_wrong).standard_errors()[1] > 0.1
+    assert report.to_dict()["standard_errors"] == {"accuracy": accuracy_se, "balanced_accuracy": balanced_se}
+    assert EvaluationReport(np.zeros_like(confusion)).standard_errors() == (0.0, 0.0)
 
 
 def test_evaluate_rejects_bad_label_files(tmp_path, capsys):
