@@ -215,6 +215,14 @@ def _tracks_table(t: Figures) -> list[str]:
             continue  # not measured by this scenario (latency, when replayed)
         cells = [f"{form.format(value) if value is not None else '-':>16}" for value in values]
         lines.append(f"    {label:<48} " + " ".join(cells))
+    photos = t.get("photos_by_emotion")
+    if photos:
+        lines.append("    per-person accuracy (dominant) by true emotion, right/people; photos: "
+                     + ", ".join(f"{e} {n}" for e, n in photos.items()))
+    for name, variant in columns:
+        per = t[name][variant].get("tracked", {}).get("track_dominant_by_emotion")
+        if per:
+            lines.append(f"      {name} {variant}: " + ", ".join(f"{e} {v['right']}/{v['tracks']}" for e, v in per.items()))
     cost = t.get("cost")
     if cost:
         lines.append(f"    CPU a face: descriptor {cost['descriptor_cpu_ms_per_face']:.2f} ms (worker), tracking "

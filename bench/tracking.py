@@ -65,7 +65,7 @@ def run_tracking(config: BenchConfig, photos: Sequence[tuple[Path, str]], second
     quality = settings_for(config).jpeg_quality
     clips = {variant: _clips(faces, config.cameras, seconds, variant == "queue", quality) for variant in VARIANTS}
     out: Figures = {"cameras": config.cameras, "fps": people_clip.FPS, "seconds": seconds, "workers": config.workers,
-                    "photos": len(faces), "cost": _cost(faces)}
+                    "photos": len(faces), "photos_by_emotion": _photos_by_emotion(faces), "cost": _cost(faces)}
     for name, tree in (("baseline", baseline), ("current", ROOT)):
         if tree is None:
             continue
@@ -99,7 +99,8 @@ def run_replay(config: BenchConfig, photos: Sequence[tuple[Path, str]], seconds:
     origin = Origin("replay", analyzer.detector.name, analyzer.model.id)
     tracking = TrackerConfig.from_settings(settings, analyzer.model.metadata.class_prior())
     out: Figures = {"cameras": config.cameras, "fps": people_clip.FPS, "seconds": seconds, "workers": 0,
-                    "photos": len(faces), "replay": True, "current": {"tree": str(ROOT)}}
+                    "photos": len(faces), "photos_by_emotion": _photos_by_emotion(faces), "replay": True,
+                    "current": {"tree": str(ROOT)}}
     try:
         for variant in VARIANTS:
             scored = []
@@ -266,12 +267,17 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
             "tracking_cpu_ms_per_face": 1000 * track_s / max(1, faces_tracked), "faces": faces_tracked}
 
 
+def _photos_by_emotion(faces: Sequence[people_clip.Photo]) -> dict[str, int]:
+    return dict(sorted(Counter(face.label for face in faces).items()))
+
+
 def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures:
     """Figures over all cameras: each event is matched to the planted face it overlaps."""
     matched = total_truth = right_raw = right_smoothed = weak = false = 0
     raw_flips = smoothed_flips = switches = 0
     vote_right = vote_total = track_right = track_total = 0
     tracks_total = tracks_mixed = 0
+    by_emotion: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # true emotion -> [dominant right, people]
     for truth, events, lifecycle in cameras:
         seen: dict[int, list[FaceEvent]] = defaultdict(list)  # person -> their events, in seq order
         person_label: dict[int, str] = {}
@@ -308,8 +314,11 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
             people = track_people.get(ended.track)
             if not people:
                 continue  # a track of no planted face (a false detection)
+            truth_label = person_label[people.most_common(1)[0][0]]
             track_total += 1
-            track_right += ended.emotion == person_label[people.most_common(1)[0][0]]
+            track_right += ended.emotion == truth_label
+            by_emotion[truth_label][0] += ended.emotion == truth_label
+            by_emotion[truth_label][1] += 1
     face_seconds = matched / people_clip.FPS
     return {
         "face_frame_recall": matched / max(1, total_truth),
@@ -326,6 +335,9 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
             "flips_per_face_second": smoothed_flips / max(1e-9, face_seconds),
             "per_frame_accuracy": right_smoothed / max(1, matched),
             "track_dominant_accuracy": track_right / max(1, track_total),
+            # Per true emotion: the clips show every emotion about as often, however few
+            # photos it has (one contempt photo can be an eighth of the people).
+            "track_dominant_by_emotion": {e: {"right": r, "tracks": n} for e, (r, n) in sorted(by_emotion.items())},
             "id_switches_per_100_face_seconds": 100 * switches / max(1e-9, face_seconds),
             "tracks_covering_several_people": tracks_mixed / max(1, tracks_total),
             "tracks": tracks_total,

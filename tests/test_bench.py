@@ -79,8 +79,13 @@ def test_tracks_replay_runs_the_worker_analysis_and_gives_the_same_figures_twice
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(json.loads(result.stdout)["tracks_replay"])
     first, second = runs
-    assert first["replay"] and first["photos"] == 6
+    assert first["replay"] and first["photos"] == 6 and first["photos_by_emotion"] == {"happy": 3, "sad": 3}
     for variant in ("gaps", "queue"):
         figures = first["current"][variant]
         assert figures["face_frame_recall"] > 0.5 and figures["tracked"]["tracks"] >= 2, figures
+        # Per true emotion, adding up to the per-person accuracy.
+        per = figures["tracked"]["track_dominant_by_emotion"]
+        assert set(per) <= {"happy", "sad"} and per, per
+        right, people = sum(v["right"] for v in per.values()), sum(v["tracks"] for v in per.values())
+        assert right / people == pytest.approx(figures["tracked"]["track_dominant_accuracy"])
         assert figures == second["current"][variant]
