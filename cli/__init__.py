@@ -97,7 +97,7 @@ def _flag_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from emotion_stream.settings import Settings
+    from emotion_stream.settings import Settings, unread_environment
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    for line in unread_environment():
+        logging.getLogger("emotion_stream").warning("%s", line)
     # `kill -USR1 PID` prints where every thread is, for any command (one that seems
     # stuck); services also log their asyncio tasks on it (lifecycle.stop_on_signals), and
     # register this again when their event loop closes (lifecycle.dump_threads_on_usr1).

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from .settings import FAILPOINTS
+
 log = logging.getLogger(__name__)
 
 # Test failpoints: "EMOTION_STREAM_FAILPOINTS=tracks,reclaimer" makes those supervised
 # tasks raise after FAILPOINT_DELAY_S, so the suite can check, with real processes, that
 # a failing task is reported and stops its service (failpoints as in etcd's gofail).
-FAILPOINTS = "EMOTION_STREAM_FAILPOINTS"
 FAILPOINT_DELAY_S = 1.0
 
 

@@ -263,6 +263,26 @@ def env_name(field: str) -> str:
     return "REDIS_URL" if field == "redis_url" else f"{ENV_PREFIX}{field.upper()}"
 
 
+# Variables of the prefix that are read, but not as settings: tests' failpoints
+# (emotion_stream.lifecycle).
+FAILPOINTS = f"{ENV_PREFIX}FAILPOINTS"
+OTHER_VARIABLES = frozenset({FAILPOINTS})
+# Settings renamed: the old variable -> what to set instead.
+RENAMED = {f"{ENV_PREFIX}TRACK_PRIOR_CORRECTION": f"{ENV_PREFIX}TRACK_PRIOR_POWER (0: off)"}
+
+
+def unread_environment() -> list[str]:
+    """A line for each ``EMOTION_STREAM_*`` variable that nothing reads (a typo, or a
+    setting since renamed), which would otherwise be ignored without a word."""
+    read = {name for field in Settings.model_fields for name in _variables(field)} | OTHER_VARIABLES
+    lines = []
+    for name in sorted(n.upper() for n in os.environ if n.upper().startswith(ENV_PREFIX)):
+        if name not in read:
+            instead = RENAMED.get(name)
+            lines.append(f"{name} is not a setting, ignored" + (f": set {instead}" if instead else ""))
+    return lines
+
+
 def _environment(exclude: Collection[str] = ()) -> dict[str, str]:
     """Each setting the environment sets (variable names in any case), under its field
     name; the Redis URL under the variable it came from (REDIS_URL first), so that an
@@ -272,8 +292,12 @@ def _environment(exclude: Collection[str] = ()) -> dict[str, str]:
     for field in Settings.model_fields:
         if field in exclude:
             continue
-        names = ("REDIS_URL", f"{ENV_PREFIX}REDIS_URL") if field == "redis_url" else (env_name(field),)
-        name = next((n for n in names if n in variables), None)
+        name = next((n for n in _variables(field) if n in variables), None)
         if name is not None:
             found[name if field == "redis_url" else field] = variables[name]
     return found
+
+
+def _variables(field: str) -> tuple[str, ...]:
+    """The variables a setting is read from, first found wins."""
+    return ("REDIS_URL", f"{ENV_PREFIX}REDIS_URL") if field == "redis_url" else (env_name(field),)

@@ -166,6 +166,22 @@ def test_settings_read_the_environment_and_given_values_win(monkeypatch):
     assert Settings(redis_url=None).redis_url is None  # a given value replaces the bad one unread
 
 
+def test_a_variable_no_setting_reads_is_named_in_a_warning_not_ignored(tmp_path):
+    """A typo or a renamed setting in the environment would otherwise change nothing
+    without a word; every setting's own variables (both Redis URL spellings) stay quiet."""
+    import os
+
+    env = {**os.environ, "EMOTION_STREAM_BACTH_SIZE": "8", "emotion_stream_track_prior_correction": "false",
+           "EMOTION_STREAM_REDIS_URL": "redis://127.0.0.1:1", "EMOTION_STREAM_TRACK_PRIOR_POWER": "0"}
+    result = subprocess.run([str(EXE), "predict", str(tmp_path / "none.jpg")], capture_output=True, text=True,
+                            timeout=120, env=env)
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "EMOTION_STREAM_BACTH_SIZE is not a setting, ignored" in warnings[0]
+    assert warnings[1].endswith("EMOTION_STREAM_TRACK_PRIOR_CORRECTION is not a setting, ignored: "
+                                "set EMOTION_STREAM_TRACK_PRIOR_POWER (0: off)")
+
+
 def test_setting_flags_are_generated_from_the_settings_fields():
     from emotion_stream.settings import DEFAULT_DETECT_SIZE, Settings
 
