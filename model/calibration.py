@@ -62,8 +62,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
         return 0.0
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == np.asarray(labels)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = _bin_of(confidence, bins)
     error = 0.0
     for b in range(bins):
         members = which == b
@@ -83,10 +82,8 @@ def calibrated_ece(probabilities: np.ndarray, bins: int = ECE_BINS, draws: int =
     confidence = np.asarray(probabilities, np.float64).max(axis=1)
     if not len(confidence):
         return 0.0, 0.0
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     members = np.zeros((len(confidence), bins))
-    members[np.arange(len(confidence)), which] = 1.0
+    members[np.arange(len(confidence)), _bin_of(confidence, bins)] = 1.0
     count = members.sum(axis=0)
     used = count > 0
     mean_confidence = (confidence @ members)[used] / count[used]
@@ -94,6 +91,13 @@ def calibrated_ece(probabilities: np.ndarray, bins: int = ECE_BINS, draws: int =
     accuracy = (correct @ members)[:, used] / count[used]
     errors = np.abs(accuracy - mean_confidence) @ (count[used] / len(confidence))
     return float(errors.mean()), float(np.percentile(errors, 95))
+
+
+def _bin_of(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Each confidence's equal-width bin, 0 to ``bins`` - 1 (a bin holds its upper edge)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which: np.ndarray = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    return which
 
 
 def abstain(probabilities: np.ndarray, below: float | None, uncertain_index: int) -> np.ndarray:
