@@ -112,7 +112,7 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple[str, ...] |
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, "detector", "model_path", "model_runtime", "detect_max_side", "uncertain_below")
+    add_settings(parser, "detector", "model_path", "model_runtime", "detect_max_side", "uncertain_below", "still_views")
 
 
 def add_service_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:

@@ -115,7 +115,8 @@ def _evaluate_files(files: dict[str, Path], truth: dict[str, str], settings: Set
     faces = 0
     start = time.perf_counter()
     with progress(len(files), "evaluate") as bar:
-        for outcome in analyze_files(analyzer, files.values(), limits=limits, keep_images=whole_image):
+        for outcome in analyze_files(analyzer, files.values(), limits=limits, keep_images=whole_image,
+                                     views=settings.still_views):
             bar.update()
             key = key_of[outcome.path]
             if outcome.error:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     failures = 0
     if not args.json:
         print(f"{'image':<40} {'face':>4}  {'box (x,y,w,h)':<20} {'emotion':<9} {'conf':>5}  note")
-    for outcome in analyze_files(analyzer, args.images, limits=limits):
+    for outcome in analyze_files(analyzer, args.images, limits=limits, views=settings.still_views):
         if outcome.error:
             failures += 1
             print(f"emotion-stream predict: {outcome.path}: {outcome.error}", file=sys.stderr)

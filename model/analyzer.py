@@ -15,7 +15,8 @@ from .appearance import face_descriptor
 from .detection import Detection, FaceDetector, Landmarks
 from .detectors import create_detector
 from .emotion_model import EmotionModel
-from .preprocessing import Box, crop_face
+from .preprocessing import Box
+from .views import CENTRED, crop_view, view_set
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +84,8 @@ class FaceAnalyzer:
 
         return cls(model, new_detector(), new_detector)
 
-    def analyze(self, frame: np.ndarray, *, whole_image_fallback: bool = False) -> list[FaceResult]:
-        return self.analyze_batch([frame], whole_image_fallback=[whole_image_fallback])[0]
+    def analyze(self, frame: np.ndarray, *, whole_image_fallback: bool = False, views: int = 1) -> list[FaceResult]:
+        return self.analyze_batch([frame], whole_image_fallback=[whole_image_fallback], views=views)[0]
 
     def analyze_batch(
         self,
@@ -92,13 +93,16 @@ class FaceAnalyzer:
         *,
         whole_image_fallback: Sequence[bool] | bool = False,
         times: StageTimes | None = None,
+        views: int = 1,
     ) -> list[list[FaceResult]]:
+        """Every face of every frame, each classified through ``views`` crop views
+        (``model.views``: 1 is the centred crop and its mirror)."""
         if isinstance(whole_image_fallback, bool):
             whole_image_fallback = [whole_image_fallback] * len(frames)
         t0 = time.perf_counter()
         detections = self.detector.detect_batch(frames, whole_image_fallback)
         t1 = time.perf_counter()
-        results = self.classify(frames, detections, whole_image_fallback)
+        results = self.classify(frames, detections, whole_image_fallback, views=[views] * len(frames))
         if times is not None:
             times.detect += t1 - t0
             times.classify += time.perf_counter() - t1
@@ -112,28 +116,37 @@ class FaceAnalyzer:
         *,
         weak: Sequence[Sequence[Detection]] | None = None,
         describe: Sequence[bool] | None = None,
+        views: Sequence[int] | None = None,
     ) -> list[list[FaceResult]]:
         """Crop every detected face of every frame and classify them in one call. Each
         frame's ``weak`` detections are classified too and come after its faces (marked
-        ``weak``); frames with ``describe`` set get appearance descriptors for tracking."""
+        ``weak``); frames with ``describe`` set get appearance descriptors for tracking.
+        A frame's ``views`` (default 1) is how many crop views its faces are classified
+        through (``model.views``); a whole image is classified with its mirror image only."""
         crops: list[np.ndarray] = []
         owners: list[tuple[int, Detection, bool, bool]] = []  # frame, detection, whole image, weak
         margin = self.model.face_margin
         # Crops at twice the model's input keep detail for its own area resize.
         crop_size = 2 * max(self.model.metadata.input_height, self.model.metadata.input_width)
+        per_pair = 2 if self.model.metadata.flip_average else 1
+        sizes: list[int] = []  # crops a face
         for i, (frame, found) in enumerate(zip(frames, detections)):
+            seen = view_set(views[i] if views is not None else 1, per_pair)
             if found:
                 for det in found:
-                    crops.append(crop_face(frame, det.box, margin, det.landmarks, crop_size))
+                    crops += [crop_view(frame, det.box, margin, det.landmarks, crop_size, v) for v in seen]
                     owners.append((i, det, False, False))
+                    sizes.append(len(seen))
             elif whole_image_fallback[i]:
                 h, w = frame.shape[:2]
-                crops.append(frame)
+                crops += [np.ascontiguousarray(frame[:, ::-1]) if v.mirrored else frame for v in CENTRED[:per_pair]]
                 owners.append((i, Detection((0, 0, w, h), 0.0), True, False))
+                sizes.append(per_pair)
             for det in (weak[i] if weak is not None else ()):
-                crops.append(crop_face(frame, det.box, margin, det.landmarks, crop_size))
+                crops += [crop_view(frame, det.box, margin, det.landmarks, crop_size, v) for v in seen]
                 owners.append((i, det, False, True))
-        probabilities = self.model.predict_proba(crops)
+                sizes.append(len(seen))
+        probabilities = self.model.predict_views(crops, sizes)
         results: list[list[FaceResult]] = [[] for _ in frames]
         for (i, det, whole, is_weak), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
             described = describe and describe[i] and not whole

@@ -189,6 +189,22 @@ class EmotionModel:
         mapped: np.ndarray = self._run(batch) @ self._mapping
         return mapped
 
+    def predict_views(self, crops: Sequence[np.ndarray], per_face: Sequence[int]) -> np.ndarray:
+        """Probabilities ``(n, 9)`` of n faces, face i given as ``per_face[i]`` consecutive
+        uint8 crops (views the caller cut and mirrored, see ``views``): the mean of a
+        face's views, every crop through the network in one call (in buckets)."""
+        counts = np.asarray(per_face, np.int64)
+        if len(crops) != int(counts.sum()) or (counts < 1).any():
+            raise ValueError(f"{len(crops)} crops are not views of faces seen {list(per_face)} times")
+        if not crops:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        batch = self.prepare(crops)
+        step = BATCH_BUCKETS[-1]
+        raw = np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        averaged: np.ndarray = (np.add.reduceat(raw, starts, axis=0) / counts[:, None]).astype(np.float32) @ self._mapping
+        return averaged
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """The network on a batch padded to the next bucket size."""
         n = len(batch)

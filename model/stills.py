@@ -43,9 +43,11 @@ def analyze_files(
     batch_size: int = BATCH,
     keep_images: bool = False,
     threads: int | None = None,
+    views: int = 1,
 ) -> Iterator[StillOutcome]:
     """Yield one outcome per path, in order; unreadable files yield an error outcome.
-    ``keep_images``: each outcome also carries its decoded image.
+    ``keep_images``: each outcome also carries its decoded image; ``views``: crop views
+    a face (``model.views``).
 
     Batches are decoded and analysed on ``threads`` threads at once (default: one per
     core), each with a detector of its own (the model is shared): whole images, not the
@@ -57,7 +59,7 @@ def analyze_files(
     batches = _batches(paths, batch_size)
     if threads == 1 or analyzer.new_detector is None:
         for batch in batches:
-            yield from _analyze(analyzer, batch, limits, keep_images)
+            yield from _analyze(analyzer, batch, limits, keep_images, views)
         return
     spare: queue.SimpleQueue[FaceAnalyzer] = queue.SimpleQueue()
     spare.put(analyzer)
@@ -66,7 +68,7 @@ def analyze_files(
     def analyze(batch: list[Path]) -> list[StillOutcome]:
         worker = spare.get()
         try:
-            return _analyze(worker, batch, limits, keep_images)
+            return _analyze(worker, batch, limits, keep_images, views)
         finally:
             spare.put(worker)
 
@@ -96,7 +98,8 @@ def _batches(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
         yield batch
 
 
-def _analyze(analyzer: FaceAnalyzer, paths: list[Path], limits: ImageLimits, keep_images: bool) -> list[StillOutcome]:
+def _analyze(analyzer: FaceAnalyzer, paths: list[Path], limits: ImageLimits, keep_images: bool,
+             views: int) -> list[StillOutcome]:
     """The batch's outcomes in order: errors for unreadable files, the rest analysed at once."""
     images: list[np.ndarray | None] = []
     errors: dict[int, str] = {}
@@ -107,7 +110,7 @@ def _analyze(analyzer: FaceAnalyzer, paths: list[Path], limits: ImageLimits, kee
             images.append(None)
             errors[i] = str(exc)
     readable = [image for image in images if image is not None]
-    results = iter(analyzer.analyze_batch(readable, whole_image_fallback=True) if readable else [])
+    results = iter(analyzer.analyze_batch(readable, whole_image_fallback=True, views=views) if readable else [])
     return [StillOutcome(path, [], errors[i]) if image is None
             else StillOutcome(path, next(results), image=image if keep_images else None)
             for i, (path, image) in enumerate(zip(paths, images))]

@@ -65,10 +65,12 @@ class FrameProcessor:
     frames also get what tracking needs: weak detections classified, descriptors of what
     every face looks like, and the frame's scene signature."""
 
-    def __init__(self, analyzer: FaceAnalyzer, limits: ImageLimits, threads: int = 1, describe: bool = False) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, limits: ImageLimits, threads: int = 1, describe: bool = False,
+                 still_views: int = 1) -> None:
         self.analyzer = analyzer
         self.limits = limits
         self.describe = describe
+        self.still_views = still_views  # crop views a face of a still (model.views); live frames take 1
         self.threads = threads if analyzer.new_detector is not None else 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="detect") if self.threads > 1 else None
         self._local = threading.local()
@@ -116,6 +118,7 @@ class FrameProcessor:
             return out, times
         fallback = [messages[i].kind is FrameKind.STILL for i in owners]
         describe = [self.describe and messages[i].kind is FrameKind.LIVE for i in owners]
+        views = [self.still_views if still else 1 for still in fallback]
         stage = StageTimes()
         results: list[list[FaceResult] | Exception]
         try:
@@ -123,7 +126,8 @@ class FrameProcessor:
             if len(detections) < len(found):
                 raise RuntimeError("detection failed on a frame")
             t0 = time.perf_counter()
-            classified = self.analyzer.classify(frames, detections, fallback, weak=weak, describe=describe)
+            classified = self.analyzer.classify(frames, detections, fallback, weak=weak, describe=describe,
+                                                  views=views)
             stage.classify = time.perf_counter() - t0
             metrics.CLASSIFY_BATCH_FACES.observe(sum(len(r) for r in classified))
             results = list(classified)
@@ -132,9 +136,10 @@ class FrameProcessor:
             # blame only the frames that fail on their own.
             log.exception("batch analysis failed; retrying frame by frame")
             results = []
-            for frame, still in zip(frames, fallback):
+            for frame, still, seen in zip(frames, fallback, views):
                 try:
-                    results.append(self.analyzer.analyze_batch([frame], whole_image_fallback=[still], times=stage)[0])
+                    results.append(self.analyzer.analyze_batch([frame], whole_image_fallback=[still], times=stage,
+                                                               views=seen)[0])
                 except Exception as exc:  # reported per frame
                     results.append(exc)
         for i, faces in zip(owners, results):

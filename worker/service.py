@@ -83,7 +83,8 @@ class Worker:
         self.group = ConsumerGroup(client, self.name)
         self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
         self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
-                                        threads=settings.cpu_threads or os.cpu_count() or 1, describe=settings.tracking)
+                                        threads=settings.cpu_threads or os.cpu_count() or 1, describe=settings.tracking,
+                                        still_views=settings.still_views)
         self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=2 * settings.batch_size)
         # One CPU thread per worker; OpenCV and TensorFlow release the GIL, so several
         # workers (processes, or in-process for batch mode) use several cores.

@@ -1,0 +1,81 @@
+"""Crop views (``model.views``): a still's face classified through several crops, averaged."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from model.preprocessing import crop_face
+from model.views import CENTRED, MAX_VIEWS, SHIFT, View, crop_view, view_set
+
+
+def test_each_pair_is_centred_on_the_face_and_eight_see_every_point_in_both_mirrors() -> None:
+    eight = view_set(MAX_VIEWS)
+    for first, second in zip(eight[::2], eight[1::2]):
+        assert (first.dx + second.dx, first.dy + second.dy) == (0, 0)  # opposite points
+        assert first.mirrored != second.mirrored
+        assert max(abs(first.dx), abs(first.dy)) == SHIFT
+    seen = Counter(eight)
+    assert len(seen) == 16 and set(seen.values()) == {1}  # 8 points x 2 mirror images, once each
+    assert len({(v.dx, v.dy) for v in view_set(4)}) == 8  # four pairs reach every point
+    assert view_set(1) == CENTRED and view_set(1, per_pair=1) == (View(),)
+    assert len(view_set(8, per_pair=1)) == 8
+    with pytest.raises(ValueError, match="views must be 1-8, not 9"):
+        view_set(9)
+
+
+def test_a_view_moves_the_crop_by_its_share_of_the_box_and_mirrors_it(face_bgr) -> None:
+    box, size = (60, 50, 100, 120), 128
+    centred = crop_view(face_bgr, box, 0.2, None, size, View())
+    assert np.array_equal(centred, crop_face(face_bgr, box, 0.2, None, size))
+    moved = crop_view(face_bgr, box, 0.2, None, size, View(-SHIFT, SHIFT, mirrored=True))
+    by_hand = crop_face(face_bgr, (54, 57, 100, 120), 0.2, None, size)[:, ::-1]
+    assert np.array_equal(moved, by_hand) and moved.flags.c_contiguous
+
+
+def test_one_view_is_the_centred_crop_and_its_mirror_as_flip_averaging_was(blazeface_analyzer, face_bgr) -> None:
+    model = blazeface_analyzer.model
+    assert model.metadata.flip_average
+    (face,) = blazeface_analyzer.detector.detect(face_bgr)
+    crop = crop_face(face_bgr, face.box, model.face_margin, face.landmarks, 128)
+    (result,), = blazeface_analyzer.classify([face_bgr], [[face]], [False])
+    np.testing.assert_allclose(result.probabilities, model.predict_proba([crop])[0], atol=1e-6)
+
+
+def test_a_frames_views_are_averaged_and_frames_with_other_counts_share_the_call(blazeface_analyzer, face_bgr):
+    model = blazeface_analyzer.model
+    (face,) = blazeface_analyzer.detector.detect(face_bgr)
+    blank = np.full((90, 60, 3), 128, np.uint8)  # no face: classified whole, with its mirror only
+    frames, found = [face_bgr, blank, face_bgr], [[face], [], [face]]
+    one, whole, eight = blazeface_analyzer.classify(frames, found, [False, True, False], views=[1, 8, 8])
+    crops = [crop_view(face_bgr, face.box, model.face_margin, face.landmarks, 128, v) for v in view_set(8)]
+    np.testing.assert_allclose(eight[0].probabilities, model.predict_proba(crops).mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(one[0].probabilities, blazeface_analyzer.analyze(face_bgr)[0].probabilities, atol=1e-6)
+    assert whole[0].whole_image
+    np.testing.assert_allclose(whole[0].probabilities, model.predict_proba([blank])[0], atol=1e-6)
+    assert np.abs(one[0].probabilities - eight[0].probabilities).max() > 1e-4
+
+
+def test_views_must_make_whole_faces_of_the_crops(default_model, face_bgr) -> None:
+    with pytest.raises(ValueError, match="3 crops are not views of faces seen"):
+        default_model.predict_views([face_bgr] * 3, [2])
+    assert default_model.predict_views([], []).shape == (0, 9)
+
+
+def test_the_worker_gives_stills_their_views_and_live_frames_one(blazeface_analyzer, face_bgr):
+    import cv2
+
+    from emotion_stream.images import ImageLimits
+    from emotion_stream.schema import FrameKind, FrameMessage
+    from worker.processing import FrameProcessor
+
+    data = cv2.imencode(".jpg", face_bgr)[1].tobytes()
+    h, w = face_bgr.shape[:2]
+    messages = [FrameMessage("cam", seq, 0.0, kind, data, w, h) for seq, kind in enumerate((FrameKind.LIVE, FrameKind.STILL))]
+    limits = ImageLimits(10_000_000, 10_000_000)
+    (live, still), _ = FrameProcessor(blazeface_analyzer, limits, still_views=8).process(messages)
+    (centred_live, centred_still), _ = FrameProcessor(blazeface_analyzer, limits).process(messages)
+    np.testing.assert_allclose(live.faces[0].probabilities, centred_live.faces[0].probabilities, atol=1e-6)
+    assert np.abs(still.faces[0].probabilities - centred_still.faces[0].probabilities).max() > 1e-4
