@@ -78,8 +78,11 @@ def job_key(folder: Path, settings: Settings) -> dict[str, str]:
         model = f"{weights.name}@{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
     except OSError:
         model = str(weights)  # loading it fails later, with its own error
-    return {"folder": str(folder.resolve()), "model": model, "detector": settings.detector,
-            "detect_max_side": str(settings.detect_max_side), "uncertain_below": str(settings.uncertain_below)}
+    key = {"folder": str(folder.resolve()), "model": model, "detector": settings.detector,
+           "detect_max_side": str(settings.detect_max_side), "uncertain_below": str(settings.uncertain_below)}
+    if settings.still_views != 1:  # named only when set, so jobs begun before it existed still resume
+        key["still_views"] = str(settings.still_views)
+    return key
 
 
 def job_id(key: dict[str, str]) -> str:

@@ -79,3 +79,13 @@ def test_the_worker_gives_stills_their_views_and_live_frames_one(blazeface_analy
     (centred_live, centred_still), _ = FrameProcessor(blazeface_analyzer, limits).process(messages)
     np.testing.assert_allclose(live.faces[0].probabilities, centred_live.faces[0].probabilities, atol=1e-6)
     assert np.abs(still.faces[0].probabilities - centred_still.faces[0].probabilities).max() > 1e-4
+
+
+def test_a_batch_job_with_other_views_is_another_job(tmp_path) -> None:
+    from batch.job import job_id, job_key
+    from emotion_stream.settings import Settings
+
+    centred = job_key(tmp_path, Settings())
+    assert "still_views" not in centred  # the key of a job begun before views existed
+    assert job_id(job_key(tmp_path, Settings(still_views=8))) != job_id(centred)
+    assert job_key(tmp_path, Settings(still_views=1)) == centred
