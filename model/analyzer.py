@@ -16,7 +16,7 @@ from .detection import Detection, FaceDetector, Landmarks
 from .detectors import create_detector
 from .emotion_model import EmotionModel
 from .preprocessing import Box
-from .views import CENTRED, crop_view, view_set
+from .views import CENTRED, View, crop_shifted, view_set
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,24 +129,32 @@ class FaceAnalyzer:
         # Crops at twice the model's input keep detail for its own area resize.
         crop_size = 2 * max(self.model.metadata.input_height, self.model.metadata.input_width)
         per_pair = 2 if self.model.metadata.flip_average else 1
-        sizes: list[int] = []  # crops a face
+        looks: list[list[tuple[int, bool]]] = []  # a face's (crop, mirrored) views
+
+        def look(frame: np.ndarray, det: Detection, seen: tuple[View, ...]) -> list[tuple[int, bool]]:
+            """Cut each place the views look from once; mirror images share its crop."""
+            cut: dict[tuple[float, float], int] = {}
+            for view in seen:
+                if (view.dx, view.dy) not in cut:
+                    cut[view.dx, view.dy] = len(crops)
+                    crops.append(crop_shifted(frame, det.box, margin, det.landmarks, crop_size, view))
+            return [(cut[view.dx, view.dy], view.mirrored) for view in seen]
+
         for i, (frame, found) in enumerate(zip(frames, detections)):
             seen = view_set(views[i] if views is not None else 1, per_pair)
             if found:
                 for det in found:
-                    crops += [crop_view(frame, det.box, margin, det.landmarks, crop_size, v) for v in seen]
+                    looks.append(look(frame, det, seen))
                     owners.append((i, det, False, False))
-                    sizes.append(len(seen))
             elif whole_image_fallback[i]:
                 h, w = frame.shape[:2]
-                crops += [np.ascontiguousarray(frame[:, ::-1]) if v.mirrored else frame for v in CENTRED[:per_pair]]
+                looks.append([(len(crops), view.mirrored) for view in CENTRED[:per_pair]])
+                crops.append(frame)
                 owners.append((i, Detection((0, 0, w, h), 0.0), True, False))
-                sizes.append(per_pair)
             for det in (weak[i] if weak is not None else ()):
-                crops += [crop_view(frame, det.box, margin, det.landmarks, crop_size, v) for v in seen]
+                looks.append(look(frame, det, seen))
                 owners.append((i, det, False, True))
-                sizes.append(len(seen))
-        probabilities = self.model.predict_views(crops, sizes)
+        probabilities = self.model.predict_views(crops, looks)
         results: list[list[FaceResult]] = [[] for _ in frames]
         for (i, det, whole, is_weak), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):
             described = describe and describe[i] and not whole

@@ -189,18 +189,24 @@ class EmotionModel:
         mapped: np.ndarray = self._run(batch) @ self._mapping
         return mapped
 
-    def predict_views(self, crops: Sequence[np.ndarray], per_face: Sequence[int]) -> np.ndarray:
-        """Probabilities ``(n, 9)`` of n faces, face i given as ``per_face[i]`` consecutive
-        uint8 crops (views the caller cut and mirrored, see ``views``): the mean of a
-        face's views, every crop through the network in one call (in buckets)."""
-        counts = np.asarray(per_face, np.int64)
-        if len(crops) != int(counts.sum()) or (counts < 1).any():
-            raise ValueError(f"{len(crops)} crops are not views of faces seen {list(per_face)} times")
-        if not crops:
+    def predict_views(self, crops: Sequence[np.ndarray], looks: Sequence[Sequence[tuple[int, bool]]]) -> np.ndarray:
+        """Probabilities ``(n, 9)`` of n faces, face i the mean over ``looks[i]``: (index
+        into ``crops``, mirrored) pairs (``model.views``). Each uint8 crop is prepared
+        once, however many looks use it; every look goes through the network in one call
+        (in buckets)."""
+        if not looks:
             return np.zeros((0, len(EMOTIONS)), np.float32)
-        batch = self.prepare(crops)
+        counts = np.asarray([len(face) for face in looks], np.int64)
+        if (counts < 1).any():
+            raise ValueError("a face without a look")
+        index = np.asarray([j for face in looks for j, _ in face], np.int64)
+        if index.min() < 0 or index.max() >= len(crops):
+            raise ValueError(f"looks at crops {index.min()}-{index.max()} of {len(crops)}")
+        rows = self.prepare(crops)[index]
+        mirrored = np.asarray([m for face in looks for _, m in face], bool)
+        rows[mirrored] = rows[mirrored, :, ::-1]
         step = BATCH_BUCKETS[-1]
-        raw = np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        raw = np.concatenate([self._run(rows[i : i + step]) for i in range(0, len(rows), step)])
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         averaged: np.ndarray = (np.add.reduceat(raw, starts, axis=0) / counts[:, None]).astype(np.float32) @ self._mapping
         return averaged

@@ -53,7 +53,7 @@ def view_set(n: int, per_pair: int = 2) -> tuple[View, ...]:
     return tuple(out)
 
 
-def crop_view(
+def crop_shifted(
     frame: np.ndarray,
     box: Box,
     margin: float,
@@ -61,10 +61,9 @@ def crop_view(
     max_size: int,
     view: View,
 ) -> np.ndarray:
-    """``crop_face`` of ``box`` moved by the view's shift (the eyes' angle is the same),
-    mirrored if the view says so."""
+    """``crop_face`` of ``box`` moved by the view's shift (the eyes' angle is the same);
+    mirroring is left to the model's input batch, where it costs nothing."""
     x, y, w, h = box
     if view.dx or view.dy:
         box = (x + round(view.dx * w), y + round(view.dy * h), w, h)
-    crop = crop_face(frame, box, margin, landmarks, max_size)
-    return np.ascontiguousarray(crop[:, ::-1]) if view.mirrored else crop
+    return crop_face(frame, box, margin, landmarks, max_size)

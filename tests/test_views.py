@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.preprocessing import crop_face
-from model.views import CENTRED, MAX_VIEWS, SHIFT, View, crop_view, view_set
+from model.views import CENTRED, MAX_VIEWS, SHIFT, View, crop_shifted, view_set
 
 
 def test_each_pair_is_centred_on_the_face_and_eight_see_every_point_in_both_mirrors() -> None:
@@ -26,13 +26,11 @@ def test_each_pair_is_centred_on_the_face_and_eight_see_every_point_in_both_mirr
         view_set(9)
 
 
-def test_a_view_moves_the_crop_by_its_share_of_the_box_and_mirrors_it(face_bgr) -> None:
+def test_a_view_moves_the_crop_by_its_share_of_the_box(face_bgr) -> None:
     box, size = (60, 50, 100, 120), 128
-    centred = crop_view(face_bgr, box, 0.2, None, size, View())
-    assert np.array_equal(centred, crop_face(face_bgr, box, 0.2, None, size))
-    moved = crop_view(face_bgr, box, 0.2, None, size, View(-SHIFT, SHIFT, mirrored=True))
-    by_hand = crop_face(face_bgr, (54, 57, 100, 120), 0.2, None, size)[:, ::-1]
-    assert np.array_equal(moved, by_hand) and moved.flags.c_contiguous
+    assert np.array_equal(crop_shifted(face_bgr, box, 0.2, None, size, View()), crop_face(face_bgr, box, 0.2, None, size))
+    moved = crop_shifted(face_bgr, box, 0.2, None, size, View(-SHIFT, SHIFT, mirrored=True))
+    assert np.array_equal(moved, crop_face(face_bgr, (54, 57, 100, 120), 0.2, None, size))  # mirrored later
 
 
 def test_one_view_is_the_centred_crop_and_its_mirror_as_flip_averaging_was(blazeface_analyzer, face_bgr) -> None:
@@ -50,18 +48,26 @@ def test_a_frames_views_are_averaged_and_frames_with_other_counts_share_the_call
     blank = np.full((90, 60, 3), 128, np.uint8)  # no face: classified whole, with its mirror only
     frames, found = [face_bgr, blank, face_bgr], [[face], [], [face]]
     one, whole, eight = blazeface_analyzer.classify(frames, found, [False, True, False], views=[1, 8, 8])
-    crops = [crop_view(face_bgr, face.box, model.face_margin, face.landmarks, 128, v) for v in view_set(8)]
-    np.testing.assert_allclose(eight[0].probabilities, model.predict_proba(crops).mean(axis=0), atol=1e-5)
+    by_hand = []
+    for view in view_set(8):
+        crop = crop_shifted(face_bgr, face.box, model.face_margin, face.landmarks, 128, view)
+        by_hand.append(np.ascontiguousarray(crop[:, ::-1]) if view.mirrored else crop)
+    np.testing.assert_allclose(eight[0].probabilities, model.predict_proba(by_hand).mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(one[0].probabilities, blazeface_analyzer.analyze(face_bgr)[0].probabilities, atol=1e-6)
     assert whole[0].whole_image
     np.testing.assert_allclose(whole[0].probabilities, model.predict_proba([blank])[0], atol=1e-6)
     assert np.abs(one[0].probabilities - eight[0].probabilities).max() > 1e-4
 
 
-def test_views_must_make_whole_faces_of_the_crops(default_model, face_bgr) -> None:
-    with pytest.raises(ValueError, match="3 crops are not views of faces seen"):
-        default_model.predict_views([face_bgr] * 3, [2])
+def test_every_face_needs_a_look_at_a_crop_there_is(default_model, face_bgr) -> None:
+    with pytest.raises(ValueError, match="a face without a look"):
+        default_model.predict_views([face_bgr], [[(0, False)], []])
+    with pytest.raises(ValueError, match="looks at crops 0-1 of 1"):
+        default_model.predict_views([face_bgr], [[(0, False), (1, True)]])
     assert default_model.predict_views([], []).shape == (0, 9)
+    one, mirrored, both = default_model.predict_views([face_bgr], [[(0, False)], [(0, True)], [(0, False), (0, True)]])
+    np.testing.assert_allclose(both, (one + mirrored) / 2, atol=1e-6)
+    np.testing.assert_allclose(both, default_model.predict_proba([face_bgr])[0], atol=1e-6)
 
 
 def test_the_worker_gives_stills_their_views_and_live_frames_one(blazeface_analyzer, face_bgr):
