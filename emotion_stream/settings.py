@@ -84,7 +84,7 @@ class Settings(BaseModel):
         1, ge=1, le=8,
         description="stills (batch, evaluate, predict) classify each face through this many crop views, averaged: "
         "pairs of crops shifted 6 % of the face towards opposite compass points, one mirrored (model.views); "
-        "8 scored 1-2 points higher on validation at 8x the classifier's CPU; 1: the centred crop and its mirror. "
+        "8 scored 1-2 points higher on validation for 8x the network's work; 1: the centred crop and its mirror. "
         "Live frames always take one",
     )
     # --- worker ------------------------------------------------------------------------

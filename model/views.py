@@ -6,9 +6,10 @@ pair ``k`` crops the face shifted by ``SHIFT`` of its box towards one of eight c
 points and the opposite point mirrored, so every pair is centred on the face as a whole;
 four pairs cover the eight points, eight cover each in both mirror images. On the
 validation splits (the served model, through the detector; docs/benchmarks.md, "Crop
-views") eight views scored 1-2 points above the centred pair, at eight times the
-classifier's cost. Live frames stay on one pair: spread over a track's frames instead,
-the views did not help the tracks clips.
+views") eight views scored 1-2 points above the centred pair, for eight times the
+network's work (each place is cut once; its mirror image is flipped in the model's
+input). Live frames stay on one pair: spread over a track's frames instead, the views
+did not help the tracks clips.
 """
 
 from __future__ import annotations
