@@ -172,28 +172,16 @@ class EmotionModel:
         batch of the model's input shape.
         """
         batch = self._as_batch(faces)
-        n = len(batch)
-        if n == 0:
-            return np.zeros((0, len(EMOTIONS)), np.float32)
-        if n > BATCH_BUCKETS[-1]:
-            step = BATCH_BUCKETS[-1]
-            return np.concatenate([self.predict_proba(batch[i : i + step]) for i in range(0, n, step)])
-        if self.metadata.flip_average:
-            # Faces and their mirror images in one call (up to the largest bucket).
-            half = BATCH_BUCKETS[-1] // 2
-            if n > half:
-                return np.concatenate([self.predict_proba(batch[i : i + half]) for i in range(0, n, half)])
-            both = self._run(np.concatenate([batch, batch[:, :, ::-1]]))
-            averaged: np.ndarray = (both[:n] + both[n:]) / 2 @ self._mapping
-            return averaged
-        mapped: np.ndarray = self._run(batch) @ self._mapping
-        return mapped
+        looks = ((False, True) if self.metadata.flip_average else (False,))  # with its mirror image
+        return self.predict_views(batch, [[(i, mirrored) for mirrored in looks] for i in range(len(batch))])
 
-    def predict_views(self, crops: Sequence[np.ndarray], looks: Sequence[Sequence[tuple[int, bool]]]) -> np.ndarray:
+    def predict_views(
+        self, crops: Sequence[np.ndarray] | np.ndarray, looks: Sequence[Sequence[tuple[int, bool]]]
+    ) -> np.ndarray:
         """Probabilities ``(n, 9)`` of n faces, face i the mean over ``looks[i]``: (index
-        into ``crops``, mirrored) pairs (``model.views``). Each uint8 crop is prepared
-        once, however many looks use it; every look goes through the network in one call
-        (in buckets)."""
+        into ``crops``, mirrored) pairs (``model.views``). Crops are uint8 (each prepared
+        once, however many looks use it) or a prepared batch; every look goes through the
+        network in one call (in buckets)."""
         if not looks:
             return np.zeros((0, len(EMOTIONS)), np.float32)
         counts = np.asarray([len(face) for face in looks], np.int64)
@@ -202,7 +190,7 @@ class EmotionModel:
         index = np.asarray([j for face in looks for j, _ in face], np.int64)
         if index.min() < 0 or index.max() >= len(crops):
             raise ValueError(f"looks at crops {index.min()}-{index.max()} of {len(crops)}")
-        rows = self.prepare(crops)[index]
+        rows = self._as_batch(crops)[index]
         mirrored = np.asarray([m for face in looks for _, m in face], bool)
         rows[mirrored] = rows[mirrored, :, ::-1]
         step = BATCH_BUCKETS[-1]
