@@ -197,6 +197,9 @@ _TRACK_ROWS = (
     ("capture -> tracked event p95 ms", ("capture_to_tracked_event_ms", "p95"), "{:.0f}"),
     ("workers' CPU ms a frame", ("workers_cpu_ms_per_frame",), "{:.1f}"),
     ("weak detections published", ("weak_events",), "{:.0f}"),
+    ("hard cuts in the clips", ("cuts", "in_clips"), "{:.0f}"),
+    ("hard cuts that ended tracks (scene_cut)", ("cuts", "called"), "{:.0f}"),
+    ("scene_cut where the clip did not cut", ("cuts", "called_elsewhere"), "{:.0f}"),
 )
 
 

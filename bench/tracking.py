@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("gaps", "queue")
 Truth = list[list[tuple[people_clip.Appearance, tuple[int, int, int, int]]]]  # per frame: who is where
+CUT_CALL_FRAMES = 2  # a cut called this many frames late still counts (its own frames skipped)
 
 
 def run_tracking(config: BenchConfig, photos: Sequence[tuple[Path, str]], seconds: float,
@@ -242,7 +243,8 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
     for i in range(frames):
         image, _ = people_clip.render(plan, i, rng)
         docs: list[dict[str, Any]] = []
-        for d in detector.detect(image):
+        detections = detector.detect(image)
+        for d in detections:
             started = time.process_time()
             descriptor = face_descriptor(image, d.box, d.landmarks)
             describe_s += time.process_time() - started
@@ -254,7 +256,7 @@ def _cost(faces: list[people_clip.Photo], frames: int = 150) -> Figures:
                          "confidence": 0.1, "probabilities": probabilities, "whole_image": False, "detector": "b",
                          "model": "m", "worker": "w", "descriptor": encode_vector(descriptor.tolist())})
         records.append(FrameRecord("c", i, i / people_clip.FPS, FrameStatus.ANALYSED, docs,
-                                   scene=encode_vector(scene_signature(image).tolist())))
+                                   scene=encode_vector(scene_signature(image, [d.box for d in detections]).tolist())))
     tracker = CameraTracker("c", TrackerConfig())
     started = time.process_time()
     for record in records:
@@ -277,6 +279,7 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
     raw_flips = smoothed_flips = switches = 0
     vote_right = vote_total = track_right = track_total = 0
     tracks_total = tracks_mixed = 0
+    cuts = cuts_called = cut_calls_elsewhere = 0
     by_emotion: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # true emotion -> [dominant right, people]
     for truth, events, lifecycle in cameras:
         seen: dict[int, list[FaceEvent]] = defaultdict(list)  # person -> their events, in seq order
@@ -310,6 +313,12 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
             if track is not None:
                 tracks_total += 1
                 tracks_mixed += int(len(followed) > 1)
+        clip_cuts = _cut_frames(truth)
+        called = {e.seq for e in lifecycle if e.type is TrackEventType.ENDED and e.reason == "scene_cut"}
+        cuts += len(clip_cuts)
+        # Called at the cut, or at the next analysed frame when the cut's own was skipped.
+        cuts_called += sum(any(c <= seq <= c + CUT_CALL_FRAMES for seq in called) for c in clip_cuts)
+        cut_calls_elsewhere += sum(not any(c <= seq <= c + CUT_CALL_FRAMES for c in clip_cuts) for seq in called)
         for ended in (e for e in lifecycle if e.type is TrackEventType.ENDED):
             people = track_people.get(ended.track)
             if not people:
@@ -343,4 +352,18 @@ def score(cameras: list[tuple[Truth, list[Event], list[TrackEvent]]]) -> Figures
             "tracks": tracks_total,
             "people": vote_total,
         },
+        # The clip's hard cuts (queue variant), those that ended its tracks as ``scene_cut``,
+        # and ``scene_cut`` calls where the clip did not cut.
+        "cuts": {"in_clips": cuts, "called": cuts_called, "called_elsewhere": cut_calls_elsewhere},
     }
+
+
+def _cut_frames(truth: Truth) -> list[int]:
+    """The frames at which a clip cuts to another scene: its people's scene number rises."""
+    out, scene = [], 0
+    for seq, visible in enumerate(truth):
+        now = max((a.scene for a, _box in visible), default=scene)
+        if now > scene:
+            out.append(seq)
+        scene = now
+    return out

@@ -309,7 +309,7 @@ class FrameRecord:
     # (ByteTrack's second association). Face documents (classified, with a descriptor);
     # workers before descriptors wrote bare boxes (x, y, w, h), read as {"box": ...}.
     weak: list[dict[str, Any]] = field(default_factory=list)
-    scene: str = ""  # the frame's scene signature (encode_vector, SCENE_SIZE): cut detection
+    scene: str = ""  # the frame's scene signature (encode_vector, SCENE_SIZE; current_scene): cut detection
     v: int = field(default=SCHEMA_VERSION, init=False)
 
     def to_json(self) -> str:
@@ -331,10 +331,9 @@ class FrameRecord:
             if doc.pop("v", None) != SCHEMA_VERSION:
                 raise MessageError("unknown frame record version")
             weak = [_weak_doc(w) for w in doc.get("weak", [])[:MAX_WEAK_BOXES]]
-            scene = str(doc.get("scene", ""))
             record = cls(doc["camera"], int(doc["seq"]), float(doc["captured_at"]), FrameStatus(doc["status"]),
-                         list(doc.get("faces", [])), weak, scene)
-            # Validate now, not halfway through a flush: faces, descriptors, the scene.
+                         list(doc.get("faces", [])), weak, current_scene(str(doc.get("scene", ""))))
+            # Validate now, not halfway through a flush: faces, descriptors (the scene above).
             for face in record.faces:
                 face_event_from_doc(face)
                 _check_descriptor(face)
@@ -342,8 +341,6 @@ class FrameRecord:
                 if "probabilities" in face:
                     face_event_from_doc(face)
                 _check_descriptor(face)
-            if scene:
-                decode_vector(scene, SCENE_SIZE, "scene signature")
             return record
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise MessageError(f"malformed frame record: {exc}") from None
@@ -351,8 +348,11 @@ class FrameRecord:
 
 MAX_WEAK_BOXES = 32  # weak detections kept per frame record
 DESCRIPTOR_SIZE = 240  # a face's appearance descriptor (model.appearance)
-SCENE_SIZE = 48  # a frame's scene signature (model.appearance): a brightness grid, then a histogram
-SCENE_GRID_CELLS = 16  # the first values of a scene signature: a 4x4 grid
+# A frame's scene signature (model.appearance): a grid of cells over the frame, each cell
+# SCENE_CELL_VALUES values (its mean colour L, a, b, and 1 where a face is near, else 0).
+SCENE_COLUMNS, SCENE_ROWS, SCENE_CELL_VALUES = 8, 6, 4
+SCENE_SIZE = SCENE_COLUMNS * SCENE_ROWS * SCENE_CELL_VALUES
+OLD_SCENE_SIZE = 48  # workers before the grid of cells: a brightness grid and a histogram
 
 
 def encode_vector(values: Sequence[float]) -> str:
@@ -374,6 +374,17 @@ def decode_vector(text: str, size: int, what: str = "vector") -> tuple[float, ..
     if not math.isfinite(sum(values)):
         raise ValueError(f"{what}: not a finite number (NaN or infinity)")
     return values
+
+
+def current_scene(text: str) -> str:
+    """A scene signature as tracking reads it: ``text``, or "" for none and for one an
+    older worker wrote (OLD_SCENE_SIZE values: no cut is called on that frame, during a
+    rolling upgrade); ValueError for anything else that is not SCENE_SIZE finite values."""
+    if not text:
+        return ""
+    old = len(text) == 4 * -(-2 * OLD_SCENE_SIZE // 3)  # its base64 length
+    decode_vector(text, OLD_SCENE_SIZE if old else SCENE_SIZE, "scene signature")
+    return "" if old else text
 
 
 def _check_descriptor(face: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ crop, whose worst 0.1 % reached 0.195-0.325), two people's 1st percentile at 0.2
 view: layout 0.074 against 0.411, texture 0.016 against 0.029, colour tells only where
 clothes or hair differ.
 
-A scene signature (``SCENE_SIZE`` values) is a 4x4 grid of mean brightness and a 32-bin
-colour histogram (hue, saturation and brightness) of the whole frame: a cut to another
-scene moves both at once, which people walking through a fixed camera's view do not.
+A scene signature (``SCENE_SIZE`` values) is the mean colour (CIELAB) of each cell of a
+grid over the frame, with the cells a face, or the person under it, may cover marked: a
+cut to another scene changes the colour of the cells nobody covers in either frame, which
+people coming, going and moving in a fixed camera's view do not (``tracks.appearance``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from emotion_stream.schema import DESCRIPTOR_SIZE, SCENE_GRID_CELLS, SCENE_SIZE
+from emotion_stream.schema import DESCRIPTOR_SIZE, SCENE_CELL_VALUES, SCENE_COLUMNS, SCENE_ROWS
 
 from .preprocessing import Box, crop_face
 
@@ -57,10 +58,11 @@ HUE_BINS, SAT_BINS = 8, 4
 WEIGHTS = (0.5, 0.3, 0.2)
 assert THUMB * THUMB + LBP_CELLS**2 * LBP_BINS + HUE_BINS * SAT_BINS == DESCRIPTOR_SIZE
 
-GRID = 4
-SCENE_HUES, SCENE_SATURATIONS, SCENE_VALUES = 8, 2, 2
-SCENE_BINS = SCENE_HUES * SCENE_SATURATIONS * SCENE_VALUES
-assert GRID * GRID == SCENE_GRID_CELLS and SCENE_GRID_CELLS + SCENE_BINS == SCENE_SIZE
+# The cells around a face a scene signature marks, in face widths to each side and face
+# heights above and below the box: the rest of a photo held up, the hair, the shoulders.
+NEAR_SIDE, NEAR_ABOVE, NEAR_BELOW = 0.5, 0.5, 1.5
+SCENE_SMALL = 4  # pixels a cell side in the shrunk frame the cells' colours are taken from
+assert SCENE_CELL_VALUES == 4  # L, a, b, near a face
 
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
@@ -122,16 +124,27 @@ def _colour(frame: np.ndarray, box: Box) -> np.ndarray:
     return np.sqrt(hist.astype(np.float32))
 
 
-def scene_signature(frame: np.ndarray) -> np.ndarray:
-    """The frame's brightness layout (4x4 grid, 0-1) and colour histogram (32 bins, sums to 1)."""
+def scene_signature(frame: np.ndarray, faces: Sequence[Box] = ()) -> np.ndarray:
+    """The frame's scene signature: each cell's mean colour (OpenCV's 8-bit CIELAB: L
+    0-255, a and b centred on 128) and 1 where it is near one of ``faces`` (NEAR_*), else
+    0; SCENE_COLUMNS x SCENE_ROWS cells, row by row."""
     colour = frame if frame.ndim == 3 and frame.shape[2] == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    small = cv2.resize(colour, (32, 24), interpolation=cv2.INTER_AREA)
-    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-    grid = cv2.resize(grey, (GRID, GRID), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() / 255.0
-    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
-    hist = cv2.calcHist([hsv], [0, 1, 2], None, [SCENE_HUES, SCENE_SATURATIONS, SCENE_VALUES],
-                        [0, 180, 0, 256, 0, 256]).ravel()
-    return np.concatenate([grid, hist / max(float(hist.sum()), 1.0)]).astype(np.float32)
+    shrunk = (SCENE_COLUMNS * SCENE_SMALL, SCENE_ROWS * SCENE_SMALL)
+    small = cv2.resize(colour, shrunk, interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(small, cv2.COLOR_BGR2LAB).astype(np.float32)
+    cells = cv2.resize(lab, (SCENE_COLUMNS, SCENE_ROWS), interpolation=cv2.INTER_AREA)
+    near = np.zeros((SCENE_ROWS, SCENE_COLUMNS, 1), np.float32)
+    cell_w, cell_h = frame.shape[1] / SCENE_COLUMNS, frame.shape[0] / SCENE_ROWS
+    for x, y, w, h in faces:
+        c0, c1 = _cells(x - NEAR_SIDE * w, x + (1 + NEAR_SIDE) * w, cell_w, SCENE_COLUMNS)
+        r0, r1 = _cells(y - NEAR_ABOVE * h, y + (1 + NEAR_BELOW) * h, cell_h, SCENE_ROWS)
+        near[r0:r1 + 1, c0:c1 + 1] = 1.0  # empty when the box lies outside the frame
+    return np.concatenate([cells, near], axis=2).ravel()
+
+
+def _cells(start: float, end: float, size: float, count: int) -> tuple[int, int]:
+    """The first and the last of ``count`` cells of ``size`` pixels that [start, end] reaches."""
+    return max(0, int(start // size)), min(count - 1, int(end // size))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

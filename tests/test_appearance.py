@@ -8,7 +8,7 @@ import numpy as np
 
 from model.detection import Detection
 from tracks.appearance import descriptor_distance, scene_change
-from tracks.camera import CUT_HISTOGRAM, CUT_LAYOUT
+from tracks.camera import CUT_CELLS, CUT_COLOUR, CUT_QUANTILE
 
 
 def _turned(landmarks: list[tuple[float, float]], degrees: float) -> list[tuple[float, float]]:
@@ -47,13 +47,64 @@ def test_a_face_boxed_at_another_scale_keeps_its_looks_by_its_eyes(blazeface_ana
     assert by_eyes < 0.6 * by_box, (by_eyes, by_box)
 
 
-def test_a_cut_moves_the_scene_signature_and_a_moving_face_does_not() -> None:
+def test_a_cut_moves_the_scene_signature_and_people_coming_and_going_do_not(blazeface_analyzer) -> None:
+    """The background is judged, not the faces: the cells near a face (marked from the
+    detector's boxes) are left out in both frames, so a face moving, or replaced by
+    another at the same spot, moves nothing, and a cut to another room moves every cell."""
     from ingest.samples import sample_frame
     from model.appearance import scene_signature
 
-    a, b = scene_signature(sample_frame(0.0)), scene_signature(sample_frame(0.2))
-    room = np.clip(sample_frame(0.2)[:, ::-1].astype(np.float32) * (0.35, 0.9, 0.4), 0, 255).astype(np.uint8)
-    layout, histogram = scene_change(a, b)
-    cut_layout, cut_histogram = scene_change(a, scene_signature(room))
-    assert layout < CUT_LAYOUT and histogram < CUT_HISTOGRAM
-    assert cut_layout >= CUT_LAYOUT and cut_histogram >= CUT_HISTOGRAM
+    def signature(frame: np.ndarray) -> np.ndarray:
+        return scene_signature(frame, [d.box for d in blazeface_analyzer.detector.detect(frame)])
+
+    def room(frame: np.ndarray) -> np.ndarray:  # mirrored, darker, a green cast
+        return np.clip(frame[:, ::-1].astype(np.float32) * (0.35, 0.9, 0.4), 0, 255).astype(np.uint8)
+
+    first, moved = sample_frame(0.0, faces=2), sample_frame(0.2, faces=2)
+    replaced = moved.copy()  # the face on the right another one
+    x, y, w, h = max((d.box for d in blazeface_analyzer.detector.detect(moved)), key=lambda b: b[0])
+    replaced[y:y + h, x:x + w] = 255 - replaced[y:y + h, x:x + w]
+    for later in (moved, replaced):
+        change = scene_change(signature(first), signature(later), CUT_CELLS, CUT_QUANTILE)
+        assert change < CUT_COLOUR / 3, change
+    cut = scene_change(signature(first), signature(room(moved)), CUT_CELLS, CUT_QUANTILE)
+    assert cut >= 3 * CUT_COLOUR, cut
+
+
+def test_two_people_replaced_at_once_are_no_cut_because_their_cells_are_left_out(blazeface_analyzer,
+                                                                                face_bgr) -> None:
+    """Two photos, each with its own background, over more than half the frame, replaced
+    by two others at once: counted in, their cells would move the median of all cells
+    past a cut."""
+    import cv2
+
+    from model.appearance import scene_signature
+
+    def frame(photo: np.ndarray) -> np.ndarray:
+        out = np.full((480, 640, 3), (90, 120, 140), np.uint8)
+        square = cv2.resize(photo, (300, 300))
+        out[170:470, 10:310] = out[170:470, 330:630] = square
+        return out
+
+    other = np.clip(face_bgr[:, :, ::-1] * np.array([1.4, 0.8, 0.6]), 0, 255).astype(np.uint8)  # its own light
+    before, after = frame(face_bgr), frame(other)
+    found = [blazeface_analyzer.detector.detect(f) for f in (before, after)]
+    assert [len(faces) for faces in found] == [2, 2]
+    marked_before, marked_after = (scene_signature(f, [d.box for d in faces]) for f, faces in zip((before, after), found))
+    change = scene_change(marked_before, marked_after, CUT_CELLS, CUT_QUANTILE)
+    assert change < CUT_COLOUR / 3, change
+    unmarked = scene_change(scene_signature(before), scene_signature(after), CUT_CELLS, 0.5)
+    assert unmarked >= CUT_COLOUR, unmarked
+
+
+def test_a_frame_full_of_faces_is_judged_on_all_its_cells() -> None:
+    """Too few cells near no face: all cells count, and a cut still changes most of them."""
+    from ingest.samples import sample_frame
+    from model.appearance import scene_signature
+
+    frame, later = sample_frame(0.0), sample_frame(0.2)
+    everywhere = [(x, y, 60, 60) for x in range(0, 640, 160) for y in range(0, 480, 160)]
+    full = scene_signature(frame, everywhere)
+    assert full.reshape(-1, 4)[:, 3].min() == 1.0
+    assert scene_change(full, scene_signature(later, everywhere), CUT_CELLS, CUT_QUANTILE) < CUT_COLOUR / 3
+    assert scene_change(full, scene_signature(255 - later, everywhere), CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from emotion_stream.labels import EMOTIONS
-from emotion_stream.schema import DESCRIPTOR_SIZE, FrameRecord, FrameStatus, TrackEvent, TrackEventType, encode_vector
+from emotion_stream.schema import (
+    DESCRIPTOR_SIZE,
+    OLD_SCENE_SIZE,
+    FrameRecord,
+    FrameStatus,
+    TrackEvent,
+    TrackEventType,
+    encode_vector,
+)
 from emotion_stream.settings import Settings
 from tracks.association import Motion
 from tracks.camera import CONFIRMED_HITS, CameraTracker, Track, TrackerConfig, TrackerOutput
@@ -131,7 +139,7 @@ def test_weak_detections_hold_a_track_through_a_dip_but_never_start_or_keep_one_
 
 
 def test_frame_records_round_trip_weak_detections_and_refuse_malformed_ones():
-    from emotion_stream.schema import DESCRIPTOR_SIZE, SCENE_SIZE, MessageError, encode_vector
+    from emotion_stream.schema import SCENE_SIZE, MessageError
 
     descriptor = encode_vector([0.1] * DESCRIPTOR_SIZE)
     record = FrameRecord("cam", 3, 1.5, FrameStatus.ANALYSED, [], [{"box": [1, 2, 30, 40], "descriptor": descriptor}],
@@ -156,6 +164,13 @@ def test_frame_records_round_trip_weak_detections_and_refuse_malformed_ones():
             FrameRecord.from_json(json.dumps(doc))
     with pytest.raises(MessageError, match="scene signature"):
         FrameRecord.from_json(json.dumps({**json.loads(record.to_json()), "scene": short}))
+    # An older worker's signature (a brightness grid and a histogram) is read as none: no
+    # cut is called on that frame, and the frame is not lost.
+    old_scene = encode_vector([0.5] * OLD_SCENE_SIZE)
+    assert FrameRecord.from_json(json.dumps({**json.loads(record.to_json()), "scene": old_scene})).scene == ""
+    with pytest.raises(MessageError, match="scene signature: not a finite number"):
+        FrameRecord.from_json(json.dumps({**json.loads(record.to_json()),
+                                          "scene": encode_vector([float("nan")] * OLD_SCENE_SIZE)}))
 
 
 def test_shuffled_arrival_within_the_window_gives_the_in_order_result():
@@ -590,6 +605,8 @@ def test_a_state_from_before_descriptors_loads_and_its_tracks_start_a_gallery():
             del t[key]
     del doc["last_scene"]
     restored = CameraTracker.from_state(json.dumps(doc), CONFIG)
+    older = {**doc, "last_scene": encode_vector([0.5] * OLD_SCENE_SIZE)}  # a signature of before the grid
+    assert CameraTracker.from_state(json.dumps(older), CONFIG).last_scene == ""
     [track] = restored.tracks.values()
     assert track.gallery == [] and track.hits >= CONFIRMED_HITS
     later = records("cam", [Person("happy", 300, 200, 0)], 1.0, describe=True, t0=1_000_000.0)

@@ -9,6 +9,7 @@ import numpy as np
 from emotion_stream.labels import EMOTIONS
 from emotion_stream.schema import (
     DESCRIPTOR_SIZE,
+    SCENE_CELL_VALUES,
     SCENE_SIZE,
     FaceEvent,
     FrameRecord,
@@ -55,11 +56,12 @@ def looks(who: int, rng: np.random.Generator, noise: float = 0.08) -> str:
 
 
 def scene_signature(room: int) -> str:
-    """A frame's scene signature in room ``room`` (another room after a cut)."""
+    """A frame's scene signature in room ``room`` (another room after a cut): each cell's
+    colour, no cell marked near a face."""
     rng = np.random.default_rng(20_000 + room)
-    grid = rng.uniform(0.2, 0.8, 16)
-    hist = rng.dirichlet(np.ones(SCENE_SIZE - 16))
-    return encode_vector(np.concatenate([grid, hist]).tolist())
+    cells = np.zeros((SCENE_SIZE // SCENE_CELL_VALUES, SCENE_CELL_VALUES))
+    cells[:, :3] = rng.uniform(40, 220, (len(cells), 3))
+    return encode_vector(cells.ravel().tolist())
 
 
 def probabilities(emotion: str, rng: np.random.Generator, noise: float) -> dict[str, float]:

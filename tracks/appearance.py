@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emotion_stream.schema import SCENE_GRID_CELLS
+from emotion_stream.schema import SCENE_CELL_VALUES
 
 
 def descriptor_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -20,10 +20,13 @@ def gallery_distance(gallery: Sequence[np.ndarray], descriptor: np.ndarray) -> f
     return min(descriptor_distance(kept, descriptor) for kept in gallery)
 
 
-def scene_change(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(layout change: mean absolute difference of the brightness grids, 0-1; histogram
-    change: 1 - the Bhattacharyya coefficient, 0-1) of two scene signatures."""
-    cells = SCENE_GRID_CELLS
-    layout = float(np.mean(np.abs(a[:cells] - b[:cells])))
-    overlap = float(np.sum(np.sqrt(np.clip(a[cells:], 0, None) * np.clip(b[cells:], 0, None))))
-    return layout, max(0.0, 1.0 - overlap)
+def scene_change(a: np.ndarray, b: np.ndarray, min_cells: int, quantile: float) -> float:
+    """How far the background's colour moved between two scene signatures: the
+    ``quantile`` of the cells' colour distances (CIELAB) over the cells no face was near
+    in either frame, or over every cell when fewer than ``min_cells`` are (faces fill the
+    frame). A low quantile, as someone nobody detected changes the cells they cover
+    and a cut changes nearly all."""
+    cells_a, cells_b = a.reshape(-1, SCENE_CELL_VALUES), b.reshape(-1, SCENE_CELL_VALUES)
+    distance = np.linalg.norm(cells_a[:, :3] - cells_b[:, :3], axis=1)
+    free = (cells_a[:, 3] < 0.5) & (cells_b[:, 3] < 0.5)
+    return float(np.quantile(distance[free] if int(free.sum()) >= min_cells else distance, quantile))

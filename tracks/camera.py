@@ -30,6 +30,7 @@ from emotion_stream.schema import (
     TrackEndReason,
     TrackEvent,
     TrackEventType,
+    current_scene,
     decode_vector,
     face_event_from_doc,
 )
@@ -49,12 +50,16 @@ WEAK_HOLD_TIMEOUTS = 2  # track timeouts that weak detections alone may hold a t
 CONFIRMED_HITS = 1
 GALLERY_SIZE = 4  # descriptors a track keeps (its looks over the last GALLERY_SIZE * GALLERY_EVERY faces)
 GALLERY_EVERY = 3  # every so many matched faces, the newest descriptor joins the gallery
-# A cut to another scene moves the frame's brightness layout and colour histogram at once.
-# Measured on the people clip: frames without a cut moved at most 0.076 / 0.183 (queue
-# variant, people coming and going), its five cuts at least 0.083 / 0.234. On 8 cameras
-# x 60 s it finds 40-47 of 64 cuts and no false one: a cut to a room of other colours but
-# a like brightness layout passes (docs/benchmarks.md); appearance then tells the people apart.
-CUT_LAYOUT, CUT_HISTOGRAM = 0.08, 0.2
+# A cut to another scene moves the colour of the background, the cells of the scene
+# signature no face was near in either frame (all of them when fewer than CUT_CELLS of the
+# 48 are), by CUT_COLOUR or more (CIELAB, OpenCV's 8-bit scale) in their lower quartile.
+# Measured on the worker's records of the tracks bench's clips (8 cameras x 60 s, both
+# variants, photos and FER2013 faces; docs/benchmarks.md): the 128 cuts moved it 11.9 or
+# more, the 28,640 other frame pairs at most 2.5 (people coming and going, drifting, the
+# camera's exposure drift and noise). The median instead called 4 cuts where there was
+# none (a person the detector missed left, and the photo they held with them); without the
+# marks, the lower quartile of all cells reached 7.6.
+CUT_COLOUR, CUT_CELLS, CUT_QUANTILE = 10.0, 8, 0.25
 # A new track this far on top of an unmatched one ends it (``_replace``); so does one whose
 # box lies this much inside the other's, or holds it, at up to REPLACED_SCALE times its
 # size: BlazeFace boxes some faces at two scales (66 and 98 px) on alternate frames. A box
@@ -321,15 +326,14 @@ class CameraTracker:
 
     def _cut(self, record: FrameRecord) -> bool:
         """Whether this frame cut to another scene (a video file's edit, a switched
-        camera): its brightness layout and histogram both jumped from the last frame's."""
+        camera): the colour of its background jumped from the last analysed frame's."""
         if not record.scene:
             return False
         before, self.last_scene = self.last_scene, record.scene
         if not before:
             return False
-        layout, histogram = scene_change(np.asarray(decode_vector(before, SCENE_SIZE)),
-                                         np.asarray(decode_vector(record.scene, SCENE_SIZE)))
-        return layout >= CUT_LAYOUT and histogram >= CUT_HISTOGRAM
+        a, b = (np.asarray(decode_vector(scene, SCENE_SIZE)) for scene in (before, record.scene))
+        return scene_change(a, b, CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
 
     def _continue(self, track: Track, box: Box, probabilities: list[float], weight: float, at: float, seq: int,
                   out: TrackerOutput) -> None:
@@ -475,7 +479,7 @@ class CameraTracker:
         tracker.next_track_id = doc["next_track_id"]
         tracker.last_captured_at, tracker.last_arrival = doc["last_captured_at"], doc["last_arrival"]
         tracker.recent = list(doc.get("recent", []))
-        tracker.last_scene = str(doc.get("last_scene", ""))
+        tracker.last_scene = current_scene(str(doc.get("last_scene", "")))  # "" if an older worker's
         return tracker
 
 

@@ -164,8 +164,7 @@ class FrameProcessor:
                     frames.append(decode_image(message.image, self.limits))
                     stills.append(message.kind is FrameKind.STILL)
                     decoded.append(i)
-                    scene = scene_signature(frames[-1]) if self.describe and not stills[-1] else None
-                    out.append(Prepared(None, None, "", time.perf_counter() - t0, scene=scene))
+                    out.append(Prepared(None, None, "", time.perf_counter() - t0))
                 except ImageError as exc:
                     out.append(Prepared(None, None, f"undecodable image: {exc}", time.perf_counter() - t0))
             if not frames:
@@ -176,8 +175,12 @@ class FrameProcessor:
             except Exception:  # process() retries frame by frame, logs, and dead-letters what fails
                 found, weak = [None] * len(frames), [[] for _ in frames]
             share = (time.perf_counter() - t1) / len(frames)
-            for i, frame, detections, weak_ones in zip(decoded, frames, found, weak):
-                out[i] = Prepared(frame, detections, "", out[i].decode_s, share, weak_ones, out[i].scene)
+            for i, frame, still, detections, weak_ones in zip(decoded, frames, stills, found, weak):
+                scene, t2 = None, time.perf_counter()
+                if self.describe and not still and detections is not None:  # marks where faces are
+                    scene = scene_signature(frame, [d.box for d in (*detections, *weak_ones)])
+                decode_s = out[i].decode_s + time.perf_counter() - t2  # counted with decoding
+                out[i] = Prepared(frame, detections, "", decode_s, share, weak_ones, scene)
             return out
         finally:
             if self._pool is not None:
