@@ -50,16 +50,17 @@ WEAK_HOLD_TIMEOUTS = 2  # track timeouts that weak detections alone may hold a t
 CONFIRMED_HITS = 1
 GALLERY_SIZE = 4  # descriptors a track keeps (its looks over the last GALLERY_SIZE * GALLERY_EVERY faces)
 GALLERY_EVERY = 3  # every so many matched faces, the newest descriptor joins the gallery
-# A cut to another scene moves the colour of the background, the cells of the scene
-# signature no face was near in either frame (all of them when fewer than CUT_CELLS of the
-# 48 are), by CUT_COLOUR or more (CIELAB, OpenCV's 8-bit scale) in their lower quartile.
-# Measured on the worker's records of the tracks bench's clips (8 cameras x 60 s, both
-# variants, photos and FER2013 faces; docs/benchmarks.md): the 128 cuts moved it 11.9 or
-# more, the 28,640 other frame pairs at most 2.5 (people coming and going, drifting, the
-# camera's exposure drift and noise). The median instead called 4 cuts where there was
-# none (a person the detector missed left, and the photo they held with them); without the
-# marks, the lower quartile of all cells reached 7.6.
-CUT_COLOUR, CUT_CELLS, CUT_QUANTILE = 10.0, 8, 0.25
+# A cut to another scene moves the colour of the background: the lower quartile of the
+# colour change (CIELAB, OpenCV's 8-bit scale) over the cells of the scene signature no
+# face was near in either frame (over all cells when fewer than CUT_CELLS of the 48 are)
+# reaches CUT_COLOUR. Measured on the worker's records of the tracks bench's clips (8
+# cameras x 60 s, both variants, photos and FER2013 faces; docs/benchmarks.md): the 128
+# cuts moved it 12.0 or more, the 28,640 other frame pairs at most 3.0. People coming and
+# going change the cells they cover, hence a low quantile: the median called 16 cuts
+# where there was none (a person the detector missed left, with the photo they held). On
+# these clips the photos people hold cover about a quarter of the frame, and the quartile
+# of all cells separates as well (13.6 / 1.6); the marks keep out people who fill more.
+CUT_COLOUR, CUT_CELLS, CUT_QUANTILE = 8.0, 8, 0.25
 # A new track this far on top of an unmatched one ends it (``_replace``); so does one whose
 # box lies this much inside the other's, or holds it, at up to REPLACED_SCALE times its
 # size: BlazeFace boxes some faces at two scales (66 and 98 px) on alternate frames. A box
@@ -332,8 +333,7 @@ class CameraTracker:
         before, self.last_scene = self.last_scene, record.scene
         if not before:
             return False
-        a, b = (np.asarray(decode_vector(scene, SCENE_SIZE)) for scene in (before, record.scene))
-        return scene_change(a, b, CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
+        return scene_change(_scene(before), _scene(record.scene), CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
 
     def _continue(self, track: Track, box: Box, probabilities: list[float], weight: float, at: float, seq: int,
                   out: TrackerOutput) -> None:
@@ -504,6 +504,15 @@ def _descriptor(doc: Mapping[str, Any]) -> np.ndarray | None:
     """A face document's descriptor (validated when its record was read), if it has one."""
     encoded = doc.get("descriptor")
     return _decoded(encoded) if encoded else None
+
+
+@lru_cache(maxsize=64)
+def _scene(encoded: str) -> np.ndarray:
+    """A scene signature as an array; cached, as each is compared twice (with the frame
+    before it and the one after)."""
+    vector = np.asarray(decode_vector(encoded, SCENE_SIZE), np.float32)
+    vector.setflags(write=False)
+    return vector
 
 
 @lru_cache(maxsize=4096)
