@@ -16,6 +16,7 @@ from emotion_stream.schema import (
     FrameStatus,
     TrackEvent,
     TrackEventType,
+    decode_vector,
     encode_vector,
 )
 from emotion_stream.settings import Settings
@@ -198,6 +199,39 @@ def test_state_saved_and_restored_every_few_frames_changes_nothing():
     restored = run(recs, restore_every=4)
     assert [json.dumps(e, sort_keys=True) for e in restored[0]] == [json.dumps(e, sort_keys=True) for e in plain[0]]
     assert [e.to_json() for e in restored[1]] == [e.to_json() for e in plain[1]]
+
+
+def test_after_a_spell_of_skipped_frames_a_face_must_look_closer_to_continue_its_track():
+    """Skipped frames hide whether someone left: after a spell longer than the timeout, a
+    face continues a track only within the tighter stale gate. A look-alike (0.16 from
+    the person's looks: within the usual gate) at the same spot after 1.6 s of skipped
+    frames starts a track of its own; the person themself keeps theirs, and with every
+    frame looked at, the look-alike's change goes by as the same face."""
+    gates = CONFIG.gates
+    assert gates.stale_appearance < 0.16 < gates.max_appearance  # (the look-alike: between the two)
+    other = np.random.default_rng(3).normal(size=DESCRIPTOR_SIZE)  # how the look-alike differs
+
+    def clip(skip: bool, lookalike: bool) -> list[FrameRecord]:
+        recs = records("cam", [Person("happy", 300, 200, 0)], 4.0, describe=True)
+        out = []
+        for r in recs:
+            if skip and 1.0 <= r.seq / FPS < 2.6:
+                out.append(FrameRecord(r.camera, r.seq, r.captured_at, FrameStatus.SKIPPED, []))
+                continue
+            if lookalike and r.seq / FPS >= 2.6:
+                u = np.asarray(decode_vector(r.faces[0]["descriptor"], DESCRIPTOR_SIZE))
+                w = other - np.dot(other, u) * u
+                turned = 0.84 * u + np.sqrt(1 - 0.84**2) * w / np.linalg.norm(w)  # cosine distance 0.16
+                r.faces[0]["descriptor"] = encode_vector(turned.tolist())
+            out.append(r)
+        return out
+
+    for skip, lookalike, tracks in ((True, False, 1), (True, True, 2), (False, True, 1)):
+        events, lifecycle, _ = run(clip(skip, lookalike))
+        assert len(tracks_of(events)["person0"]) == tracks, (skip, lookalike)
+        if tracks == 2:
+            ended = [e.reason for e in lifecycle if e.type is TrackEventType.ENDED]
+            assert ended[0] == "replaced", ended
 
 
 def test_a_frame_that_never_arrives_is_skipped_after_the_window_and_counted():

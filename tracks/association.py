@@ -92,6 +92,12 @@ class Gates:
     # clips (8 cameras x 60 s): a person's first face against their own provisional track
     # had its 99th percentile at 0.24-0.34, the next person's at least 0.32.
     provisional_appearance: float = 0.3
+    # The same for a track unlooked at for longer than the timeout, its frames skipped under
+    # overload: the spell may have held a change of person that nobody saw. Measured on
+    # recordings of the tracks bench's clips: one person's face against their last five
+    # has its 99.9th percentile at 0.096 / 0.121 (photos / FER2013 faces), a newcomer's
+    # against whom they replaced its 1st at 0.207 / 0.194 (docs/benchmarks.md).
+    stale_appearance: float = 0.12
     reid_radius: float = 3.0  # a track missed last frame may take a face this many widths away...
     reid_appearance: float = 0.15  # ...if it looks this much like it
 

@@ -321,8 +321,12 @@ class CameraTracker:
 
     def _view(self, track: Track, at: float, seq: int, faces: bool = False) -> TrackView:
         """What association sees of ``track``; to ``faces``, a provisional track has the
-        looser appearance gate (its looks are a weak box's, often a part of the face)."""
-        gate = self.config.gates.provisional_appearance if faces and track.provisional else None
+        looser appearance gate (its looks are a weak box's, often a part of the face); a
+        track unlooked at for longer than the timeout, the tighter stale one."""
+        gates = self.config.gates
+        gate = gates.provisional_appearance if faces and track.provisional else None
+        if at - track.last_at > self.config.timeout_s:  # unlooked at that long: its frames were skipped
+            gate = min(gates.max_appearance if gate is None else gate, gates.stale_appearance)
         return TrackView(track.motion.predict(at), track.looks(), track.last_match_seq < seq - 1, gate)
 
     def _cut(self, record: FrameRecord) -> bool:
