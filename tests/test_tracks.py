@@ -21,7 +21,7 @@ from emotion_stream.schema import (
 )
 from emotion_stream.settings import Settings
 from tracks.association import Motion
-from tracks.camera import CONFIRMED_HITS, CameraTracker, Track, TrackerConfig, TrackerOutput
+from tracks.camera import CONFIRMED_HITS, CUT_WITHIN_S, CameraTracker, Track, TrackerConfig, TrackerOutput
 from tracks.smoothing import EmotionSmoother
 
 from .track_scenes import FPS, Person, looks, records
@@ -484,6 +484,16 @@ def test_a_cut_ends_every_track_and_new_people_get_new_ones():
     # The same scene going on (people walking about) is no cut.
     _, lifecycle, _ = run(records("cam", [Person("happy", 40, 200, 140)], 3.0, describe=True))
     assert not [e for e in lifecycle if e.reason == "scene_cut"]
+    # Frames skipped across the cut: frames up to CUT_WITHIN_S apart are still compared;
+    # further apart, light drifting in between could pass for a cut, so none is called
+    # and the newcomers' looks tell them apart.
+    for skipped_s, called in ((CUT_WITHIN_S - 0.2, 2), (CUT_WITHIN_S + 0.3, 0)):
+        recs = [FrameRecord(r.camera, r.seq, r.captured_at, FrameStatus.SKIPPED, [])
+                if 2.0 - skipped_s <= r.seq / FPS < 2.0 else r
+                for r in records("cam", people, 4.0, describe=True, cuts=(2.0,))]
+        events, lifecycle, _ = run(recs)
+        assert sum(e.reason == "scene_cut" for e in lifecycle) == called, skipped_s
+        assert len({t for ids in _track_ids(events).values() for t in ids}) == 4
 
 
 def test_a_face_that_jumps_in_size_is_someone_else():

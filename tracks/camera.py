@@ -61,6 +61,10 @@ GALLERY_EVERY = 3  # every so many matched faces, the newest descriptor joins th
 # these clips the photos people hold cover about a quarter of the frame, and the quartile
 # of all cells separates as well (13.6 / 1.6); the marks keep out people who fill more.
 CUT_COLOUR, CUT_CELLS, CUT_QUANTILE = 8.0, 8, 0.25
+# Analysed frames further apart than this are not compared (frames skipped under overload,
+# a slow camera): light drifting in between adds up (the sample camera's background moves
+# the quartile up to 2.2 in 0.2 s, 5.3 in 0.5 s, 10.7 in 1 s).
+CUT_WITHIN_S = 0.5
 # A new track this far on top of an unmatched one ends it (``_replace``); so does one whose
 # box lies this much inside the other's, or holds it, at up to REPLACED_SCALE times its
 # size: BlazeFace boxes some faces at two scales (66 and 98 px) on alternate frames. A box
@@ -195,6 +199,7 @@ class CameraTracker:
         self.duplicates = 0  # second records of one frame (dropped)
         self.recent: list[int] = []  # the last RECENT seqs emitted, to tell duplicates from late frames
         self.last_scene = ""  # the last analysed frame's scene signature (cut detection)
+        self.last_scene_at = 0.0  # ...and when that frame was captured
 
     # ------------------------------------------------------------------ input
     def add(self, record: FrameRecord, arrival: float, out: TrackerOutput) -> None:
@@ -334,8 +339,9 @@ class CameraTracker:
         camera): the colour of its background jumped from the last analysed frame's."""
         if not record.scene:
             return False
-        before, self.last_scene = self.last_scene, record.scene
-        if not before:
+        before, before_at = self.last_scene, self.last_scene_at
+        self.last_scene, self.last_scene_at = record.scene, record.captured_at
+        if not before or not 0.0 <= record.captured_at - before_at <= CUT_WITHIN_S:
             return False
         return scene_change(_scene(before), _scene(record.scene), CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
 
@@ -461,7 +467,7 @@ class CameraTracker:
             "buffer": [[r.to_json(), a] for r, a in self.buffer.values()],
             "tracks": [asdict(t) for t in self.tracks.values()], "next_track_id": self.next_track_id,
             "last_captured_at": self.last_captured_at, "last_arrival": self.last_arrival, "recent": self.recent,
-            "last_scene": self.last_scene,
+            "last_scene": self.last_scene, "last_scene_at": self.last_scene_at,
         }, separators=(",", ":"))
 
     @classmethod
@@ -484,6 +490,7 @@ class CameraTracker:
         tracker.last_captured_at, tracker.last_arrival = doc["last_captured_at"], doc["last_arrival"]
         tracker.recent = list(doc.get("recent", []))
         tracker.last_scene = current_scene(str(doc.get("last_scene", "")))  # "" if an older worker's
+        tracker.last_scene_at = float(doc.get("last_scene_at", 0.0))
         return tracker
 
 
