@@ -336,7 +336,8 @@ class CameraTracker:
 
     def _cut(self, record: FrameRecord) -> bool:
         """Whether this frame cut to another scene (a video file's edit, a switched
-        camera): the colour of its background jumped from the last analysed frame's."""
+        camera): the colour of its background jumped from the last analysed frame's, at
+        most CUT_WITHIN_S before it."""
         if not record.scene:
             return False
         before, before_at = self.last_scene, self.last_scene_at
