@@ -344,7 +344,8 @@ class CameraTracker:
         self.last_scene, self.last_scene_at = record.scene, record.captured_at
         if not before or not 0.0 <= record.captured_at - before_at <= CUT_WITHIN_S:
             return False
-        return scene_change(_scene(before), _scene(record.scene), CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
+        a, b = (_decoded(scene, SCENE_SIZE) for scene in (before, record.scene))
+        return scene_change(a, b, CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
 
     def _continue(self, track: Track, box: Box, probabilities: list[float], weight: float, at: float, seq: int,
                   out: TrackerOutput) -> None:
@@ -518,20 +519,12 @@ def _descriptor(doc: Mapping[str, Any]) -> np.ndarray | None:
     return _decoded(encoded) if encoded else None
 
 
-@lru_cache(maxsize=64)
-def _scene(encoded: str) -> np.ndarray:
-    """A scene signature as an array; cached, as each is compared twice (with the frame
-    before it and the one after)."""
-    vector = np.asarray(decode_vector(encoded, SCENE_SIZE), np.float32)
-    vector.setflags(write=False)
-    return vector
-
-
 @lru_cache(maxsize=4096)
-def _decoded(encoded: str) -> np.ndarray:
-    """A descriptor as a read-only array. Cached: a track compares every face with the
-    descriptors it keeps, and decoding them again every frame was half of tracking's CPU
-    (the tracks replay's queue clip, 8 cameras x 60 s). 4,096 is some 700 cameras' tracks."""
-    vector = np.asarray(decode_vector(encoded, DESCRIPTOR_SIZE), np.float32)
+def _decoded(encoded: str, size: int = DESCRIPTOR_SIZE) -> np.ndarray:
+    """A descriptor (or a scene signature, compared with the frames before and after it)
+    as a read-only array. Cached: a track compares every face with the descriptors it
+    keeps, and decoding them again every frame was half of tracking's CPU (the tracks
+    replay's queue clip, 8 cameras x 60 s). 4,096 is some 700 cameras' tracks."""
+    vector = np.asarray(decode_vector(encoded, size), np.float32)
     vector.setflags(write=False)
     return vector
