@@ -16,7 +16,7 @@ from .detection import Detection, FaceDetector, Landmarks
 from .detectors import create_detector
 from .emotion_model import EmotionModel
 from .preprocessing import Box
-from .views import CENTRED, View, crop_shifted, view_set
+from .views import CutPlan, crop_shifted, cut_plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,29 +131,24 @@ class FaceAnalyzer:
         per_pair = 2 if self.model.metadata.flip_average else 1
         looks: list[list[tuple[int, bool]]] = []  # a face's (crop, mirrored) views
 
-        def look(frame: np.ndarray, det: Detection, seen: tuple[View, ...]) -> list[tuple[int, bool]]:
-            """Cut each place the views look from once; mirror images share its crop."""
-            cut: dict[tuple[float, float], int] = {}
-            for view in seen:
-                if (view.dx, view.dy) not in cut:
-                    cut[view.dx, view.dy] = len(crops)
-                    crops.append(crop_shifted(frame, det.box, margin, det.landmarks, crop_size, view))
-            return [(cut[view.dx, view.dy], view.mirrored) for view in seen]
+        def look(frame: np.ndarray, det: Detection | None, plan: CutPlan) -> None:
+            """Cut each of the plan's places once (``det`` None: the whole frame) and note
+            the face's views of them."""
+            first = len(crops)
+            crops.extend(frame if det is None else crop_shifted(frame, det.box, margin, det.landmarks, crop_size, place)
+                         for place in plan.places)
+            looks.append([(first + index, mirrored) for index, mirrored in plan.looks])
 
         for i, (frame, found) in enumerate(zip(frames, detections)):
-            seen = view_set(views[i] if views is not None else 1, per_pair)
-            if found:
-                for det in found:
-                    looks.append(look(frame, det, seen))
-                    owners.append((i, det, False, False))
-            elif whole_image_fallback[i]:
+            plan = cut_plan(views[i] if views is not None else 1, per_pair)
+            if not found and whole_image_fallback[i]:
                 h, w = frame.shape[:2]
-                looks.append([(len(crops), view.mirrored) for view in CENTRED[:per_pair]])
-                crops.append(frame)
+                look(frame, None, cut_plan(1, per_pair))
                 owners.append((i, Detection((0, 0, w, h), 0.0), True, False))
-            for det in (weak[i] if weak is not None else ()):
-                looks.append(look(frame, det, seen))
-                owners.append((i, det, False, True))
+            weak_here = weak[i] if weak is not None else ()
+            for det, is_weak in [*((d, False) for d in found), *((d, True) for d in weak_here)]:
+                look(frame, det, plan)
+                owners.append((i, det, False, is_weak))
         probabilities = self.model.predict_views(crops, looks)
         results: list[list[FaceResult]] = [[] for _ in frames]
         for (i, det, whole, is_weak), probs, label in zip(owners, probabilities, self.model.decide(probabilities)):

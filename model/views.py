@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -52,6 +53,26 @@ def view_set(n: int, per_pair: int = 2) -> tuple[View, ...]:
         mirrored = k % 2 == 1
         out += (View(ax * SHIFT, ay * SHIFT, mirrored), View(bx * SHIFT, by * SHIFT, not mirrored))[:per_pair]
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class CutPlan:
+    """A view set as crops to cut: each place once (``places``, unmirrored), and each
+    view as (its place's index, mirrored). The same for every face seen through it."""
+
+    places: tuple[View, ...]
+    looks: tuple[tuple[int, bool], ...]
+
+
+@cache
+def cut_plan(n: int, per_pair: int = 2) -> CutPlan:
+    """``view_set(n, per_pair)`` as a ``CutPlan``: a mirror image shares its place's crop."""
+    places: dict[tuple[float, float], int] = {}
+    looks = []
+    for view in view_set(n, per_pair):
+        index = places.setdefault((view.dx, view.dy), len(places))
+        looks.append((index, view.mirrored))
+    return CutPlan(tuple(View(dx, dy) for dx, dy in places), tuple(looks))
 
 
 def crop_shifted(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.preprocessing import crop_face
-from model.views import CENTRED, MAX_VIEWS, SHIFT, View, crop_shifted, view_set
+from model.views import CENTRED, MAX_VIEWS, SHIFT, View, crop_shifted, cut_plan, view_set
 
 
 def test_each_pair_is_centred_on_the_face_and_eight_see_every_point_in_both_mirrors() -> None:
@@ -24,6 +24,16 @@ def test_each_pair_is_centred_on_the_face_and_eight_see_every_point_in_both_mirr
     assert len(view_set(8, per_pair=1)) == 8
     with pytest.raises(ValueError, match="views must be 1-8, not 9"):
         view_set(9)
+
+
+@pytest.mark.parametrize("n, per_pair", [(1, 2), (1, 1), (4, 2), (8, 2), (8, 1)])
+def test_a_cut_plan_cuts_each_place_once_and_keeps_every_view(n: int, per_pair: int) -> None:
+    plan = cut_plan(n, per_pair)
+    assert len(set(plan.places)) == len(plan.places) and not any(p.mirrored for p in plan.places)
+    assert {i for i, _ in plan.looks} == set(range(len(plan.places)))
+    views = [View(plan.places[i].dx, plan.places[i].dy, mirrored) for i, mirrored in plan.looks]
+    assert views == list(view_set(n, per_pair))
+    assert len(cut_plan(8).places) == 8  # 16 views of 8 places: each place in both mirror images
 
 
 def test_a_view_moves_the_crop_by_its_share_of_the_box(face_bgr) -> None:
