@@ -145,8 +145,12 @@ class EmbeddedRedis:
         conf = self.data_dir / "redis.conf"
         conf.write_text(self._config())
         os.chmod(conf, 0o600)  # may hold the password
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground process
+        # group) would stop redis-server at once, before the command it serves has written
+        # and acknowledged its last results; the command stops it last, in cleanup().
         self._process = subprocess.Popen(
-            [*_die_with_parent(), self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*_die_with_parent(), self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = connect_sync(self.url, "embedded-probe")
         deadline = time.monotonic() + timeout

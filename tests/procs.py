@@ -33,7 +33,9 @@ class Service:
         self._log = self.log_path.open("wb")
         # faulthandler: a service that hangs is made to print every thread's stack (wait).
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
-        self.process = subprocess.Popen([EXE, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        # A process group of its own, as a shell starts a job: interrupt() is a terminal's Ctrl-C.
+        self.process = subprocess.Popen([EXE, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+                                        start_new_session=True)
 
     @property
     def output(self) -> str:
@@ -46,6 +48,11 @@ class Service:
     def signal(self, signum: int) -> None:
         if self.alive():
             self.process.send_signal(signum)
+
+    def interrupt(self) -> None:
+        """Ctrl-C at a terminal: SIGINT to every process of the job, children included."""
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGINT)
 
     def wait(self, timeout: float = 60) -> int:
         try:

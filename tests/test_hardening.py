@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 import subprocess
 import time
@@ -297,6 +298,24 @@ def test_batch_without_workers_times_out_or_is_interrupted_and_cleans_up(redis_s
     assert job.wait(30) == 130
     assert redis_client.smembers(keys.CAMERAS) == set()
     assert not redis_client.keys(keys.frames("*")) and not redis_client.keys(keys.results("*"))
+
+
+def test_ctrl_c_stops_the_demo_after_its_embedded_redis_took_the_last_results(services):
+    # A terminal's Ctrl-C reaches every process of the job: an embedded redis-server in the
+    # same process group stopped at once, and the worker retried its last writes for 10 s,
+    # then gave them up (WARNING / ERROR lines).
+    import psutil
+
+    demo = services("demo", "demo")  # no REDIS_URL: an embedded server
+    wait_for(lambda: " face " in demo.output, 90, "the demo's first events")
+    server = next(c for c in psutil.Process(demo.process.pid).children() if "redis-server" in c.name())
+    assert os.getpgid(server.pid) != os.getpgid(demo.process.pid)  # out of the Ctrl-C's reach
+    time.sleep(1.0)  # frames in flight
+    demo.interrupt()
+    assert demo.wait(30) == 0
+    output = demo.output
+    assert "received SIGINT" in output and "stopped" in output
+    assert not re.search(r"^\S+ \S+ (WARNING|ERROR) ", output, re.MULTILINE), output[-3000:]
 
 
 def test_embedded_redis_dies_with_a_killed_command_and_its_folder_is_reclaimed(services, tmp_path):
