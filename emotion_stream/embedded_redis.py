@@ -52,12 +52,17 @@ _DIR_PREFIX = "es-redis-"
 _OWNER_FILE = "owner.pid"
 
 
-def _die_with_parent() -> list[str]:
-    """A command prefix that makes redis-server get SIGTERM when this process dies, even
-    by SIGKILL (Linux's parent-death signal, set by util-linux's setpriv between fork and
-    exec: Popen's preexec_fn is unsafe with TensorFlow's threads running)."""
+def server_process(command: list[str]) -> subprocess.Popen[bytes]:
+    """A redis-server child that gets SIGTERM when this process dies, even by SIGKILL
+    (Linux's parent-death signal, set by util-linux's setpriv between fork and exec:
+    Popen's preexec_fn is unsafe with TensorFlow's threads running), in a session of its
+    own: a terminal's Ctrl-C (SIGINT to the whole foreground process group) would stop it
+    at once, before the command it serves has written and acknowledged its last results.
+    The command stops it last."""
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    return subprocess.Popen([*prefix, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def remove_stale_dirs() -> None:
@@ -145,13 +150,7 @@ class EmbeddedRedis:
         conf = self.data_dir / "redis.conf"
         conf.write_text(self._config())
         os.chmod(conf, 0o600)  # may hold the password
-        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground process
-        # group) would stop redis-server at once, before the command it serves has written
-        # and acknowledged its last results; the command stops it last, in cleanup().
-        self._process = subprocess.Popen(
-            [*_die_with_parent(), self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self._process = server_process([self.binary, str(conf)])
         client = connect_sync(self.url, "embedded-probe")
         deadline = time.monotonic() + timeout
         try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from .embedded_redis import _die_with_parent
+from .embedded_redis import server_process
 
 
 @dataclass
@@ -103,8 +103,7 @@ class LocalCluster:
             f"logfile {folder / 'redis.log'}",
         ])
         (folder / "redis.conf").write_text(config + "\n")
-        process = subprocess.Popen([*_die_with_parent(), self.server, str(folder / "redis.conf")],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = server_process([self.server, str(folder / "redis.conf")])
         return ClusterNode(port, folder, process, self.tls[0] if self.tls else None)
 
     def healthy(self, replicas_online: bool = True) -> bool:
