@@ -318,6 +318,16 @@ def test_ctrl_c_stops_the_demo_after_its_embedded_redis_took_the_last_results(se
     assert not re.search(r"^\S+ \S+ (WARNING|ERROR) ", output, re.MULTILINE), output[-3000:]
 
 
+def test_a_camera_that_cannot_be_opened_is_said_once_by_us_and_by_opencv_only_at_debug(services):
+    # OpenCV's C++ core writes "[ WARN:0@...] ... can't open camera by index" to stderr
+    # beside our own line; at INFO only ours is shown.
+    for level, opencv_lines in (("INFO", False), ("DEBUG", True)):
+        ingest = services(f"ingest-{level}", "ingest", "7", "--camera", "c", "--duration", "3", "--log-level", level)
+        assert ingest.wait(60) == 0
+        assert "camera c: cannot open webcam 7" in ingest.output
+        assert ("[ WARN" in ingest.output) == opencv_lines, ingest.output[-2000:]
+
+
 def test_embedded_redis_dies_with_a_killed_command_and_its_folder_is_reclaimed(services, tmp_path):
     import signal
     import tempfile
