@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
@@ -40,10 +39,6 @@ def setup_logging(level: str = "INFO") -> None:
     # TensorFlow/absl chatter is not ours to show at INFO.
     for noisy in ("tensorflow", "absl", "h5py", "aioice", "aiortc", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # OpenCV's C++ core writes its warnings straight to stderr ("can't open camera by
-    # index" beside our own line saying so): shown at DEBUG only. The variable is read
-    # when cv2 is first imported; a user's own setting wins.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING" if level.upper() == "DEBUG" else "ERROR")
 
 
 class Throttled:

@@ -7,6 +7,7 @@ reopened with backoff; every reopen is counted in ``source_reconnects_total``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ def open_source(spec: SourceSpec) -> VideoSource | SampleSource:
     return SampleSource(spec) if spec.is_sample else VideoSource(spec)
 
 
+def _opencv_warnings_at_debug() -> None:
+    """OpenCV's C++ core writes its warnings straight to stderr ("can't open camera by
+    index", beside our own line saying so): shown at DEBUG only. A user's own
+    OPENCV_LOG_LEVEL wins."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        levels = cv2.utils.logging
+        levels.setLogLevel(levels.LOG_LEVEL_WARNING if log.isEnabledFor(logging.DEBUG) else levels.LOG_LEVEL_ERROR)
+
+
 class VideoSource:
     """One OpenCV capture; reopens on demand. Not thread-safe: one reader at a time."""
 
@@ -102,6 +112,7 @@ class VideoSource:
     def open(self) -> bool:
         """(Re)open the capture; False when the source is not available now."""
         self.close()
+        _opencv_warnings_at_debug()
         target = self.spec.target
         if isinstance(target, int):
             capture = cv2.VideoCapture(target)
