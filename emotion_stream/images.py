@@ -69,7 +69,10 @@ def read_image_file(path: str | Path, limits: ImageLimits = ImageLimits()) -> np
     path = Path(path)
     try:
         if not path.is_file():
-            raise ImageError("not a regular file")
+            # Say which: a wrong path and a folder are the usual cases, pipes and devices rare.
+            if not path.exists():
+                raise ImageError("no such file")
+            raise ImageError("a folder, not an image file" if path.is_dir() else "not a regular file")
         size = path.stat().st_size
         if size > limits.max_bytes:
             raise ImageError(f"{size} bytes, over the limit of {limits.max_bytes}")

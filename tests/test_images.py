@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from emotion_stream.images import ImageError, ImageLimits, decode_image, read_image_file
@@ -49,7 +51,10 @@ def test_limits_are_configurable(corpus):
 
 
 def test_files_that_are_not_regular_files_are_refused(tmp_path):
-    with pytest.raises(ImageError, match="not a regular file"):
+    with pytest.raises(ImageError, match="^a folder, not an image file$"):
         read_image_file(tmp_path)
-    with pytest.raises(ImageError, match="not a regular file"):
+    with pytest.raises(ImageError, match="^no such file$"):
         read_image_file(tmp_path / "missing.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match="^not a regular file$"):
+        read_image_file(tmp_path / "pipe.jpg")
