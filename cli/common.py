@@ -107,7 +107,9 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple[str, ...] |
     optional = get_origin(annotation) in (UnionType, Union)
     [kind] = [a for a in get_args(annotation) if a is not type(None)] if optional else [annotation]
     if get_origin(kind) is Literal:
-        return str, get_args(kind)
+        choices: tuple[str, ...] = get_args(kind)
+        by_case = {c.casefold(): c for c in choices}
+        return (lambda value: by_case.get(value.casefold(), value)), choices  # DEBUG or debug
     return kind, None
 
 

@@ -216,6 +216,12 @@ class Settings(BaseModel):
     )
     log_level: LogLevel = Field("INFO", description="log verbosity")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_any_case(cls, level: object) -> object:
+        # `debug` as uvicorn and others spell it; anything else is reported as given.
+        return level.upper() if isinstance(level, str) and level.upper() in LOG_LEVELS else level
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:

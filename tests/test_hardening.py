@@ -264,6 +264,21 @@ def test_log_level_is_accepted_after_the_subcommand():
     assert "sample[:N]" in _run("ingest", "--help", timeout=60).stdout
 
 
+def test_log_level_is_taken_in_either_case_and_a_wrong_one_named_as_given(monkeypatch):
+    from cli import build_parser
+    from emotion_stream.settings import Settings
+
+    args = build_parser().parse_args(["--log-level", "debug", "predict", "a.jpg", "--log-level", "warning"])
+    assert args.log_level == "WARNING"
+    monkeypatch.setenv("EMOTION_STREAM_LOG_LEVEL", "error")
+    assert Settings().log_level == "ERROR"
+    monkeypatch.delenv("EMOTION_STREAM_LOG_LEVEL")
+    result = _run("predict", "a.jpg", env={"EMOTION_STREAM_LOG_LEVEL": "loud"}, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("EMOTION_STREAM_LOG_LEVEL: Input should be 'DEBUG', 'INFO', "
+                                          "'WARNING' or 'ERROR' (got 'loud')")
+
+
 def test_a_second_worker_with_the_same_name_is_refused(redis_server, redis_client, services):
     first = services("first", "worker", "--redis", redis_server.url, "--name", "twin")
     wait_for(lambda: redis_client.exists(keys.worker_lease("twin")), 90, "the first worker's name lease")
