@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
+from emotion_stream.schema import SCENE_SIZE
 from model.detection import Detection
 from tracks.appearance import descriptor_distance, scene_change
-from tracks.camera import CUT_CELLS, CUT_COLOUR, CUT_QUANTILE
+from tracks.camera import CUT_CELLS, CUT_COLOUR, CUT_DARK, CUT_QUANTILE
 
 
 def _turned(landmarks: list[tuple[float, float]], degrees: float) -> list[tuple[float, float]]:
@@ -65,10 +66,34 @@ def test_a_cut_moves_the_scene_signature_and_people_coming_and_going_do_not(blaz
     x, y, w, h = max((d.box for d in blazeface_analyzer.detector.detect(moved)), key=lambda b: b[0])
     replaced[y:y + h, x:x + w] = 255 - replaced[y:y + h, x:x + w]
     for later in (moved, replaced):
-        change = scene_change(signature(first), signature(later), CUT_CELLS, CUT_QUANTILE)
+        change = scene_change(signature(first), signature(later), CUT_CELLS, CUT_QUANTILE, CUT_DARK)
         assert change < CUT_COLOUR / 3, change
-    cut = scene_change(signature(first), signature(room(moved)), CUT_CELLS, CUT_QUANTILE)
+    cut = scene_change(signature(first), signature(room(moved)), CUT_CELLS, CUT_QUANTILE, CUT_DARK)
     assert cut >= 3 * CUT_COLOUR, cut
+
+
+def test_a_cut_in_a_video_with_black_bars_is_judged_on_the_picture(blazeface_analyzer) -> None:
+    """4:3 pictures in a 16:9 video: the bars are a quarter of the cells, never change,
+    and must not hold the quantile under the mark through a cut."""
+    import cv2
+
+    from ingest.samples import sample_frame
+    from model.appearance import scene_signature
+
+    def pillarboxed(frame: np.ndarray) -> np.ndarray:
+        return cv2.copyMakeBorder(frame, 0, 0, 107, 107, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+
+    def signature(frame: np.ndarray) -> np.ndarray:
+        frame = pillarboxed(frame)
+        return scene_signature(frame, [d.box for d in blazeface_analyzer.detector.detect(frame)])
+
+    first, moved = sample_frame(0.0, faces=2), sample_frame(0.2, faces=2)
+    other_room = np.clip(moved[::-1].astype(np.float32) * (0.5, 0.9, 1.3), 0, 255).astype(np.uint8)
+    assert scene_change(signature(first), signature(moved), CUT_CELLS, CUT_QUANTILE, CUT_DARK) < CUT_COLOUR / 3
+    cut = scene_change(signature(first), signature(other_room), CUT_CELLS, CUT_QUANTILE, CUT_DARK)
+    assert cut >= 2 * CUT_COLOUR, cut
+    black = np.zeros(SCENE_SIZE, np.float32)
+    assert scene_change(black, black, CUT_CELLS, CUT_QUANTILE, CUT_DARK) == 0.0  # a dark camera: no cut
 
 
 def test_two_people_replaced_at_once_are_no_cut_because_their_cells_are_left_out(blazeface_analyzer,
@@ -91,9 +116,9 @@ def test_two_people_replaced_at_once_are_no_cut_because_their_cells_are_left_out
     found = [blazeface_analyzer.detector.detect(f) for f in (before, after)]
     assert [len(faces) for faces in found] == [2, 2]
     marked_before, marked_after = (scene_signature(f, [d.box for d in faces]) for f, faces in zip((before, after), found))
-    change = scene_change(marked_before, marked_after, CUT_CELLS, CUT_QUANTILE)
+    change = scene_change(marked_before, marked_after, CUT_CELLS, CUT_QUANTILE, CUT_DARK)
     assert change < CUT_COLOUR / 3, change
-    unmarked = scene_change(scene_signature(before), scene_signature(after), CUT_CELLS, 0.5)
+    unmarked = scene_change(scene_signature(before), scene_signature(after), CUT_CELLS, 0.5, CUT_DARK)
     assert unmarked >= CUT_COLOUR, unmarked
 
 
@@ -106,5 +131,5 @@ def test_a_frame_full_of_faces_is_judged_on_all_its_cells() -> None:
     everywhere = [(x, y, 60, 60) for x in range(0, 640, 160) for y in range(0, 480, 160)]
     full = scene_signature(frame, everywhere)
     assert full.reshape(-1, 4)[:, 3].min() == 1.0
-    assert scene_change(full, scene_signature(later, everywhere), CUT_CELLS, CUT_QUANTILE) < CUT_COLOUR / 3
-    assert scene_change(full, scene_signature(255 - later, everywhere), CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
+    assert scene_change(full, scene_signature(later, everywhere), CUT_CELLS, CUT_QUANTILE, CUT_DARK) < CUT_COLOUR / 3
+    assert scene_change(full, scene_signature(255 - later, everywhere), CUT_CELLS, CUT_QUANTILE, CUT_DARK) >= CUT_COLOUR

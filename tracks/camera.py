@@ -61,6 +61,11 @@ GALLERY_EVERY = 3  # every so many matched faces, the newest descriptor joins th
 # these clips the photos people hold cover about a quarter of the frame, and the quartile
 # of all cells separates as well (13.6 / 1.6); the marks keep out people who fill more.
 CUT_COLOUR, CUT_CELLS, CUT_QUANTILE = 8.0, 8, 0.25
+# Cells this dark (OpenCV's 8-bit L, 0-255) in both frames are not judged: a video's
+# black bars. The queue clip pillarboxed to 16:9 (the bars a quarter of the cells), its
+# frames replayed through the tracker: 1 of 32 cuts called with the bars judged, 31
+# without them; the clip as it is, 32 either way (docs/benchmarks.md).
+CUT_DARK = 16.0
 # Analysed frames further apart than this are not compared (frames skipped under overload,
 # a slow camera): light drifting in between adds up (the sample camera's background moves
 # the quartile up to 2.2 in 0.2 s, 5.3 in 0.5 s, 10.7 in 1 s).
@@ -345,7 +350,7 @@ class CameraTracker:
         if not before or not 0.0 <= record.captured_at - before_at <= CUT_WITHIN_S:
             return False
         a, b = (_decoded(scene, SCENE_SIZE) for scene in (before, record.scene))
-        return scene_change(a, b, CUT_CELLS, CUT_QUANTILE) >= CUT_COLOUR
+        return scene_change(a, b, CUT_CELLS, CUT_QUANTILE, CUT_DARK) >= CUT_COLOUR
 
     def _continue(self, track: Track, box: Box, probabilities: list[float], weight: float, at: float, seq: int,
                   out: TrackerOutput) -> None:
