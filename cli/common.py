@@ -97,7 +97,7 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = Non
 
 
 METAVARS = {"redis_url": "URL", "metrics_host": "ADDR", "metrics_port": "PORT", "detect_max_side": "PX",
-            "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS", "worker_name": "NAME",
+            "still_detect_size": "PX", "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS", "worker_name": "NAME",
             "api_host": "ADDR", "api_port": "PORT", "api_cors_origin": "ORIGINS", "api_tokens": "TOKENS"}
 _TYPE_METAVARS: dict[object, str] = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
 
@@ -114,7 +114,8 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], tuple[str, ...] |
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    add_settings(parser, "detector", "model_path", "model_runtime", "detect_max_side", "uncertain_below", "still_views")
+    add_settings(parser, "detector", "model_path", "model_runtime", "detect_max_side", "still_detect_size",
+                 "uncertain_below", "still_views")
 
 
 def add_service_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:

@@ -35,6 +35,9 @@ MODEL_RUNTIMES: tuple[str, ...] = get_args(ModelRuntime)
 # (320 px finds all 240 for 1.7x the CPU; 192 px finds 192).
 # Haar and MTCNN: 192 px, about the same faces as 480 px on 350 px photos at half the CPU.
 DEFAULT_DETECT_SIZE: dict[str, int] = {"blazeface": 256, "opencv": 192, "mtcnn": 192}
+# Stills no face fills are searched again at this side (model.blazeface): a photo of
+# 18 people (3000x2000 or 1200x800) gave up 18 faces at 512 and 7-8 at 256.
+DEFAULT_STILL_DETECT_SIZE = 512
 
 
 class Settings(BaseModel):
@@ -75,6 +78,12 @@ class Settings(BaseModel):
         description="longest side frames are analysed at for face detection; larger finds smaller "
         "faces for more CPU; unset: the detector's own ("
         + ", ".join(f"{name} {size}" for name, size in DEFAULT_DETECT_SIZE.items()) + ")",
+    )
+    still_detect_size: int = Field(
+        DEFAULT_STILL_DETECT_SIZE, ge=0, le=4096,
+        description="stills (batch, evaluate, predict) whose largest face is under half their size (a group, "
+        "a room) are also searched for smaller faces at this longest side; larger finds smaller faces for more "
+        "CPU (blazeface; the others search stills at --detect-size); 0: only the face crops' search",
     )
     uncertain_below: float | None = Field(
         None, gt=0, le=1,

@@ -78,9 +78,10 @@ class FaceAnalyzer:
 
         def new_detector() -> FaceDetector:
             if not settings.tracking:
-                return create_detector(settings.detector, settings.detect_max_side)
+                return create_detector(settings.detector, settings.detect_max_side,
+                                       still_search=settings.still_detect_size)
             return create_detector(settings.detector, settings.detect_max_side, settings.track_weak_score,
-                                   settings.track_second_look)
+                                   settings.track_second_look, settings.still_detect_size)
 
         return cls(model, new_detector(), new_detector)
 

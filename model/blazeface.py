@@ -33,7 +33,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from emotion_stream.settings import DEFAULT_DETECT_SIZE
+from emotion_stream.settings import DEFAULT_DETECT_SIZE, DEFAULT_STILL_DETECT_SIZE
 
 from .detection import Detection, largest_first, to_full_box
 from .errors import ModelError
@@ -46,6 +46,10 @@ _NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold for face detection
 # may lie, in squares.
 SECOND_LOOK_CROP = 2.2
 SECOND_LOOK_CENTRED = 0.25
+# A still whose largest face spans this share of its longer side is a face crop (the
+# Kaggle photos' faces 0.64-1.0 of it, FER2013's 0.45 at their 1st percentile); one with
+# none is searched again for smaller faces (``BlazeFaceDetector._detect_still``).
+STILL_FILLED = 0.5
 # At most this many second looks a frame (the best-scoring candidates): each is a model
 # run of about 1.5 ms, and a crowd or a noisy frame may have dozens of candidates.
 SECOND_LOOK_MAX = 8
@@ -337,7 +341,10 @@ class BlazeFaceDetector:
     stills: it found faces in 219 of 219 ``test_kaggle`` photos and 97.2 % of 535
     FER2013 48 px faces, against 216 and 86.7 % for the full-range model (border 0.5), at
     1.9 against 6.9 ms CPU a photo, and its eye line was off by 1.8 degrees on average on
-    a turned portrait (full range 2.5).
+    a turned portrait (full range 2.5). That view is blind to the faces of a group photo
+    (a 640x480 photo of six 130 px portraits gave none): a still whose largest face fills
+    less than STILL_FILLED of it is searched again through the full-range model at
+    ``still_search`` px (``_detect_still``; 6 of 6 faces at 512, 30 ms on one thread).
     """
 
     name = "blazeface"
@@ -351,6 +358,7 @@ class BlazeFaceDetector:
         weak_score: float = 0.0,
         second_look: float = 0.0,
         still_pad: float = 0.3,
+        still_search: int = DEFAULT_STILL_DETECT_SIZE,
         runtime: str = "auto",
         threads: int | None = None,
         path: Path | None = None,
@@ -374,6 +382,7 @@ class BlazeFaceDetector:
         # this much is ``looked``: a tracker may start a track of it (0: no second look).
         self.second_look = second_look
         self.still_pad = still_pad
+        self.still_search = still_search
 
     # ------------------------------------------------------------------ geometry
     def _live_view(self, height: int, width: int) -> tuple[_View, tuple[int, int]]:
@@ -387,6 +396,16 @@ class BlazeFaceDetector:
         least = self._live_side
         input_hw = (max(least, -(-scaled_h // SIZE_STEP) * SIZE_STEP), max(least, -(-scaled_w // SIZE_STEP) * SIZE_STEP))
         return _View(scale, (scaled_w - input_hw[1]) // 2, (scaled_h - input_hw[0]) // 2), input_hw
+
+    def _search_view(self, height: int, width: int) -> tuple[_View, tuple[int, int]]:
+        """A still's view for the full-range model: centred in a square input of
+        ``still_search`` px, or of the still's own size (in SIZE_STEP steps, at least the
+        model's input) when it is smaller: one input shape for most photos, so stills of
+        many shapes load no model each, and a small one is not scaled up."""
+        longest = max(height, width)
+        side = max(self._live_side, min(self.still_search, -(-longest // SIZE_STEP) * SIZE_STEP))
+        scale = min(1.0, side / longest)
+        return _View(scale, round((width * scale - side) / 2), round((height * scale - side) / 2)), (side, side)
 
     def _still_view(self, height: int, width: int) -> _View:
         size = self._still.variant.input_size
@@ -441,13 +460,29 @@ class BlazeFaceDetector:
         flags = list(stills) if stills is not None else [False] * len(frames)
         return [self._detect_one(frame, still) for frame, still in zip(frames, flags, strict=True)]
 
+    def _detect_still(self, frame: np.ndarray) -> list[Detection]:
+        """A still's faces: the short-range model over the whole image with a border (a
+        face crop, a portrait); and when no face found fills STILL_FILLED of the image (a
+        group, a room), the full-range model at ``still_search`` px too, for the faces
+        too small for the first view (a 130 px face of a 640x480 photo is 17 px to it).
+        The second view's faces that overlap none of the first's are added."""
+        height, width = frame.shape[:2]
+        points, scores = self._run(self._still, frame, self._still_view(height, width), self.min_score)
+        faces = weighted_nms(points, scores, self.min_score)
+        if self.still_search and not any(float(np.max(p[1] - p[0])) >= STILL_FILLED * max(height, width)
+                                         for p, _ in faces):
+            view, input_hw = self._search_view(height, width)
+            points, scores = self._run(self._live_net(input_hw), frame, view, self.min_score)
+            faces += [(p, s) for p, s in weighted_nms(points, scores, self.min_score)
+                      if not any(_iou(p[:2], f[None, :2])[0] > _NMS_IOU for f, _ in faces)]
+        return largest_first([_detection(p, s, frame.shape) for p, s in faces])
+
     def _detect_one(self, frame: np.ndarray, still: bool) -> tuple[list[Detection], list[Detection]]:
         if still:
-            view, net = self._still_view(*frame.shape[:2]), self._still
-        else:
-            view, input_hw = self._live_view(*frame.shape[:2])
-            net = self._live_net(input_hw)
-        floor = self.min_score if still or not self.weak_score else self.weak_score
+            return self._detect_still(frame), []
+        view, input_hw = self._live_view(*frame.shape[:2])
+        net = self._live_net(input_hw)
+        floor = self.weak_score or self.min_score
         points, scores = self._run(net, frame, view, floor)
         faces = weighted_nms(points, scores, self.min_score)
         weak: list[tuple[np.ndarray, float]] = []

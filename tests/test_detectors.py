@@ -80,3 +80,43 @@ def test_detection_runs_on_a_downscaled_frame_and_maps_back(name, face_bgr, requ
     [big_hit] = detector.detect(big)
     # Same face, coordinates in the big frame's pixels (3x), within a few pixels.
     assert np.allclose(np.array(big_hit.box) / 3, small_hit.box, atol=12)
+
+
+def _group_photo(face: np.ndarray, size: tuple[int, int], tile: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The portrait tiled over a grey photo of ``size``, ``tile`` px wide each, and where
+    each copy's face is (FACE_REGION scaled)."""
+    import cv2
+
+    width, height = size
+    photo = np.full((height, width, 3), 150, np.uint8)
+    scale = tile / face.shape[1]
+    copy = cv2.resize(face, (tile, round(face.shape[0] * scale)))
+    regions = []
+    for y in range(20, height - copy.shape[0] + 1, copy.shape[0] + 20):
+        for x in range(20, width - tile + 1, tile + 20):
+            photo[y:y + copy.shape[0], x:x + tile] = copy
+            x0, y0, x1, y1 = FACE_REGION
+            regions.append((x + round(x0 * scale), y + round(y0 * scale), x + round(x1 * scale), y + round(y1 * scale)))
+    return photo, regions
+
+
+@pytest.mark.parametrize(("size", "tile"), [((640, 480), 130), ((3000, 2000), 400)])
+def test_a_still_of_several_people_gives_every_face(face_bgr, size, tile):
+    """A group photo's faces are far under the still view's reach (a 130 px portrait of a
+    640x480 photo shows its face at 17 px to the short-range model): a still no face
+    fills is searched again with the full-range model, and each face is found once."""
+    from model.blazeface import BlazeFaceDetector
+
+    photo, regions = _group_photo(face_bgr, size, tile)
+    found = BlazeFaceDetector().detect(photo, still=True)
+    assert len(found) == len(regions) >= 6
+    for region in regions:
+        assert sum(_inside(face.box, region, slack=tile // 10) for face in found) == 1, region
+    assert BlazeFaceDetector(still_search=0).detect(photo, still=True) == []  # the face crops' view alone
+
+
+def test_a_face_crop_is_searched_as_before(face_bgr):
+    from model.blazeface import BlazeFaceDetector
+
+    [face] = BlazeFaceDetector().detect(face_bgr, still=True)
+    assert [face] == BlazeFaceDetector(still_search=0).detect(face_bgr, still=True)
