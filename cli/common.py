@@ -97,8 +97,9 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = Non
 
 
 METAVARS = {"redis_url": "URL", "metrics_host": "ADDR", "metrics_port": "PORT", "detect_max_side": "PX",
-            "still_detect_size": "PX", "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS", "worker_name": "NAME",
-            "api_host": "ADDR", "api_port": "PORT", "api_cors_origin": "ORIGINS", "api_tokens": "TOKENS"}
+            "still_detect_size": "PX", "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS",
+            "worker_name": "NAME", "api_host": "ADDR", "api_port": "PORT", "api_cors_origin": "ORIGINS",
+            "api_tokens": "TOKENS"}
 _TYPE_METAVARS: dict[object, str] = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
 
 

@@ -36,7 +36,7 @@ MODEL_RUNTIMES: tuple[str, ...] = get_args(ModelRuntime)
 # Haar and MTCNN: 192 px, about the same faces as 480 px on 350 px photos at half the CPU.
 DEFAULT_DETECT_SIZE: dict[str, int] = {"blazeface": 256, "opencv": 192, "mtcnn": 192}
 # Stills no face fills are searched again at this side (model.blazeface): a photo of
-# 18 people (3000x2000 or 1200x800) gave up 18 faces at 512 and 7-8 at 256.
+# 18 people (3000x2000 or 1200x800) gave up 18 faces at 512 and 8-9 at 256.
 DEFAULT_STILL_DETECT_SIZE = 512
 
 

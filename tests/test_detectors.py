@@ -82,7 +82,8 @@ def test_detection_runs_on_a_downscaled_frame_and_maps_back(name, face_bgr, requ
     assert np.allclose(np.array(big_hit.box) / 3, small_hit.box, atol=12)
 
 
-def _group_photo(face: np.ndarray, size: tuple[int, int], tile: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def _group_photo(face: np.ndarray, size: tuple[int, int],
+                 tile: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """The portrait tiled over a grey photo of ``size``, ``tile`` px wide each, and where
     each copy's face is (FACE_REGION scaled)."""
     import cv2
@@ -102,9 +103,9 @@ def _group_photo(face: np.ndarray, size: tuple[int, int], tile: int) -> tuple[np
 
 @pytest.mark.parametrize(("size", "tile"), [((640, 480), 130), ((3000, 2000), 400)])
 def test_a_still_of_several_people_gives_every_face(face_bgr, size, tile):
-    """A group photo's faces are far under the still view's reach (a 130 px portrait of a
-    640x480 photo shows its face at 17 px to the short-range model): a still no face
-    fills is searched again with the full-range model, and each face is found once."""
+    """A group photo's faces are far under the still view's reach (it shows a 640x480
+    photo to the short-range model at an eighth of its size): a still no face fills is
+    searched again with the full-range model, and each face is found once."""
     from model.blazeface import BlazeFaceDetector
 
     photo, regions = _group_photo(face_bgr, size, tile)
