@@ -172,7 +172,7 @@ def format_event(event: Event) -> str:
     assert isinstance(event, FaceEvent)
     clock = time.strftime("%H:%M:%S", time.localtime(event.captured_at))
     x, y, w, h = event.box
-    note = " (whole image)" if event.whole_image else ""
+    note = " (whole image)" if event.whole_image else " (weak)" if event.weak else ""
     name = f" {event.name}" if event.name else ""
     track = f"  person {event.track} {event.track_emotion}" if event.track is not None else ""
     return (

@@ -202,8 +202,8 @@ class FaceEvent:
     seq: int
     captured_at: float
     processed_at: float
-    face_index: int
-    faces_in_frame: int
+    face_index: int  # 0..faces_in_frame-1; weak detections (``weak``) are numbered after them
+    faces_in_frame: int  # the faces found in the frame, weak detections not counted
     box: tuple[int, int, int, int]  # x, y, width, height in frame pixels
     emotion: str
     confidence: float

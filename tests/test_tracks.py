@@ -139,6 +139,30 @@ def test_weak_detections_hold_a_track_through_a_dip_but_never_start_or_keep_one_
     assert ended.at - 1_000_000.0 <= 1.0 + (WEAK_HOLD_TIMEOUTS + 1) * CONFIG.timeout_s + 0.1
 
 
+def test_a_frames_weak_detections_are_numbered_after_its_faces():
+    """(seq, face_index) names one event: the worker numbers weak detections after the
+    frame's faces, and the human line says which are weak."""
+    from cli.common import format_event
+    from emotion_stream.schema import FaceEvent, FrameKind, FrameMessage
+    from model.analyzer import FaceResult
+    from worker.outcomes import Origin, analyzed_outcome
+    from worker.streams import Entry
+
+    def face(x: int, weak: bool) -> FaceResult:
+        return FaceResult((x, 10, 40, 40), "happy", 0.9, np.eye(len(EMOTIONS))[EMOTIONS.index("happy")], 0.9,
+                          weak=weak)
+
+    message = FrameMessage("cam", 7, 1.0, FrameKind.LIVE, b"", 640, 480)
+    outcome = analyzed_outcome(Entry("s", "1-0", None), message, [face(0, False)], 1.1, Origin("w", "d", "m"),
+                               tracking=True, weak=[face(100, True), face(200, True)])
+    record = FrameRecord.from_json(outcome.frame_record)
+    docs = [*record.faces, *record.weak]
+    assert [(d["face_index"], d["faces_in_frame"], d["weak"]) for d in docs] == [(0, 1, False), (1, 1, True),
+                                                                                (2, 1, True)]
+    lines = [format_event(FaceEvent(**{k: v for k, v in d.items() if k not in ("type", "v")})) for d in docs]
+    assert [line.endswith("(weak)") for line in lines] == [False, True, True]
+
+
 def test_frame_records_round_trip_weak_detections_and_refuse_malformed_ones():
     from emotion_stream.schema import SCENE_SIZE, MessageError
 

@@ -93,7 +93,8 @@ def analyzed_outcome(
         ).to_json()
     live = message.kind is FrameKind.LIVE
     if tracking and live:
-        weak_docs = [_document(_event(message, w, index, len(faces), processed_at, origin), w)
+        # Weak detections are numbered after the faces: (seq, face_index) names one event.
+        weak_docs = [_document(_event(message, w, len(faces) + index, len(faces), processed_at, origin), w)
                      for index, w in enumerate(weak[:MAX_WEAK_BOXES])]
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
                              [_document(e, face) for e, face in zip(events, faces)], weak_docs,
