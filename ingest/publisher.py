@@ -105,10 +105,10 @@ class FramePublisher:
             raise ValueError("JPEG encoding failed")
         return buf.tobytes()
 
-    async def publish(self, frame: np.ndarray, captured_at: float, *, encoded: bytes | None = None) -> bool:
+    async def publish(self, frame: np.ndarray, captured_at: float) -> bool:
         """Encode (off the event loop) and append one live frame. True if it was accepted."""
         try:
-            data = encoded if encoded is not None else await asyncio.to_thread(self.encode, frame)
+            data = await asyncio.to_thread(self.encode, frame)
         except (ValueError, cv2.error) as exc:
             self._drop("encode_error", "camera %s: cannot encode frame: %s", exc)
             return False
