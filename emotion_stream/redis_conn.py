@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.connection import DefaultParser
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT, KeyT
@@ -30,18 +31,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-# A cluster between a master's death and its replica's promotion: the slot is down,
-# moving, or its node unreachable. redis-py derives ClusterDownError and TryAgainError
-# from ResponseError, so handlers of ResponseError (a refusal) re-raise these first.
-CLUSTER_TRANSIENT_ERRORS = (
+# Replies that are outages, not refusals, though redis-py derives them from ResponseError
+# (so handlers of ResponseError, a refusal, re-raise these first): a cluster between a
+# master's death and its replica's promotion (the slot down, moving, or its node
+# unreachable), and a Redis at its maxmemory with nothing it may evict, which refuses
+# every write until it has room.
+TRANSIENT_RESPONSE_ERRORS = (
     redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.OutOfMemoryError,
 )
 # Errors after which a connection is worth retrying (Redis restarting, a cluster failing
-# over, network blip).
+# over, network blip, Redis out of memory).
 TRANSIENT_ERRORS = (
-    redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError, *CLUSTER_TRANSIENT_ERRORS
+    redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError, *TRANSIENT_RESPONSE_ERRORS
 )
 # Refused credentials or permissions: retrying cannot help. redis-py derives
 # AuthenticationError from ConnectionError, so handlers re-raise these first.
@@ -70,6 +74,20 @@ def _node_url(url: str) -> str:
     return f"{scheme.removesuffix('+cluster')}://{rest}"
 
 
+class _Parser(DefaultParser):  # type: ignore[misc,valid-type]  # a variable: the parser redis-py picked
+    """Redis 6.2 reports a write refused inside a script as the script's own error
+    (``Error running script ...: -OOM command not allowed when used memory >
+    'maxmemory'``): read as the refusal it wraps, as Redis 7 reports it, so that a full
+    Redis is an outage to wait out (OutOfMemoryError) wherever a script writes."""
+
+    @classmethod
+    def parse_error(cls, response: str) -> redis.ResponseError:
+        error: redis.ResponseError = super().parse_error(response)
+        if type(error) is redis.ResponseError and ": -OOM " in response:
+            return redis.exceptions.OutOfMemoryError(response)
+        return error
+
+
 def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
     """An asyncio client (a ``RedisCluster`` for cluster URLs; typed as the common
     interface). Short internal retries; callers' loops own long outages."""
@@ -80,8 +98,12 @@ def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
         options = _client_options(url, name)
         options.pop("health_check_interval")  # per-node pools check on use
         cluster = RedisCluster.from_url(_node_url(url), retry=retry, **options)
+        # A cluster client takes no parser_class; its nodes make their connections from
+        # these (the startup nodes from their own copies), lazily, so set it before any.
+        for kwargs in (cluster.connection_kwargs, *(node.connection_kwargs for node in cluster.startup_nodes)):
+            kwargs["parser_class"] = _Parser
         return cast(aioredis.Redis, cluster)
-    return aioredis.Redis.from_url(url, retry=retry, **_client_options(url, name))
+    return aioredis.Redis.from_url(url, retry=retry, parser_class=_Parser, **_client_options(url, name))
 
 
 def is_cluster(client: object) -> bool:

@@ -80,6 +80,35 @@ def test_redis_outage_and_restart_pipeline_resumes(redis_server, redis_client, s
 
 
 @pytest.mark.slow
+def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_client, services):
+    """Redis at its maxmemory with nothing it may evict (noeviction, the default policy)
+    refuses every write: ingest drops and counts live frames, the worker and its
+    tracking wait, and all carry on once Redis has room; no traceback, nobody exits."""
+    url = redis_server.url
+    ingest_metrics = free_port()
+    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "full", "--fps", "10", "--redis", url,
+                      "--metrics-port", str(ingest_metrics))
+    wait_for(lambda: len(faces_of(redis_client, "full")) >= 10, 90, "events before Redis is full")
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", redis_client.info("memory")["used_memory"])
+    try:
+        wait_for(lambda: "used memory > 'maxmemory'" in ingest.output, 30, "ingest to meet the full Redis")
+        time.sleep(3)
+        assert worker.alive() and ingest.alive()
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    before = max(f.seq for f in faces_of(redis_client, "full"))
+    wait_for(lambda: max(f.seq for f in faces_of(redis_client, "full")) >= before + 20, 90,
+             "events to resume once Redis has room")
+    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="full",
+                           reason="redis_unavailable")
+    assert dropped > 0, "live frames refused by the full Redis must be counted"
+    assert worker.stop() == 0 and ingest.stop() == 0
+    assert "Traceback" not in worker.output + ingest.output
+
+
+@pytest.mark.slow
 def test_camera_that_changes_resolution_sends_garbage_and_stalls(redis_server, redis_client, services):
     url = redis_server.url
     metrics_port = free_port()

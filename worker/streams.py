@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import CLUSTER_TRANSIENT_ERRORS, StreamEntries, StreamReader, as_text
+from emotion_stream.redis_conn import TRANSIENT_RESPONSE_ERRORS, StreamEntries, StreamReader, as_text
 from emotion_stream.schema import validate_camera_id
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ class ConsumerGroup:
             self._turn = (self._turn + 1) % len(hot)
             hot = hot[self._turn:] + hot[: self._turn]
             reply = await self._read_group(hot, count, block_ms)
-        except CLUSTER_TRANSIENT_ERRORS:
-            raise  # a cluster failing over: the caller's retry loop waits for it
+        except TRANSIENT_RESPONSE_ERRORS:
+            raise  # a cluster failing over, Redis out of memory: the caller's retry loop waits
         except redis.ResponseError as exc:
             # UNBLOCKED (a stream deleted while we waited on it), NOGROUP (group destroyed,
             # FLUSHDB, Redis restarted empty), WRONGTYPE...: start again from the cameras set.
