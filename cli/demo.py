@@ -46,10 +46,11 @@ def register(sub: Subcommands) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.embedded_redis import redis_url_or_embedded
     from emotion_stream.lifecycle import run_service
-    from ingest.sources import SourceSpec
+    from ingest.sources import SourceSpec, file_problem
 
-    if args.source and SourceSpec.parse(args.source).is_file and not Path(args.source).is_file():
-        raise CommandError(f"{args.source}: no such video file")
+    problem = file_problem(SourceSpec.parse(args.source)) if args.source else None
+    if problem:
+        raise CommandError(f"{args.source}: {problem}")
     analyzer = load_analyzer(settings)
     serve_metrics(settings.metrics_port, settings.metrics_host)
     with tempfile.TemporaryDirectory(prefix="emotion-demo-") as tmp, redis_url_or_embedded(settings.redis_url) as url:

@@ -53,8 +53,9 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
         if stalled:
             source = None  # its reader thread is still blocked; it closes the capture itself
         if ended:
-            await publisher.end()
+            # Before the end marker takes a number of its own.
             log.info("camera %s: end of %s after %d frames", camera, spec.describe(), publisher.seq)
+            await publisher.end()
             break
         if not stop.is_set():
             delay = backoff.next_delay()

@@ -85,6 +85,14 @@ class SampleSource:
         pass
 
 
+def file_problem(spec: SourceSpec) -> str | None:
+    """Why a file source cannot be read at all (None: it is a file, or not a file source)."""
+    path = Path(str(spec.target))
+    if not spec.is_file or path.is_file():
+        return None
+    return "a folder, not a video file" if path.is_dir() else "no such video file"
+
+
 def open_source(spec: SourceSpec) -> VideoSource | SampleSource:
     return SampleSource(spec) if spec.is_sample else VideoSource(spec)
 
@@ -103,8 +111,9 @@ class VideoSource:
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
-        if spec.is_file and not Path(str(spec.target)).is_file():
-            raise SourceError(f"{spec.target}: no such video file")
+        problem = file_problem(spec)
+        if problem:
+            raise SourceError(f"{spec.target}: {problem}")
         self._capture: cv2.VideoCapture | None = None
         self._lock = threading.Lock()
         self.native_fps: float = 0.0

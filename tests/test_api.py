@@ -108,6 +108,7 @@ def test_live_events_from_a_real_worker_and_resume_across_a_forced_disconnect(
     last = first.snapshot()[-1].id
     second = SseClient(port, "/v1/events?camera=hall", token=TOKEN, last_event_id=last)
     assert ingest.wait(120) == 0, ingest.output
+    assert "after 40 frames" in ingest.output and "40 frames accepted" in ingest.output, ingest.output  # 4 s x 10
     wait_for(lambda: any(m.data["type"] == "end" for m in second.snapshot()), 120, "the end of the stream over SSE")
     time.sleep(3.0)  # track_ended events follow the end marker
     got = [m.id for m in first.snapshot()] + [m.id for m in second.snapshot()]

@@ -212,11 +212,12 @@ def test_batch_output_path_is_checked_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no temp files left
 
 
-def test_demo_with_a_missing_source_fails_with_one_line():
-    result = _run("demo", "--source", "/nonexistent.mp4", timeout=60)
-    assert result.returncode == 1
-    [line] = result.stderr.strip().splitlines()
-    assert "/nonexistent.mp4: no such video file" in line
+def test_demo_with_a_missing_source_fails_with_one_line(tmp_path):
+    for source, reason in (("/nonexistent.mp4", "no such video file"), (str(tmp_path), "a folder, not a video file")):
+        result = _run("demo", "--source", source, timeout=60)
+        assert result.returncode == 1
+        [line] = result.stderr.strip().splitlines()
+        assert f"{source}: {reason}" in line
 
 
 # ------------------------------------------------------------------ rough edges
