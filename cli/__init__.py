@@ -3,7 +3,7 @@
 Each subcommand lives in its own module with ``register(subparsers)``; heavy imports
 (TensorFlow, OpenCV, aiortc) happen inside the command, so ``--help`` is instant.
 Exit codes: 0 success, 1 failure (the error is one line on stderr), 2 usage error,
-130 interrupted.
+130 interrupted, 141 the reader of stdout went away (``| head``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import faulthandler
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -119,7 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ValueError, OSError):  # stderr is no file (main called in-process)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        return int(args.run(args, settings) or 0)
+        code = int(args.run(args, settings) or 0)
+        sys.stdout.flush()  # here, not at exit, so a reader gone is caught below
+        return code
+    except BrokenPipeError:
+        # `emotion-stream predict *.jpg | head`: stop quietly with the status of a Unix
+        # tool killed by SIGPIPE; stdout goes to /dev/null so that the interpreter's
+        # own flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except CommandError as exc:
         print(redact(f"emotion-stream {args.command}: error: {exc}"), file=sys.stderr)
         return 1

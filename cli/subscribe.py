@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from dataclasses import asdict
 
 from emotion_stream.settings import Settings
@@ -62,8 +61,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 seen += 1
                 if args.count is not None and seen >= args.count:
                     break
-        except BrokenPipeError:  # `subscribe | head`
-            sys.stderr.close()
         finally:
             await client.aclose()
         return 0

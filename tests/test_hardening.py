@@ -220,6 +220,23 @@ def test_demo_with_a_missing_source_fails_with_one_line(tmp_path):
         assert f"{source}: {reason}" in line
 
 
+def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path):
+    """`predict *.jpg | head`: a traceback (BrokenPipeError) before. The pipe's reader is
+    closed before the command writes, so every write fails, whatever the timing."""
+    image = tmp_path / "face.jpg"
+    cv2.imwrite(str(image), sample_frame(0.0))
+    for output in ([], ["--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run([EXE, "predict", str(image), *output], stdout=write_end, stderr=subprocess.PIPE,
+                                    text=True, timeout=120)
+        finally:
+            os.close(write_end)
+        assert result.returncode == 141, result.stderr
+        assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
 # ------------------------------------------------------------------ rough edges
 def test_frames_lying_about_camera_or_time_are_dead_lettered(redis_server, redis_client, services):
     camera = "honest"
