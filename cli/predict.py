@@ -14,7 +14,7 @@ from .common import Subcommands, add_command, add_model_options, load_analyzer
 
 def register(sub: Subcommands) -> None:
     p = add_command(sub, "predict", run, "print the emotion of every face in image files")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files; - reads one from standard input")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
     add_model_options(p)
 

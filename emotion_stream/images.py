@@ -16,6 +16,7 @@ Errors are :class:`ImageError` with a one-line reason, never a traceback.
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,17 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
     return array
 
 
+STDIN = "-"  # as a path: the image is read from standard input (`curl URL | predict -`)
+
+
 def read_image_file(path: str | Path, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Read and decode an image file; refuses non-regular files and oversized files."""
+    """Read and decode an image file (``-``: standard input); refuses non-regular files
+    and oversized files."""
+    if str(path) == STDIN:
+        data = sys.stdin.buffer.read(limits.max_bytes + 1)
+        if len(data) > limits.max_bytes:
+            raise ImageError(f"standard input is over the limit of {limits.max_bytes} bytes")
+        return decode_image(data, limits)
     path = Path(path)
     try:
         if not path.is_file():

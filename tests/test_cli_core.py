@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,20 @@ def test_predict_table_and_bad_weights(face_bgr, tmp_path, capsys):
         f"emotion-stream predict: error: {tmp_path / 'nope.keras'}: weights file not found"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_predict_reads_an_image_from_standard_input(face_bgr):
+    """`curl URL | emotion-stream predict -`, with the same size limit as a file."""
+    jpeg = cv2.imencode(".jpg", face_bgr)[1].tobytes()
+    result = subprocess.run([str(EXE), "predict", "--json", "-"], input=jpeg, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [doc] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert doc["image"] == "-" and len(doc["faces"]) == 1 and not doc["faces"][0]["whole_image"]
+    big = subprocess.run([str(EXE), "predict", "-"], input=jpeg, capture_output=True, timeout=120,
+                         env={**os.environ, "EMOTION_STREAM_MAX_IMAGE_BYTES": "1024"})
+    assert big.returncode == 1
+    assert big.stderr.decode().strip().splitlines()[-1] == (
+        "emotion-stream predict: -: standard input is over the limit of 1024 bytes")
 
 
 def test_evaluate_folder_carries_on_and_counts_skips(mixed_folder, capsys):
@@ -169,8 +184,6 @@ def test_settings_read_the_environment_and_given_values_win(monkeypatch):
 def test_a_variable_no_setting_reads_is_named_in_a_warning_not_ignored(tmp_path):
     """A typo or a renamed setting in the environment would otherwise change nothing
     without a word; every setting's own variables (both Redis URL spellings) stay quiet."""
-    import os
-
     env = {**os.environ, "EMOTION_STREAM_BACTH_SIZE": "8", "emotion_stream_track_prior_correction": "false",
            "EMOTION_STREAM_REDIS_URL": "redis://127.0.0.1:1", "EMOTION_STREAM_TRACK_PRIOR_POWER": "0"}
     result = subprocess.run([str(EXE), "predict", str(tmp_path / "none.jpg")], capture_output=True, text=True,
