@@ -84,13 +84,18 @@ def _setting_error(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
     return redact(f"{source}: {message} (got {error.get('input')!r})")
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # no public walk
+    found: argparse.ArgumentParser = commands.choices[command]
+    return found
+
+
 def _flag_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str:
-    for action in parser._actions:  # argparse has no public walk of its actions
-        if isinstance(action, argparse._SubParsersAction):
-            for option in action.choices[command]._actions:
-                if option.dest == dest and option.option_strings:
-                    return str(option.option_strings[0])
-        elif action.dest == dest and action.option_strings:
+    for option in _command_parser(parser, command)._actions:
+        if option.dest == dest and option.option_strings:
+            return str(option.option_strings[0])
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
             return action.option_strings[0]
     return dest
 
@@ -101,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     from emotion_stream.settings import Settings, unread_environment
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, so the line names the command's --help
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         # Flags are generated from the settings' fields (add_settings), so their dests
         # are field names; one given (not None) overrides the environment.

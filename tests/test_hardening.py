@@ -129,6 +129,14 @@ def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(argv, flag):
     assert flag in line, line
 
 
+def test_an_unknown_flag_is_named_with_its_command():
+    """`worker --workers 1` (a flag of `batch`) was reported as the top command's."""
+    result = _run("worker", "--workers", "1", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("emotion-stream worker: error: unrecognized arguments: --workers 1 "
+                                     "(see emotion-stream worker --help)")
+
+
 @pytest.mark.parametrize(
     ("env", "name"),
     [({"EMOTION_STREAM_BATCH_SIZE": "0"}, "EMOTION_STREAM_BATCH_SIZE"),
