@@ -42,8 +42,9 @@ def read_labels_csv(path: Path) -> dict[str, str]:
     Used for both answer files and submission files (same format).
     """
     try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header.
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, skipinitialspace=True)
             if not reader.fieldnames or {"image_path", "emotion"} - set(reader.fieldnames):
                 raise LabelsError(f"{path}: expected header 'image_path,emotion', got {reader.fieldnames}")
             labels: dict[str, str] = {}

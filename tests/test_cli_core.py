@@ -113,7 +113,9 @@ def test_evaluate_folder_carries_on_and_counts_skips(mixed_folder, capsys):
 
 def test_evaluate_scores_a_submission_csv_exactly(tmp_path, capsys):
     labels = tmp_path / "labels.csv"
-    labels.write_text("image_path,emotion\na.jpg,happy\nb.jpg,sad\nc.jpg,anger\nd.jpg,neutral\n")
+    # As a spreadsheet saves "CSV UTF-8": a byte-order mark, CRLF, a space after the comma.
+    labels.write_bytes("\ufeffimage_path, emotion\r\na.jpg,happy\r\nb.jpg,sad\r\nc.jpg, anger\r\nd.jpg,neutral\r\n"
+                       .encode())
     submission = tmp_path / "submission.csv"
     submission.write_text("image_path,emotion\na.jpg,happy\nb.jpg,sad\nc.jpg,happy\nd.jpg,neutral\n")
     assert main(["evaluate", str(submission), "--labels", str(labels)]) == 0
