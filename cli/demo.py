@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +25,13 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from model import FaceAnalyzer
+
+log = logging.getLogger(__name__)
+
+QUIET_S = 10.0  # frames analysed this long without a face: say so, rather than print nothing
 
 
 def register(sub: Subcommands) -> None:
@@ -67,6 +74,7 @@ def _sample_clip(folder: Path) -> Path:
 async def _demo(args: argparse.Namespace, settings: Settings, url: str, source: str, analyzer: FaceAnalyzer,
                 stop: asyncio.Event) -> int:
     from emotion_stream.events import live_events
+    from emotion_stream.lifecycle import sleep_or_stop
     from emotion_stream.redis_conn import connect
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher
@@ -74,17 +82,37 @@ async def _demo(args: argparse.Namespace, settings: Settings, url: str, source: 
     from worker import start_in_process
 
     client = connect(url, name="emotion-stream-demo")
+    printed = 0
 
     async def printer() -> None:
+        nonlocal printed
         async for event in live_events(client, args.camera, stop):
             print(format_event(event), flush=True)
+            printed += 1
+
+    async def quiet() -> None:
+        seen, told = (0, await _processed(client, args.camera)), False
+        while not stop.is_set():
+            await sleep_or_stop(stop, QUIET_S)
+            processed = await _processed(client, args.camera)
+            if stop.is_set() or processed is None or seen[1] is None:
+                seen = (printed, processed)
+                continue
+            if printed > seen[0]:
+                told = False
+            elif processed > seen[1] and not told:  # once a quiet spell
+                told = True
+                log.warning("camera %s: %d frames analysed in %.0f s, no face found: faces must be upright, "
+                            "facing the camera and at least 1/16 of the frame's longer side (--detect-size)",
+                            args.camera, processed - seen[1], QUIET_S)
+            seen = (printed, processed)
 
     spec = SourceSpec.parse(source)
     camera = asyncio.create_task(
         run_camera(spec, FramePublisher(client, args.camera, settings), IngestOptions(fps=args.fps, loop=True), stop)
     )
     workers = start_in_process(settings, url, stop, 1, analyzer.model, f"demo-{os.getpid()}")
-    tasks = [*workers, asyncio.create_task(printer()), camera]
+    tasks = [*workers, asyncio.create_task(printer()), asyncio.create_task(quiet()), camera]
     stopped = asyncio.create_task(stop.wait())
     try:
         # Any part failing ends the demo with its error, instead of a silent idle run.
@@ -97,3 +125,15 @@ async def _demo(args: argparse.Namespace, settings: Settings, url: str, source: 
         await asyncio.gather(*tasks, stopped, return_exceptions=True)
         await client.aclose()
     return 0
+
+
+async def _processed(client: Redis, camera: str) -> int | None:
+    """Frames the camera's workers analysed so far; None while Redis cannot say (the parts
+    that need Redis report the outage)."""
+    from emotion_stream import keys
+    from emotion_stream.redis_conn import TRANSIENT_ERRORS
+
+    try:
+        return int(await client.hget(keys.stats(camera), keys.Stat.PROCESSED) or 0)
+    except TRANSIENT_ERRORS:
+        return None

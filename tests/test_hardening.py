@@ -359,6 +359,22 @@ def test_ctrl_c_stops_the_demo_after_its_embedded_redis_took_the_last_results(se
     assert not re.search(r"^\S+ \S+ (WARNING|ERROR) ", output, re.MULTILINE), output[-3000:]
 
 
+def test_the_demo_says_when_it_finds_no_face_instead_of_printing_nothing(services, tmp_path):
+    """A video whose faces the detector cannot see (here none at all) printed nothing."""
+    import numpy as np
+
+    clip = tmp_path / "empty-room.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 15, (320, 240))
+    for i in range(30):
+        writer.write(np.full((240, 320, 3), 40 + 4 * i, np.uint8))
+    writer.release()
+    demo = services("demo", "demo", "--source", str(clip), "--duration", "14")
+    assert demo.wait(60) == 0
+    [line] = [line for line in demo.output.splitlines() if "no face found" in line]
+    assert "WARNING" in line and "frames analysed in 10 s" in line, line
+    assert not re.search(r" face \d+/\d+ ", demo.output)  # no face event printed
+
+
 def test_a_camera_that_cannot_be_opened_is_said_once_by_us_and_by_opencv_only_at_debug(services):
     # OpenCV's C++ core writes "[ WARN:0@...] ... can't open camera by index" to stderr
     # beside our own line; at INFO only ours is shown.
