@@ -113,14 +113,19 @@ def test_export_writes_files_that_load_and_agree(tmp_path, face_bgr, capsys):
 def test_export_refuses_what_it_cannot_do(tmp_path, capsys):
     source = tmp_path / "m.keras"
     shutil.copy(BUNDLED["keras"], source)
+    onnx = ["--format", "onnx", "--out", str(tmp_path / "x.onnx")]
     cases = [
-        (["--format", "onnx", "--quantize", "float16", "--out", str(tmp_path / "x.onnx")], "float16 ONNX is not offered"),
-        (["--format", "tflite", "--quantize", "int8", "--out", str(tmp_path / "x.tflite")], "int8 needs --calibration"),
-        (["--format", "tflite", "--out", str(tmp_path / "x.onnx")], "a tflite file ends in .tflite"),
-        (["--format", "tflite", "--out", str(tmp_path / "x.tflite")], "no metadata beside it"),
+        (source, ["--format", "onnx", "--quantize", "float16", "--out", str(tmp_path / "x.onnx")],
+         "float16 ONNX is not offered"),
+        (source, ["--format", "tflite", "--quantize", "int8", "--out", str(tmp_path / "x.tflite")],
+         "int8 needs --calibration"),
+        (source, ["--format", "tflite", "--out", str(tmp_path / "x.onnx")], "a tflite file ends in .tflite"),
+        (source, ["--format", "tflite", "--out", str(tmp_path / "x.tflite")], "no metadata beside it"),
+        (tmp_path / "none.keras", onnx, "none.keras: no such file"),
+        (BUNDLED["onnx"], onnx, "default.onnx: not a Keras model file"),
     ]
-    for args, error in cases:
-        assert main(["export", str(source), *args]) == 1
+    for model, args, error in cases:
+        assert main(["export", str(model), *args]) == 1
         err = capsys.readouterr().err
         assert error in err and err.count("\n") == 1, err
 

@@ -67,8 +67,10 @@ def export(source: Path, out: Path, fmt: str = "tflite", quantize: str = "none",
         raise ValueError("float16 ONNX is not offered: CPU runtimes compute it slower than float32")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 needs --calibration DIR: face crops (e.g. prepare's output) to set its ranges")
-    if source.suffix not in (".keras", ".h5") or not source.is_file():
+    if source.suffix not in (".keras", ".h5"):
         raise ValueError(f"{source}: not a Keras model file (.keras or .h5)")
+    if not source.is_file():
+        raise ValueError(f"{source}: " + ("a folder, not a model file" if source.is_dir() else "no such file"))
     try:
         meta = read_metadata(source)
     except ModelError as exc:
