@@ -30,8 +30,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     analyzer = load_analyzer(settings)
     limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
     failures = 0
+    width = max(len("image"), *(len(str(path)) for path in args.images))  # the columns line up
     if not args.json:
-        print(f"{'image':<40} {'face':>4}  {'box (x,y,w,h)':<20} {'emotion':<9} {'conf':>5}  note")
+        print(f"{'image':<{width}} {'face':>4}  {'box (x,y,w,h)':<20} {'emotion':<9} {'conf':>5}  note")
     for outcome in analyze_files(analyzer, args.images, limits=limits, views=settings.still_views):
         if outcome.error:
             failures += 1
@@ -55,5 +56,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for index, face in enumerate(outcome.faces):
             box = ",".join(map(str, face.box))
             note = "no face found: whole image" if face.whole_image else ""
-            print(f"{str(outcome.path):<40} {index:>4}  {box:<20} {face.emotion:<9} {face.confidence:5.2f}  {note}")
+            row = f"{str(outcome.path):<{width}} {index:>4}  {box:<20} {face.emotion:<9} {face.confidence:5.2f}  {note}"
+            print(row.rstrip())
     return 1 if failures else 0
