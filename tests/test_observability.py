@@ -84,6 +84,7 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ROOT / "dashboards/alerts.yml")],
         "scrape_configs": [
             {"job_name": "worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
             {"job_name": "ingest", "static_configs": [{"targets": [f"127.0.0.1:{ingest_port}"]}]},
@@ -98,13 +99,21 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
     try:
         wait_for(lambda: _ok(f"http://127.0.0.1:{prom_port}/-/ready"), 60, "Prometheus to be ready")
         wait_for(lambda: _ok(f"http://127.0.0.1:{worker_port}/metrics"), 60, "worker metrics endpoint")
-        # A malformed message, so the dead-letter series moves too.
+        api = f"http://127.0.0.1:{prom_port}/api/v1/query?query="
+        # A malformed message, so the dead-letter series moves too: once Prometheus holds
+        # the series at 0 (the worker creates it at start), as it does long before in a
+        # deployment, so the increase is seen.
+        dead = 'emotion_stream_frames_dead_lettered_total{reason="malformed_message"}'
+        wait_for(lambda: json.loads(http_get(api + urllib.parse.quote(dead)))["data"]["result"], 60,
+                 "Prometheus to scrape the worker", interval=0.5)
         redis_client.xadd(keys.frames("cam-a"), {"v": "1", "camera": "cam-a"})
 
         def processed() -> float:
             return sample_value(scrape(worker_port), "emotion_stream_frames_processed_total", camera="cam-a")
 
         wait_for(lambda: processed() >= 30, 120, "30 processed frames")
+        wait_for(lambda: sample_value(scrape(worker_port), "emotion_stream_frames_dead_lettered_total") >= 1, 30,
+                 "the malformed message's dead letter")
         text = scrape(worker_port)
         # The histograms of the issue, with non-zero counts.
         assert sample_value(text, "emotion_stream_end_to_end_seconds_count") >= 30
@@ -115,7 +124,6 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
         assert sample_value(text, "emotion_stream_faces_detected_total", detector="blazeface") >= 60
         assert sample_value(scrape(ingest_port), "emotion_stream_frames_ingested_total", camera="cam-a") >= 30
 
-        api = f"http://127.0.0.1:{prom_port}/api/v1/query?query="
         doc = json.loads((ROOT / "dashboards/grafana/emotion-stream.json").read_text())
         queries = dashboards.all_queries(doc)
 
@@ -129,6 +137,12 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
             return missing
 
         wait_for(lambda: not empty_panels(), 90, "every dashboard query to return data", interval=2)
+        # The alert rules evaluate on the real series; the malformed message fires the
+        # dead-letter alert (it has no `for`), and nothing else fires.
+        wait_for(lambda: "EmotionStreamDeadLetters" in _alerts(prom_port, "firing"), 30, "the dead-letter alert")
+        rules = json.loads(http_get(f"http://127.0.0.1:{prom_port}/api/v1/rules"))["data"]["groups"][0]["rules"]
+        assert len(rules) == 10 and all(rule["health"] == "ok" for rule in rules), rules
+        assert _alerts(prom_port, "firing") == ["EmotionStreamDeadLetters"]
         p50 = _scalar(api, dashboards.quantile(0.5, "end_to_end_seconds"))
         p95 = _scalar(api, dashboards.quantile(0.95, "end_to_end_seconds"))
         assert 0 < p50 <= p95 < 5
@@ -148,6 +162,24 @@ def _ok(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _alerts(prom_port: int, state: str) -> list[str]:
+    reply = json.loads(http_get(f"http://127.0.0.1:{prom_port}/api/v1/alerts"))
+    return sorted(alert["labels"]["alertname"] for alert in reply["data"]["alerts"] if alert["state"] == state)
+
+
+def test_alert_rules_pass_promtool_and_each_alert_is_tested():
+    promtool = require_system("promtool", "alert rules are checked and unit-tested by Prometheus' own tool")
+    for args in (["check", "config", "dashboards/prometheus.yml"], ["test", "rules", "dashboards/alerts_test.yml"]):
+        result = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {rule["alert"] for group in yaml.safe_load((ROOT / "dashboards/alerts.yml").read_text())["groups"]
+              for rule in group["rules"]}
+    tests = yaml.safe_load((ROOT / "dashboards/alerts_test.yml").read_text())["tests"]
+    firing = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
+    quiet = {case["alertname"] for test in tests for case in test["alert_rule_test"] if not case["exp_alerts"]}
+    assert alerts == firing == quiet, (alerts, firing, quiet)
 
 
 def _scalar(api: str, expr: str) -> float:
