@@ -36,9 +36,12 @@ def register(sub: Subcommands) -> None:
                    help="folder of images, e.g. ../shared/data/faces/test_kaggle (default: 40 generated samples)")
     add_settings(p, "detector", "detect_max_side", "batch_size", "max_wait_ms")
     p.add_argument("--workers", type=number(int, 1), default=None, help="workers for (c) and (d) (default: cores)")
-    p.add_argument("--cameras", type=number(int, 1), default=4)
-    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=15.0)
-    p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0)
+    p.add_argument("--cameras", type=number(int, 1), default=4,
+                   help="synthetic cameras of the live load (default %(default)s)")
+    p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=15.0,
+                   help="frames per second of each live camera (default %(default)s)")
+    p.add_argument("--live-seconds", type=POSITIVE_SECONDS, default=60.0,
+                   help="length of the live load (default %(default)s)")
     p.add_argument("--original-limit", type=number(int, 1), default=60, help="images timed on the slow original path")
     p.add_argument("--only", default="original,detector,direct,batch,live",
                    help=f"comma-separated subset of {','.join(SCENARIOS)} (cluster: live on one redis-server, then "

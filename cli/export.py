@@ -23,13 +23,14 @@ def register(sub: Subcommands) -> None:
         ),
     )
     p.add_argument("model", type=Path, metavar="MODEL")
-    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="tflite (LiteRT) or onnx (ONNX Runtime)")
     p.add_argument("--quantize", choices=QUANTIZE, default="none",
                    help="float16: half the file (tflite); int8: weights and activations, calibrated on "
                         "--calibration (default %(default)s)")
     p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
                    help="face crops as the model sees them (e.g. prepare's output), for int8")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the file to write; its metadata goes beside it")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

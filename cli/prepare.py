@@ -28,7 +28,7 @@ def register(sub: Subcommands) -> None:
         ),
     )
     p.add_argument("train_dir", type=Path, metavar="DOMAIN_DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="CLEAN_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="CLEAN_DIR", help="where the crops and the report go")
     p.add_argument("--detector", choices=DETECTORS, default=Settings.model_fields["detector"].default,
                    help="face detector; use the one you will serve with (default %(default)s)")
     p.add_argument("--margin", type=number(float, 0, 1), default=defaults.margin,

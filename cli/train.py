@@ -38,7 +38,7 @@ def register(sub: Subcommands) -> None:
         ),
     )
     p.add_argument("domains", type=Path, nargs="*", metavar="DOMAIN_DIR")
-    p.add_argument("--out", type=Path, default=None, metavar="MODEL_DIR")
+    p.add_argument("--out", type=Path, default=None, metavar="MODEL_DIR", help="where the model and its card go")
     p.add_argument("--resume", type=Path, default=None, metavar="MODEL_DIR",
                    help="continue the interrupted run in MODEL_DIR with its own options and domains")
     p.add_argument("--network", default=d.network, choices=list(NETWORKS), help="default %(default)s")
@@ -72,7 +72,8 @@ def register(sub: Subcommands) -> None:
                    "if there are fewer) instead of the best epoch's; 0 = the best epoch (default %(default)s)")
     p.add_argument("--val-split", type=number(float, 0, 0.9, above=True), default=d.val_split,
                    help="validation fraction of domains without their own validation/ (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds sampling, augmentation and weights (default %(default)s)")
     p.add_argument("--flip-average", choices=("auto", "on", "off"), default="auto",
                    help="test-time flip averaging: auto = on when it gains validation accuracy in every domain; "
                    "off keeps one classifier pass a face (default %(default)s)")

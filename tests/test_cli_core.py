@@ -33,6 +33,19 @@ def test_help_lists_every_subcommand():
     assert run_cli("no-such-command").returncode == 2
 
 
+def test_every_flag_of_every_command_says_what_it_does():
+    import argparse
+
+    from cli import build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    silent = [f"{name} {action.option_strings[-1]}" for name, command in commands.choices.items()
+              for action in command._actions
+              if action.option_strings and action.help != argparse.SUPPRESS and not (action.help or "").strip()]
+    assert not silent, silent
+
+
 @pytest.fixture()
 def mixed_folder(tmp_path, face_bgr):
     """Good faces and every hostile file, with an answers CSV covering all of them."""
