@@ -55,6 +55,17 @@ def number(kind: type[int | float], low: float | None = None, high: float | None
 POSITIVE_SECONDS = number(float, 0, above=True)
 
 
+def camera_id(text: str) -> str:
+    """An argparse ``type`` for ``--camera``: an id workers accept (they refuse others,
+    so a camera named otherwise would be analysed by no one)."""
+    from emotion_stream.schema import validate_camera_id
+
+    try:
+        return validate_camera_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # Flags whose name is not the setting's name with dashes.
 FLAG_NAMES = {
     "redis_url": "--redis",

@@ -18,6 +18,7 @@ from .common import (
     add_command,
     add_model_options,
     add_service_options,
+    camera_id,
     format_event,
     load_analyzer,
     number,
@@ -44,7 +45,7 @@ def register(sub: Subcommands) -> None:
         ),
     )
     p.add_argument("--source", default=None, help="webcam index, video file or URL instead of the sample clip")
-    p.add_argument("--camera", default="demo", help="camera id (default %(default)s)")
+    p.add_argument("--camera", type=camera_id, default="demo", help="camera id (default %(default)s)")
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second to ingest (default %(default)s)")
     add_model_options(p)
     add_service_options(p)

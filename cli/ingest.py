@@ -15,6 +15,7 @@ from .common import (
     add_command,
     add_service_options,
     add_settings,
+    camera_id,
     number,
     serve_metrics,
 )
@@ -33,7 +34,7 @@ def register(sub: Subcommands) -> None:
         ),
     )
     p.add_argument("source", metavar="SOURCE", help="0, video.mp4, rtsp://..., http(s)://... or sample[:N]")
-    p.add_argument("--camera", required=True, help="camera id (letters, digits, _ . : -)")
+    p.add_argument("--camera", type=camera_id, required=True, help="camera id (letters, digits, _ . : -)")
     p.add_argument("--fps", type=number(float, 0, 1000), default=0.0, help="frame rate to send (default: native/all)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     add_settings(p, "frames_max_len", "jpeg_quality", "write_replicas")
@@ -46,15 +47,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.leases import Lease
     from emotion_stream.lifecycle import Supervisor, TaskFailed, cancel_and_wait, run_service
     from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect, retrying
-    from emotion_stream.schema import validate_camera_id
     from ingest.camera import IngestOptions, run_camera
     from ingest.publisher import FramePublisher
     from ingest.sources import SourceError, SourceSpec
 
-    try:
-        camera = validate_camera_id(args.camera)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    camera: str = args.camera
     spec = SourceSpec.parse(args.source)
     options = IngestOptions(fps=args.fps, loop=args.loop)
     serve_metrics(settings.metrics_port, settings.metrics_host)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from emotion_stream.settings import Settings
 
@@ -14,15 +16,21 @@ from .common import (
     Subcommands,
     add_command,
     add_service_options,
+    camera_id,
     format_event,
     format_track_event,
     number,
 )
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
 
 def register(sub: Subcommands) -> None:
     p = add_command(sub, "subscribe", run, "print live events (all cameras or one)")
-    p.add_argument("--camera", default=None, help="only this camera")
+    p.add_argument("--camera", type=camera_id, default=None, help="only this camera")
     p.add_argument("--tracks", action="store_true",
                    help="print people instead of faces: track_started, emotion_changed, track_ended")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
@@ -45,6 +53,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         client = connect(url, name="emotion-stream-subscribe")
         seen = 0
         try:
+            if args.camera is not None:
+                await _say_if_unknown(client, args.camera)
             if args.tracks:
                 async for track_event in live_track_events(client, args.camera, stop):
                     print(track_event.to_json() if args.json else format_track_event(track_event), flush=True)
@@ -66,3 +76,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return run_service(main, args.duration)
+
+
+async def _say_if_unknown(client: Redis, camera: str) -> None:
+    """A camera no ingest has announced (a typo, or one not started yet) would otherwise
+    print nothing without a word; subscribe waits for it all the same."""
+    from emotion_stream import keys
+    from emotion_stream.redis_conn import TRANSIENT_ERRORS, as_text
+
+    try:
+        known = sorted(as_text(member) for member in await client.smembers(keys.CAMERAS))
+    except TRANSIENT_ERRORS:
+        return  # the event reader reports the outage
+    if camera not in known:
+        shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        log.warning("camera %s is not announced (cameras now: %s); waiting for it", camera, shown or "none")

@@ -120,6 +120,9 @@ def test_external_worker_outlives_batch_jobs(any_redis, services, tmp_path):
         (["subscribe", "--count", "0"], "--count"),
         (["demo", "--duration", "-5"], "--duration"),
         (["worker", "--redis", "http://localhost:6379"], "--redis"),
+        (["ingest", "sample", "--camera", "front door"], "--camera: invalid camera id 'front door'"),
+        (["demo", "--camera", "../x"], "--camera: invalid camera id '../x'"),
+        (["subscribe", "--camera", "a/b"], "--camera: invalid camera id 'a/b'"),
     ],
 )
 def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(argv, flag):
@@ -373,6 +376,16 @@ def test_the_demo_says_when_it_finds_no_face_instead_of_printing_nothing(service
     [line] = [line for line in demo.output.splitlines() if "no face found" in line]
     assert "WARNING" in line and "frames analysed in 10 s" in line, line
     assert not re.search(r" face \d+/\d+ ", demo.output)  # no face event printed
+
+
+def test_subscribe_to_a_camera_no_ingest_announced_says_so(redis_server, redis_client):
+    redis_client.sadd(keys.CAMERAS, "door", "hall")
+    typo = _run("subscribe", "--camera", "dor", "--duration", "1", "--redis", redis_server.url, timeout=60)
+    assert typo.returncode == 0
+    [line] = [line for line in typo.stderr.splitlines() if "WARNING" in line]
+    assert line.endswith("camera dor is not announced (cameras now: door, hall); waiting for it"), line
+    known = _run("subscribe", "--camera", "door", "--duration", "1", "--redis", redis_server.url, timeout=60)
+    assert known.returncode == 0 and "WARNING" not in known.stderr, known.stderr
 
 
 def test_a_camera_that_cannot_be_opened_is_said_once_by_us_and_by_opencv_only_at_debug(services):
