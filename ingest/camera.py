@@ -17,6 +17,8 @@ from .sources import RateLimiter, SampleSource, SourceSpec, VideoSource, open_so
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_FPS = 2.0  # a URL that serves one image a request is polled this often, unless --fps
+
 
 @dataclass(frozen=True)
 class IngestOptions:
@@ -33,10 +35,12 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
     label = metrics.camera_label(camera)
     throttled = Throttled(log)
     backoff = Backoff(0.5, options.max_backoff)
+    snapshots = False  # the source is a URL serving one still image a request (snapshot.jpg)
 
     while not stop.is_set():
         if source is None:
             source = open_source(spec)
+        opened_at = time.monotonic()
         if not await asyncio.to_thread(source.open):
             metrics.SOURCE_UP.labels(label).set(0)
             if spec.is_file:
@@ -46,9 +50,19 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
             log.warning("camera %s: cannot open %s; retrying in %.1f s", camera, spec.describe(), delay)
             await sleep_or_stop(stop, delay)
             continue
-        log.info("camera %s: reading %s (native %.1f fps)", camera, spec.describe(), source.native_fps)
+        if not snapshots:
+            log.info("camera %s: reading %s (native %.1f fps)", camera, spec.describe(), source.native_fps)
         metrics.SOURCE_UP.labels(label).set(1)
-        ended, stalled = await _pump(source, spec, publisher, options, stop, backoff, throttled)
+        ended, stalled, frames = await _pump(source, spec, publisher, options, stop, backoff, throttled)
+        if frames == 1 and not ended and not stalled and spec.is_http:
+            # One image, then the end: a snapshot URL. Not a lost source: poll it.
+            if not snapshots:
+                snapshots = True
+                log.info("camera %s: %s serves one image a request; polling it at %.1f fps",
+                         camera, spec.describe(), options.fps or SNAPSHOT_FPS)
+            await sleep_or_stop(stop, opened_at + 1.0 / (options.fps or SNAPSHOT_FPS) - time.monotonic())
+            continue
+        snapshots = False
         metrics.SOURCE_UP.labels(label).set(0)
         if stalled:
             source = None  # its reader thread is still blocked; it closes the capture itself
@@ -74,8 +88,9 @@ async def _pump(
     stop: asyncio.Event,
     backoff: Backoff,
     throttled: Throttled,
-) -> tuple[bool, bool]:
-    """Read and publish until a file ends or the source fails: returns (ended, stalled)."""
+) -> tuple[bool, bool, int]:
+    """Read and publish until a file ends or the source fails: returns (ended, stalled,
+    the number of frames read)."""
     camera = publisher.camera
     label = metrics.camera_label(camera)
     # Files are paced to their own frame rate (or --fps) as if they were live; live
@@ -83,6 +98,7 @@ async def _pump(
     file_fps = options.fps or source.native_fps or 15.0
     limiter = RateLimiter(0 if spec.paced else options.fps)
     next_due = time.monotonic()
+    frames = 0
     while not stop.is_set():
         read = asyncio.ensure_future(asyncio.to_thread(source.read))
         done, _ = await asyncio.wait({read}, timeout=options.stall_timeout)
@@ -92,19 +108,20 @@ async def _pump(
             read.add_done_callback(lambda _: source.close())
             metrics.FRAMES_DROPPED.labels(label, "source_stalled").inc()
             log.warning("camera %s: no frame for %.0f s; treating the source as lost", camera, options.stall_timeout)
-            return False, True
+            return False, True, frames
         frame = read.result()
         if frame is None:
             if spec.is_file:
                 if options.loop and await asyncio.to_thread(source.rewind):
                     continue
-                return True, False
-            return False, False
+                return True, False, frames
+            return False, False, frames
         if not valid_frame(frame):
             metrics.FRAMES_DROPPED.labels(label, "bad_frame").inc()
             throttled.warning(f"bad:{camera}", "camera %s: unusable frame %s dropped", camera, _describe(frame))
             continue
         backoff.reset()
+        frames += 1
         if spec.paced:
             next_due += 1.0 / file_fps
             delay = next_due - time.monotonic()
@@ -115,7 +132,7 @@ async def _pump(
         elif not limiter.ready():
             continue
         await publisher.publish(frame, time.time())
-    return False, False
+    return False, False, frames
 
 
 def _describe(frame: object) -> str:

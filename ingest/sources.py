@@ -46,6 +46,10 @@ class SourceSpec:
         return isinstance(self.target, str) and "://" not in self.target and not self.is_sample
 
     @property
+    def is_http(self) -> bool:
+        return isinstance(self.target, str) and self.target.lower().startswith(("http://", "https://"))
+
+    @property
     def paced(self) -> bool:
         """Sources that deliver frames as fast as asked (files, samples) are paced."""
         return self.is_file or self.is_sample

@@ -2,6 +2,7 @@
 
 Its behaviour is switched while it runs: normal frames, a different resolution,
 garbage bytes in place of a JPEG, or a stall (connection open, nothing sent).
+``snapshot_url`` serves one JPEG a request, as cameras' snapshot.jpg endpoints do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class MJPEGCamera:
         self.mode = "normal"  # normal | small | garbage | stall
         self.fps = fps
         self.served = 0
+        self.snapshots = 0
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,6 +31,15 @@ class MJPEGCamera:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
+                if self.path == "/snapshot.jpg":
+                    body = cv2.imencode(".jpg", sample_frame(camera.snapshots / 4.0))[1].tobytes()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    camera.snapshots += 1
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
                 self.end_headers()
@@ -56,6 +67,7 @@ class MJPEGCamera:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{port}/video.mjpg"
+        self.snapshot_url = f"http://127.0.0.1:{port}/snapshot.jpg"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> MJPEGCamera:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -135,6 +136,26 @@ def test_camera_that_changes_resolution_sends_garbage_and_stalls(redis_server, r
         reconnects = sample_value(scrape(metrics_port), "emotion_stream_source_reconnects_total", camera="flaky")
         assert reconnects >= 1
         assert ingest.alive() and "reconnecting" in ingest.output
+
+
+def test_a_snapshot_url_is_polled_not_reconnected(redis_server, redis_client, services):
+    """http://camera/snapshot.jpg answers one JPEG a request: it was read as a stream lost
+    after every frame (two log lines, a reconnect counted, twice a second)."""
+    url = redis_server.url
+    metrics_port = free_port()
+    with MJPEGCamera(free_port()) as camera:
+        services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+        ingest = services("ingest", "ingest", camera.snapshot_url, "--camera", "snap", "--fps", "4", "--redis", url,
+                          "--metrics-port", str(metrics_port))
+        wait_for(lambda: len(faces_of(redis_client, "snap")) >= 8, 90, "events from 8 snapshots")
+        text = scrape(metrics_port)
+        assert sample_value(text, "emotion_stream_source_reconnects_total", camera="snap") == 0
+        assert sample_value(text, "emotion_stream_source_up", camera="snap") == 1
+        assert ingest.stop() == 0
+    assert ingest.output.count("serves one image a request; polling it at 4.0 fps") == 1, ingest.output
+    assert "WARNING" not in ingest.output and "reading" not in ingest.output.split("polling it")[1], ingest.output
+    accepted = int(re.search(r"(\d+) frames accepted", ingest.output).group(1))
+    assert 8 <= accepted <= camera.snapshots
 
 
 @pytest.mark.slow
