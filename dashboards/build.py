@@ -38,6 +38,14 @@ class Panel:
 
 PANELS: tuple[Panel, ...] = (
     Panel(
+        "Alerts firing",
+        {"{{alertname}} ({{severity}})": 'sum by (alertname, severity) (ALERTS{alertstate="firing"})'},
+        kind="table",
+        width=24,
+        description="The rules of dashboards/alerts.yml that fire now; each alert's annotations say what to look "
+        "at (Prometheus' /alerts page). Empty: all is well.",
+    ),
+    Panel(
         "End-to-end latency (capture -> event published)",
         {
             "p50": quantile(0.5, "end_to_end_seconds"),

@@ -136,13 +136,13 @@ def test_prometheus_scrapes_pipeline_and_every_dashboard_query_has_data(redis_se
                     missing.append(f"{title}: {expr}")
             return missing
 
-        wait_for(lambda: not empty_panels(), 90, "every dashboard query to return data", interval=2)
         # The alert rules evaluate on the real series; the malformed message fires the
         # dead-letter alert (it has no `for`), and nothing else fires.
-        wait_for(lambda: "EmotionStreamDeadLetters" in _alerts(prom_port, "firing"), 30, "the dead-letter alert")
+        wait_for(lambda: "EmotionStreamDeadLetters" in _alerts(prom_port, "firing"), 60, "the dead-letter alert")
         rules = json.loads(http_get(f"http://127.0.0.1:{prom_port}/api/v1/rules"))["data"]["groups"][0]["rules"]
         assert len(rules) == 10 and all(rule["health"] == "ok" for rule in rules), rules
         assert _alerts(prom_port, "firing") == ["EmotionStreamDeadLetters"]
+        wait_for(lambda: not empty_panels(), 90, "every dashboard query to return data", interval=2)
         p50 = _scalar(api, dashboards.quantile(0.5, "end_to_end_seconds"))
         p95 = _scalar(api, dashboards.quantile(0.95, "end_to_end_seconds"))
         assert 0 < p50 <= p95 < 5
