@@ -58,13 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming facial-emotion analytics over Redis streams.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    add_settings(parser, "log_level")
+    add_settings(parser, "log_level", "log_format")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     for command in sub.choices.values():
         # Also after the subcommand; SUPPRESS keeps an absent flag from hiding one given before.
-        add_settings(command, "log_level", absent=argparse.SUPPRESS)
+        add_settings(command, "log_level", "log_format", absent=argparse.SUPPRESS)
     return parser
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"emotion-stream {args.command}: error: {_setting_error(parser, args, exc)}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     for line in unread_environment():
         logging.getLogger("emotion_stream").warning("%s", line)
     # `kill -USR1 PID` prints where every thread is, for any command (one that seems

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import time
+from datetime import UTC, datetime
 
 # scheme://user:password@ in any text: Redis, RTSP, HTTP URLs all carry credentials so.
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):(?P<secret>[^\s@/]*)@")
@@ -27,7 +29,27 @@ class _Redacting(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
+class JsonLines(logging.Formatter):
+    """A record as one JSON object on one line (time in UTC, level, logger, message, and
+    the traceback if any), for log collectors that index fields (Loki, Elasticsearch,
+    Cloud Logging). A traceback is redacted too: a failed connection's carries its URL."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Logs to stderr at ``level``: readable lines, or JSON lines (``fmt="json"``)."""
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
@@ -36,6 +58,8 @@ def setup_logging(level: str = "INFO") -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redacting())
+        if fmt == "json":
+            handler.setFormatter(JsonLines())
     # TensorFlow/absl chatter is not ours to show at INFO.
     for noisy in ("tensorflow", "absl", "h5py", "aioice", "aiortc", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -25,6 +25,7 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LogFormat = Literal["text", "json"]
 DetectorName = Literal["blazeface", "opencv", "mtcnn"]
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
 ModelRuntime = Literal["auto", "litert", "onnx", "keras"]
@@ -224,6 +225,9 @@ class Settings(BaseModel):
         None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free one); unset: none"
     )
     log_level: LogLevel = Field("INFO", description="log verbosity")
+    log_format: LogFormat = Field(
+        "text", description="text: a readable line a record; json: a JSON object a line, for log collectors"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import time
 
 import cv2
@@ -306,6 +307,29 @@ def test_log_level_is_taken_in_either_case_and_a_wrong_one_named_as_given(monkey
     assert result.returncode == 2
     assert result.stderr.strip().endswith("EMOTION_STREAM_LOG_LEVEL: Input should be 'DEBUG', 'INFO', "
                                           "'WARNING' or 'ERROR' (got 'loud')")
+
+
+def test_json_log_lines_for_log_collectors(redis_server):
+    import json
+    import logging
+
+    from emotion_stream.logs import JsonLines
+
+    result = _run("subscribe", "--camera", "dor", "--duration", "1", "--redis", redis_server.url,
+                  env={"EMOTION_STREAM_LOG_FORMAT": "json"}, timeout=60)
+    assert result.returncode == 0
+    entries = [json.loads(line) for line in result.stderr.splitlines()]  # every line is one object
+    [warning] = [e for e in entries if e["level"] == "WARNING"]
+    assert warning["logger"] == "cli.subscribe" and warning["message"].startswith("camera dor is not announced")
+    assert warning["time"].endswith("+00:00")
+    # A traceback goes in a field of its own, redacted as messages are.
+    try:
+        raise ConnectionError("cannot reach redis://app:hunter2@redis:6379/0")
+    except ConnectionError:
+        record = logging.LogRecord("worker", logging.ERROR, __file__, 1, "Redis %s", ("lost",), sys.exc_info())
+    entry = json.loads(JsonLines().format(record))
+    assert entry["message"] == "Redis lost" and entry["level"] == "ERROR"
+    assert "redis://app:***@redis" in entry["exception"] and "hunter2" not in entry["exception"]
 
 
 def test_a_second_worker_with_the_same_name_is_refused(redis_server, redis_client, services):
