@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 # scheme://user:password@ in any text: Redis, RTSP, HTTP URLs all carry credentials so.
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):(?P<secret>[^\s@/]*)@")
@@ -29,10 +30,20 @@ class _Redacting(logging.Filter):
         return True
 
 
-class JsonLines(logging.Formatter):
+class TextLines(logging.Formatter):
+    """Readable lines; a traceback is redacted too (a failed connection's carries its URL)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's API
+        return redact(super().formatException(ei))
+
+
+class JsonLines(TextLines):
     """A record as one JSON object on one line (time in UTC, level, logger, message, and
     the traceback if any), for log collectors that index fields (Loki, Elasticsearch,
-    Cloud Logging). A traceback is redacted too: a failed connection's carries its URL."""
+    Cloud Logging)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -42,7 +53,7 @@ class JsonLines(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
+            entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -50,16 +61,10 @@ class JsonLines(logging.Formatter):
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Logs to stderr at ``level``: readable lines, or JSON lines (``fmt="json"``)."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redacting())
-        if fmt == "json":
-            handler.setFormatter(JsonLines())
+        handler.setFormatter(JsonLines() if fmt == "json" else TextLines())
     # TensorFlow/absl chatter is not ours to show at INFO.
     for noisy in ("tensorflow", "absl", "h5py", "aioice", "aiortc", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -313,7 +313,7 @@ def test_json_log_lines_for_log_collectors(redis_server):
     import json
     import logging
 
-    from emotion_stream.logs import JsonLines
+    from emotion_stream.logs import JsonLines, TextLines
 
     result = _run("subscribe", "--camera", "dor", "--duration", "1", "--redis", redis_server.url,
                   env={"EMOTION_STREAM_LOG_FORMAT": "json"}, timeout=60)
@@ -330,6 +330,8 @@ def test_json_log_lines_for_log_collectors(redis_server):
     entry = json.loads(JsonLines().format(record))
     assert entry["message"] == "Redis lost" and entry["level"] == "ERROR"
     assert "redis://app:***@redis" in entry["exception"] and "hunter2" not in entry["exception"]
+    text = TextLines().format(record)  # the readable lines' traceback too
+    assert "Redis lost" in text and "redis://app:***@redis" in text and "hunter2" not in text
 
 
 def test_a_second_worker_with_the_same_name_is_refused(redis_server, redis_client, services):
