@@ -31,7 +31,7 @@ class _Redacting(logging.Filter):
 
 
 class TextLines(logging.Formatter):
-    """Readable lines; a traceback is redacted too (a failed connection's carries its URL)."""
+    """Readable lines; a traceback is redacted too (a failed connection's may carry its URL)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
