@@ -151,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _known_failure(exc: Exception) -> str | None:
-    """The one line for a failure the user can act on (a failed task, Redis refusing
-    access, a cluster that is not one); None for anything else. Redis' and the service
-    modules are looked up, not imported: ``predict`` never loads them (their import is a
-    sixth of its start-up), and an exception of a module never loaded was never raised."""
+    """The one line for a failure the user can act on (a failed task, a model file that
+    cannot be used, Redis refusing access, a cluster that is not one); None for anything
+    else. Redis' and the service modules are looked up, not imported: ``predict`` never
+    loads them (their import is a sixth of its start-up), and an exception of a module
+    never loaded was never raised."""
     lifecycle = sys.modules.get("emotion_stream.lifecycle")
     if lifecycle is not None and isinstance(exc, lifecycle.TaskFailed):
         return str(exc)  # the failed task was logged in full when it failed
+    errors = sys.modules.get("model.errors")
+    if errors is not None and isinstance(exc, errors.ModelError):
+        return str(exc)  # names the file and why; wherever a command loads a model
     if "redis" not in sys.modules:
         return None
     from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException

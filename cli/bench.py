@@ -87,6 +87,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     if args.baseline is not None and not (args.baseline / "cli" / "__init__.py").is_file():
         raise CommandError(f"{args.baseline}: not a checkout of this project (no cli/)")
+    if args.images is not None and not args.images.is_dir():
+        raise CommandError(f"--images {args.images}: not a folder")
     people = _people(args) if chosen & {"tracks", "tracks-replay"} else []
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         folder = args.images or _sample_images(Path(tmp))

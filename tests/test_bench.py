@@ -38,6 +38,17 @@ def test_bench_smoke(tmp_path):
         assert proc["peak_rss_mb"] > 0
 
 
+def test_bench_input_mistakes_are_one_line(tmp_path):
+    """A missing compare model and an --images path that is no folder ended in tracebacks."""
+    cases = [(["--only", "classifier", "--compare-model", str(tmp_path / "none.onnx")],
+              f"{tmp_path / 'none.onnx'}: weights file not found"),
+             (["--images", str(tmp_path / "none"), "--only", "direct"], f"--images {tmp_path / 'none'}: not a folder")]
+    for args, error in cases:
+        result = subprocess.run([EXE, "bench", *args], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1] == f"emotion-stream bench: error: {error}"
+
+
 @pytest.mark.parametrize("queue", [False, True])
 def test_the_people_clip_never_shows_one_photo_twice_within_seconds(queue):
     """The tracks clip takes photos round-robin over the labels; a label with one photo
