@@ -141,8 +141,9 @@ class BatchJob:
         self.stream = keys.frames(self.camera)
         self.results = keys.results(self.camera)
         self.journal = Journal(out.with_name(out.name + ".partial"), key)
+        self.journal.hold()  # JournalBusy while another run writes this output
         if restart:
-            self.journal.remove()
+            self.journal.clear()
         self.done: dict[str, FrameResult] = {}
         self._slots = asyncio.Semaphore(window)
         self._expected: set[str] = set()

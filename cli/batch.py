@@ -84,7 +84,7 @@ def _check_output(out: Path) -> None:
 
 async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: int) -> BatchSummary:
     from batch import BatchJob, BatchStalled
-    from batch.submission import JournalMismatch
+    from batch.submission import JournalError
     from emotion_stream.lifecycle import cancel_and_wait, stop_on_signals
     from emotion_stream.redis_conn import connect
     from model import EmotionModel
@@ -94,10 +94,10 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     stop = asyncio.Event()
     tasks = []
     client = connect(url, name="emotion-stream-batch")
-    job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout, restart=args.restart)
     try:
-        job.journal.load()  # another job's journal is refused before any work
-    except JournalMismatch as exc:
+        job = BatchJob(client, args.folder, args.out, settings, timeout=args.timeout, restart=args.restart)
+        job.journal.load()  # a running job's or another job's journal is refused before any work
+    except JournalError as exc:
         await client.aclose()
         raise CommandError(str(exc)) from None
     if workers:

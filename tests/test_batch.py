@@ -76,6 +76,13 @@ def test_batch_resumes_after_being_killed(tmp_path, services, face_bgr):
     journal = tmp_path / "submission.csv.partial"
     first = services("batch-1", "batch", str(folder), "--out", str(out), "--workers", "1", "--batch-size", "4")
     wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 40, 120, "some journaled results")
+    # A second run of the same output while the first runs is refused: it would resume
+    # from rows still being written. (It did, and both wrote the file.)
+    meanwhile = services("batch-meanwhile", "batch", str(folder), "--out", str(out), "--workers", "1")
+    assert meanwhile.wait(60) == 1
+    assert meanwhile.output.strip().splitlines()[-1] == (
+        f"emotion-stream batch: error: another batch run is writing submission.csv now ({journal} is locked): "
+        "wait for it to end, or give another --out")
     first.signal(signal.SIGKILL)
     first.wait(10)
     done_before = journal.read_text().count("\n") - 1  # the first line says which job it is
