@@ -35,7 +35,9 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("source", metavar="SOURCE", help="0, video.mp4, rtsp://..., http(s)://... or sample[:N]")
     p.add_argument("--camera", type=camera_id, required=True, help="camera id (letters, digits, _ . : -)")
-    p.add_argument("--fps", type=number(float, 0, 1000), default=0.0, help="frame rate to send (default: native/all)")
+    p.add_argument("--fps", type=number(float, 0, 1000), default=0.0,
+                   help="frames per second to send: a video file plays at its own rate and is thinned to this "
+                   "on its own clock, a live source is thinned to this (default: every frame)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
     add_settings(p, "frames_max_len", "jpeg_quality", "write_replicas")
     add_service_options(p)

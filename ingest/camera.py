@@ -68,7 +68,8 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
             source = None  # its reader thread is still blocked; it closes the capture itself
         if ended:
             # Before the end marker takes a number of its own.
-            log.info("camera %s: end of %s after %d frames", camera, spec.describe(), publisher.seq)
+            log.info("camera %s: end of %s: %d frames read, %d sent", camera, spec.describe(), frames,
+                     publisher.seq)
             await publisher.end()
             break
         if not stop.is_set():
@@ -93,10 +94,13 @@ async def _pump(
     the number of frames read)."""
     camera = publisher.camera
     label = metrics.camera_label(camera)
-    # Files are paced to their own frame rate (or --fps) as if they were live; live
+    # A file plays at its own frame rate, as a camera would deliver it, and --fps thins it
+    # on the video's own clock (a 30 fps file at --fps 10 sends every third frame): its
+    # timeline stays true, so people are tracked for as long as they were on screen. The
+    # sample camera draws its frames for any moment and is paced at --fps itself. Live
     # sources are read as fast as they deliver and thinned to --fps, keeping the freshest.
-    file_fps = options.fps or source.native_fps or 15.0
-    limiter = RateLimiter(0 if spec.paced else options.fps)
+    pace = (source.native_fps or 15.0) if spec.is_file else (options.fps or source.native_fps or 15.0)
+    limiter = RateLimiter(0 if spec.is_sample else options.fps)
     next_due = time.monotonic()
     frames = 0
     while not stop.is_set():
@@ -123,13 +127,13 @@ async def _pump(
         backoff.reset()
         frames += 1
         if spec.paced:
-            next_due += 1.0 / file_fps
+            next_due += 1.0 / pace
             delay = next_due - time.monotonic()
             if delay > 0:
                 await sleep_or_stop(stop, delay)
             else:
                 next_due = time.monotonic()  # fell behind: do not burst to catch up
-        elif not limiter.ready():
+        if not limiter.ready((frames - 1) / pace if spec.is_file else None):
             continue
         await publisher.publish(frame, time.time())
     return False, False, frames

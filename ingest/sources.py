@@ -186,7 +186,7 @@ class RateLimiter:
 
     def ready(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        if now < self._next:
+        if now < self._next - 1e-6:  # a file's frame times add up in floats: 0.6 vs 0.6000000000000001
             return False
         # Schedule from the ideal time, not from now, so the average rate holds.
         self._next = max(self._next + self.interval, now - self.interval)

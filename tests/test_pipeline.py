@@ -80,6 +80,22 @@ def test_video_file_to_events(redis_server, redis_client, services, tmp_path, de
     assert redis_client.xpending(keys.frames("lobby"), keys.WORKER_GROUP)["pending"] == 0
 
 
+def test_a_video_file_thinned_by_fps_keeps_its_own_timeline(redis_server, redis_client, services, tmp_path):
+    """A 3 s, 15 fps file at --fps 5: every third frame, sent over 3 s. (It was every
+    frame at 5 fps: 9 s of slow motion, and a person on screen for 3 s tracked for 9.)"""
+    clip = write_clip(tmp_path / "three-seconds.avi", seconds=3.0, fps=15, faces=1)
+    url = redis_server.url
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", str(clip), "--camera", "talk", "--redis", url, "--fps", "5")
+    assert ingest.wait(60) == 0, ingest.output
+    assert "45 frames read, 15 sent" in ingest.output, ingest.output
+    wait_for(lambda: ended(redis_client, "talk"), 90, "the end-of-stream event")
+    assert sorted({f.seq for f in faces_of(redis_client, "talk")}) == list(range(15))
+    tracks = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks("talk"))]
+    [track] = [t for t in tracks if t.type.value == "track_ended"]
+    assert 2.0 <= track.duration_s <= 3.5, track  # the clip's 3 s (first to last frame sent: 2.8 s)
+
+
 def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):
     url = redis_server.url
     frames = 80
