@@ -23,9 +23,13 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
+
+END_DRAIN_S = 1.0  # after an end marker, how long to wait for the track_ended events it causes
 
 
 def register(sub: Subcommands) -> None:
@@ -35,15 +39,16 @@ def register(sub: Subcommands) -> None:
                    help="print people instead of faces: track_started, emotion_changed, track_ended")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.add_argument("--count", type=number(int, 1), default=None, metavar="N", help="exit after N face (or track) events")
-    p.add_argument("--until-end", action="store_true", help="exit at the camera's end-of-stream marker")
+    p.add_argument("--until-end", action="store_true",
+                   help="exit at the camera's end-of-stream marker (with --tracks: once the people it ended are out)")
     add_service_options(p, metrics=False)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream.events import live_events, live_track_events
+    from emotion_stream.events import live_events, live_track_events, live_track_events_and_ends
     from emotion_stream.lifecycle import run_service
     from emotion_stream.redis_conn import connect
-    from emotion_stream.schema import EndOfStream
+    from emotion_stream.schema import EndOfStream, TrackEvent
 
     if not settings.redis_url:
         raise CommandError("subscribe needs a Redis to listen to: set REDIS_URL or --redis")
@@ -56,8 +61,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if args.camera is not None:
                 await _say_if_unknown(client, args.camera)
             if args.tracks:
-                async for track_event in live_track_events(client, args.camera, stop):
-                    print(track_event.to_json() if args.json else format_track_event(track_event), flush=True)
+                people: AsyncIterator[TrackEvent | EndOfStream] = (
+                    live_track_events_and_ends if args.until_end else live_track_events)(client, args.camera, stop)
+                ending = False
+                while True:
+                    try:
+                        # The end marker comes just before the track_ended events it causes.
+                        item = await (asyncio.wait_for(anext(people), END_DRAIN_S) if ending else anext(people))
+                    except (StopAsyncIteration, TimeoutError):
+                        break
+                    if isinstance(item, EndOfStream):
+                        ending = ending or args.camera is None or item.camera == args.camera
+                        continue
+                    print(item.to_json() if args.json else format_track_event(item), flush=True)
                     seen += 1
                     if args.count is not None and seen >= args.count:
                         break

@@ -96,6 +96,33 @@ def test_a_video_file_thinned_by_fps_keeps_its_own_timeline(redis_server, redis_
     assert 2.0 <= track.duration_s <= 3.5, track  # the clip's 3 s (first to last frame sent: 2.8 s)
 
 
+def test_subscribe_until_end_prints_a_files_faces_or_people_then_exits(redis_server, redis_client, services,
+                                                                       tmp_path):
+    """`subscribe --tracks --until-end` never ended: the end marker is a face event."""
+    import json
+
+    clip = write_clip(tmp_path / "short.avi", seconds=2.0, fps=10, faces=1)
+    url = redis_server.url
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    def listening(channel: str) -> int:
+        return int(redis_client.pubsub_numsub(channel)[0][1])
+
+    faces = services("faces", "subscribe", "--camera", "clip", "--until-end", "--json", "--redis", url)
+    wait_for(lambda: listening(keys.events("clip")) == 1, 60, "the faces subscriber")
+    people = services("people", "subscribe", "--camera", "clip", "--tracks", "--until-end", "--json", "--redis", url)
+    wait_for(lambda: listening(keys.tracks("clip")) == 1, 60, "the people subscriber")
+    assert services("ingest", "ingest", str(clip), "--camera", "clip", "--redis", url).wait(60) == 0
+    assert faces.wait(60) == 0 and people.wait(60) == 0
+
+    def printed(service) -> list[dict]:
+        return [json.loads(line) for line in service.output.splitlines() if line.startswith("{")]
+
+    assert [e.get("type", "face") for e in printed(faces)] == ["face"] * 20 + ["end"]
+    lifecycle = printed(people)
+    assert [e["type"] for e in lifecycle] == ["track_started", "track_ended"], lifecycle
+    assert lifecycle[1]["reason"] == "end_of_stream"
+
+
 def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):
     url = redis_server.url
     frames = 80
