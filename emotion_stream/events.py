@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TypeVar, cast
 
@@ -129,7 +129,9 @@ async def _subscribe_with(pubsub: PubSub, channels: tuple[str, ...], pattern: bo
 
 
 async def _close(pubsub: PubSub) -> None:
+    # Through a typed name: redis-py annotates aclose only from 8.2 on.
+    aclose: Callable[[], Awaitable[object]] = pubsub.aclose
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        await aclose()
     except TRANSIENT_ERRORS:
         pass
