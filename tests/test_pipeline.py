@@ -98,12 +98,13 @@ def test_a_video_file_thinned_by_fps_keeps_its_own_timeline(redis_server, redis_
 
 def test_subscribe_until_end_prints_a_files_faces_or_people_then_exits(redis_server, redis_client, services,
                                                                        tmp_path):
-    """`subscribe --tracks --until-end` never ended: the end marker is a face event."""
+    """`subscribe --tracks --until-end` never ended: the end marker comes on the events channel."""
     import json
 
     clip = write_clip(tmp_path / "short.avi", seconds=2.0, fps=10, faces=1)
     url = redis_server.url
     services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+
     def listening(channel: str) -> int:
         return int(redis_client.pubsub_numsub(channel)[0][1])
 
