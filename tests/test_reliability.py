@@ -109,14 +109,18 @@ def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_cl
     assert "Traceback" not in worker.output + ingest.output
 
 
+def _worker_and_ingest(services, url: str, source: str, camera: str, fps: int, metrics_port: int):
+    """A worker, and an ingest of ``source`` serving its metrics on ``metrics_port``."""
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    return services("ingest", "ingest", source, "--camera", camera, "--fps", str(fps), "--redis", url,
+                    "--metrics-port", str(metrics_port))
+
+
 @pytest.mark.slow
 def test_camera_that_changes_resolution_sends_garbage_and_stalls(redis_server, redis_client, services):
-    url = redis_server.url
     metrics_port = free_port()
     with MJPEGCamera(free_port()) as camera:
-        services("worker", "worker", "--redis", url, *WORKER_FLAGS)
-        ingest = services("ingest", "ingest", camera.url, "--camera", "flaky", "--fps", "10", "--redis", url,
-                          "--metrics-port", str(metrics_port))
+        ingest = _worker_and_ingest(services, redis_server.url, camera.url, "flaky", 10, metrics_port)
 
         def events_after(seq: int) -> bool:
             faces = faces_of(redis_client, "flaky")
@@ -141,12 +145,9 @@ def test_camera_that_changes_resolution_sends_garbage_and_stalls(redis_server, r
 def test_a_snapshot_url_is_polled_not_reconnected(redis_server, redis_client, services):
     """http://camera/snapshot.jpg answers one JPEG a request: it was read as a stream lost
     after every frame (two log lines, a reconnect counted, twice a second)."""
-    url = redis_server.url
     metrics_port = free_port()
     with MJPEGCamera(free_port()) as camera:
-        services("worker", "worker", "--redis", url, *WORKER_FLAGS)
-        ingest = services("ingest", "ingest", camera.snapshot_url, "--camera", "snap", "--fps", "4", "--redis", url,
-                          "--metrics-port", str(metrics_port))
+        ingest = _worker_and_ingest(services, redis_server.url, camera.snapshot_url, "snap", 4, metrics_port)
         wait_for(lambda: len(faces_of(redis_client, "snap")) >= 8, 90, "events from 8 snapshots")
         text = scrape(metrics_port)
         assert sample_value(text, "emotion_stream_source_reconnects_total", camera="snap") == 0
