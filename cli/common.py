@@ -186,10 +186,11 @@ def format_event(event: Event) -> str:
     note = " (whole image)" if event.whole_image else " (weak)" if event.weak else ""
     name = f" {event.name}" if event.name else ""
     track = f"  person {event.track} {event.track_emotion}" if event.track is not None else ""
+    # A recorded video's frame: where it is in the video (its capture time is the video's clock).
+    when = f"{event.latency_s * 1000:6.1f} ms" if event.position_s is None else f"at {event.position_s:7.2f} s"
     return (
         f"{clock} {event.camera:<12} #{event.seq:<6} face {event.face_index}/{event.faces_in_frame} "
-        f"{event.emotion:<9} {event.confidence:4.2f}  box {x},{y},{w},{h}  "
-        f"{event.latency_s * 1000:6.1f} ms{name}{note}{track}"
+        f"{event.emotion:<9} {event.confidence:4.2f}  box {x},{y},{w},{h}  {when}{name}{note}{track}"
     )
 
 

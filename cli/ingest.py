@@ -39,6 +39,10 @@ def register(sub: Subcommands) -> None:
                    help="frames per second to send: a video file plays at its own rate and is thinned to this "
                    "on its own clock, a live source is thinned to this (default: every frame)")
     p.add_argument("--loop", action="store_true", help="restart a video file at its end")
+    p.add_argument("--pace", choices=("real-time", "workers"), default="real-time",
+                   help="a video file: real-time plays it at its own rate, as a camera; workers reads it as fast "
+                   "as the workers analyse it, losing no frame, each event saying where in the video it is "
+                   "(default %(default)s)")
     add_settings(p, "frames_max_len", "jpeg_quality", "write_replicas")
     add_service_options(p)
 
@@ -49,13 +53,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from emotion_stream.leases import Lease
     from emotion_stream.lifecycle import Supervisor, TaskFailed, cancel_and_wait, run_service
     from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect, retrying
-    from ingest.camera import IngestOptions, run_camera
+    from ingest.camera import IngestOptions, Pace, run_camera
     from ingest.publisher import FramePublisher
     from ingest.sources import SourceError, SourceSpec
 
     camera: str = args.camera
     spec = SourceSpec.parse(args.source)
-    options = IngestOptions(fps=args.fps, loop=args.loop)
+    options = IngestOptions(fps=args.fps, loop=args.loop, pace=Pace(args.pace))
+    if options.pace is Pace.WORKERS and not spec.is_file:
+        raise CommandError(f"--pace workers reads a video file; {spec.describe()} is a live source")
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
     async def main(stop: asyncio.Event) -> int:

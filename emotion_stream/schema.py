@@ -42,8 +42,17 @@ class MessageError(ValueError):
 
 class FrameKind(StrEnum):
     LIVE = "live"  # camera frame: may be skipped when stale, no whole-image fallback
+    # A recorded video's frame, read as fast as the workers take them (``ingest --pace
+    # workers``): never stale; ``captured_at`` is on the video's clock (when ingest
+    # started + ``position_s``), so tracking times people as the video shows them.
+    RECORDED = "recorded"
     STILL = "still"  # still image (batch): never stale, whole image classified if no face
     END = "end"  # end-of-stream marker from a finite source
+
+    @property
+    def is_video(self) -> bool:
+        """A frame of a camera or video: described, tracked and counted per camera."""
+        return self in (FrameKind.LIVE, FrameKind.RECORDED)
 
 
 def validate_camera_id(camera: str) -> str:
@@ -67,13 +76,14 @@ class FrameMessage:
 
     camera: str
     seq: int
-    captured_at: float  # unix seconds at capture (live) or enqueue (still)
+    captured_at: float  # unix seconds at capture (live) or enqueue (still); see RECORDED
     kind: FrameKind = FrameKind.LIVE
     image: bytes = b""  # encoded JPEG/PNG
     width: int = 0
     height: int = 0
     name: str = ""  # file name of a still image
     reply_to: str = ""  # results stream of a batch job
+    position_s: float | None = None  # a recorded video's frame (and end marker): its time in the video
 
     def to_fields(self) -> dict[FieldT, EncodableT]:
         fields: dict[FieldT, EncodableT] = {
@@ -89,6 +99,8 @@ class FrameMessage:
             fields["name"] = self.name
         if self.reply_to:
             fields["reply_to"] = self.reply_to
+        if self.position_s is not None:
+            fields["position_s"] = repr(self.position_s)
         return fields
 
     @classmethod
@@ -120,13 +132,18 @@ class FrameMessage:
             # A hostile writer must not make workers write to arbitrary keys; and the
             # results share the frames' slot, so one script writes both on a cluster.
             raise MessageError(f"reply_to {reply_to!r} is not the results stream of camera {camera!r}")
+        # A recorded video's frames and end marker: their time in the video.
+        recorded = kind is FrameKind.RECORDED or (kind is FrameKind.END and f.has("position_s"))
+        position = f.number("position_s") if recorded else None
+        if position is not None and position < 0:
+            raise MessageError(f"negative position_s {position}")
         if kind is FrameKind.END:
-            return cls(camera, seq, captured_at, kind, name=name, reply_to=reply_to)
+            return cls(camera, seq, captured_at, kind, name=name, reply_to=reply_to, position_s=position)
         image = f.blob("image", max_image_bytes)
         width, height = f.integer("width"), f.integer("height")
         if not (0 <= width <= _MAX_DIMENSION and 0 <= height <= _MAX_DIMENSION):
             raise MessageError(f"implausible frame size {width}x{height}")
-        return cls(camera, seq, captured_at, kind, image, width, height, name, reply_to)
+        return cls(camera, seq, captured_at, kind, image, width, height, name, reply_to, position)
 
 
 class _Fields:
@@ -143,6 +160,9 @@ class _Fields:
         if isinstance(value, str):
             value = value.encode()
         return value
+
+    def has(self, name: str) -> bool:
+        return self._get(name) is not None
 
     def _required(self, name: str) -> bytes:
         value = self._get(name)
@@ -223,6 +243,9 @@ class FaceEvent:
     # A detection under the face threshold that continues a tracked person (ByteTrack's
     # low-score boxes): classified and published, never starting a track.
     weak: bool = False
+    # A recorded video's frame (``ingest --pace workers``): its time in the video, in
+    # seconds; ``captured_at`` is then on the video's clock, not when it was read.
+    position_s: float | None = None
     type: str = field(default="face", init=False)
     v: int = field(default=SCHEMA_VERSION, init=False)
 

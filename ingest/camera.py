@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 from emotion_stream import metrics
 from emotion_stream.lifecycle import sleep_or_stop
@@ -20,10 +21,20 @@ log = logging.getLogger(__name__)
 SNAPSHOT_FPS = 2.0  # a URL that serves one image a request is polled this often, unless --fps
 
 
+class Pace(StrEnum):
+    """How fast a video file is read."""
+
+    REAL_TIME = "real-time"  # at its own frame rate, as a camera would deliver it
+    # As fast as the workers take its frames, none lost: the frames are stamped with
+    # their time in the video (FrameKind.RECORDED).
+    WORKERS = "workers"
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     fps: float = 0.0  # 0 = native rate for files, every frame for live sources
     loop: bool = False  # restart a file at its end instead of ending the stream
+    pace: Pace = Pace.REAL_TIME  # video files only
     stall_timeout: float = 10.0  # a live read taking longer than this means the source is lost
     max_backoff: float = 30.0
 
@@ -99,8 +110,16 @@ async def _pump(
     # timeline stays true, so people are tracked for as long as they were on screen. The
     # sample camera draws its frames for any moment and is paced at --fps itself. Live
     # sources are read as fast as they deliver and thinned to --fps, keeping the freshest.
+    # A recorded video (--pace workers) is read as fast as the workers take its frames,
+    # each stamped with its time in the video.
     pace = (source.native_fps or 15.0) if spec.is_file else (options.fps or source.native_fps or 15.0)
+    recorded = spec.is_file and options.pace is Pace.WORKERS
     limiter = RateLimiter(0 if spec.is_sample else options.fps)
+    started = time.time()
+    if recorded:
+        # Track events carry times, not positions: this start turns them into positions.
+        log.info("camera %s: read as fast as the workers take it; each frame's time is %.3f (%s) + its time in "
+                 "the video", camera, started, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)))
     next_due = time.monotonic()
     frames = 0
     while not stop.is_set():
@@ -126,16 +145,20 @@ async def _pump(
             continue
         backoff.reset()
         frames += 1
-        if spec.paced:
+        if spec.paced and not recorded:
             next_due += 1.0 / pace
             delay = next_due - time.monotonic()
             if delay > 0:
                 await sleep_or_stop(stop, delay)
             else:
                 next_due = time.monotonic()  # fell behind: do not burst to catch up
-        if not limiter.ready((frames - 1) / pace if spec.is_file else None):
+        position = (frames - 1) / pace
+        if not limiter.ready(position if spec.is_file else None):
             continue
-        await publisher.publish(frame, time.time())
+        if not recorded:
+            await publisher.publish(frame, time.time())
+        elif await publisher.wait_for_room(stop):
+            await publisher.publish(frame, started + position, position_s=round(position, 6))
     return False, False, frames
 
 

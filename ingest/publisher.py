@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 
 import cv2
 import numpy as np
@@ -14,12 +14,16 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
 from emotion_stream import keys, metrics
+from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, LuaScript, write_confirmed
+from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, LuaScript, as_text, write_confirmed
 from emotion_stream.schema import FrameKind, FrameMessage, SkipReason
 from emotion_stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ROOM_POLL_S = 0.02  # a recorded video waiting for the workers looks again this often
+NO_WORKER_WARN_S = 10.0  # ...and says so when they have taken none of its frames for this long
 
 # XADD, then trim to exactly MAXLEN. Trimmed entries the consumer group never received
 # are frames lost to the bound: counted in the camera's stats hash and returned, never
@@ -87,6 +91,13 @@ class FramePublisher:
         self.unconfirmed = 0
         self._wait_ms = settings.write_replicas_timeout_ms
         self.dropped: Counter[str] = Counter()
+        # Ids of the frames written and not yet delivered to a worker, oldest first, as
+        # (milliseconds, sequence): a recorded video's backlog without reading the stream.
+        self._undelivered: deque[tuple[int, int]] = deque(maxlen=settings.frames_max_len)
+        # A recorded video keeps at most this many frames waiting or in the workers' hands:
+        # under the stream's bound, so none is ever trimmed.
+        self.room = max(1, settings.frames_max_len // 2)
+        self._video_clock: tuple[float, float] | None = None  # the last recorded frame's (capture time, position)
 
     def summary(self) -> str:
         """One line for the log when ingest ends: what became of the camera's frames."""
@@ -105,8 +116,9 @@ class FramePublisher:
             raise ValueError("JPEG encoding failed")
         return buf.tobytes()
 
-    async def publish(self, frame: np.ndarray, captured_at: float) -> bool:
-        """Encode (off the event loop) and append one live frame. True if it was accepted."""
+    async def publish(self, frame: np.ndarray, captured_at: float, position_s: float | None = None) -> bool:
+        """Encode (off the event loop) and append one frame: live, or a recorded video's
+        at ``position_s`` (see FrameKind.RECORDED). True if it was accepted."""
         try:
             data = await asyncio.to_thread(self.encode, frame)
         except (ValueError, cv2.error) as exc:
@@ -115,17 +127,65 @@ class FramePublisher:
         if len(data) > self.settings.max_image_bytes:
             self._drop("too_large", "camera %s: frame of %d bytes over the limit", len(data))
             return False
-        message = FrameMessage(
-            self.camera, self.seq, captured_at, FrameKind.LIVE, data, frame.shape[1], frame.shape[0]
-        )
+        kind = FrameKind.LIVE if position_s is None else FrameKind.RECORDED
+        if position_s is not None:
+            self._video_clock = captured_at, position_s
+        message = FrameMessage(self.camera, self.seq, captured_at, kind, data, frame.shape[1], frame.shape[0],
+                               position_s=position_s)
         return await self._append(message)
 
+    async def wait_for_room(self, stop: asyncio.Event) -> bool:
+        """Wait until fewer than ``room`` of this publisher's frames wait for the workers
+        or are in their hands: a recorded video is read as fast as the workers take it,
+        and a Redis outage pauses it instead of costing frames. False if stopped first."""
+        stalled_since, last_backlog, warned = time.monotonic(), -1, False
+        while not stop.is_set():
+            try:
+                backlog = await self._backlog()
+            except TRANSIENT_ERRORS as exc:
+                metrics.REDIS_ERRORS.labels("ingest").inc()
+                self._throttled.warning(f"room:{self.camera}", "camera %s: Redis unavailable (%s); the video waits",
+                                        self.camera, exc)
+                backlog = self.room
+            if backlog < self.room:
+                if warned:
+                    log.info("camera %s: the workers are taking frames again", self.camera)
+                return True
+            if backlog != last_backlog:
+                stalled_since, last_backlog = time.monotonic(), backlog
+            elif not warned and time.monotonic() - stalled_since > NO_WORKER_WARN_S:
+                warned = True
+                log.warning("camera %s: %d frames wait and no worker has finished one for %.0f s; the video "
+                            "waits (is a worker running on this Redis?)", self.camera, backlog, NO_WORKER_WARN_S)
+            await sleep_or_stop(stop, ROOM_POLL_S)
+        return False
+
+    async def _backlog(self) -> int:
+        """This publisher's frames not yet finished by the workers: delivered and not
+        acknowledged (the group's pending entries), or not yet delivered."""
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except aioredis.ResponseError:  # the stream is gone (a Redis restarted empty): nothing waits
+            self._undelivered.clear()
+            return 0
+        for info in groups:
+            if as_text(info["name"]) == keys.WORKER_GROUP:
+                delivered = _entry_id(as_text(info["last-delivered-id"]))
+                while self._undelivered and self._undelivered[0] <= delivered:
+                    self._undelivered.popleft()
+                return int(info["pending"]) + len(self._undelivered)
+        return len(self._undelivered)  # no worker has read the stream yet
+
     async def end(self) -> bool:
-        """Write the end-of-stream marker (a finite source is exhausted)."""
-        return await self._append(FrameMessage(self.camera, self.seq, time.time(), FrameKind.END))
+        """Write the end-of-stream marker (a finite source is exhausted): after a recorded
+        video's last frame on its clock, so its people's tracks end where the video does."""
+        if self._video_clock is None:
+            return await self._append(FrameMessage(self.camera, self.seq, time.time(), FrameKind.END))
+        at, position = self._video_clock
+        return await self._append(FrameMessage(self.camera, self.seq, at, FrameKind.END, position_s=position))
 
     async def _append(self, message: FrameMessage) -> bool:
-        counted = keys.Stat.INGESTED if message.kind is FrameKind.LIVE else ""
+        counted = keys.Stat.INGESTED if message.kind.is_video else ""
         args: list[EncodableT] = [
             self.settings.frames_max_len, keys.WORKER_GROUP, counted, keys.Stat.TRIMMED, f"{self._token}:{message.seq}"
         ]
@@ -134,7 +194,7 @@ class FramePublisher:
         try:
             if not self._registered:
                 await self.register()
-            lost, confirmed = await self._write(args)
+            entry_id, lost, confirmed = await self._write(args)
         except ACCESS_ERRORS:
             raise
         except TRANSIENT_ERRORS as exc:
@@ -147,10 +207,12 @@ class FramePublisher:
             self._registered = False  # re-announce after a Redis restart
             return False
         self.seq += 1
-        if message.kind is FrameKind.LIVE and confirmed:
+        if entry_id:
+            self._undelivered.append(_entry_id(entry_id))
+        if message.kind.is_video and confirmed:
             self.accepted += 1
             metrics.FRAMES_INGESTED.labels(self._label).inc()
-        elif message.kind is FrameKind.LIVE:
+        elif message.kind.is_video:
             self.unconfirmed += 1
             metrics.FRAMES_UNCONFIRMED.labels(self._label).inc()
             self._throttled.warning(f"unconfirmed:{self.camera}", "camera %s: frame %d not confirmed by %d "
@@ -164,15 +226,15 @@ class FramePublisher:
             )
         return True
 
-    async def _write(self, args: list[EncodableT]) -> tuple[int, bool]:
+    async def _write(self, args: list[EncodableT]) -> tuple[str, int, bool]:
         """Append (the script), then WAIT for the replicas on the same connection:
-        (frames lost to the bound, confirmed)."""
+        (the entry's id, '' for a retry already written; frames lost to the bound; confirmed)."""
         script_keys = [self.stream, keys.stats(self.camera), self._last_write]
         replicas = self.settings.write_replicas
         if not replicas:
-            _id, lost = await self._add(keys=script_keys, args=args)
-            return int(lost), True
-        (_id, lost), confirmed = await write_confirmed(
+            entry_id, lost = await self._add(keys=script_keys, args=args)
+            return as_text(entry_id), int(lost), True
+        (entry_id, lost), confirmed = await write_confirmed(
             self.redis, self.stream, lambda pipe: self._add(keys=script_keys, args=args, client=pipe),
             replicas, self._wait_ms,
         )
@@ -180,9 +242,15 @@ class FramePublisher:
         # not the full timeout, until a frame is confirmed again, so the camera keeps
         # its frame rate; those frames are counted as unconfirmed meanwhile.
         self._wait_ms = self.settings.write_replicas_timeout_ms if confirmed else 1
-        return int(lost), confirmed
+        return as_text(entry_id), int(lost), confirmed
 
     def _drop(self, reason: str, msg: str, detail: object) -> None:
         self.dropped[reason] += 1
         metrics.FRAMES_DROPPED.labels(self._label, reason).inc()
         self._throttled.warning(f"{reason}:{self.camera}", msg, self.camera, detail)
+
+
+def _entry_id(text: str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") in the order Redis gives ids."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -232,6 +232,16 @@ def test_demo_with_a_missing_source_fails_with_one_line(tmp_path):
         assert f"{source}: {reason}" in line
 
 
+def test_a_live_source_cannot_be_read_at_the_workers_pace():
+    """A camera cannot be asked to wait for the workers: said in one line, before any work."""
+    for source in ("0", "rtsp://camera.example/live", "sample"):
+        result = _run("ingest", source, "--camera", "door", "--pace", "workers", timeout=60)
+        assert result.returncode == 1
+        [line] = result.stderr.strip().splitlines()
+        assert line.endswith("--pace workers reads a video file; " + ("webcam 0" if source == "0" else source)
+                             + " is a live source"), line
+
+
 def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path):
     """`predict *.jpg | head`: a traceback (BrokenPipeError) before. The pipe's reader is
     closed before the command writes, so every write fails, whatever the timing."""
@@ -255,7 +265,9 @@ def test_frames_lying_about_camera_or_time_are_dead_lettered(redis_server, redis
     redis_client.sadd(keys.CAMERAS, camera)
     stream = keys.frames(camera)
     redis_client.xadd(stream, FrameMessage("other", 0, time.time(), FrameKind.LIVE, JPEG, 640, 480).to_fields())
-    redis_client.xadd(stream, FrameMessage(camera, 1, time.time() + 3600, FrameKind.LIVE, JPEG, 640, 480).to_fields())
+    # A position in a video exempts only a recorded video's frames from the clock check.
+    ahead = FrameMessage(camera, 1, time.time() + 3600, FrameKind.LIVE, JPEG, 640, 480).to_fields()
+    redis_client.xadd(stream, {**ahead, "position_s": "0.0"})
     redis_client.xadd(stream, FrameMessage(camera, 2, time.time(), FrameKind.STILL, JPEG, 640, 480).to_fields())
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)
     wait_for(lambda: _has_event(redis_client, camera, 2), 90, "the honest frame's event")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 
 import cv2
@@ -122,6 +123,35 @@ def test_subscribe_until_end_prints_a_files_faces_or_people_then_exits(redis_ser
     lifecycle = printed(people)
     assert [e["type"] for e in lifecycle] == ["track_started", "track_ended"], lifecycle
     assert lifecycle[1]["reason"] == "end_of_stream"
+
+
+def test_a_recorded_video_goes_as_fast_as_the_workers_and_keeps_its_clock(redis_server, redis_client, services,
+                                                                          tmp_path):
+    """``--pace workers``: ingest waits for the workers instead of playing on (no worker
+    yet: 4 frames written, where real time would have written 15 a second and the bound
+    trimmed them), every frame is analysed, and events and tracks are on the video's clock."""
+    clip = write_clip(tmp_path / "six-seconds.avi", seconds=6.0, fps=15, faces=1)
+    url = redis_server.url
+    ingest = services("ingest", "ingest", str(clip), "--camera", "tape", "--redis", url, "--pace", "workers",
+                      "--max-len", "8")
+    stream = keys.frames("tape")
+    wait_for(lambda: redis_client.exists(stream) and redis_client.xlen(stream) == 4, 30, "the first 4 frames")
+    time.sleep(1.5)
+    assert redis_client.xlen(stream) == 4 and ingest.alive(), ingest.output  # waiting for a worker
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    assert ingest.wait(90) == 0, ingest.output
+    assert "90 frames read, 90 sent" in ingest.output and "dropped: none" in ingest.output, ingest.output
+    wait_for(lambda: ended(redis_client, "tape"), 90, "the end-of-stream event")
+    faces = faces_of(redis_client, "tape")
+    assert sorted(f.seq for f in faces) == list(range(90))
+    assert all(abs(f.position_s - f.seq / 15) < 1e-5 for f in faces)
+    [start] = {round(f.captured_at - f.position_s, 4) for f in faces}  # one clock: the start + the position
+    assert not redis_client.hget(keys.stats("tape"), keys.Stat.TRIMMED)
+    tracks = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks("tape"))]
+    [track] = [t for t in tracks if t.type.value == "track_ended"]
+    # On screen from 0 to 5.93 s of the video, however long the run took (over 1.5 s more).
+    assert track.reason == "end_of_stream" and abs(track.duration_s - 89 / 15) < 0.01, track
+    assert abs(track.at - (start + 89 / 15)) < 0.01, track
 
 
 def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):

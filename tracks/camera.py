@@ -173,7 +173,7 @@ class TrackerOutput:
     lifecycle: list[TrackEvent] = field(default_factory=list)
     frames: int = 0
     gaps: int = 0  # frames given up on after the reorder window
-    captured: list[float] = field(default_factory=list)  # capture time of each emitted face (latency metric)
+    captured: list[float] = field(default_factory=list)  # capture time of each emitted live face (latency metric)
     emotion_seconds: dict[str, float] = field(default_factory=dict)  # shown-label time added by this flush
 
     def merge(self, other: TrackerOutput) -> None:
@@ -327,7 +327,8 @@ class CameraTracker:
     def _publish(track: Track, face: FaceEvent, out: TrackerOutput, weak: bool) -> None:
         """``face``'s event, on ``track`` with its smoothed emotion."""
         out.events.append(replace(face, weak=weak, track=track.id, track_emotion=track.smoother.shown).to_json())
-        out.captured.append(face.captured_at)
+        if face.position_s is None:  # a recorded video's capture times are its own clock
+            out.captured.append(face.captured_at)
 
     def _view(self, track: Track, at: float, seq: int, faces: bool = False) -> TrackView:
         """What association sees of ``track``; to ``faces``, a provisional track has the

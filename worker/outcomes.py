@@ -58,6 +58,7 @@ def _event(message: FrameMessage, face: FaceResult, index: int, count: int, proc
         name=message.name,
         landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks] if face.landmarks else None,
         weak=face.weak,
+        position_s=message.position_s,
     )
 
 
@@ -77,7 +78,7 @@ def analyzed_outcome(
 ) -> Outcome:
     """One event per face, plus the still's result for a batch job. A frame without
     faces still gets an outcome: it is acked and counted as processed. With ``tracking``
-    a live frame's events go into one frame record for the tracking stage, which
+    a video frame's events go into one frame record for the tracking stage, which
     publishes them with their track fields (in order, once per frame), with the weak
     detections (classified: tracking publishes those that continue a person), each
     face's descriptor, and the frame's scene signature."""
@@ -91,8 +92,9 @@ def analyzed_outcome(
             faces=sum(1 for face in faces if not face.whole_image), whole_image=bool(top and top.whole_image),
             error="" if top else "no face",
         ).to_json()
-    live = message.kind is FrameKind.LIVE
-    if tracking and live:
+    video = message.kind.is_video
+    recorded = message.kind is FrameKind.RECORDED
+    if tracking and video:
         # Weak detections are numbered after the faces: (seq, face_index) names one event.
         weak_docs = [_document(_event(message, w, len(faces) + index, len(faces), processed_at, origin), w)
                      for index, w in enumerate(weak[:MAX_WEAK_BOXES])]
@@ -100,9 +102,10 @@ def analyzed_outcome(
                              [_document(e, face) for e, face in zip(events, faces)], weak_docs,
                              encode_vector(scene.tolist()) if scene is not None else "").to_json()
         return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
-                       stat=Stat.PROCESSED, frame_record=record)
+                       stat=Stat.PROCESSED, frame_record=record, recorded=recorded)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
-                   message.reply_to, captured_at=message.captured_at, stat=Stat.PROCESSED if live else "")
+                   message.reply_to, captured_at=message.captured_at, stat=Stat.PROCESSED if video else "",
+                   recorded=recorded)
 
 
 def _pixels(box: tuple[float, float, float, float] | tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -111,8 +114,8 @@ def _pixels(box: tuple[float, float, float, float] | tuple[int, int, int, int]) 
 
 
 def skipped_record(message: FrameMessage | None, tracking: bool) -> str:
-    """The frame record telling tracking not to wait for a live frame that will not come."""
-    if not tracking or message is None or message.kind is not FrameKind.LIVE:
+    """The frame record telling tracking not to wait for a video frame that will not come."""
+    if not tracking or message is None or not message.kind.is_video:
         return ""
     return FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.SKIPPED).to_json()
 
@@ -137,7 +140,7 @@ def dead_letter_outcome(
     fields = dead_letter_fields(
         entry.fields or {}, stream=entry.stream, entry_id=entry.id, reason=reason, worker=worker, at=time.time()
     )
-    live = message is None or message.kind is FrameKind.LIVE  # unparsed: count it
+    video = message is None or message.kind.is_video  # unparsed: count it
     return Outcome(entry.stream, entry.id, dead_letter=fields, result=result,
-                   reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if live else "",
+                   reply_to=message.reply_to if message else "", stat=Stat.DEAD_LETTERED if video else "",
                    frame_record=skipped_record(message, tracking))

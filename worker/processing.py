@@ -117,7 +117,7 @@ class FrameProcessor:
         if not frames:
             return out, times
         fallback = [messages[i].kind is FrameKind.STILL for i in owners]
-        describe = [self.describe and messages[i].kind is FrameKind.LIVE for i in owners]
+        describe = [self.describe and messages[i].kind.is_video for i in owners]
         views = [self.still_views if still else 1 for still in fallback]
         stage = StageTimes()
         results: list[list[FaceResult] | Exception]

@@ -77,6 +77,7 @@ class Outcome:
     reply_to: str = ""
     dead_letter: dict[bytes | str, bytes | str] | None = None  # dead-letter entry fields
     captured_at: float | None = None  # set for analysed frames (latency and accounting)
+    recorded: bool = False  # a recorded video's frame: captured_at is the video's clock, no latency
     stat: Stat | str = ""  # field of the camera's stats hash to count this frame under
     frame_record: str = ""  # FrameRecord JSON for the tracking stage (live frames)
 

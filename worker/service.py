@@ -328,9 +328,10 @@ class Worker:
                 reason = f"camera field {message.camera!r} does not match its stream {entry.stream!r}"
                 outcomes.append(self._dead_letter(entry, reason, None, DeadLetterKind.MALFORMED_MESSAGE))
                 continue
-            if message.captured_at > entry.enqueued_at + MAX_CLOCK_SKEW_S:
-                # A capture time after the frame reached Redis would never count as stale.
-                ahead = message.captured_at - entry.enqueued_at
+            ahead = message.captured_at - entry.enqueued_at
+            if ahead > MAX_CLOCK_SKEW_S and message.position_s is None:
+                # A capture time after the frame reached Redis would never count as stale
+                # (a recorded video's frames are on its own clock, and never stale).
                 reason = f"captured_at is {ahead:.0f} s after the frame reached Redis (clock skew?)"
                 outcomes.append(self._dead_letter(entry, reason, message, DeadLetterKind.MALFORMED_MESSAGE))
                 continue
@@ -378,7 +379,8 @@ class Worker:
                 continue  # another worker's ACK won, or not an analysed frame
             for stage, seconds in stages.items():
                 metrics.STAGE_SECONDS.labels(stage, *labels).observe(seconds)
-            metrics.END_TO_END_SECONDS.labels(*labels).observe(max(0.0, published_at - outcome.captured_at))
+            if not outcome.recorded:  # a recorded frame's capture time is the video's clock
+                metrics.END_TO_END_SECONDS.labels(*labels).observe(max(0.0, published_at - outcome.captured_at))
             metrics.FRAMES_PROCESSED.labels(metrics.camera_label(outcome.camera)).inc()
         lost = accepted.count(False)
         if lost:
