@@ -116,6 +116,13 @@ def format_text(summary: Figures) -> str:
         lines.append(f"    capture -> event: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         lines.append(f"    backlog (frames): first tenth {live['backlog_first_tenth']}, last tenth {live['backlog_last_tenth']}")
         lines.append("    worker time per frame (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in live["stage_ms_per_frame"].items()))
+    recorded = summary.get("recorded")
+    if recorded:
+        lines.append(f"(i) a recorded video at the workers' pace: {recorded['video_seconds']:.0f} s, {recorded['frames']} "
+                     f"frames of {recorded['faces_per_frame']} faces in {recorded['wall_seconds']:.1f} s "
+                     f"({recorded['video_seconds_per_second']:.1f} s of video a second, {recorded['frames_per_s']:.0f} "
+                     f"frames/s, {recorded['workers']} workers); frame outcomes {recorded['frame_outcomes']}, "
+                     f"{recorded['face_events']} face events")
     for key in ("tracks", "tracks_replay"):
         if summary.get(key):
             lines += _tracks_table(summary[key])
@@ -168,7 +175,7 @@ def format_text(summary: Figures) -> str:
             old, new = get(baseline), get(summary)
             if old is not None and new is not None:
                 lines.append(f"    {label:<36} {old:10.1f} | {new:10.1f} | {new / old:6.2f}x")
-    for name in ("original", "direct", "direct_opencv", "batch", *LIVE_SECTIONS):
+    for name in ("original", "direct", "direct_opencv", "batch", "recorded", *LIVE_SECTIONS):
         section = summary.get(name)
         for proc in (section or {}).get("processes", []):
             lines.append(f"    [{name}] {proc['process']}: CPU {proc['cpu_seconds']} s ({proc['cpu_cores_used']} cores), "

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from bench.measure import Figures
 
 
-SCENARIOS = ("original", "detector", "classifier", "direct", "batch", "live", "tracks", "tracks-replay", "cluster",
-             "runtimes", "startup", "memory", "api")
+SCENARIOS = ("original", "detector", "classifier", "direct", "batch", "live", "recorded", "tracks", "tracks-replay",
+             "cluster", "runtimes", "startup", "memory", "api")
 BASELINE_SCENARIOS = ("original", "direct", "batch", "live")  # run by the baseline's own bench
 
 
@@ -48,6 +48,7 @@ def register(sub: Subcommands) -> None:
                    "on a local 3+3 Redis Cluster; runtimes: the classifier in LiteRT, ONNX Runtime and Keras; "
                    "tracks-replay: the tracks clips analysed offline frame by frame, then tracked: the same figures every run; "
                    "startup: predict against a bare import; memory: a running worker; api: SSE clients and webhooks; "
+                   "recorded: a --live-seconds video file of two portraits read at the workers' pace; "
                    "default %(default)s)")
     p.add_argument("--sse-clients", type=number(int, 1), default=200, help="api: SSE clients (default %(default)s)")
     p.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
@@ -151,6 +152,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             results["live"] = run_live(config, model)
             if args.idle_cameras:
                 results["live_idle"] = run_live(config, model, idle_cameras=args.idle_cameras)
+        if "recorded" in chosen:
+            from bench.recorded import run_recorded
+
+            results["recorded"] = run_recorded(config, model)
         if "cluster" in chosen:
             # Side by side in one run: one redis-server, then a 3-master 3-replica cluster.
             results["live_single_redis"] = run_live(config, model, engine="single")

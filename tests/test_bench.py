@@ -38,6 +38,15 @@ def test_bench_smoke(tmp_path):
         assert proc["peak_rss_mb"] > 0
 
 
+def test_bench_recorded_analyses_every_frame_of_a_video_at_the_workers_pace():
+    result = subprocess.run([EXE, "bench", "--only", "recorded", "--live-seconds", "3", "--fps", "5", "--workers", "1",
+                             "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = json.loads(result.stdout)["recorded"]
+    assert recorded["frames"] == 15 and recorded["frame_outcomes"] == {"ingested": 15, "processed": 15}, recorded
+    assert recorded["face_events"] == 30 and recorded["video_seconds_per_second"] > 0, recorded
+
+
 def test_bench_input_mistakes_are_one_line(tmp_path):
     """A missing compare model and an --images path that is no folder ended in tracebacks."""
     cases = [(["--only", "classifier", "--compare-model", str(tmp_path / "none.onnx")],
