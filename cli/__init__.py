@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 from emotion_stream import __version__
 from emotion_stream.logs import redact, setup_logging
 
-from .common import CommandError, add_settings
+from .common import CommandError, UsageError, add_settings
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         # own flush at exit does not fail a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except UsageError as exc:
+        print(redact(f"emotion-stream {args.command}: error: {exc} (see emotion-stream {args.command} --help)"),
+              file=sys.stderr)
+        return 2
     except CommandError as exc:
         print(redact(f"emotion-stream {args.command}: error: {exc}"), file=sys.stderr)
         return 1

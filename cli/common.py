@@ -26,6 +26,11 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 1."""
 
 
+class UsageError(CommandError):
+    """Flags that do not go together, found after parsing: one line, exit code 2, as
+    the parser's own errors."""
+
+
 def add_command(sub: Subcommands, name: str, run: Runner, help: str, description: str | None = None) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help, description=description or help)
     parser.set_defaults(run=run)

@@ -242,6 +242,26 @@ def test_a_live_source_cannot_be_read_at_the_workers_pace():
                              + " is a live source"), line
 
 
+def test_a_camera_of_a_cameras_file_that_cannot_be_read_stops_the_process_with_one_line(
+        redis_server, services, tmp_path):
+    """One ingest of many cameras: a file that is no video, or a camera another process
+    ingests, is named in one line, exit 1, and the other cameras stop with it."""
+    (tmp_path / "notes.mp4").write_text("not a video")
+    cameras = tmp_path / "cameras.txt"
+    cameras.write_text(f"hall sample:1\nnotes {tmp_path / 'notes.mp4'}\n")
+    result = _run("ingest", "--cameras", str(cameras), "--redis", redis_server.url, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(f"error: camera notes: {tmp_path / 'notes.mp4'}: cannot "
+                                                         "be opened as video"), result.stderr
+    assert "Traceback" not in result.stderr
+    other = services("other", "ingest", "sample", "--camera", "door", "--redis", redis_server.url)
+    wait_for(lambda: "reading sample" in other.output, 60, "the other ingest")
+    cameras.write_text("hall sample:1\ndoor sample:2\n")
+    result = _run("ingest", "--cameras", str(cameras), "--redis", redis_server.url, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "camera 'door' is being ingested by another process" in result.stderr.strip().splitlines()[-1]
+
+
 def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path):
     """`predict *.jpg | head`: a traceback (BrokenPipeError) before. The pipe's reader is
     closed before the command writes, so every write fails, whatever the timing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections import Counter
@@ -152,6 +153,26 @@ def test_a_recorded_video_goes_as_fast_as_the_workers_and_keeps_its_clock(redis_
     # On screen from 0 to 5.93 s of the video, however long the run took (over 1.5 s more).
     assert track.reason == "end_of_stream" and abs(track.duration_s - 89 / 15) < 0.01, track
     assert abs(track.at - (start + 89 / 15)) < 0.01, track
+
+
+def test_many_cameras_in_one_ingest_process(redis_server, redis_client, services, tmp_path):
+    """``--cameras FILE``: two synthetic cameras and a video file in one process, each on
+    its own stream; the file ends on its own, the cameras go on until SIGTERM."""
+    clip = write_clip(tmp_path / "tape.avi", seconds=2.0, fps=10, faces=1)
+    cameras = tmp_path / "cameras.txt"
+    cameras.write_text(f"# id   source\nhall   sample:1\n\ntape\t{clip}\ndoor   sample:2\n")
+    url = redis_server.url
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", "--cameras", str(cameras), "--redis", url, "--fps", "5")
+    wait_for(lambda: ended(redis_client, "tape"), 90, "the end of the video file's stream")
+    wait_for(lambda: len({f.seq for f in faces_of(redis_client, "door")}) >= 5, 60, "the second camera's events")
+    assert ingest.alive(), ingest.output  # the live cameras go on
+    assert ingest.stop() == 0, ingest.output
+    for camera, faces in (("hall", 1), ("tape", 1), ("door", 2)):
+        per_frame = Counter(f.seq for f in faces_of(redis_client, camera))
+        assert per_frame and set(per_frame.values()) == {faces}, (camera, per_frame)
+        assert re.search(rf"camera {camera}: [1-9]\d* frames accepted, 0 unconfirmed, dropped: none", ingest.output)
+    assert sorted(Counter(f.seq for f in faces_of(redis_client, "tape"))) == list(range(10))  # 2 s at 5 fps
 
 
 def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):
