@@ -222,7 +222,8 @@ def test_sigusr1_logs_each_asyncio_task_and_where_it_waits(redis_server, service
     ingest.signal(signal.SIGUSR1)
     wait_for(lambda: "asyncio tasks:" in ingest.output, 10, "the task dump")
     dump = ingest.output.split("asyncio tasks:", 1)[1]
-    assert "ingest-lease: keep (leases.py:" in dump  # the keeper, and the await it is in
+    assert "ingest-lease-hall: keep (leases.py:" in dump  # the camera's lease keeper, and the await it is in
+    assert "camera-hall: run_camera (camera.py:" in dump  # its reader
     wait_for(lambda: "most recent call first" in ingest.output, 10, "the thread dump")
     assert ingest.alive()  # a dump, not a stop
     assert ingest.stop() == 0
