@@ -49,7 +49,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr, exit code 2 (subcommands inherit the class)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # Redacted: a mistyped value can be a URL with its password (a cameras file's line).
+        self.exit(2, redact(f"{self.prog}: error: {message} (see {self.prog} --help)\n"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,12 +97,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     cameras = _cameras(args)
     options = IngestOptions(fps=args.fps, loop=args.loop, pace=Pace(args.pace))
     for camera, spec in cameras:
+        named = f"camera {camera}: " if args.cameras else ""
         if options.pace is Pace.WORKERS and not spec.is_file:
-            raise CommandError(f"--pace workers reads a video file; {spec.describe()} is a live source")
+            raise CommandError(f"{named}--pace workers reads a video file; {spec.describe()} is a live source")
         problem = file_problem(spec)
         if problem:
-            raise CommandError(f"camera {camera}: {spec.target}: {problem}" if args.cameras else
-                               f"{spec.target}: {problem}")
+            raise CommandError(f"{named}{spec.target}: {problem}")
     serve_metrics(settings.metrics_port, settings.metrics_host)
     log = logging.getLogger("ingest")
 

@@ -242,6 +242,20 @@ def test_a_live_source_cannot_be_read_at_the_workers_pace():
                              + " is a live source"), line
 
 
+def test_mistakes_in_a_cameras_file_are_usage_errors_naming_the_line_and_no_password(tmp_path):
+    cameras = tmp_path / "cameras.txt"
+    for text, code, said in (
+            ("rtsp://admin:hunter2@10.0.0.5/live\n", 2, "line 1: a camera id and its source"),  # no id
+            ("# doors\nfront sample\nfront 0\n", 2, "line 3: camera 'front' again (first on line 2)"),
+            ("# nothing yet\n", 2, "no cameras"),
+            ("front rtsp://admin:hunter2@10.0.0.5/live\n", 1, "camera front: --pace workers reads a video file")):
+        cameras.write_text(text)
+        result = _run("ingest", "--cameras", str(cameras), "--pace", "workers", timeout=60)
+        [line] = result.stderr.strip().splitlines()
+        assert result.returncode == code and said in line, result.stderr
+        assert "hunter2" not in line and "Traceback" not in result.stderr
+
+
 def test_a_camera_of_a_cameras_file_that_cannot_be_read_stops_the_process_with_one_line(
         redis_server, services, tmp_path):
     """One ingest of many cameras: a file that is no video, or a camera another process
