@@ -14,7 +14,7 @@ from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import Backoff
 
 from .publisher import FramePublisher
-from .sources import RateLimiter, SampleSource, SourceSpec, VideoSource, open_source, valid_frame
+from .sources import RateLimiter, SampleSource, SourceSpec, VideoClock, VideoSource, open_source, valid_frame
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,10 @@ async def _pump(
     the number of frames read)."""
     camera = publisher.camera
     label = metrics.camera_label(camera)
-    # A file plays at its own frame rate, as a camera would deliver it, and --fps thins it
-    # on the video's own clock (a 30 fps file at --fps 10 sends every third frame): its
-    # timeline stays true, so people are tracked for as long as they were on screen. The
+    # A file plays on its own clock (each frame at its timestamp), as a camera would
+    # deliver it, and --fps thins it on that clock (a 30 fps file at --fps 10 sends every
+    # third frame): its timeline stays true, so people are tracked for as long as they
+    # were on screen. The
     # sample camera draws its frames for any moment and is paced at --fps itself. Live
     # sources are read as fast as they deliver and thinned to --fps, keeping the freshest.
     # A recorded video (--pace workers) is read as fast as the workers take its frames,
@@ -120,7 +121,8 @@ async def _pump(
         # Track events carry times, not positions: this start turns them into positions.
         log.info("camera %s: read as fast as the workers take it; each frame's time is %.3f (%s) + its time in "
                  "the video", camera, started, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)))
-    next_due = time.monotonic()
+    clock = VideoClock(pace)
+    zero = next_due = time.monotonic()  # a file's frame at position p is due at zero + p
     frames = 0
     while not stop.is_set():
         read = asyncio.ensure_future(asyncio.to_thread(source.read))
@@ -136,23 +138,30 @@ async def _pump(
         if frame is None:
             if spec.is_file:
                 if options.loop and await asyncio.to_thread(source.rewind):
+                    clock.rewound()
                     continue
                 return True, False, frames
             return False, False, frames
+        position = clock.next(source.position_s()) if spec.is_file else 0.0
         if not valid_frame(frame):
             metrics.FRAMES_DROPPED.labels(label, "bad_frame").inc()
             throttled.warning(f"bad:{camera}", "camera %s: unusable frame %s dropped", camera, _describe(frame))
             continue
         backoff.reset()
         frames += 1
-        if spec.paced and not recorded:
+        if spec.is_file and not recorded:
+            delay = zero + position - time.monotonic()
+            if delay > 0:
+                await sleep_or_stop(stop, delay)
+            else:
+                zero = time.monotonic() - position  # fell behind: do not burst to catch up
+        elif spec.is_sample:
             next_due += 1.0 / pace
             delay = next_due - time.monotonic()
             if delay > 0:
                 await sleep_or_stop(stop, delay)
             else:
-                next_due = time.monotonic()  # fell behind: do not burst to catch up
-        position = (frames - 1) / pace
+                next_due = time.monotonic()
         if not limiter.ready(position if spec.is_file else None):
             continue
         if not recorded:

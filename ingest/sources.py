@@ -7,6 +7,7 @@ reopened with backoff; every reopen is counted in ``source_reconnects_total``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -49,11 +50,6 @@ class SourceSpec:
     def is_http(self) -> bool:
         return isinstance(self.target, str) and self.target.lower().startswith(("http://", "https://"))
 
-    @property
-    def paced(self) -> bool:
-        """Sources that deliver frames as fast as asked (files, samples) are paced."""
-        return self.is_file or self.is_sample
-
     def describe(self) -> str:
         if isinstance(self.target, int):
             return f"webcam {self.target}"
@@ -84,6 +80,9 @@ class SampleSource:
 
     def rewind(self) -> bool:
         return True
+
+    def position_s(self) -> float | None:
+        return None  # drawn for any moment: paced by the reader
 
     def close(self) -> None:
         pass
@@ -158,6 +157,16 @@ class VideoSource:
             capture = self._capture
         return bool(capture is not None and capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
 
+    def position_s(self) -> float | None:
+        """The last frame read's timestamp in its file, seconds; None without one. (Not
+        while a read runs: the caller awaits each read before asking.)"""
+        with self._lock:
+            capture = self._capture
+        if capture is None or not self.spec.is_file:
+            return None
+        ms = capture.get(cv2.CAP_PROP_POS_MSEC)
+        return ms / 1000 if math.isfinite(ms) and ms >= 0 else None
+
     def close(self) -> None:
         with self._lock:
             capture, self._capture = self._capture, None
@@ -191,3 +200,33 @@ class RateLimiter:
         # Schedule from the ideal time, not from now, so the average rate holds.
         self._next = max(self._next + self.interval, now - self.interval)
         return True
+
+
+class VideoClock:
+    """Each frame's time in a video file: the container's timestamp where it has one,
+    since phones record at a variable frame rate and the frame count over the mean rate
+    drifts (by 0.6 s at 2 s into a clip that halves its rate there), else the frame count
+    over the rate. It never goes back, and after a rewind (``--loop``) it continues
+    after the last frame, so the video's clock runs on as a camera's would."""
+
+    def __init__(self, fps: float) -> None:
+        self.interval = 1.0 / fps
+        self._first: float | None = None  # the file's first timestamp (some start above 0)
+        self._offset = 0.0  # added after each rewind
+        self.last: float | None = None
+
+    def next(self, stamp: float | None) -> float:
+        """The position of the frame just read, given its timestamp (None: none)."""
+        after = None if self.last is None else self.last + self.interval
+        if stamp is not None and self._first is None:
+            self._first = stamp
+        position = None if stamp is None or self._first is None else self._offset + stamp - self._first
+        if position is None or (self.last is not None and position <= self.last):
+            position = after if after is not None else 0.0
+        self.last = position
+        return position
+
+    def rewound(self) -> None:
+        """The file starts again: its timestamps start again, the clock does not."""
+        if self.last is not None:
+            self._offset, self._first = self.last + self.interval, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -21,6 +22,7 @@ from emotion_stream.schema import (
 )
 from ingest.samples import sample_frame, write_clip
 
+from .conftest import require_system
 from .procs import wait_for
 
 WORKER_FLAGS = ("--max-frame-age", "600", "--claim-idle-ms", "1500", "--batch-size", "4")
@@ -153,6 +155,43 @@ def test_a_recorded_video_goes_as_fast_as_the_workers_and_keeps_its_clock(redis_
     # On screen from 0 to 5.93 s of the video, however long the run took (over 1.5 s more).
     assert track.reason == "end_of_stream" and abs(track.duration_s - 89 / 15) < 0.01, track
     assert abs(track.at - (start + 89 / 15)) < 0.01, track
+
+
+def test_a_phone_video_of_variable_frame_rate_keeps_its_own_timestamps(redis_server, redis_client, services,
+                                                                       tmp_path):
+    """30 frames at 15 fps, then 15 at 5 fps (as a phone records in low light): each
+    frame's position is its timestamp in the file. The frame count over the mean rate
+    (9 fps) put frame 29 at 3.2 s instead of 1.93 s."""
+    ffmpeg = require_system("ffmpeg", "makes a variable-frame-rate video")
+    clip = write_clip(tmp_path / "steady.avi", seconds=3.0, fps=15, faces=1)
+    phone = tmp_path / "phone.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(clip), "-vf",
+                    "setpts='if(lt(N,30),N/15,2+(N-30)*0.2)/TB'", "-fps_mode", "vfr", "-c:v", "libx264",
+                    str(phone)], check=True, timeout=120)
+    url = redis_server.url
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", str(phone), "--camera", "phone", "--redis", url, "--pace", "workers")
+    assert ingest.wait(90) == 0, ingest.output
+    wait_for(lambda: ended(redis_client, "phone"), 90, "the end-of-stream event")
+    positions = {f.seq: f.position_s for f in faces_of(redis_client, "phone")}
+    assert sorted(positions) == list(range(45))
+    expected = [n / 15 if n < 30 else 2 + (n - 30) * 0.2 for n in range(45)]
+    assert all(abs(positions[n] - expected[n]) < 0.002 for n in range(45)), positions
+    tracks = [TrackEvent.from_json(f[b"event"]) for _id, f in redis_client.xrange(keys.tracks("phone"))]
+    [track] = [t for t in tracks if t.type.value == "track_ended"]
+    assert abs(track.duration_s - 4.8) < 0.01, track
+
+
+def test_a_looped_video_keeps_one_clock_across_its_loops(redis_server, redis_client, services, tmp_path):
+    clip = write_clip(tmp_path / "one-second.avi", seconds=1.0, fps=10, faces=1)
+    url = redis_server.url
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", str(clip), "--camera", "loop", "--redis", url, "--pace", "workers",
+                      "--loop")
+    wait_for(lambda: len({f.seq for f in faces_of(redis_client, "loop")}) >= 25, 90, "two and a half loops")
+    assert ingest.stop() == 0
+    positions = {f.seq: f.position_s for f in faces_of(redis_client, "loop")}
+    assert all(abs(position - seq / 10) < 1e-4 for seq, position in positions.items()), positions
 
 
 def test_many_cameras_in_one_ingest_process(redis_server, redis_client, services, tmp_path):
