@@ -11,6 +11,9 @@ from emotion_stream.settings import Settings
 
 from .common import Subcommands, add_command, add_model_options, load_analyzer
 
+# Files a user may hand to predict that are videos: said so, with the command for them.
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts"})
+
 
 def register(sub: Subcommands) -> None:
     p = add_command(sub, "predict", run, "print the emotion of every face in image files")
@@ -36,7 +39,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for outcome in analyze_files(analyzer, args.images, limits=limits, views=settings.still_views):
         if outcome.error:
             failures += 1
-            print(f"emotion-stream predict: {outcome.path}: {outcome.error}", file=sys.stderr)
+            hint = (f" (a video: `emotion-stream ingest {outcome.path} --camera ID --pace workers` beside a worker "
+                    "analyses every frame)" if outcome.path.suffix.lower() in VIDEO_SUFFIXES else "")
+            print(f"emotion-stream predict: {outcome.path}: {outcome.error}{hint}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"image": str(outcome.path), "error": outcome.error}))
             continue

@@ -112,6 +112,17 @@ def test_predict_reads_an_image_from_standard_input(face_bgr):
         "emotion-stream predict: -: standard input is over the limit of 1024 bytes")
 
 
+def test_predict_of_a_video_says_which_command_reads_videos(tmp_path):
+    from ingest.samples import write_clip
+
+    clip = write_clip(tmp_path / "talk.avi", seconds=0.5, fps=10, faces=1)
+    result = run_cli("predict", str(clip))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"emotion-stream predict: {clip}: not a recognised image format (a video: `emotion-stream ingest {clip} "
+        "--camera ID --pace workers` beside a worker analyses every frame)")
+
+
 def test_evaluate_folder_carries_on_and_counts_skips(mixed_folder, capsys):
     folder, labels, bad = mixed_folder
     assert main(["evaluate", str(folder), "--labels", str(labels), "--json"]) == 0
