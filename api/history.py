@@ -13,34 +13,13 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys
 from emotion_stream.keys import STAT_FIELDS
-from emotion_stream.redis_conn import LuaScript, as_text, stream_range
+from emotion_stream.redis_conn import FRAMES_FROM_LUA, LuaScript, as_text, stream_range
 
 from .hub import MAX_SEQ, parse_entry
 from .streams import KINDS, TYPES, Event, EventId, stream_of
 
 FPS_WINDOW_S = 10.0
 REPLAY_CHUNK = 1000
-
-# A frame stream's last entry id and the frames sent since ARGV[1] (an entry id), from the
-# frame numbers of the first entry at or after it and of the last entry: two entries read
-# inside Redis, where counting the window's entries copied every JPEG of the last 10 s
-# to the API (9 MB a 15 fps camera). A numbering that restarted in the window (a new
-# ingest process) counts from its restart. KEYS: the frame stream.
-_RECENT_FRAMES = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-if not last then return {false, 0} end
-local first = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1)[1]
-if not first then return {last[1], 0} end
-local function seq(entry)
-  for i = 1, #entry[2], 2 do
-    if entry[2][i] == 'seq' then return tonumber(entry[2][i + 1]) end
-  end
-end
-local a, b = seq(first), seq(last)
-if not a or not b then return {last[1], false} end
-if b < a then return {last[1], b + 1} end
-return {last[1], b - a + 1}
-"""
 
 
 async def missed(client: aioredis.Redis, cameras: Iterable[str], types: frozenset[str], after: EventId,
@@ -168,7 +147,7 @@ async def cameras(client: aioredis.Redis) -> list[dict[str, Any]]:
     names = await camera_names(client)
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
-    recent_frames = LuaScript(client, _RECENT_FRAMES)
+    recent_frames = LuaScript(client, FRAMES_FROM_LUA)  # counted in Redis: 150 JPEGs a 15 fps camera
     pipe = client.pipeline(transaction=False)
     for camera in names:
         await recent_frames(keys=[keys.frames(camera)], args=[f"{now_ms - int(FPS_WINDOW_S * 1000)}-0"], client=pipe)

@@ -57,6 +57,45 @@ def any_redis(request, tmp_path):
     server.cleanup()
 
 
+def test_a_cameras_backlog_is_counted_without_reading_its_frames(any_redis):
+    """The workers' backlog gauge: frames not yet delivered (from XINFO on Redis 7, from
+    the frame numbers on 6.2, where it read every waiting JPEG to count them) and
+    delivered but not acknowledged; counted one by one after an ingest restarted."""
+    import asyncio
+
+    from emotion_stream.redis_conn import connect
+    from emotion_stream.schema import FrameKind, FrameMessage
+    from worker.streams import ConsumerGroup
+
+    server, client = any_redis
+    sent = {"door": [*range(30), *range(20)],  # 30 frames, then an ingest restarted: 20 more
+            "hall": [*range(12), *range(13, 51)]}  # one ingest; frame 12 dropped (Redis was down)
+    for camera, numbers in sent.items():
+        for seq in numbers:
+            client.xadd(keys.frames(camera), FrameMessage(camera, seq, time.time(), FrameKind.LIVE, JPEG, 640,
+                                                          480).to_fields())
+
+    async def backlog(camera: str, read: int) -> tuple[int, int]:
+        """Deliver ``read`` more of the camera's frames (the only camera announced), then
+        the group's backlog of it."""
+        client.delete(keys.CAMERAS)
+        client.sadd(keys.CAMERAS, camera)
+        redis = connect(server.url, "tests")
+        group = ConsumerGroup(redis, f"counter-{read}")
+        await group.refresh()
+        try:
+            assert len(await group.read(read, 100)) == read
+            return (await group.backlog())[keys.frames(camera)]
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(backlog("door", 10)) == (40, 10)
+    assert asyncio.run(backlog("door", 25)) == (15, 35)
+    # Redis 7 counts it (XINFO's lag); 6.2's count from the numbers includes the dropped one.
+    redis7 = int(client.info()["redis_version"].split(".")[0]) >= 7
+    assert asyncio.run(backlog("hall", 10)) == ((40 if redis7 else 41), 10)
+
+
 def test_worker_survives_every_key_vanishing_under_it(any_redis, services):
     redis_server, redis_client = any_redis
     worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS)

@@ -20,7 +20,14 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_RESPONSE_ERRORS, StreamEntries, StreamReader, as_text
+from emotion_stream.redis_conn import (
+    FRAMES_FROM_LUA,
+    TRANSIENT_RESPONSE_ERRORS,
+    LuaScript,
+    StreamEntries,
+    StreamReader,
+    as_text,
+)
 from emotion_stream.schema import validate_camera_id
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,7 @@ class ConsumerGroup:
         self._invalid: set[bytes] = set()
         self._claim_cursor: dict[str, str] = {}
         self._throttled = Throttled(log)
+        self._frames_from = LuaScript(client, FRAMES_FROM_LUA)  # the lag on Redis < 7
 
     async def refresh(self, rejoin: bool = False) -> list[str]:
         """Join the group on every announced camera stream; returns the new ones.
@@ -284,10 +292,11 @@ class ConsumerGroup:
                     if as_text(cast(bytes, info["name"])) != self.group:
                         continue
                     lag = info.get("lag")
-                    if lag is None:  # Redis < 7: count entries after the last delivered id
+                    if lag is None:  # Redis < 7: the entries after the last delivered id
                         last = as_text(cast(bytes, info["last-delivered-id"]))
-                        lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000) or [])
-                    result[stream] = (int(lag), int(info["pending"]))
+                        _id, lag = await self._frames_from(keys=[stream], args=[f"({last}"])
+                    if lag is not None:
+                        result[stream] = (int(lag), int(info["pending"]))
         return result
 
     async def leave(self) -> None:
