@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from emotion_stream import keys, metrics
 from emotion_stream.embedded_redis import EmbeddedRedis, free_port
-from emotion_stream.redis_conn import as_text, connect, stream_range
+from emotion_stream.redis_conn import FRAMES_FROM_LUA, LuaScript, as_text, connect
 from emotion_stream.schema import SkipReason
 
 from .config import (
@@ -144,8 +144,11 @@ def run_live(config: BenchConfig, model: EmotionModel, idle_cameras: int = 0, en
 
 
 async def _lag(client: aioredis.Redis, stream: str) -> int:
+    """Frames not yet delivered; on Redis < 7 counted as the workers count them (reading
+    them copied every waiting JPEG into this process, beside the workers it measures)."""
     for info in await client.xinfo_groups(stream):
         if info.get("lag") is not None:
             return int(info["lag"])
-        return len(await stream_range(client, stream, after=f"({as_text(info['last-delivered-id'])}", count=10_000))
+        _id, lag = await LuaScript(client, FRAMES_FROM_LUA)(keys=[stream], args=[f"({as_text(info['last-delivered-id'])}"])
+        return int(lag or 0)
     return 0
