@@ -333,6 +333,7 @@ class FrameRecord:
     # workers before descriptors wrote bare boxes (x, y, w, h), read as {"box": ...}.
     weak: list[dict[str, Any]] = field(default_factory=list)
     scene: str = ""  # the frame's scene signature (encode_vector, SCENE_SIZE; current_scene): cut detection
+    recorded: bool = False  # a recorded video's frame (FrameKind.RECORDED): every frame will come
     v: int = field(default=SCHEMA_VERSION, init=False)
 
     def to_json(self) -> str:
@@ -344,6 +345,8 @@ class FrameRecord:
             doc["weak"] = self.weak
         if self.scene:
             doc["scene"] = self.scene
+        if self.recorded:
+            doc["recorded"] = True
         doc["v"] = self.v
         return json.dumps(doc, separators=(",", ":"))
 
@@ -355,7 +358,8 @@ class FrameRecord:
                 raise MessageError("unknown frame record version")
             weak = [_weak_doc(w) for w in doc.get("weak", [])[:MAX_WEAK_BOXES]]
             record = cls(doc["camera"], int(doc["seq"]), float(doc["captured_at"]), FrameStatus(doc["status"]),
-                         list(doc.get("faces", [])), weak, current_scene(str(doc.get("scene", ""))))
+                         list(doc.get("faces", [])), weak, current_scene(str(doc.get("scene", ""))),
+                         doc.get("recorded") is True)
             # Validate now, not halfway through a flush: faces, descriptors (the scene above).
             for face in record.faces:
                 face_event_from_doc(face)

@@ -157,6 +157,22 @@ def test_a_recorded_video_goes_as_fast_as_the_workers_and_keeps_its_clock(redis_
     assert abs(track.at - (start + 89 / 15)) < 0.01, track
 
 
+def test_a_recorded_video_across_two_workers_has_every_face_tracked(redis_server, redis_client, services, tmp_path):
+    """Two workers take a recorded video's frames in batches as fast as they can, and a
+    batch can take longer than the live reorder window (0.5 s): its frames arrived after
+    tracking had passed them and were published without a track."""
+    clip = write_clip(tmp_path / "twenty-seconds.avi", seconds=20.0, fps=15, faces=2)
+    url = redis_server.url
+    for name, batch in (("worker-a", "64"), ("worker-b", "4")):  # a's batches hold frames for a second or more
+        services(name, "worker", "--redis", url, "--claim-idle-ms", "1500", "--batch-size", batch)
+    ingest = services("ingest", "ingest", str(clip), "--camera", "tape2", "--redis", url, "--pace", "workers")
+    assert ingest.wait(120) == 0, ingest.output
+    wait_for(lambda: ended(redis_client, "tape2"), 120, "the end-of-stream event")
+    faces = faces_of(redis_client, "tape2")
+    assert len(faces) == 600 and not [f.seq for f in faces if f.track is None]
+    assert len({f.track for f in faces}) == 2
+
+
 def test_a_phone_video_of_variable_frame_rate_keeps_its_own_timestamps(redis_server, redis_client, services,
                                                                        tmp_path):
     """30 frames at 15 fps, then 15 at 5 fps (as a phone records in low light): each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, defaultdict
 
@@ -263,11 +264,14 @@ def test_a_frame_that_never_arrives_is_skipped_after_the_window_and_counted():
     tracker = CameraTracker("cam", CONFIG)
     out = TrackerOutput()
     window = CONFIG.reorder_window_s
-    for r in recs[:5]:
+    for r in recs[1:5]:
         tracker.add(r, 100.0, out)
-    assert not tracker.flush(100.0 + window / 2)  # a camera's first frames wait for stragglers once
+    assert not tracker.flush(100.0 + window / 2)  # a camera joined mid-stream waits for stragglers once
     first = tracker.flush(100.0 + window + 1e-6)
-    assert [json.loads(e)["seq"] for e in first.events] == [0, 1, 2, 3, 4] and first.gaps == 0
+    assert [json.loads(e)["seq"] for e in first.events] == [1, 2, 3, 4] and first.gaps == 0
+    starting = CameraTracker("cam", CONFIG)
+    starting.add(recs[0], 100.0, out)
+    assert len(starting.flush(100.0).events) == 1  # a source's first frame: nothing can come before it
     for r in recs[6:]:
         tracker.add(r, 101.0, out)
     assert not tracker.flush(101.0 + window / 2)  # frame 5 may still come
@@ -276,6 +280,28 @@ def test_a_frame_that_never_arrives_is_skipped_after_the_window_and_counted():
     late = TrackerOutput()
     tracker.add(recs[5], 101.0, late)  # arrives after all: published, without a track
     assert tracker.late == 1 and [json.loads(e)["track"] for e in late.events] == [None]
+
+
+def test_a_recorded_videos_missing_frame_is_waited_for_longer():
+    """Every frame of a recorded video comes, in batches of the workers that read it as
+    fast as they can: a missing one is waited for RECORDED_REORDER_WINDOW_S, not the live
+    window, and then joins its track."""
+    from tracks.camera import RECORDED_REORDER_WINDOW_S
+
+    recs = [dataclasses.replace(r, recorded=True) for r in records("cam", [Person("happy", 100, 100, 0)], 1.0)]
+    tracker = CameraTracker("cam", CONFIG)
+    out = TrackerOutput()
+    for r in recs[:3] + recs[4:8]:
+        tracker.add(r, 100.0, out)
+    assert [json.loads(e)["seq"] for e in tracker.flush(100.0).events] == [0, 1, 2]
+    assert not tracker.flush(100.0 + 10 * CONFIG.reorder_window_s).events  # frame 3 is coming
+    tracker.add(recs[3], 106.0, out)
+    events = [json.loads(e) for e in tracker.flush(106.0).events]
+    assert [e["seq"] for e in events] == [3, 4, 5, 6, 7] and {e["track"] for e in events} == {1}
+    tracker.add(recs[9], 107.0, out)  # frame 8 never comes: skipped after the longer window
+    tracker = CameraTracker.from_state(tracker.to_state(), CONFIG)  # an owner's takeover keeps it
+    assert not tracker.flush(107.0 + RECORDED_REORDER_WINDOW_S / 2).events
+    assert tracker.flush(107.0 + RECORDED_REORDER_WINDOW_S + 1e-6).gaps == 1
 
 
 def test_duplicated_records_never_publish_twice():

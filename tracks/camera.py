@@ -42,6 +42,9 @@ from .smoothing import EmotionSmoother
 
 RECENT = 256  # seqs remembered to recognise a duplicate record (17 s at 15 fps)
 UNSEEN_TIMEOUTS = 5  # track timeouts after which only skipped frames end a track
+# How long a recorded video's missing frame is waited for: every one comes (a worker that
+# died holding it is reclaimed after --claim-idle-ms, 15 s by default).
+RECORDED_REORDER_WINDOW_S = 30.0
 WEAK_HOLD_TIMEOUTS = 2  # track timeouts that weak detections alone may hold a track
 # Faces a track needs before weak detections may continue it. Its first is enough: on the
 # tracks bench's clips, 3 left face-frame recall at 0.910 / 0.873 (gaps / queue), 1 gives
@@ -205,6 +208,7 @@ class CameraTracker:
         self.recent: list[int] = []  # the last RECENT seqs emitted, to tell duplicates from late frames
         self.last_scene = ""  # the last analysed frame's scene signature (cut detection)
         self.last_scene_at = 0.0  # ...and when that frame was captured
+        self.recorded = False  # the camera's last record was a recorded video's (FrameRecord.recorded)
 
     # ------------------------------------------------------------------ input
     def add(self, record: FrameRecord, arrival: float, out: TrackerOutput) -> None:
@@ -213,6 +217,7 @@ class CameraTracker:
         worker died holding it, and it was reclaimed after the reorder window) cannot
         join the tracks any more: its faces are published untracked and counted, never lost."""
         self.last_arrival = max(self.last_arrival, arrival)
+        self.recorded = record.recorded
         if self.next_seq is not None and record.seq < self.next_seq:
             if record.captured_at > self.last_captured_at and record.seq < self.next_seq - 1:
                 self._drain(out)
@@ -237,10 +242,11 @@ class CameraTracker:
         oldest waiting record has waited the reorder window; end every track of a camera
         that has sent nothing for a while."""
         out = TrackerOutput()
-        window = self.config.reorder_window_s
         while self.buffer:
+            window = self._reorder_window()
             if self.next_seq is None:
-                if now - min(a for _, a in self.buffer.values()) < window:
+                # The first frame seen: wait for any before it, unless it is a source's first.
+                if min(self.buffer) > 0 and now - min(a for _, a in self.buffer.values()) < window:
                     break
                 self.next_seq = min(self.buffer)
             if self.next_seq in self.buffer:
@@ -253,10 +259,19 @@ class CameraTracker:
                 self.next_seq = first
             else:
                 break
-        if self.tracks and now - self.last_arrival > self.config.timeout_s + window:
+        if self.tracks and now - self.last_arrival > self.config.timeout_s + self._reorder_window():
             self._drain(out)
             self._end_all(TrackEndReason.CAMERA_SILENT, self.last_captured_at, (self.next_seq or 1) - 1, out)
         return out
+
+    def _reorder_window(self) -> float:
+        """How long a missing frame is waited for (and silence, before a camera's tracks
+        end): a live camera's frame is worth less late, but every frame of a recorded
+        video comes, in batches of workers that go as fast as they can, which can take
+        longer than the live window (one a worker died holding is reclaimed after
+        --claim-idle-ms)."""
+        window = self.config.reorder_window_s
+        return max(window, RECORDED_REORDER_WINDOW_S) if self.recorded else window
 
     def _drain(self, out: TrackerOutput) -> None:
         """Emit everything buffered, skipping gaps (the camera stopped or restarted)."""
@@ -475,7 +490,7 @@ class CameraTracker:
             "buffer": [[r.to_json(), a] for r, a in self.buffer.values()],
             "tracks": [asdict(t) for t in self.tracks.values()], "next_track_id": self.next_track_id,
             "last_captured_at": self.last_captured_at, "last_arrival": self.last_arrival, "recent": self.recent,
-            "last_scene": self.last_scene, "last_scene_at": self.last_scene_at,
+            "last_scene": self.last_scene, "last_scene_at": self.last_scene_at, "recorded": self.recorded,
         }, separators=(",", ":"))
 
     @classmethod
@@ -499,6 +514,7 @@ class CameraTracker:
         tracker.recent = list(doc.get("recent", []))
         tracker.last_scene = current_scene(str(doc.get("last_scene", "")))  # "" if an older worker's
         tracker.last_scene_at = float(doc.get("last_scene_at", 0.0))
+        tracker.recorded = doc.get("recorded") is True
         return tracker
 
 

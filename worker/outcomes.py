@@ -100,7 +100,7 @@ def analyzed_outcome(
                      for index, w in enumerate(weak[:MAX_WEAK_BOXES])]
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
                              [_document(e, face) for e, face in zip(events, faces)], weak_docs,
-                             encode_vector(scene.tolist()) if scene is not None else "").to_json()
+                             encode_vector(scene.tolist()) if scene is not None else "", recorded).to_json()
         return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
                        stat=Stat.PROCESSED, frame_record=record, recorded=recorded)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
@@ -117,14 +117,16 @@ def skipped_record(message: FrameMessage | None, tracking: bool) -> str:
     """The frame record telling tracking not to wait for a video frame that will not come."""
     if not tracking or message is None or not message.kind.is_video:
         return ""
-    return FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.SKIPPED).to_json()
+    return FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.SKIPPED,
+                       recorded=message.kind is FrameKind.RECORDED).to_json()
 
 
 def end_outcome(entry: Entry, message: FrameMessage, tracking: bool) -> Outcome:
     """A finite source's end marker. A live source's goes through tracking (which ends
     its tracks first and then publishes the end event); a batch job's is published now."""
     if tracking and not message.reply_to:
-        record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.END).to_json()
+        record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.END,
+                             recorded=message.position_s is not None).to_json()
         return Outcome(entry.stream, entry.id, message.camera, frame_record=record)
     return Outcome(entry.stream, entry.id, message.camera, [EndOfStream(message.camera, message.seq).to_json()])
 
