@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from emotion_stream import keys
 from emotion_stream.embedded_redis import EmbeddedRedis
 from emotion_stream.redis_conn import as_text, connect, stream_range
-from emotion_stream.schema import EndOfStream, parse_event
+from emotion_stream.schema import EndOfStream, FaceEvent, parse_event
 from model.runtime import cores_shared
 
 from .config import BenchConfig, settings_for, start_workers, workers_ready
@@ -49,7 +49,8 @@ def run_recorded(config: BenchConfig, model: EmotionModel) -> Figures:
         while not await _ended(client):  # the end marker comes through tracking, after the last faces
             await asyncio.sleep(0.02)
         wall = time.perf_counter() - start
-        face_events = await client.xlen(keys.events(CAMERA)) - 1
+        events = [parse_event(f[b"event"]) for _id, f in await stream_range(client, keys.events(CAMERA))]
+        faces = [e for e in events if isinstance(e, FaceEvent)]
         stats = {as_text(k): int(v) for k, v in (await client.hgetall(keys.stats(CAMERA))).items()}
         stop.set()
         await asyncio.gather(*workers)
@@ -63,7 +64,8 @@ def run_recorded(config: BenchConfig, model: EmotionModel) -> Figures:
             "read_seconds": round(read, 2),
             "video_seconds_per_second": round(config.live_seconds / wall, 2),
             "frames_per_s": round(frames / wall, 1),
-            "face_events": face_events,
+            "face_events": len(faces),
+            "face_events_without_a_track": sum(e.track is None for e in faces),
             "frame_outcomes": stats,
         }
 

@@ -122,7 +122,7 @@ def format_text(summary: Figures) -> str:
                      f"frames of {recorded['faces_per_frame']} faces in {recorded['wall_seconds']:.1f} s "
                      f"({recorded['video_seconds_per_second']:.1f} s of video a second, {recorded['frames_per_s']:.0f} "
                      f"frames/s, {recorded['workers']} workers); frame outcomes {recorded['frame_outcomes']}, "
-                     f"{recorded['face_events']} face events")
+                     f"{recorded['face_events']} face events, {recorded['face_events_without_a_track']} without a track")
     for key in ("tracks", "tracks_replay"):
         if summary.get(key):
             lines += _tracks_table(summary[key])

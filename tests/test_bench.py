@@ -45,6 +45,7 @@ def test_bench_recorded_analyses_every_frame_of_a_video_at_the_workers_pace():
     recorded = json.loads(result.stdout)["recorded"]
     assert recorded["frames"] == 15 and recorded["frame_outcomes"] == {"ingested": 15, "processed": 15}, recorded
     assert recorded["face_events"] == 30 and recorded["video_seconds_per_second"] > 0, recorded
+    assert recorded["face_events_without_a_track"] == 0, recorded
 
 
 def test_bench_input_mistakes_are_one_line(tmp_path):
