@@ -82,6 +82,9 @@ async def run_camera(spec: SourceSpec, publisher: FramePublisher, options: Inges
             log.info("camera %s: end of %s: %d frames read, %d sent", camera, spec.describe(), frames,
                      publisher.seq)
             await publisher.end()
+            # A finished file is no source down (--cameras keeps the process, and its
+            # metrics, for the other cameras): its series goes, and no alert fires.
+            metrics.SOURCE_UP.remove(label)
             break
         if not stop.is_set():
             delay = backoff.next_delay()

@@ -11,6 +11,7 @@ from collections import Counter
 import cv2
 
 from emotion_stream import keys
+from emotion_stream.embedded_redis import free_port
 from emotion_stream.labels import EMOTIONS
 from emotion_stream.schema import (
     EndOfStream,
@@ -24,6 +25,7 @@ from ingest.samples import sample_frame, write_clip
 
 from .conftest import require_system
 from .procs import wait_for
+from .test_observability import scrape
 
 WORKER_FLAGS = ("--max-frame-age", "600", "--claim-idle-ms", "1500", "--batch-size", "4")
 
@@ -217,11 +219,17 @@ def test_many_cameras_in_one_ingest_process(redis_server, redis_client, services
     cameras = tmp_path / "cameras.txt"
     cameras.write_text(f"# id   source\nhall   sample:1\n\ntape\t{clip}\ndoor   sample:2\n")
     url = redis_server.url
+    port = free_port()
     services("worker", "worker", "--redis", url, *WORKER_FLAGS)
-    ingest = services("ingest", "ingest", "--cameras", str(cameras), "--redis", url, "--fps", "5")
+    ingest = services("ingest", "ingest", "--cameras", str(cameras), "--redis", url, "--fps", "5",
+                      "--metrics-port", str(port))
     wait_for(lambda: ended(redis_client, "tape"), 90, "the end of the video file's stream")
     wait_for(lambda: len({f.seq for f in faces_of(redis_client, "door")}) >= 5, 60, "the second camera's events")
     assert ingest.alive(), ingest.output  # the live cameras go on
+    # The finished file is no source down (its alert would fire): its series is gone.
+    up = {m[0]: float(m[1]) for m in re.findall(r'^emotion_stream_source_up\{camera="([^"]+)"\} (\S+)$',
+                                                 scrape(port), re.M)}
+    assert up == {"hall": 1.0, "door": 1.0}, up
     assert ingest.stop() == 0, ingest.output
     for camera, faces in (("hall", 1), ("tape", 1), ("door", 2)):
         per_frame = Counter(f.seq for f in faces_of(redis_client, camera))
