@@ -204,7 +204,8 @@ def format_track_event(event: TrackEvent) -> str:
     from emotion_stream.schema import TrackEventType
 
     clock = time.strftime("%H:%M:%S", time.localtime(event.at))
-    head = f"{clock} {event.camera:<12} person {event.track:<5}"
+    where = "" if event.position_s is None else f" at {event.position_s:7.2f} s"  # in a recorded video
+    head = f"{clock} {event.camera:<12} person {event.track:<5}{where}"
     if event.type is TrackEventType.STARTED:
         return f"{head} appeared, {event.emotion}"
     if event.type is TrackEventType.EMOTION_CHANGED:

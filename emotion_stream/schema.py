@@ -333,7 +333,9 @@ class FrameRecord:
     # workers before descriptors wrote bare boxes (x, y, w, h), read as {"box": ...}.
     weak: list[dict[str, Any]] = field(default_factory=list)
     scene: str = ""  # the frame's scene signature (encode_vector, SCENE_SIZE; current_scene): cut detection
-    recorded: bool = False  # a recorded video's frame (FrameKind.RECORDED): every frame will come
+    # A recorded video's frame (FrameKind.RECORDED) or end: its time in the video. Every
+    # frame of such a video comes, and its track events say where in the video they are.
+    position_s: float | None = None
     v: int = field(default=SCHEMA_VERSION, init=False)
 
     def to_json(self) -> str:
@@ -345,8 +347,8 @@ class FrameRecord:
             doc["weak"] = self.weak
         if self.scene:
             doc["scene"] = self.scene
-        if self.recorded:
-            doc["recorded"] = True
+        if self.position_s is not None:
+            doc["position_s"] = self.position_s
         doc["v"] = self.v
         return json.dumps(doc, separators=(",", ":"))
 
@@ -359,7 +361,7 @@ class FrameRecord:
             weak = [_weak_doc(w) for w in doc.get("weak", [])[:MAX_WEAK_BOXES]]
             record = cls(doc["camera"], int(doc["seq"]), float(doc["captured_at"]), FrameStatus(doc["status"]),
                          list(doc.get("faces", [])), weak, current_scene(str(doc.get("scene", ""))),
-                         doc.get("recorded") is True)
+                         _optional_number(doc.get("position_s")))
             # Validate now, not halfway through a flush: faces, descriptors (the scene above).
             for face in record.faces:
                 face_event_from_doc(face)
@@ -371,6 +373,15 @@ class FrameRecord:
             return record
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise MessageError(f"malformed frame record: {exc}") from None
+
+
+def _optional_number(value: object) -> float | None:
+    """A finite number, or None for an absent field (ValueError for anything else)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a number: {value!r}")
+    return float(value)
 
 
 MAX_WEAK_BOXES = 32  # weak detections kept per frame record
@@ -455,7 +466,7 @@ class TrackEvent:
     """A person's lifecycle on one camera's tracks stream. JSON by type:
     track_started {emotion}; emotion_changed {from, to}; track_ended {started_at,
     duration_s, emotion_seconds, dominant, reason}. ``at`` is the capture time of the
-    frame that caused it."""
+    frame that caused it; on a recorded video, ``position_s`` says where that is in it."""
 
     type: TrackEventType
     camera: str
@@ -468,6 +479,7 @@ class TrackEvent:
     duration_s: float = 0.0
     emotion_seconds: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    position_s: float | None = None  # a recorded video's: ``at``'s time in the video
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": self.type.value, "camera": self.camera, "track": self.track,
@@ -479,6 +491,8 @@ class TrackEvent:
         else:
             doc.update(started_at=self.started_at, duration_s=self.duration_s,
                        emotion_seconds=self.emotion_seconds, dominant=self.emotion, reason=self.reason)
+        if self.position_s is not None:
+            doc["position_s"] = self.position_s
         doc["v"] = SCHEMA_VERSION
         return doc
 
@@ -493,13 +507,14 @@ class TrackEvent:
                 raise MessageError("unknown track event version")
             kind = TrackEventType(doc["type"])
             common = (kind, doc["camera"], int(doc["track"]), float(doc["at"]), int(doc["seq"]))
+            position = _optional_number(doc.get("position_s"))
             if kind is TrackEventType.STARTED:
-                return cls(*common, emotion=doc["emotion"])
+                return cls(*common, emotion=doc["emotion"], position_s=position)
             if kind is TrackEventType.EMOTION_CHANGED:
-                return cls(*common, emotion=doc["to"], previous=doc["from"])
+                return cls(*common, emotion=doc["to"], previous=doc["from"], position_s=position)
             return cls(*common, emotion=doc["dominant"], started_at=float(doc["started_at"]),
                        duration_s=float(doc["duration_s"]), emotion_seconds=dict(doc["emotion_seconds"]),
-                       reason=doc["reason"])
+                       reason=doc["reason"], position_s=position)
         except (ValueError, TypeError, KeyError) as exc:
             raise MessageError(f"malformed track event: {exc}") from None
 

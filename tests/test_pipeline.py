@@ -156,7 +156,8 @@ def test_a_recorded_video_goes_as_fast_as_the_workers_and_keeps_its_clock(redis_
     [track] = [t for t in tracks if t.type.value == "track_ended"]
     # On screen from 0 to 5.93 s of the video, however long the run took (over 1.5 s more).
     assert track.reason == "end_of_stream" and abs(track.duration_s - 89 / 15) < 0.01, track
-    assert abs(track.at - (start + 89 / 15)) < 0.01, track
+    assert abs(track.at - (start + 89 / 15)) < 0.01 and abs(track.position_s - 89 / 15) < 0.01, track
+    assert [t.position_s for t in tracks if t.type.value == "track_started"] == [0.0]
 
 
 def test_a_recorded_video_across_two_workers_has_every_face_tracked(redis_server, redis_client, services, tmp_path):

@@ -288,12 +288,16 @@ def test_a_recorded_videos_missing_frame_is_waited_for_longer():
     window, and then joins its track."""
     from tracks.camera import RECORDED_REORDER_WINDOW_S
 
-    recs = [dataclasses.replace(r, recorded=True) for r in records("cam", [Person("happy", 100, 100, 0)], 1.0)]
+    recs = [dataclasses.replace(r, position_s=r.captured_at - 1000.0)
+            for r in records("cam", [Person("happy", 100, 100, 0)], 1.0)]
     tracker = CameraTracker("cam", CONFIG)
     out = TrackerOutput()
     for r in recs[:3] + recs[4:8]:
         tracker.add(r, 100.0, out)
-    assert [json.loads(e)["seq"] for e in tracker.flush(100.0).events] == [0, 1, 2]
+    first = tracker.flush(100.0)
+    assert [json.loads(e)["seq"] for e in first.events] == [0, 1, 2]
+    [started] = first.lifecycle  # where in the video the person appeared
+    assert started.position_s == round(recs[0].position_s, 6) and started.at == recs[0].captured_at
     assert not tracker.flush(100.0 + 10 * CONFIG.reorder_window_s).events  # frame 3 is coming
     tracker.add(recs[3], 106.0, out)
     events = [json.loads(e) for e in tracker.flush(106.0).events]

@@ -208,7 +208,9 @@ class CameraTracker:
         self.recent: list[int] = []  # the last RECENT seqs emitted, to tell duplicates from late frames
         self.last_scene = ""  # the last analysed frame's scene signature (cut detection)
         self.last_scene_at = 0.0  # ...and when that frame was captured
-        self.recorded = False  # the camera's last record was a recorded video's (FrameRecord.recorded)
+        # A recorded video's start on its clock (capture time - position): its frames all
+        # come, and its track events say where in the video they are. None: a live camera.
+        self.video_start: float | None = None
 
     # ------------------------------------------------------------------ input
     def add(self, record: FrameRecord, arrival: float, out: TrackerOutput) -> None:
@@ -217,7 +219,6 @@ class CameraTracker:
         worker died holding it, and it was reclaimed after the reorder window) cannot
         join the tracks any more: its faces are published untracked and counted, never lost."""
         self.last_arrival = max(self.last_arrival, arrival)
-        self.recorded = record.recorded
         if self.next_seq is not None and record.seq < self.next_seq:
             if record.captured_at > self.last_captured_at and record.seq < self.next_seq - 1:
                 self._drain(out)
@@ -234,6 +235,8 @@ class CameraTracker:
         if record.seq in self.buffer:
             self.duplicates += 1  # workers write each frame's record once; a replayed copy
             return
+        # After a restart's tracks ended on the clock they began on.
+        self.video_start = None if record.position_s is None else record.captured_at - record.position_s
         self.buffer[record.seq] = (record, arrival)
 
     # ------------------------------------------------------------------ output
@@ -271,7 +274,11 @@ class CameraTracker:
         longer than the live window (one a worker died holding is reclaimed after
         --claim-idle-ms)."""
         window = self.config.reorder_window_s
-        return max(window, RECORDED_REORDER_WINDOW_S) if self.recorded else window
+        return window if self.video_start is None else max(window, RECORDED_REORDER_WINDOW_S)
+
+    def _position(self, at: float) -> float | None:
+        """Where ``at`` is in a recorded video; None on a live camera."""
+        return None if self.video_start is None else max(0.0, round(at - self.video_start, 6))
 
     def _drain(self, out: TrackerOutput) -> None:
         """Emit everything buffered, skipping gaps (the camera stopped or restarted)."""
@@ -381,7 +388,8 @@ class CameraTracker:
         track.last_at, track.last_seq, track.unseen_s, track.last_match_seq = max(track.last_at, at), seq, 0.0, seq
         if previous is not None:
             out.lifecycle.append(TrackEvent(TrackEventType.EMOTION_CHANGED, self.camera, track.id, at, seq,
-                                            emotion=track.smoother.shown, previous=previous))
+                                            emotion=track.smoother.shown, previous=previous,
+                                            position_s=self._position(at)))
 
     def _weak(self, record: FrameRecord, at: float, unmatched: list[Track], out: TrackerOutput) -> None:
         """Second association (ByteTrack's): confirmed tracks no face matched take the
@@ -467,7 +475,7 @@ class CameraTracker:
         self.next_track_id += 1
         self.tracks[track.id] = track
         out.lifecycle.append(TrackEvent(TrackEventType.STARTED, self.camera, track.id, at, seq,
-                                        emotion=smoother.shown))
+                                        emotion=smoother.shown, position_s=self._position(at)))
         return track
 
     def _end(self, track: Track, reason: TrackEndReason, at: float, seq: int, out: TrackerOutput) -> None:
@@ -476,7 +484,7 @@ class CameraTracker:
         out.lifecycle.append(TrackEvent(
             TrackEventType.ENDED, self.camera, track.id, at, seq, emotion=track.dominant(self.config.class_prior),
             started_at=track.started_at, duration_s=round(max(0.0, track.last_at - track.started_at), 3),
-            emotion_seconds=seconds, reason=reason.value,
+            emotion_seconds=seconds, reason=reason.value, position_s=self._position(at),
         ))
 
     def _end_all(self, reason: TrackEndReason, at: float, seq: int, out: TrackerOutput) -> None:
@@ -490,7 +498,7 @@ class CameraTracker:
             "buffer": [[r.to_json(), a] for r, a in self.buffer.values()],
             "tracks": [asdict(t) for t in self.tracks.values()], "next_track_id": self.next_track_id,
             "last_captured_at": self.last_captured_at, "last_arrival": self.last_arrival, "recent": self.recent,
-            "last_scene": self.last_scene, "last_scene_at": self.last_scene_at, "recorded": self.recorded,
+            "last_scene": self.last_scene, "last_scene_at": self.last_scene_at, "video_start": self.video_start,
         }, separators=(",", ":"))
 
     @classmethod
@@ -514,7 +522,8 @@ class CameraTracker:
         tracker.recent = list(doc.get("recent", []))
         tracker.last_scene = current_scene(str(doc.get("last_scene", "")))  # "" if an older worker's
         tracker.last_scene_at = float(doc.get("last_scene_at", 0.0))
-        tracker.recorded = doc.get("recorded") is True
+        start = doc.get("video_start")
+        tracker.video_start = float(start) if isinstance(start, (int, float)) else None
         return tracker
 
 

@@ -93,14 +93,14 @@ def analyzed_outcome(
             error="" if top else "no face",
         ).to_json()
     video = message.kind.is_video
-    recorded = message.kind is FrameKind.RECORDED
+    recorded = message.position_s is not None
     if tracking and video:
         # Weak detections are numbered after the faces: (seq, face_index) names one event.
         weak_docs = [_document(_event(message, w, len(faces) + index, len(faces), processed_at, origin), w)
                      for index, w in enumerate(weak[:MAX_WEAK_BOXES])]
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.ANALYSED,
                              [_document(e, face) for e, face in zip(events, faces)], weak_docs,
-                             encode_vector(scene.tolist()) if scene is not None else "", recorded).to_json()
+                             encode_vector(scene.tolist()) if scene is not None else "", message.position_s).to_json()
         return Outcome(entry.stream, entry.id, message.camera, captured_at=message.captured_at,
                        stat=Stat.PROCESSED, frame_record=record, recorded=recorded)
     return Outcome(entry.stream, entry.id, message.camera, [e.to_json() for e in events], result,
@@ -118,7 +118,7 @@ def skipped_record(message: FrameMessage | None, tracking: bool) -> str:
     if not tracking or message is None or not message.kind.is_video:
         return ""
     return FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.SKIPPED,
-                       recorded=message.kind is FrameKind.RECORDED).to_json()
+                       position_s=message.position_s).to_json()
 
 
 def end_outcome(entry: Entry, message: FrameMessage, tracking: bool) -> Outcome:
@@ -126,7 +126,7 @@ def end_outcome(entry: Entry, message: FrameMessage, tracking: bool) -> Outcome:
     its tracks first and then publishes the end event); a batch job's is published now."""
     if tracking and not message.reply_to:
         record = FrameRecord(message.camera, message.seq, message.captured_at, FrameStatus.END,
-                             recorded=message.position_s is not None).to_json()
+                             position_s=message.position_s).to_json()
         return Outcome(entry.stream, entry.id, message.camera, frame_record=record)
     return Outcome(entry.stream, entry.id, message.camera, [EndOfStream(message.camera, message.seq).to_json()])
 
