@@ -15,7 +15,6 @@ from emotion_stream.schema import (
     MAX_WEAK_BOXES,
     EndOfStream,
     FaceEvent,
-    FrameKind,
     FrameMessage,
     FrameRecord,
     FrameResult,
