@@ -111,11 +111,10 @@ async def _pump(
     # A file plays on its own clock (each frame at its timestamp), as a camera would
     # deliver it, and --fps thins it on that clock (a 30 fps file at --fps 10 sends every
     # third frame): its timeline stays true, so people are tracked for as long as they
-    # were on screen. The
-    # sample camera draws its frames for any moment and is paced at --fps itself. Live
-    # sources are read as fast as they deliver and thinned to --fps, keeping the freshest.
-    # A recorded video (--pace workers) is read as fast as the workers take its frames,
-    # each stamped with its time in the video.
+    # were on screen. A recorded video (--pace workers) is read as fast as the workers
+    # take its frames, each stamped with its time in the video. The sample camera draws
+    # its frames for any moment and is paced at --fps itself. Live sources are read as
+    # fast as they deliver and thinned to --fps, keeping the freshest.
     pace = (source.native_fps or 15.0) if spec.is_file else (options.fps or source.native_fps or 15.0)
     recorded = spec.is_file and options.pace is Pace.WORKERS
     limiter = RateLimiter(0 if spec.is_sample else options.fps)
