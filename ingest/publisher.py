@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import Counter, deque
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 ROOM_POLL_S = 0.02  # a recorded video waiting for the workers looks again this often
 NO_WORKER_WARN_S = 10.0  # ...and says so when they have taken none of its frames for this long
+REDIS_RETRY_S = 0.5  # ...or asks Redis again this often while it does not answer
+# The camera is announced again this often: a Redis restarted empty, or a FLUSHDB, loses
+# the cameras set, and workers read only the streams it names.
+ANNOUNCE_EVERY_S = 5.0
 
 # XADD, then trim to exactly MAXLEN. Trimmed entries the consumer group never received
 # are frames lost to the bound: counted in the camera's stats hash and returned, never
@@ -83,7 +88,7 @@ class FramePublisher:
         self._label = metrics.init_camera_series(camera, ingest=True)
         metrics.REDIS_ERRORS.labels("ingest")
         self._add = LuaScript(client, _ADD_BOUNDED)
-        self._registered = False
+        self._announced = -math.inf  # monotonic time of the last announcement (none yet)
         self._throttled = Throttled(log)
         # This publisher's own tally (the metrics are per process): accepted frames are
         # those Redis acknowledged (and replicas confirmed, with write_replicas).
@@ -108,7 +113,7 @@ class FramePublisher:
     async def register(self) -> None:
         """Announce the camera so workers start consuming its stream."""
         await self.redis.sadd(keys.CAMERAS, self.camera)
-        self._registered = True
+        self._announced = time.monotonic()
 
     def encode(self, frame: np.ndarray) -> bytes:
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
@@ -141,12 +146,15 @@ class FramePublisher:
         stalled_since, last_backlog, warned = time.monotonic(), -1, False
         while not stop.is_set():
             try:
+                if time.monotonic() - self._announced >= ANNOUNCE_EVERY_S:
+                    await self.register()  # waiting on workers that no longer know the camera
                 backlog = await self._backlog()
             except TRANSIENT_ERRORS as exc:
                 metrics.REDIS_ERRORS.labels("ingest").inc()
                 self._throttled.warning(f"room:{self.camera}", "camera %s: Redis unavailable (%s); the video waits",
                                         self.camera, exc)
-                backlog = self.room
+                await sleep_or_stop(stop, REDIS_RETRY_S)
+                continue
             if backlog < self.room:
                 if warned:
                     log.info("camera %s: the workers are taking frames again", self.camera)
@@ -192,7 +200,7 @@ class FramePublisher:
         for name, value in message.to_fields().items():
             args += [name, value]
         try:
-            if not self._registered:
+            if time.monotonic() - self._announced >= ANNOUNCE_EVERY_S:
                 await self.register()
             entry_id, lost, confirmed = await self._write(args)
         except ACCESS_ERRORS:
@@ -204,7 +212,7 @@ class FramePublisher:
             self.seq += 1
             metrics.REDIS_ERRORS.labels("ingest").inc()
             self._drop("redis_unavailable", "camera %s: Redis unavailable, frame dropped: %s", exc)
-            self._registered = False  # re-announce after a Redis restart
+            self._announced = -math.inf  # re-announce at once after a Redis restart
             return False
         self.seq += 1
         if entry_id:

@@ -15,6 +15,8 @@ import pytest
 from emotion_stream import keys
 from emotion_stream.embedded_redis import free_port
 
+from ingest.samples import write_clip
+
 from .mjpeg_camera import MJPEGCamera
 from .procs import wait_for
 from .test_observability import sample_value, scrape
@@ -78,6 +80,27 @@ def test_redis_outage_and_restart_pipeline_resumes(redis_server, redis_client, s
     assert sample_value(worker_text, "emotion_stream_redis_errors_total", component="worker") > 0
     assert "Redis unavailable" in ingest.output and "Redis read failed" in worker.output
     assert worker.stop() == 0 and ingest.stop() == 0
+
+
+def test_ingest_announces_its_camera_again_when_redis_lost_it(redis_server, redis_client, services, tmp_path):
+    """A Redis restarted empty (or a FLUSHDB) loses the cameras set, and workers read only
+    the streams it names: a live camera and a recorded video each announced it once and
+    sent their frames on to a stream nobody read (the video waiting for the workers)."""
+    url = redis_server.url
+    services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    live = services("live", "ingest", "sample:1", "--camera", "lab", "--fps", "10", "--redis", url)
+    clip = write_clip(tmp_path / "tape.avi", seconds=40.0, fps=10, faces=1)
+    tape = services("tape", "ingest", str(clip), "--camera", "tape", "--redis", url, "--pace", "workers",
+                    "--max-len", "16")
+    for camera in ("lab", "tape"):
+        wait_for(lambda: faces_of(redis_client, camera), 90, f"{camera}'s first events")
+    redis_client.flushdb()
+    # The video's tracking starts afresh mid-video: it waits for frames before the first
+    # it sees as long as for any missing frame of a recorded video (30 s).
+    for camera, within in (("lab", 30), ("tape", 60)):
+        wait_for(lambda: faces_of(redis_client, camera), within, f"{camera}'s events after the FLUSHDB")
+    assert redis_client.sismember(keys.CAMERAS, "lab") and redis_client.sismember(keys.CAMERAS, "tape")
+    assert live.stop() == 0 and tape.stop() == 0
 
 
 @pytest.mark.slow
