@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from emotion_stream.settings import Settings
 
@@ -28,7 +28,10 @@ from .common import (
 if TYPE_CHECKING:
     from ingest.sources import SourceSpec
 
-INGEST_LEASE_MS = 6000  # a camera's ingest lease: free this long after its process died
+
+class CamerasFile(NamedTuple):
+    path: Path
+    cameras: list[tuple[str, SourceSpec]]  # as read at start-up
 
 
 def register(sub: Subcommands) -> None:
@@ -39,13 +42,15 @@ def register(sub: Subcommands) -> None:
             "http(s):// URL, or sample[:N]: a synthetic camera of N moving portraits), "
             "JPEG-encode them and append them to the camera's bounded frame stream. Lost "
             "live sources are reopened with backoff. --cameras FILE ingests many cameras "
-            "in one process: one 'ID SOURCE' a line, # for comments."
+            "in one process: one 'ID SOURCE' a line, # for comments; kill -HUP applies the "
+            "file again without stopping the cameras that did not change."
         ),
     )
     p.add_argument("source", metavar="SOURCE", nargs="?", help="0, video.mp4, rtsp://..., http(s)://... or sample[:N]")
     p.add_argument("--camera", type=camera_id, help="camera id of SOURCE (letters, digits, _ . : -)")
     p.add_argument("--cameras", type=_camera_list, metavar="FILE",
-                   help="many cameras in this process instead of SOURCE: one 'ID SOURCE' a line")
+                   help="many cameras in this process instead of SOURCE: one 'ID SOURCE' a line; SIGHUP applies "
+                   "the file again (cameras added start, removed stop, the others go on)")
     p.add_argument("--fps", type=number(float, 0, 1000), default=0.0,
                    help="frames per second to send: a video file plays at its own rate and is thinned to this "
                    "on its own clock, a live source is thinned to this (default: every frame)")
@@ -58,13 +63,13 @@ def register(sub: Subcommands) -> None:
     add_service_options(p)
 
 
-def _camera_list(text: str) -> list[tuple[str, SourceSpec]]:
+def _camera_list(text: str) -> CamerasFile:
     """An argparse ``type`` for ``--cameras``: the file read now, so a mistake in it is a
     usage error naming its line."""
     from ingest.camera_list import read_camera_list
 
     try:
-        return read_camera_list(Path(text))
+        return CamerasFile(Path(text), read_camera_list(Path(text)))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -76,7 +81,7 @@ def _cameras(args: argparse.Namespace) -> list[tuple[str, SourceSpec]]:
     if args.cameras is not None:
         if args.source is not None or args.camera is not None:
             raise UsageError("--cameras FILE names every camera and its source: give it without SOURCE and --camera")
-        return list(args.cameras)
+        return list(args.cameras.cameras)
     if args.source is None:
         raise UsageError("give SOURCE and --camera ID, or --cameras FILE")
     if args.camera is None:
@@ -85,73 +90,56 @@ def _cameras(args: argparse.Namespace) -> list[tuple[str, SourceSpec]]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream import keys
     from emotion_stream.embedded_redis import redis_url_or_embedded
-    from emotion_stream.leases import Lease
-    from emotion_stream.lifecycle import Supervisor, TaskFailed, cancel_and_wait, run_service
-    from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect, retrying
-    from ingest.camera import IngestOptions, Pace, run_camera
-    from ingest.publisher import FramePublisher
-    from ingest.sources import SourceError, file_problem
+    from emotion_stream.lifecycle import Supervisor, TaskFailed, run_service
+    from emotion_stream.redis_conn import connect
+    from ingest.camera import IngestOptions, Pace
+    from ingest.camera_list import MAX_CAMERAS
+    from ingest.camera_set import CameraBusy, CameraSet, camera_problem
 
     cameras = _cameras(args)
     options = IngestOptions(fps=args.fps, loop=args.loop, pace=Pace(args.pace))
     for camera, spec in cameras:
-        named = f"camera {camera}: " if args.cameras else ""
-        if options.pace is Pace.WORKERS and not spec.is_file:
-            raise CommandError(f"{named}--pace workers reads a video file; {spec.describe()} is a live source")
-        problem = file_problem(spec)
-        if problem:
-            raise CommandError(f"{named}{spec.target}: {problem}")
+        if problem := camera_problem(spec, options):
+            raise CommandError(f"camera {camera}: {problem}" if args.cameras else problem)
     serve_metrics(settings.metrics_port, settings.metrics_host)
     log = logging.getLogger("ingest")
 
     async def main(stop: asyncio.Event) -> int:
-        # Each camera's blocking reads and encodes run in threads: enough for all at once.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2 * len(cameras) + 4, "ingest"))
+        loop = asyncio.get_running_loop()
+        # Each camera's blocking reads and encodes run in threads: enough for all at once
+        # (threads start as they are needed).
+        loop.set_default_executor(ThreadPoolExecutor(2 * (MAX_CAMERAS if args.cameras else 1) + 4, "ingest"))
+        reload = asyncio.Event()
+        if args.cameras:
+            loop.add_signal_handler(signal.SIGHUP, _reload_on_hup, reload, log)
         name = f"emotion-stream-ingest-{cameras[0][0]}" if len(cameras) == 1 else "emotion-stream-ingest"
         client = connect(url, name=name)
-        publishers = [FramePublisher(client, camera, settings) for camera, _ in cameras]
-        leases = [Lease(client, keys.ingest_lease(camera), INGEST_LEASE_MS) for camera, _ in cameras]
         supervisor = Supervisor("ingest", stop)
-        held: list[Lease] = []
+        running = CameraSet(client, settings, options, supervisor)
         try:
-            for (camera, _), lease in zip(cameras, leases):
-                got = await retrying(lease.hold, what="connect", component="ingest", stop=stop)
-                if got is None:
-                    return 0  # stopped while waiting for Redis
-                if not got:
-                    raise CommandError(f"camera {camera!r} is being ingested by another process (free "
-                                       f"{INGEST_LEASE_MS / 1000:.0f} s after it stops); give this one its own --camera")
-                held.append(lease)
-            keepers = [supervisor.start(lease.keep(stop), f"ingest-lease-{camera}")
-                       for (camera, _), lease in zip(cameras, leases)]
             try:
-                # A camera's source ending (a file) ends that camera; the others go on. One
-                # that cannot be read at all stops them all, said in one line.
-                readers = {asyncio.create_task(run_camera(spec, publisher, options, stop), name=f"camera-{camera}"):
-                           camera for (camera, spec), publisher in zip(cameras, publishers)}
-                done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
-                failures = [(readers[task], error) for task in done if (error := task.exception()) is not None]
-                if failures:
-                    stop.set()
-                    await asyncio.wait(readers)
-            finally:
-                for task in keepers:
-                    await cancel_and_wait(task)
+                if not await running.start(cameras):
+                    return 0  # stopped while waiting for Redis
+            except CameraBusy as exc:
+                raise CommandError(str(exc)) from None
+            # A camera's source ending (a file) ends that camera; the others go on. One
+            # that cannot be read at all stops them all, said in one line.
+            failures = await running.run(reload, args.cameras.path if args.cameras else None)
             supervisor.check()
             for camera, error in failures:
-                if isinstance(error, (SourceError, RuntimeError)) and not isinstance(error, TaskFailed):
+                if isinstance(error, RuntimeError) and not isinstance(error, TaskFailed):
                     raise CommandError(f"camera {camera}: {error}" if args.cameras else str(error))
                 raise error
             return 0
         finally:
-            for lease in held:
-                with contextlib.suppress(*TRANSIENT_ERRORS):  # Redis gone: the lease expires on its own
-                    await lease.release()
-            for publisher in publishers:
-                log.info("%s", publisher.summary())
+            await running.stop_all()
             await client.aclose()
 
     with redis_url_or_embedded(settings.redis_url) as url:
         return run_service(main, args.duration)
+
+
+def _reload_on_hup(reload: asyncio.Event, log: logging.Logger) -> None:
+    log.info("received SIGHUP; applying the cameras file again")
+    reload.set()

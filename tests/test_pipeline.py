@@ -239,6 +239,71 @@ def test_many_cameras_in_one_ingest_process(redis_server, redis_client, services
     assert sorted(Counter(f.seq for f in faces_of(redis_client, "tape"))) == list(range(10))  # 2 s at 5 fps
 
 
+def _last_frame(client, camera: str) -> FrameMessage | None:
+    last = client.xrevrange(keys.frames(camera), count=1)
+    return FrameMessage.from_fields(last[0][1], max_image_bytes=1 << 24) if last else None
+
+
+def test_sighup_applies_a_changed_cameras_file_to_the_running_cameras(redis_server, redis_client, services,
+                                                                      tmp_path):
+    """``kill -HUP`` on ``ingest --cameras FILE``: a camera added starts, one removed stops
+    (its lease and source_up series gone), one whose source changed starts over on it,
+    the others go on untouched; a file that ended is not read again; a file with a
+    mistake, or a camera that cannot be read, is said and changes nothing else."""
+    clip = write_clip(tmp_path / "tape.avi", seconds=1.0, fps=10, faces=1)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    cameras = tmp_path / "cameras.txt"
+    cameras.write_text(f"hall sample:1\ndoor sample:1\ntape {clip}\n")
+    port = free_port()
+    ingest = services("ingest", "ingest", "--cameras", str(cameras), "--redis", redis_server.url, "--fps", "5",
+                      "--max-len", "1000", "--metrics-port", str(port))
+
+    def frames(camera: str) -> int:
+        last = _last_frame(redis_client, camera)
+        return -1 if last is None else last.seq
+
+    def applied(times: int) -> bool:
+        return ingest.output.count("cameras file applied") == times
+
+    def up() -> dict[str, float]:
+        return {m[0]: float(m[1]) for m in re.findall(r'^emotion_stream_source_up\{camera="([^"]+)"\} (\S+)$',
+                                                     scrape(port), re.M)}
+
+    def tape_ended() -> bool:
+        last = _last_frame(redis_client, "tape")
+        return last is not None and last.kind is FrameKind.END
+
+    wait_for(lambda: tape_ended() and frames("door") >= 3, 60, "the cameras' frames")
+    cameras.write_text(f"hall sample:1\ndesk sample:2\ntape {clip}\nnotes {tmp_path / 'notes.mp4'}\n")
+    ingest.signal(signal.SIGHUP)
+    wait_for(lambda: applied(1), 30, "the cameras file applied")
+    assert "cameras file applied: 3 cameras running; started desk, notes; stopped door\n" in ingest.output, ingest.output
+    wait_for(lambda: f"camera notes: {tmp_path / 'notes.mp4'}: cannot be opened as video; left out" in ingest.output,
+             30, "the camera that cannot be read, said")
+    assert not redis_client.exists(keys.ingest_lease("door")) and redis_client.exists(keys.ingest_lease("desk"))
+    door, hall = frames("door"), frames("hall")
+    wait_for(lambda: frames("desk") >= 3 and frames("hall") >= hall + 3, 30, "the new and the untouched camera")
+    assert frames("door") == door  # stopped
+    assert up() == {"hall": 1.0, "desk": 1.0, "notes": 0.0}, up()  # listed and down: its alert fires
+    # The untouched camera was never restarted; the ended file was not read again.
+    assert ingest.output.count("camera hall: reading") == 1 and ingest.output.count("camera tape: reading") == 1
+    assert redis_client.xlen(keys.frames("tape")) == 6  # 1 s at 5 fps and the end marker
+
+    cameras.write_text("hall sample:1\nhall 0\n")
+    ingest.signal(signal.SIGHUP)
+    wait_for(lambda: "cameras file not applied" in ingest.output, 30, "the mistake said")
+    assert "line 2: camera 'hall' again" in ingest.output and ingest.alive()
+    cameras.write_text("hall sample:2\ndesk sample:2\n")
+    ingest.signal(signal.SIGHUP)
+    wait_for(lambda: applied(2), 30, "the cameras file applied again")
+    assert "cameras file applied: 2 cameras running; restarted on a new source hall\n" in ingest.output, ingest.output
+    wait_for(lambda: (last := _last_frame(redis_client, "hall")) is not None and last.seq < hall, 30,
+             "hall's frames from its new source, numbered from 0")
+    assert up() == {"hall": 1.0, "desk": 1.0}, up()  # notes is no longer listed
+    assert ingest.stop() == 0, ingest.output
+    assert "Traceback" not in ingest.output
+
+
 def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):
     url = redis_server.url
     frames = 80
