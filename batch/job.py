@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 
 from emotion_stream import keys
+from emotion_stream.cameras import forget_camera
 from emotion_stream.images import IMAGE_SUFFIXES
 from emotion_stream.lifecycle import cancel_and_wait
 from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, retrying, write_confirmed
@@ -205,8 +206,9 @@ class BatchJob:
         await self.redis.delete(self.stream, self.results)
 
     async def _cleanup(self) -> None:
-        await self.redis.srem(keys.CAMERAS, self.camera)
-        await self.redis.delete(self.stream, self.results)
+        # Everything of the job's camera: its events and dead letters too (the summary and
+        # the submission say what they did), or each job would leave them in Redis for good.
+        await forget_camera(self.redis, self.camera)
 
     async def _produce(self, todo: list[Path]) -> None:
         max_bytes = self.settings.max_image_bytes

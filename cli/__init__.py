@@ -33,6 +33,7 @@ COMMANDS = (
     "worker",
     "tracks",
     "subscribe",
+    "cameras",
     "batch",
     "webrtc",
     "api",

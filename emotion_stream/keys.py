@@ -125,6 +125,12 @@ def dead_letter(camera: str) -> str:
     return _tagged("dead-letter", camera)
 
 
+def camera_keys(camera: str) -> tuple[str, ...]:
+    """Every key of one camera (all in its slot): what forgetting a camera deletes."""
+    return (frames(camera), events(camera), analysed(camera), tracks(camera), results(camera), dead_letter(camera),
+            stats(camera), ingest_lease(camera), ingest_last_write(camera), track_lease(camera), track_state(camera))
+
+
 def camera_of(key: str | bytes) -> str:
     """The camera a per-camera key belongs to (its hash tag)."""
     if isinstance(key, bytes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from emotion_stream.schema import (
 from ingest.samples import sample_frame, write_clip
 
 from .conftest import require_system
-from .procs import wait_for
+from .procs import EXE, wait_for
 from .test_observability import scrape
 
 WORKER_FLAGS = ("--max-frame-age", "600", "--claim-idle-ms", "1500", "--batch-size", "4")
@@ -302,6 +303,57 @@ def test_sighup_applies_a_changed_cameras_file_to_the_running_cameras(redis_serv
     assert up() == {"hall": 1.0, "desk": 1.0}, up()  # notes is no longer listed
     assert ingest.stop() == 0, ingest.output
     assert "Traceback" not in ingest.output
+
+
+def test_every_key_of_a_camera_is_one_that_forgetting_it_deletes():
+    import inspect
+
+    tagged = {name: key for name, function in inspect.getmembers(keys, inspect.isfunction)
+              if not name.startswith("_") and list(inspect.signature(function).parameters) == ["camera"]
+              and "{door}" in (key := function("door"))}
+    assert len(tagged) >= 11 and set(tagged.values()) == set(keys.camera_keys("door")), tagged
+
+
+def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client, services, tmp_path):
+    """``emotion-stream cameras``: what Redis knows of each camera; ``--forget`` deletes
+    everything of a retired one (refused while an ingest writes it), the workers carry
+    on, and the id can be used afresh."""
+    url = redis_server.url
+    clip = write_clip(tmp_path / "tape.avi", seconds=1.0, fps=10, faces=1)
+    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    hall = services("hall", "ingest", "sample:2", "--camera", "hall", "--fps", "5", "--redis", url)
+    tape = services("tape", "ingest", str(clip), "--camera", "tape", "--redis", url)
+    assert tape.wait(60) == 0, tape.output
+    wait_for(lambda: ended(redis_client, "tape") and len(faces_of(redis_client, "hall")) >= 4, 90, "both cameras")
+
+    def cameras(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([EXE, "cameras", "--redis", url, *flags], capture_output=True, text=True, timeout=60)
+
+    listed = {c["camera"]: c for c in map(json.loads, cameras("--json").stdout.splitlines())}
+    assert listed.keys() == {"hall", "tape"}, listed
+    assert listed["hall"]["ingesting"] and not listed["tape"]["ingesting"]
+    assert listed["tape"]["stats"]["ingested"] == listed["tape"]["stats"]["processed"] == 10
+    table = cameras().stdout.splitlines()
+    assert table[0].split()[:3] == ["camera", "ingest", "last"] and table[1].split()[:2] == ["hall", "yes"], table
+
+    refused = cameras("--forget", "hall", "tape", "nope")
+    assert refused.returncode == 1, refused
+    assert refused.stderr.splitlines() == ["emotion-stream cameras: camera hall is being ingested now; stop its "
+                                           "ingest first", "emotion-stream cameras: no camera nope in this Redis"]
+    assert re.fullmatch(r"forgot camera tape: \d+ keys deleted\n", refused.stdout), refused.stdout
+    assert not list(redis_client.scan_iter("*{tape}*")) and not redis_client.sismember(keys.CAMERAS, "tape")
+    seen = len(faces_of(redis_client, "hall"))
+    wait_for(lambda: len(faces_of(redis_client, "hall")) >= seen + 4, 60, "the worker going on with the others")
+    assert hall.stop() == 0
+    wait_for(lambda: cameras("--forget", "hall").returncode == 0, 30, "hall forgotten once its ingest stopped")
+    time.sleep(2)  # a tracking owner or worker writing to it again would show now
+    assert not list(redis_client.scan_iter("*{hall}*")), list(redis_client.scan_iter("*{hall}*"))
+    # The same id later: a camera like any new one.
+    again = services("again", "ingest", str(clip), "--camera", "tape", "--redis", url)
+    assert again.wait(60) == 0, again.output
+    wait_for(lambda: ended(redis_client, "tape"), 60, "the new tape's events")
+    assert sorted({f.seq for f in faces_of(redis_client, "tape")}) == list(range(10))
+    assert worker.alive() and "Traceback" not in worker.output
 
 
 def test_two_workers_one_killed_every_frame_exactly_once(redis_server, redis_client, services, tmp_path):
