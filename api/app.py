@@ -64,6 +64,7 @@ class Health(BaseModel):
 
 class Camera(BaseModel):
     camera: str
+    ingesting: bool  # an ingest process holds the camera's lease now
     last_frame_at: float | None
     fps: float | None
     active_tracks: int
@@ -177,7 +178,8 @@ def create_app(settings: Settings, client: aioredis.Redis, hub: EventHub) -> Fas
 
     @app.get("/v1/cameras", dependencies=[Auth], response_model=Cameras)
     async def cameras() -> Any:
-        """Every announced camera: its last frame, frame rate over 10 s, active tracks, frame counts."""
+        """Every announced camera: whether an ingest writes it, its last frame, frame rate over
+        10 s, active tracks, frame counts."""
         return {"cameras": await history.cameras(client)}
 
     @app.get("/v1/cameras/{camera}/events", dependencies=[Auth], response_model=EventsPage)

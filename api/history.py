@@ -142,8 +142,8 @@ def _active_tracks(state: bytes | str | None) -> list[dict[str, Any]]:
 
 
 async def cameras(client: aioredis.Redis) -> list[dict[str, Any]]:
-    """Every announced camera: its last frame, its frame rate over the last 10 s, its
-    active tracks and its frame counts."""
+    """Every announced camera: whether an ingest writes it, its last frame, its frame rate
+    over the last 10 s, its active tracks and its frame counts."""
     names = await camera_names(client)
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -153,15 +153,17 @@ async def cameras(client: aioredis.Redis) -> list[dict[str, Any]]:
         await recent_frames(keys=[keys.frames(camera)], args=[f"{now_ms - int(FPS_WINDOW_S * 1000)}-0"], client=pipe)
         pipe.get(keys.track_state(camera))
         pipe.hgetall(keys.stats(camera))
+        pipe.exists(keys.ingest_lease(camera))
     replies = await pipe.execute(raise_on_error=False) if names else []
     out = []
     for i, camera in enumerate(names):
-        recent, state, stats = replies[3 * i: 3 * i + 3]
+        recent, state, stats, ingesting = replies[4 * i: 4 * i + 4]
         last, sent = recent if isinstance(recent, list) else (None, None)
         last_ms = int(as_text(last).split("-")[0]) if last else None
         counts = {as_text(k): int(v) for k, v in stats.items()} if isinstance(stats, dict) else {}
         out.append({
             "camera": camera,
+            "ingesting": ingesting is True or ingesting == 1,
             "last_frame_at": last_ms / 1000 if last_ms else None,
             "fps": round(int(sent) / FPS_WINDOW_S, 2) if sent is not None else None,
             "active_tracks": len(_active_tracks(state if isinstance(state, (bytes, str)) else None)),

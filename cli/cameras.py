@@ -49,14 +49,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _list(client: Any, as_json: bool) -> int:
     from api.history import cameras
-    from emotion_stream import keys
 
     listed = await cameras(client)
-    pipe = client.pipeline(transaction=False)
-    for camera in listed:
-        pipe.exists(keys.ingest_lease(camera["camera"]))
-    for camera, ingesting in zip(listed, await pipe.execute() if listed else []):
-        camera["ingesting"] = bool(ingesting)
     if as_json:
         for camera in listed:
             print(json.dumps(camera), flush=True)

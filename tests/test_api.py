@@ -193,10 +193,12 @@ def test_the_camera_list_gives_each_cameras_frame_rate_over_10_s(redis_server, r
         redis_client.xadd(keys.frames("door"), FrameMessage("door", seq, 0.0, FrameKind.LIVE, b"x", 8, 8).to_fields())
     for seq in [*range(100, 120), *range(5)]:  # an ingest restarted: its numbers start again
         redis_client.xadd(keys.frames("hall"), FrameMessage("hall", seq, 0.0, FrameKind.LIVE, b"x", 8, 8).to_fields())
+    redis_client.set(keys.ingest_lease("door"), "an ingest's token", px=60_000)
     wait_for(lambda: get(port, "/healthz", token=None)[0] == 200, 10, "healthz")
     status, body = get(port, "/v1/cameras")
     assert status == 200, body
     cameras = {c["camera"]: c for c in body["cameras"]}
+    assert [cameras[c]["ingesting"] for c in ("door", "hall", "attic")] == [True, False, False]
     assert cameras["door"]["fps"] == 3.0 and abs(cameras["door"]["last_frame_at"] - time.time()) < 5
     assert 0.5 <= cameras["hall"]["fps"] <= 2.5  # from the restart on, at least
     assert cameras["attic"]["fps"] == 0 and cameras["attic"]["last_frame_at"] is None
