@@ -31,7 +31,7 @@ def register(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream.redis_conn import connect
+    from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect
 
     if not settings.redis_url:
         raise CommandError("cameras needs the Redis to look at: set REDIS_URL or --redis")
@@ -44,7 +44,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await client.aclose()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except TRANSIENT_ERRORS as exc:  # a one-shot look: said, not retried as services do
+        raise CommandError(f"Redis does not answer: {exc}") from None
 
 
 async def _list(client: Any, as_json: bool) -> int:

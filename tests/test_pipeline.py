@@ -336,6 +336,10 @@ def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client
     table = cameras().stdout.splitlines()
     assert table[0].split()[:3] == ["camera", "ingest", "last"] and table[1].split()[:2] == ["hall", "yes"], table
 
+    down = subprocess.run([EXE, "cameras", "--redis", f"redis://127.0.0.1:{free_port()}"], capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 1 and len(down.stderr.splitlines()) == 1, down.stderr
+    assert down.stderr.startswith("emotion-stream cameras: error: Redis does not answer: Error 111"), down.stderr
     refused = cameras("--forget", "hall", "tape", "nope")
     assert refused.returncode == 1, refused
     assert refused.stderr.splitlines() == ["emotion-stream cameras: camera hall is being ingested now; stop its "
