@@ -7,11 +7,14 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emotion_stream.settings import Settings
 
 from .common import CommandError, Subcommands, add_command, add_settings, camera_id
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 def register(sub: Subcommands) -> None:
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"Redis does not answer: {exc}") from None
 
 
-async def _list(client: Any, as_json: bool) -> int:
+async def _list(client: Redis, as_json: bool) -> int:
     from api.history import cameras
 
     listed = await cameras(client)
@@ -72,7 +75,7 @@ async def _list(client: Any, as_json: bool) -> int:
     return 0
 
 
-async def _forget(client: Any, forget: list[str]) -> int:
+async def _forget(client: Redis, forget: list[str]) -> int:
     from api.history import known
     from emotion_stream import keys
     from emotion_stream.cameras import forget_camera
