@@ -320,7 +320,8 @@ def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client
     on, and the id can be used afresh."""
     url = redis_server.url
     clip = write_clip(tmp_path / "tape.avi", seconds=1.0, fps=10, faces=1)
-    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    port = free_port()
+    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS, "--metrics-port", str(port))
     hall = services("hall", "ingest", "sample:2", "--camera", "hall", "--fps", "5", "--redis", url)
     tape = services("tape", "ingest", str(clip), "--camera", "tape", "--redis", url)
     assert tape.wait(60) == 0, tape.output
@@ -357,6 +358,18 @@ def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client
     assert again.wait(60) == 0, again.output
     wait_for(lambda: ended(redis_client, "tape"), 60, "the new tape's events")
     assert sorted({f.seq for f in faces_of(redis_client, "tape")}) == list(range(10))
+    # A batch job through the same worker forgets its camera at the end, as --forget does.
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), sample_frame(0.0))
+    batch = subprocess.run([EXE, "batch", str(folder), "--out", str(tmp_path / "out.csv"), "--workers", "0",
+                            "--redis", url], capture_output=True, text=True, timeout=120)
+    assert batch.returncode == 0, batch.stderr
+    time.sleep(1)
+    # Streams withdrawn with their cameras are no Redis errors (the alert on them fired
+    # after every batch run and every forget) and no warning.
+    assert re.search(r'^emotion_stream_redis_errors_total\{component="worker"\} 0\.0$', scrape(port), re.M)
+    assert "WARNING" not in worker.output and "withdrawn" in worker.output, worker.output[-3000:]
     assert worker.alive() and "Traceback" not in worker.output
 
 

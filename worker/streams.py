@@ -182,9 +182,16 @@ class ConsumerGroup:
         except redis.ResponseError as exc:
             # UNBLOCKED (a stream deleted while we waited on it), NOGROUP (group destroyed,
             # FLUSHDB, Redis restarted empty), WRONGTYPE...: start again from the cameras set.
-            metrics.REDIS_ERRORS.labels("worker").inc()
-            self._throttled.warning("read-error", "consumer group read failed (%s); rejoining", exc)
+            reading = set(self.streams)
             await self.refresh(rejoin=True)
+            withdrawn = sorted(reading - set(self.streams))
+            if withdrawn and str(exc).startswith(("UNBLOCKED", "NOGROUP")):
+                # Its camera was withdrawn with its stream (a batch job done, `cameras
+                # --forget`): nothing failed, and no Redis-errors alert may fire for it.
+                log.info("no longer reading %s: withdrawn", ", ".join(withdrawn))
+                return []
+            metrics.REDIS_ERRORS.labels("worker").inc()
+            self._throttled.warning("read-error", "consumer group read failed (%s); rejoined", exc)
             return []
         entries = self._entries(reply)
         self._cool_down()
