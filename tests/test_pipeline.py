@@ -370,6 +370,7 @@ def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client
     # after every batch run and every forget) and no warning.
     assert re.search(r'^emotion_stream_redis_errors_total\{component="worker"\} 0\.0$', scrape(port), re.M)
     assert "WARNING" not in worker.output and "withdrawn" in worker.output, worker.output[-3000:]
+    assert "stopped tracking camera hall: withdrawn" in worker.output, worker.output[-3000:]
     assert worker.alive() and "Traceback" not in worker.output
 
 

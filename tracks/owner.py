@@ -145,7 +145,9 @@ class TrackOwner:
             await self._renew(keys=[keys.track_lease(camera)], args=[token, self.lease_ms], client=pipe)
         for (camera, _), renewed in zip(held, await pipe.execute()):
             if not renewed:
-                self._drop(camera, "lease lost")
+                # Its lease deleted with the camera (`cameras --forget`) is no lost lease.
+                withdrawn = not await self.redis.sismember(keys.TRACKED_CAMERAS, camera)
+                self._drop(camera, "withdrawn" if withdrawn else "lease lost")
         await self._retire_silent(now)
         self._rounds += 1
         if self._rounds == 1:
