@@ -188,7 +188,8 @@ class ConsumerGroup:
             if withdrawn and str(exc).startswith(("UNBLOCKED", "NOGROUP")):
                 # Its camera was withdrawn with its stream (a batch job done, `cameras
                 # --forget`): nothing failed, and no Redis-errors alert may fire for it.
-                log.info("no longer reading %s: withdrawn", ", ".join(withdrawn))
+                more = f" and {len(withdrawn) - 5} more" if len(withdrawn) > 5 else ""  # a FLUSHDB: all
+                log.info("no longer reading %s%s: withdrawn", ", ".join(withdrawn[:5]), more)
                 return []
             metrics.REDIS_ERRORS.labels("worker").inc()
             self._throttled.warning("read-error", "consumer group read failed (%s); rejoined", exc)
