@@ -16,6 +16,8 @@ from .common import CommandError, Subcommands, add_command, add_settings, camera
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+BATCH_IDLE_S = 60  # a batch job's camera with no result for this long is no running job
+
 
 def register(sub: Subcommands) -> None:
     p = add_command(
@@ -86,6 +88,10 @@ async def _forget(client: Redis, forget: list[str]) -> int:
             print(f"emotion-stream cameras: camera {camera} is being ingested now; stop its ingest first",
                   file=sys.stderr)
             failed += 1
+        elif await _batch_running(client, camera):
+            print(f"emotion-stream cameras: camera {camera} is a batch job's, with a result in the last "
+                  f"{BATCH_IDLE_S} s; let it finish (it forgets its camera itself)", file=sys.stderr)
+            failed += 1
         elif not await known(client, camera) and not await client.exists(*keys.camera_keys(camera)):
             print(f"emotion-stream cameras: no camera {camera} in this Redis", file=sys.stderr)
             failed += 1
@@ -93,3 +99,17 @@ async def _forget(client: Redis, forget: list[str]) -> int:
             deleted = await forget_camera(client, camera)
             print(f"forgot camera {camera}: {deleted} keys deleted", flush=True)
     return 1 if failed else 0
+
+
+async def _batch_running(client: Redis, camera: str) -> bool:
+    """Whether a batch job works on ``camera`` now: a result written in the last
+    BATCH_IDLE_S (a job killed long ago left its streams: those may go)."""
+    from emotion_stream import keys
+    from emotion_stream.redis_conn import stream_range
+
+    last = await stream_range(client, keys.results(camera), count=1, newest_first=True)
+    if not last:
+        return False
+    seconds, _ = await client.time()
+    written_ms = int(last[0][0].split("-")[0])
+    return int(seconds) - written_ms / 1000 < BATCH_IDLE_S

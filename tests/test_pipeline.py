@@ -346,6 +346,9 @@ def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client
     assert refused.stderr.splitlines() == ["emotion-stream cameras: camera hall is being ingested now; stop its "
                                            "ingest first", "emotion-stream cameras: no camera nope in this Redis"]
     assert re.fullmatch(r"forgot camera tape: \d+ keys deleted\n", refused.stdout), refused.stdout
+    redis_client.xadd(keys.results("batch-0f"), {"result": "{}"})  # a batch job's result, just written
+    running = cameras("--forget", "batch-0f")
+    assert running.returncode == 1 and "is a batch job's, with a result in the last 60 s" in running.stderr
     assert not list(redis_client.scan_iter("*{tape}*")) and not redis_client.sismember(keys.CAMERAS, "tape")
     seen = len(faces_of(redis_client, "hall"))
     wait_for(lambda: len(faces_of(redis_client, "hall")) >= seen + 4, 60, "the worker going on with the others")
