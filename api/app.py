@@ -8,6 +8,7 @@ unknown camera, 414/431 for oversized query strings and headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ MAX_QUERY_BYTES = 2048
 MAX_HEADER_BYTES = 8192
 RETRY_MS = 2000  # EventSource's reconnection delay
 RETRY_UNAVAILABLE_MS = 5000  # ... while Redis is unreachable
+CLOSE_WRITE_S = 0.5  # the API stopping: how long a stream's last write may wait for its client
 REPLAY_CHUNK = 500  # replayed events a write
 ALL_TYPES = ",".join(TYPES)
 RAW_SEND = "emotion_stream.send"  # scope key: the server's own send (RawSend)
@@ -281,15 +283,24 @@ class EventStreamResponse(StreamingResponse):
         write: Send = scope.get(RAW_SEND, send)
         self.subscription.write_now = scope.get(WRITE_NOW)
         streaming = asyncio.ensure_future(self._stream(write))
-        tasks = [streaming, asyncio.ensure_future(_disconnected(receive)),
-                 asyncio.ensure_future(self.subscription.dropped.wait())]
+        disconnected = asyncio.ensure_future(_disconnected(receive))
+        closing = asyncio.ensure_future(self.subscription.closing.wait())
+        tasks = [streaming, disconnected, closing, asyncio.ensure_future(self.subscription.dropped.wait())]
+        ended: set[asyncio.Future[Any]] = set()
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            ended, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.hub.unsubscribe(self.subscription)
+        if closing in ended and disconnected not in ended:
+            # The API stops: the response ends as a complete one, and EventSource comes
+            # back after RETRY_MS with its Last-Event-ID, to this API restarted or another.
+            end = {"type": "http.response.body", "body": b": the API is stopping\n\n", "more_body": False}
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(write(end), CLOSE_WRITE_S)  # a client that reads nothing is not waited for
+            return
         if not streaming.cancelled():
             streaming.result()  # the stream's own error, if it had one, for the server to log
 

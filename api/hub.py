@@ -44,6 +44,7 @@ class Subscription:
     types: frozenset[str]
     queue: asyncio.Queue[Event | None]  # None: nothing happened for KEEPALIVE_S (say so to the client)
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # the API stops: end the stream cleanly
     # The connection's own write, where the server offers one: False when the connection
     # cannot take a write now (its buffer is full, or it closed).
     write_now: Callable[[bytes], bool] | None = None
@@ -101,6 +102,13 @@ class EventHub:
         self.subscriptions.add(subscription)
         metrics.API_SSE_CLIENTS.set(len(self.subscriptions))
         return subscription
+
+    def close_clients(self) -> int:
+        """The API stops: every event stream ends, telling its client to come back (to
+        this API restarted, or another) with its last id. The number of streams."""
+        for subscription in self.subscriptions:
+            subscription.closing.set()
+        return len(self.subscriptions)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)

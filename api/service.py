@@ -153,6 +153,8 @@ async def serve(settings: Settings, sock: socket.socket, stop: asyncio.Event) ->
             serving.add_done_callback(lambda _: stop.set())
             log.info("serving http://%s:%d (OpenAPI at /docs)", host, port)
             await stop.wait()
+            if streams := hub.close_clients():
+                log.info("ending %d event stream(s); their clients resume from their last id", streams)
             server.should_exit = True
             await asyncio.wait([serving])
             supervisor.check()

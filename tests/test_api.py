@@ -124,6 +124,30 @@ def test_live_events_from_a_real_worker_and_resume_across_a_forced_disconnect(
     assert "Traceback" not in api.output
 
 
+def test_stopping_the_api_ends_each_event_stream_as_a_complete_response(redis_server, redis_client, services):
+    """SIGTERM with browsers connected: each stream ends cleanly (their EventSource comes
+    back with its last id), and the API exits at once. Before, uvicorn waited out its
+    grace for streams that never end, then cancelled them: two ERROR lines and a
+    traceback on every stop."""
+    announce(redis_client, "door")  # before the API starts: its streams are read from the first
+    api, port = start_api(services, redis_server.url)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    raw.sendall(f"GET /v1/events?access_token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    watching = SseClient(port, "/v1/events", token=TOKEN)
+    wait_for(lambda: watching.status == 200, 30, "the second stream")
+    write_track_events(redis_client, "door", 2)
+    wait_for(lambda: len(watching.snapshot()) == 2, 30, "live events")
+    assert api.stop() == 0, api.output
+    received = b""
+    while chunk := raw.recv(65536):
+        received += chunk
+    raw.close()
+    assert received.startswith(b"HTTP/1.1 200") and b": the API is stopping" in received, received[-300:]
+    assert received.endswith(b"\r\n0\r\n\r\n"), received[-100:]  # the chunked body's end: a complete response
+    assert "ending 2 event stream(s)" in api.output
+    assert "ERROR" not in api.output and "Traceback" not in api.output, api.output
+
+
 def test_tokens_and_bad_input_get_one_line_answers(redis_server, redis_client, services):
     api, port = start_api(services, redis_server.url)
     announce(redis_client, "door")
