@@ -136,6 +136,19 @@ def test_browser_camera_over_webrtc_gets_annotated_video_and_events(redis_server
         latency_ms = float(page.text_content("#latency") or "nan")
         page.screenshot(path=str(OUTPUT / "webrtc-page.png"), full_page=True)
         remote_png = page.locator("#remote").screenshot(path=str(OUTPUT / "webrtc-annotated-video.png"))
+        # The gateway restarts (a deploy): the page says so and comes back by itself, on a
+        # new session, with the camera it already has. Before, it showed "connected" and a
+        # frozen video until reloaded.
+        assert gateway.stop() == 0 and "Traceback" not in gateway.output
+        page.wait_for_function("document.getElementById('status').textContent.startsWith("
+                               "'the gateway ended the session; connecting again')", timeout=30_000)
+        seen = int(page.text_content("#count") or 0)
+        gateway = services("webrtc-2", "webrtc", "--redis", url, "--port", str(port), "--token", token,
+                           "--fps", "8", "--metrics-port", str(metrics_port))
+        page.wait_for_function(f"document.getElementById('camera').textContent !== '{camera}' && "
+                               f"Number(document.getElementById('count').textContent) >= {seen + 5}", timeout=90_000)
+        again = page.text_content("#camera")
+        assert again and again.startswith("webrtc-") and page.text_content("#status") == "connected"
         page.close()
         browser.close()
 
@@ -155,6 +168,6 @@ def test_browser_camera_over_webrtc_gets_annotated_video_and_events(redis_server
     print(f"\nWebRTC: {len(faces)} face events for {camera}; gateway-to-page median latency {latency_ms:.0f} ms")
 
     # Closing the tab frees the session: the camera is withdrawn, no peer left.
-    wait_for(lambda: not redis_client.sismember(keys.CAMERAS, camera), 60, "the camera to be withdrawn")
+    wait_for(lambda: not redis_client.sismember(keys.CAMERAS, again), 60, "the camera to be withdrawn")
     wait_for(lambda: sample_value(scrape(metrics_port), "emotion_stream_webrtc_peers") == 0, 30, "no open peers")
     assert gateway.alive() and "session closed" in gateway.output

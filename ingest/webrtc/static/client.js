@@ -3,6 +3,9 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
 const $ = (id) => document.getElementById(id);
 let pc = null;
+let camera = null;  // the local camera's stream, kept across sessions (no second permission prompt)
+const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 30000;
+let retryMs = RETRY_FIRST_MS, retryTimer = null;
 let count = 0;
 const latencies = [];
 const COLORS = {  // as the video overlay, in CSS
@@ -98,48 +101,88 @@ function legend() {
     .map(([e, c]) => `<span><i style="background:${c}"></i>${e}</span>`).join(" ");
 }
 
+// The gateway cannot take the session now (it is restarting, or overloaded): try again.
+class TryAgain extends Error {}
+
 async function start() {
   $("start").disabled = true;
-  setStatus("asking for the camera");
-  const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+  const live = camera && camera.getVideoTracks().some((track) => track.readyState === "live");
+  if (!live) setStatus("asking for the camera");
+  const stream = camera = live ? camera
+    : await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
   $("local").srcObject = stream;
-  pc = new RTCPeerConnection();
-  pc.addEventListener("track", (e) => { $("remote").srcObject = e.streams[0] || new MediaStream([e.track]); });
-  pc.addEventListener("connectionstatechange", () => setStatus(pc.connectionState));
-  const channel = pc.createDataChannel("events");
+  setStatus("connecting");
+  const session = pc = new RTCPeerConnection();
+  session.addEventListener("track", (e) => { $("remote").srcObject = e.streams[0] || new MediaStream([e.track]); });
+  session.addEventListener("connectionstatechange", () => { if (pc === session) setStatus(session.connectionState); });
+  const channel = session.createDataChannel("events");
   channel.addEventListener("message", (e) => showEvent(JSON.parse(e.data)));
-  stream.getVideoTracks().forEach((track) => pc.addTrack(track, stream));
-  pc.addTransceiver("video", { direction: "recvonly" });
-  await pc.setLocalDescription(await pc.createOffer());
+  channel.addEventListener("open", () => { retryMs = RETRY_FIRST_MS; });
+  // The gateway ended the session (it restarted, or dropped it): come back by ourselves, as
+  // a kiosk must. The user's own Stop clears `pc` before it closes the session.
+  channel.addEventListener("close", () => { if (pc === session) tryAgain("the gateway ended the session"); });
+  stream.getVideoTracks().forEach((track) => session.addTrack(track, stream));
+  session.addTransceiver("video", { direction: "recvonly" });
+  await session.setLocalDescription(await session.createOffer());
   await new Promise((resolve) => {  // gather all candidates: one offer, no trickle
-    if (pc.iceGatheringState === "complete") return resolve();
-    pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+    if (session.iceGatheringState === "complete") return resolve();
+    session.addEventListener("icegatheringstatechange", () => { if (session.iceGatheringState === "complete") resolve(); });
   });
-  const response = await fetch("offer", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, token }),
-  });
+  let response;
+  try {
+    response = await fetch("offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: session.localDescription.sdp, type: session.localDescription.type, token }),
+    });
+  } catch (e) {
+    throw new TryAgain(`the gateway does not answer (${e.message})`);
+  }
   if (!response.ok) {
-    setStatus(`refused: ${response.status} ${await response.text()}`);
-    return;
+    const refused = `refused: ${response.status} ${await response.text()}`;
+    if (response.status >= 500) throw new TryAgain(refused);
+    throw new Error(refused);  // a wrong token, a bad request: trying again changes nothing
   }
   const answer = await response.json();
   $("camera").textContent = answer.camera;
-  await pc.setRemoteDescription(answer);
+  await session.setRemoteDescription(answer);
   $("stop").disabled = false;
 }
 
-function stop() {
-  if (pc) pc.close();
-  pc = null;
-  setStatus("stopped");
+function connect() {
+  clearTimeout(retryTimer);
+  start().catch((e) => {
+    if (e instanceof TryAgain) return tryAgain(e.message);
+    end();
+    setStatus(`error: ${e.message || e}`);
+  });
+}
+
+function tryAgain(why) {
+  end();
+  $("start").disabled = true;  // it starts by itself; Stop ends the waiting
+  $("stop").disabled = false;
+  setStatus(`${why}; connecting again in ${retryMs / 1000} s`);
+  retryTimer = setTimeout(connect, retryMs);
+  retryMs = Math.min(2 * retryMs, RETRY_MAX_MS);
+}
+
+function end() {
+  const session = pc;
+  pc = null;  // before closing: this close is ours, not the gateway's
+  if (session) session.close();
+  clearTimeout(retryTimer);
   $("stop").disabled = true;
   $("start").disabled = false;
 }
 
+function stop() {
+  end();
+  setStatus("stopped");
+}
+
 legend();
 requestAnimationFrame(drawTimeline);
-$("start").addEventListener("click", () => start().catch((e) => setStatus(`error: ${e}`)));
+$("start").addEventListener("click", connect);
 $("stop").addEventListener("click", stop);
-if (params.get("autostart") === "1") start().catch((e) => setStatus(`error: ${e}`));
+if (params.get("autostart") === "1") connect();
