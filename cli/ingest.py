@@ -90,6 +90,7 @@ def _cameras(args: argparse.Namespace) -> list[tuple[str, SourceSpec]]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from emotion_stream import metrics
     from emotion_stream.embedded_redis import redis_url_or_embedded
     from emotion_stream.lifecycle import Supervisor, TaskFailed, run_service
     from emotion_stream.redis_conn import connect
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         reload = asyncio.Event()
         if args.cameras:
             loop.add_signal_handler(signal.SIGHUP, _reload_on_hup, reload, log)
+            metrics.CAMERAS_FILE_APPLIED.set(1)  # read at start (a mistake in it stopped the start)
         name = f"emotion-stream-ingest-{cameras[0][0]}" if len(cameras) == 1 else "emotion-stream-ingest"
         client = connect(url, name=name)
         supervisor = Supervisor("ingest", stop)

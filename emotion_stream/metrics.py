@@ -58,6 +58,11 @@ FRAMES_DROPPED = Counter(
 )
 SOURCE_RECONNECTS = Counter(f"{NS}_source_reconnects_total", "Video source reopen attempts", ["camera"])
 SOURCE_UP = Gauge(f"{NS}_source_up", "1 while the video source delivers frames", ["camera"])
+INGEST_CAMERAS = Gauge(f"{NS}_ingest_cameras", "Cameras this ingest process reads now")
+CAMERAS_FILE_APPLIED = Gauge(
+    f"{NS}_ingest_cameras_file_applied", "1 when the cameras file as last read (at start or on SIGHUP) is applied, 0 when "
+    "it was refused (the cameras go on as before)",
+)
 
 # ---------------------------------------------------------------- worker
 FRAMES_PROCESSED = Counter(f"{NS}_frames_processed_total", "Frames analysed and published", ["camera"])

@@ -98,6 +98,7 @@ class CameraSet:
                     essential=essential,
                 )
                 self._finished.pop(camera, None)
+            metrics.INGEST_CAMERAS.set(len(self._running))
             leases.clear()  # held by their cameras now
             return True
         finally:
@@ -169,8 +170,10 @@ class CameraSet:
         try:
             wanted = dict(read_camera_list(path))
         except ValueError as exc:
+            metrics.CAMERAS_FILE_APPLIED.set(0)
             log.error("cameras file not applied, the cameras go on as they were: %s", exc)
             return
+        metrics.CAMERAS_FILE_APPLIED.set(1)
         added = [camera for camera, spec in wanted.items()
                  if camera not in self._running and self._finished.get(camera) != spec]
         removed = [camera for camera in self._running if camera not in wanted]
@@ -204,6 +207,7 @@ class CameraSet:
     async def _forget(self, camera: str) -> None:
         """A camera whose reader has ended: its lease freed, what became of its frames logged."""
         running = self._running.pop(camera)
+        metrics.INGEST_CAMERAS.set(len(self._running))
         await cancel_and_wait(running.keeper)
         with contextlib.suppress(*TRANSIENT_ERRORS):  # Redis gone: the lease expires on its own
             await running.lease.release()

@@ -294,6 +294,8 @@ def test_sighup_applies_a_changed_cameras_file_to_the_running_cameras(redis_serv
     ingest.signal(signal.SIGHUP)
     wait_for(lambda: "cameras file not applied" in ingest.output, 30, "the mistake said")
     assert "line 2: camera 'hall' again" in ingest.output and ingest.alive()
+    scraped = scrape(port)  # what the alert on a refused file reads
+    assert "emotion_stream_ingest_cameras_file_applied 0.0" in scraped and "emotion_stream_ingest_cameras 2.0" in scraped  # hall, desk
     cameras.write_text("hall sample:2\ndesk sample:2\n")
     ingest.signal(signal.SIGHUP)
     wait_for(lambda: applied(2), 30, "the cameras file applied again")
@@ -301,6 +303,7 @@ def test_sighup_applies_a_changed_cameras_file_to_the_running_cameras(redis_serv
     wait_for(lambda: (last := _last_frame(redis_client, "hall")) is not None and last.seq < hall, 30,
              "hall's frames from its new source, numbered from 0")
     assert up() == {"hall": 1.0, "desk": 1.0}, up()  # notes is no longer listed
+    assert "emotion_stream_ingest_cameras_file_applied 1.0" in scrape(port)
     assert ingest.stop() == 0, ingest.output
     assert "Traceback" not in ingest.output
 
