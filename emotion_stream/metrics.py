@@ -7,6 +7,7 @@ goes through :func:`camera_label`, which caps the number of distinct values.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -203,6 +204,30 @@ def init_camera_series(camera: str, *, ingest: bool = False) -> str:
         for drop in DROP_REASONS:
             FRAMES_DROPPED.labels(label, drop)
     return label
+
+
+BACKLOG_STATES = ("lag", "pending")
+
+
+def forget_camera(camera: str) -> None:
+    """A camera withdrawn (a batch job done, a camera forgotten or dropped from a cameras
+    file): its series go, and its label is free for another camera. Without this, each
+    batch job a long-running worker served kept a label for good, and after
+    MAX_CAMERA_LABELS of them every new camera was ``other``. (``other`` itself stays.)"""
+    with _camera_lock:
+        if camera not in _camera_labels:
+            return
+        _camera_labels.discard(camera)
+    series: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
+        (FRAMES_PROCESSED, ()), (FRAMES_INGESTED, ()), (FRAMES_UNCONFIRMED, ()), (SOURCE_RECONNECTS, ()),
+        (SOURCE_UP, ()),
+        *((FRAMES_SKIPPED, (reason,)) for reason in SKIP_REASONS),
+        *((FRAMES_DROPPED, (drop,)) for drop in DROP_REASONS),
+        *((BACKLOG, (state,)) for state in BACKLOG_STATES),
+    ]
+    for metric, rest in series:
+        with contextlib.suppress(KeyError):
+            metric.remove(camera, *rest)
 
 
 TRACK_SKIP_REASONS = ("gap", "late", "before_lookback", "duplicate", "malformed")

@@ -163,7 +163,7 @@ class CameraSet:
         if (error := _error(running.reader)) is not None:
             log.error("camera %s: %s", camera, error)
         await self._forget(camera)
-        _forget_source(camera)
+        metrics.forget_camera(camera)  # no longer a source here: no source-down alert for it
 
     async def _reload(self, path: Path) -> None:
         log.info("reading the cameras file %s again", path)
@@ -181,8 +181,8 @@ class CameraSet:
                    if camera in wanted and wanted[camera] != running.spec]
         for camera in removed + changed:
             await self.stop(camera)
-        for camera in self._failed - wanted.keys():
-            _forget_source(camera)
+        for camera in (self._failed | self._finished.keys()) - wanted.keys():
+            metrics.forget_camera(camera)  # dropped from the file: its series go
         self._failed.clear()  # the others are tried again now
         self._finished = {camera: spec for camera, spec in self._finished.items() if camera in wanted}
         started = []
@@ -212,12 +212,6 @@ class CameraSet:
         with contextlib.suppress(*TRANSIENT_ERRORS):  # Redis gone: the lease expires on its own
             await running.lease.release()
         log.info("%s", running.publisher.summary())
-
-
-def _forget_source(camera: str) -> None:
-    """No longer a source of this process: no source-down alert for it."""
-    with contextlib.suppress(KeyError):
-        metrics.SOURCE_UP.remove(metrics.camera_label(camera))
 
 
 def _error(task: asyncio.Task[None]) -> BaseException | None:

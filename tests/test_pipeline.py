@@ -286,6 +286,7 @@ def test_sighup_applies_a_changed_cameras_file_to_the_running_cameras(redis_serv
     wait_for(lambda: frames("desk") >= 3 and frames("hall") >= hall + 3, 30, "the new and the untouched camera")
     assert frames("door") == door  # stopped
     assert up() == {"hall": 1.0, "desk": 1.0, "notes": 0.0}, up()  # listed and down: its alert fires
+    assert 'camera="door"' not in scrape(port)  # removed: every series of it gone, its label free
     # The untouched camera was never restarted; the ended file was not read again.
     assert ingest.output.count("camera hall: reading") == 1 and ingest.output.count("camera tape: reading") == 1
     assert redis_client.xlen(keys.frames("tape")) == 6  # 1 s at 5 fps and the end marker
@@ -376,6 +377,10 @@ def test_cameras_lists_them_and_forgets_a_retired_one(redis_server, redis_client
     # after every batch run and every forget) and no warning.
     assert re.search(r'^emotion_stream_redis_errors_total\{component="worker"\} 0\.0$', scrape(port), re.M)
     assert "WARNING" not in worker.output and "withdrawn" in worker.output, worker.output[-3000:]
+    # Withdrawn cameras' series and labels go (each batch job kept one for good: after 64
+    # of them, every new camera was "other").
+    labelled = set(re.findall(r'camera="([^"]+)"', scrape(port)))
+    assert labelled == {"tape"}, labelled
     assert "stopped tracking camera hall: withdrawn" in worker.output, worker.output[-3000:]
     assert worker.alive() and "Traceback" not in worker.output
 

@@ -117,6 +117,8 @@ class ConsumerGroup:
         self.streams = [s for s in wanted if s not in self._failed]
         current = set(self.streams)
         added = [s for s in self.streams if s not in previous]
+        for stream in previous - current - set(self._failed):
+            metrics.forget_camera(keys.camera_of(stream))  # withdrawn: its series and label go
         now = time.monotonic()
         self._hot = {s: t for s, t in self._hot.items() if s in current}
         if len(added) <= HOT_ON_JOIN_MAX:
