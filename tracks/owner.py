@@ -162,6 +162,7 @@ class TrackOwner:
         cameras = sorted(as_text(c) for c in members)
         share = math.ceil(len(cameras) / max(1, len(alive)))
         free = [c for c in cameras if c not in self.tokens]
+        self._unowned_since = {c: t for c, t in self._unowned_since.items() if c in free}  # not the withdrawn
         holders = await self._leases(free)
         for camera, holder in zip(free, holders):
             if holder is not None:

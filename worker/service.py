@@ -279,6 +279,7 @@ class Worker:
         Warned and gauged; the records wait, and a later owner publishes them (untracked
         past its look-back)."""
         cameras = self.writer.recent_cameras(ANNOUNCE_S * 2)
+        self._unowned_since = {c: t for c, t in self._unowned_since.items() if c in cameras}  # not the withdrawn
         pipe = self.redis.pipeline(transaction=False)
         for camera in cameras:
             pipe.exists(keys.track_lease(camera))

@@ -119,6 +119,7 @@ class ConsumerGroup:
         added = [s for s in self.streams if s not in previous]
         for stream in previous - current - set(self._failed):
             metrics.forget_camera(keys.camera_of(stream))  # withdrawn: its series and label go
+            self._claim_cursor.pop(stream, None)
         now = time.monotonic()
         self._hot = {s: t for s, t in self._hot.items() if s in current}
         if len(added) <= HOT_ON_JOIN_MAX:
