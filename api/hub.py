@@ -25,7 +25,7 @@ from emotion_stream import keys, metrics
 from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, StreamReader, as_text, clock_ms
 
-from .streams import KINDS, Event, EventId, stream_of
+from .streams import KINDS, Event, EventId, Withdrawals, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class EventHub:
         self.pending: list[Event] = []  # read, not yet past the watermark
         self.healthy = False
         self._discovered = 0.0
+        self._withdrawals = Withdrawals()  # cameras left the set: read a while longer
         self._watermark = 0  # events below it were handed out
         self._offset_ms = 0.0  # Redis' clock minus this host's, at the last reading
 
@@ -198,7 +199,7 @@ class EventHub:
     async def _discover(self) -> None:
         """Start reading the streams of cameras not read yet, from the watermark on (no
         history is replayed as live; a camera is announced before its first frame, so
-        its events come after)."""
+        its events come after); stop reading those withdrawn WITHDRAWN_GRACE_S ago."""
         members = {as_text(m) for m in await self.redis.smembers(keys.CAMERAS)}
         watermark = self._watermark or await clock_ms(self.redis)
         start = f"{watermark - 1}-{MAX_SEQ}"  # from the watermark on: earlier events were handed out
@@ -207,8 +208,8 @@ class EventHub:
                 stream = stream_of(kind, camera)
                 if stream not in self.cursors:
                     self.cursors[stream], self.cameras[stream], self.kinds[stream] = start, camera, kind
-        for stream in [s for s, camera in self.cameras.items() if camera not in members]:
-            del self.cursors[stream], self.cameras[stream], self.kinds[stream]  # withdrawn (a finished batch job)
+        for stream in self._withdrawals.expired(self.cameras, members, time.monotonic()):
+            del self.cursors[stream], self.cameras[stream], self.kinds[stream]
 
     async def aclose(self) -> None:
         await self.reader.aclose()

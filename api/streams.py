@@ -25,6 +25,11 @@ KINDS: tuple[Kind, ...] = ("events", "tracks")
 TYPES: dict[str, Kind] = {"face": "events", "end": "events", "track_started": "tracks",
                           "emotion_changed": "tracks", "track_ended": "tracks"}
 _ENTRY = re.compile(r"^(\d{1,15})-(\d{1,19})$")
+# A camera withdrawn from the cameras set (a browser's WebRTC session closed, a batch job
+# done, `cameras --forget`) still gets events for a while: its people's track_ended come
+# after the tracker's timeout (and reorder window, 30 s for a recorded video). Its streams
+# are read on this long, then dropped.
+WITHDRAWN_GRACE_S = 60.0
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -84,3 +89,22 @@ class Event:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "message", f"id: {self.id}\ndata: {self.data}\n\n".encode())
+
+
+class Withdrawals:
+    """When each read stream's camera left the cameras set; which to stop reading now."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def expired(self, cameras: dict[str, str], announced: set[str], now: float) -> list[str]:
+        """Of ``cameras`` (stream -> camera), the streams whose camera has not been
+        announced for WITHDRAWN_GRACE_S (monotonic ``now``)."""
+        done = []
+        for stream, camera in cameras.items():
+            if camera in announced:
+                self._since.pop(stream, None)
+            elif now - self._since.setdefault(stream, now) >= WITHDRAWN_GRACE_S:
+                done.append(stream)
+                del self._since[stream]
+        return done

@@ -33,7 +33,7 @@ from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, StreamReader, a
 from emotion_stream.settings import Settings
 
 from .hub import parse_entry
-from .streams import Event, stream_of
+from .streams import WITHDRAWN_GRACE_S, Event, Withdrawals, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Webhook:
         metrics.WEBHOOK_BACKLOG.labels(receiver.id).set(0)
         self.since = ""  # when this webhook was first configured: cameras it meets later start there
         self._discovered = 0.0
+        self._withdrawals = Withdrawals()  # cameras left the set: read a while longer
 
     @property
     def name(self) -> str:
@@ -208,6 +209,18 @@ class Webhook:
                 stream = stream_of(kind, camera)
                 self.streams.setdefault(stream, (kind, camera))
                 self.cursors.setdefault(stream, self.since)
+        # Withdrawn cameras (a WebRTC session, a batch job): read on for the events that
+        # end their people, then dropped with their cursors, or every batch job and every
+        # browser session would be read, and kept in the cursor hash, for good.
+        cameras = {stream: camera for stream, (_, camera) in self.streams.items()}
+        gone = self._withdrawals.expired(cameras, set(members), time.monotonic())
+        for stream in gone:
+            del self.streams[stream], self.cursors[stream]
+        if gone:
+            await self.redis.hdel(keys.webhook_cursor(self.name), *gone)
+        # Face events are thinned per person; people long gone need no entry.
+        recent = time.time() - max(WITHDRAWN_GRACE_S, 2 * (self.face_every_s or 0.0))
+        self.last_face = {key: at for key, at in self.last_face.items() if at >= recent}
 
     async def aclose(self) -> None:
         await self.reader.aclose()

@@ -148,6 +148,24 @@ def test_stopping_the_api_ends_each_event_stream_as_a_complete_response(redis_se
     assert "ERROR" not in api.output and "Traceback" not in api.output, api.output
 
 
+def test_a_withdrawn_cameras_last_events_still_reach_live_clients(redis_server, redis_client, services):
+    """A browser's WebRTC session closes: its camera leaves the cameras set at once, and
+    its people's track_ended come after the tracker's timeout. Before, the API stopped
+    reading the camera's streams at its next look at the set (every second), and live
+    clients never saw those people leave."""
+    announce(redis_client, "webrtc-1")
+    api, port = start_api(services, redis_server.url)
+    watching = SseClient(port, "/v1/events", token=TOKEN)
+    wait_for(lambda: watching.status == 200, 30, "the stream")
+    write_track_events(redis_client, "webrtc-1", 1)
+    wait_for(lambda: len(watching.snapshot()) == 1, 30, "the person's arrival")
+    redis_client.srem(keys.CAMERAS, "webrtc-1")  # the session closed
+    time.sleep(2.5)  # the API has looked at the cameras set twice since
+    write_track_events(redis_client, "webrtc-1", 2, first_track=2)
+    wait_for(lambda: len(watching.snapshot()) == 3, 30, "events after the withdrawal")
+    assert [m.data["type"] for m in watching.snapshot()] == ["track_started", "track_started", "track_ended"]
+
+
 def test_tokens_and_bad_input_get_one_line_answers(redis_server, redis_client, services):
     api, port = start_api(services, redis_server.url)
     announce(redis_client, "door")
