@@ -170,4 +170,7 @@ def test_browser_camera_over_webrtc_gets_annotated_video_and_events(redis_server
     # Closing the tab frees the session: the camera is withdrawn, no peer left.
     wait_for(lambda: not redis_client.sismember(keys.CAMERAS, again), 60, "the camera to be withdrawn")
     wait_for(lambda: sample_value(scrape(metrics_port), "emotion_stream_webrtc_peers") == 0, 30, "no open peers")
+    # Each session is a camera: its series go with it (they kept a camera label each, and
+    # after 64 browser sessions every new one was "other").
+    assert 'camera="webrtc-' not in scrape(metrics_port)
     assert gateway.alive() and "session closed" in gateway.output

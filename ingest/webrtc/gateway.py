@@ -228,6 +228,7 @@ class Session:
             log.warning("camera %s: could not withdraw from the cameras set", self.camera)
         self.gateway.sessions.discard(self)
         metrics.PEERS_CONNECTED.set(len(self.gateway.sessions))
+        metrics.forget_camera(self.camera)  # each session is a camera: its series and label go with it
         log.info("camera %s: session closed, %s (%d open)", self.camera, reason, len(self.gateway.sessions))
 
     async def close_unless_connected(self, timeout: float) -> None:
