@@ -31,7 +31,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s; 0.0.0.0 for all)")
     p.add_argument("--port", type=number(int, 0, 65535), default=8080, help="default %(default)s")
     p.add_argument("--fps", type=number(float, 0, 1000, above=True), default=10.0, help="frames per second sent to the workers (default %(default)s)")
-    add_settings(p, "webrtc_token", "webrtc_max_sessions", "webrtc_connect_timeout_s", "webrtc_ice_servers")
+    add_settings(p, "webrtc_token", "webrtc_max_sessions", "webrtc_connect_timeout_s", "webrtc_ice_servers",
+                 "webrtc_session_keep_s")
     add_service_options(p)
 
 

@@ -189,6 +189,10 @@ class Settings(BaseModel):
     webrtc_connect_timeout_s: float = Field(
         20.0, gt=0, le=600, description="a peer not connected this long after its offer is closed"
     )
+    webrtc_session_keep_s: int = Field(
+        86_400, ge=60, description="a closed browser session's events, tracks and counts are kept this long for "
+        "history (its frames are deleted at once)",
+    )
     webrtc_ice_servers: str = Field(
         "", description="comma-separated STUN/TURN URLs (stun:host:3478, turn:user:pass@host:3478) for browsers "
         "behind NAT; empty: none (host candidates only, enough on a LAN; nothing is contacted)",

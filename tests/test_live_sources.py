@@ -173,4 +173,6 @@ def test_browser_camera_over_webrtc_gets_annotated_video_and_events(redis_server
     # Each session is a camera: its series go with it (they kept a camera label each, and
     # after 64 browser sessions every new one was "other").
     assert 'camera="webrtc-' not in scrape(metrics_port)
+    # ... and so do its frames, and its history expires (each session stayed in Redis for good).
+    assert not redis_client.exists(keys.frames(again)) and 0 < redis_client.ttl(keys.events(again)) <= 86_400
     assert gateway.alive() and "session closed" in gateway.output

@@ -224,12 +224,24 @@ class Session:
         await self.pc.close()
         try:
             await self.gateway.redis.srem(keys.CAMERAS, self.camera)
+            await self._retire()
         except Exception:  # noqa: BLE001 - Redis down at close: the camera set is advisory
             log.warning("camera %s: could not withdraw from the cameras set", self.camera)
         self.gateway.sessions.discard(self)
         metrics.PEERS_CONNECTED.set(len(self.gateway.sessions))
         metrics.forget_camera(self.camera)  # each session is a camera: its series and label go with it
         log.info("camera %s: session closed, %s (%d open)", self.camera, reason, len(self.gateway.sessions))
+
+    async def _retire(self) -> None:
+        """Each session is a camera of its own, never seen again: its frames (up to the
+        stream's bound, 15 MB at 640x480) go now, and its history expires after
+        --webrtc-session-keep-s; before, every browser session stayed in Redis for good."""
+        redis = self.gateway.redis
+        await redis.delete(keys.frames(self.camera), keys.ingest_last_write(self.camera))
+        keep = self.gateway.settings.webrtc_session_keep_s
+        for key in (keys.events(self.camera), keys.tracks(self.camera), keys.stats(self.camera),
+                    keys.dead_letter(self.camera), keys.analysed(self.camera)):
+            await redis.expire(key, keep)
 
     async def close_unless_connected(self, timeout: float) -> None:
         """A peer that does not connect in time (its browser left before ICE completed)
