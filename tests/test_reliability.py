@@ -359,3 +359,28 @@ def test_a_frame_write_whose_reply_is_lost_is_stored_once_and_its_number_never_r
         return [int(fields[b"seq"]) for _, fields in entries]
 
     assert asyncio.run(scenario()) == [0, 1, 2, 3]
+
+
+def test_workers_long_dead_leave_the_workers_hash_and_the_consumer_groups(redis_server, redis_client, services):
+    """A worker's name is its host and pid, so every worker ever killed (a pod replaced)
+    stayed in the workers hash and in every camera's consumer group for good. Silent for
+    an hour, it is removed, once it holds no entry (those are reclaimed first)."""
+    stream = keys.frames("door")
+    redis_client.sadd(keys.CAMERAS, "door")
+    redis_client.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+    for seq in range(2):
+        redis_client.xadd(stream, {"junk": seq})
+    [[_, [(first, _)]]] = redis_client.xreadgroup(keys.WORKER_GROUP, "ghost", {stream: ">"}, count=1)
+    redis_client.xack(stream, keys.WORKER_GROUP, first)  # ghost: nothing pending
+    redis_client.xreadgroup(keys.WORKER_GROUP, "holding", {stream: ">"}, count=1)  # holding: one entry
+    now = time.time()
+    redis_client.hset(keys.WORKERS, mapping={"ghost": now - 7200, "holding": now - 7200, "resting": now - 600})
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS, "--name", "live")
+
+    def consumers() -> set[str]:
+        return {c["name"].decode() for c in redis_client.xinfo_consumers(stream, keys.WORKER_GROUP)}
+
+    # The held entry is reclaimed (and dead-lettered: it is no frame), then its holder goes too.
+    wait_for(lambda: consumers() == {"live"}, 60, "the dead workers' consumers removed")
+    assert set(redis_client.hkeys(keys.WORKERS)) == {b"live", b"resting"}  # silent 10 min: still listed
+    assert "worker ghost silent for 7" in worker.output and "worker holding silent for 7" in worker.output

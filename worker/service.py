@@ -30,7 +30,7 @@ from emotion_stream.keys import Stat
 from emotion_stream.leases import Lease
 from emotion_stream.lifecycle import Supervisor, cancel_and_wait, sleep_or_stop
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, retrying
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, as_text, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
     FrameKind,
@@ -53,6 +53,7 @@ HEARTBEAT_S = 2.0
 DISCOVERY_S = 0.2  # how soon a new camera or batch job is picked up (SMEMBERS: cheap)
 MAX_DELIVERIES = 3  # an entry handed out this often without completing is poison
 ALIVE_WINDOW_S = 10.0
+GONE_AFTER_S = 3600.0  # a worker with no heartbeat this long is dead, and its consumers are removed
 MAX_CLOCK_SKEW_S = 30.0  # captured_at may be this far past the XADD time (Redis' clock)
 READ_BLOCK_MS = 100  # bounds discovery latency and how long shutdown waits for the reader
 
@@ -260,6 +261,7 @@ class Worker:
                 await self._sync_clock()
                 beats = await self.redis.hgetall(keys.WORKERS)
                 alive = sum(1 for t in beats.values() if now - float(t) < ALIVE_WINDOW_S)
+                await self._bury(now, {as_text(name): float(t) for name, t in beats.items()})
                 metrics.WORKERS_ALIVE.set(alive)
                 for stream, (lag, pending) in (await self.group.backlog()).items():
                     camera = metrics.camera_label(keys.camera_of(stream))
@@ -272,6 +274,16 @@ class Worker:
             except Exception:  # housekeeping must never kill the worker
                 log.exception("housekeeping failed")
             await sleep_or_stop(stop, HEARTBEAT_S)
+
+    async def _bury(self, now: float, beats: dict[str, float]) -> None:
+        """Workers silent for GONE_AFTER_S (killed, or a pod replaced: a name is host and
+        pid) leave the workers hash and every consumer group they hold nothing in; else
+        each one ever started stayed in both for good."""
+        for name in [name for name, beat in beats.items() if now - beat > GONE_AFTER_S]:
+            if await self.group.remove_consumer(name):  # else pending entries wait to be reclaimed first
+                await self.redis.hdel(keys.WORKERS, name)
+                log.info("worker %s: worker %s silent for %.0f s; removed from the consumer groups", self.name,
+                         name, now - beats[name])
 
     async def _watch_tracking(self, now: float) -> None:
         """Frame records of this worker's cameras with no tracking owner for more than two

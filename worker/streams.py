@@ -312,14 +312,24 @@ class ConsumerGroup:
 
     async def leave(self) -> None:
         """Remove this consumer from every group where it holds no pending entries."""
+        await self.remove_consumer(self.consumer)
+        await self.reader.aclose()
+
+    async def remove_consumer(self, consumer: str) -> bool:
+        """Remove ``consumer`` (this one leaving, or a worker long dead) from every group
+        where it holds no pending entries: those wait to be reclaimed, never deleted.
+        True when it is in none now."""
+        kept = 0
         for chunk in _chunks(self.streams):
             pipe = self.redis.pipeline(transaction=False)
             for stream in chunk:
-                pipe.xpending_range(stream, self.group, "-", "+", 1, consumername=self.consumer)
+                pipe.xpending_range(stream, self.group, "-", "+", 1, consumername=consumer)
             replies = await pipe.execute(raise_on_error=False)
             pipe = self.redis.pipeline(transaction=False)
             for stream, pending in zip(chunk, replies):
                 if not isinstance(pending, Exception) and not pending:
-                    pipe.xgroup_delconsumer(stream, self.group, self.consumer)
+                    pipe.xgroup_delconsumer(stream, self.group, consumer)
+                else:
+                    kept += 1
             await pipe.execute(raise_on_error=False)
-        await self.reader.aclose()
+        return kept == 0
