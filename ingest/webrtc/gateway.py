@@ -226,7 +226,8 @@ class Session:
             await self.gateway.redis.srem(keys.CAMERAS, self.camera)
             await self._retire()
         except Exception:  # noqa: BLE001 - Redis down at close: the camera set is advisory
-            log.warning("camera %s: could not withdraw from the cameras set", self.camera)
+            log.warning("camera %s: Redis unavailable; the camera is not withdrawn, its frames not retired",
+                        self.camera)
         self.gateway.sessions.discard(self)
         metrics.PEERS_CONNECTED.set(len(self.gateway.sessions))
         metrics.forget_camera(self.camera)  # each session is a camera: its series and label go with it
