@@ -91,12 +91,9 @@ class CameraSet:
             for (camera, spec), lease in zip(cameras, leases):
                 publisher = FramePublisher(self._redis, camera, self._settings)
                 stop = asyncio.Event()
-                self._running[camera] = _Running(
-                    spec, publisher, lease, stop,
-                    reader=asyncio.create_task(run_camera(spec, publisher, self._options, stop), name=f"camera-{camera}"),
-                    keeper=self._supervisor.start(lease.keep(stop), f"ingest-lease-{camera}"),
-                    essential=essential,
-                )
+                reader = asyncio.create_task(run_camera(spec, publisher, self._options, stop), name=f"camera-{camera}")
+                keeper = self._supervisor.start(lease.keep(stop), f"ingest-lease-{camera}")
+                self._running[camera] = _Running(spec, publisher, lease, stop, reader, keeper, essential)
                 self._finished.pop(camera, None)
             metrics.INGEST_CAMERAS.set(len(self._running))
             leases.clear()  # held by their cameras now
