@@ -163,7 +163,7 @@ async def cameras(client: aioredis.Redis) -> list[dict[str, Any]]:
         counts = {as_text(k): int(v) for k, v in stats.items()} if isinstance(stats, dict) else {}
         out.append({
             "camera": camera,
-            "ingesting": ingesting is True or ingesting == 1,
+            "ingesting": ingesting == 1,  # EXISTS (an error reply is no)
             "last_frame_at": last_ms / 1000 if last_ms else None,
             "fps": round(int(sent) / FPS_WINDOW_S, 2) if sent is not None else None,
             "active_tracks": len(_active_tracks(state if isinstance(state, (bytes, str)) else None)),

@@ -138,29 +138,33 @@ class CameraSet:
 
     async def stop_all(self) -> list[tuple[str, BaseException]]:
         """Stop every camera and free its lease; the essential ones that failed meanwhile."""
-        failures = []
         for running in self._running.values():
             running.stop.set()
+        failures = []
         for camera in list(self._running):
-            running = self._running[camera]
-            await asyncio.wait({running.reader})
-            error = _error(running.reader)
-            if error is not None and running.essential:
+            essential = self._running[camera].essential
+            if (error := await self._end(camera)) is not None and essential:
                 failures.append((camera, error))
-            elif error is not None:
-                log.error("camera %s: %s", camera, error)
-            await self._forget(camera)
         return failures
 
     async def stop(self, camera: str) -> None:
         """Stop one camera (removed from the cameras file), its lease freed."""
         running = self._running[camera]
         running.stop.set()
+        if (error := await self._end(camera)) is not None and running.essential:
+            log.error("camera %s: %s", camera, error)  # removed: nobody else says it
+        metrics.forget_camera(camera)  # no longer a source here: no source-down alert for it
+
+    async def _end(self, camera: str) -> BaseException | None:
+        """Wait for a stopped camera's reader, then forget it; its reader's error, logged
+        here unless the camera started with the process (the caller says those)."""
+        running = self._running[camera]
         await asyncio.wait({running.reader})
-        if (error := _error(running.reader)) is not None:
+        error = _error(running.reader)
+        if error is not None and not running.essential:
             log.error("camera %s: %s", camera, error)
         await self._forget(camera)
-        metrics.forget_camera(camera)  # no longer a source here: no source-down alert for it
+        return error
 
     async def _reload(self, path: Path) -> None:
         log.info("reading the cameras file %s again", path)
