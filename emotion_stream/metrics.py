@@ -115,6 +115,11 @@ INVALID_CAMERA_IDS = Counter(
     f"{NS}_invalid_camera_ids_total", "Distinct ids in the cameras set that workers refuse to consume"
 )
 REDIS_ERRORS = Counter(f"{NS}_redis_errors_total", "Redis connection failures seen", ["component"])
+REDIS_EVICTING_NODES = Gauge(
+    f"{NS}_redis_evicting_nodes",
+    "Redis masters set to evict keys when full (maxmemory with a policy other than noeviction): data "
+    "would vanish uncounted",
+)
 # --- tracking
 TRACKS_ACTIVE = Gauge(f"{NS}_tracks_active", "People being tracked now (this owner's cameras)")
 TRACK_DURATION_SECONDS = Histogram(

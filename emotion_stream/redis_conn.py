@@ -288,6 +288,24 @@ async def clock_ms(client: aioredis.Redis) -> int:
     return min(int(seconds) * 1000 + int(micros) // 1000 for seconds, micros in times)
 
 
+async def evicting_nodes(client: aioredis.Redis) -> dict[str, str] | None:
+    """The Redis masters that may evict keys when full (a ``maxmemory`` and a
+    ``maxmemory-policy`` other than ``noeviction``: a cache's settings, or a managed
+    Redis' default), each with its policy; None when INFO is refused (an ACL without
+    ``@dangerous``). Evicted keys vanish uncounted: a camera's frame stream and its
+    consumer group, a lease, the tracker's state. Under ``noeviction`` a full Redis
+    refuses writes instead, an outage every part waits out and counts."""
+    try:
+        if is_cluster(client):
+            replies = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        else:
+            replies = {"redis": await client.info("memory")}
+    except redis.exceptions.NoPermissionError:
+        return None
+    return {as_text(node): str(info.get("maxmemory_policy", "noeviction")) for node, info in replies.items()
+            if int(info.get("maxmemory", 0)) > 0 and info.get("maxmemory_policy", "noeviction") != "noeviction"}
+
+
 def as_text(value: bytes | str) -> str:
     """A name or id from a Redis reply (bytes, or str with decode_responses) as str."""
     return value.decode() if isinstance(value, bytes) else value

@@ -140,6 +140,29 @@ def test_subscribers_move_to_another_node_when_theirs_dies(cluster):
     assert before >= 1 and after >= before + 3, (before, after)
 
 
+def test_each_master_that_may_evict_keys_is_named(cluster):
+    """A cluster's masters are configured one by one: one of them set to evict is enough
+    to lose a camera's keys (all of them on its slot)."""
+    import asyncio
+
+    from emotion_stream.redis_conn import connect, evicting_nodes
+
+    first, second, third = cluster.master_nodes()
+    first.client().config_set("maxmemory", 1 << 30)
+    first.client().config_set("maxmemory-policy", "allkeys-lru")
+    second.client().config_set("maxmemory-policy", "volatile-lru")  # no maxmemory: nothing evicted
+    third.client().config_set("maxmemory", 1 << 30)  # noeviction: a full node refuses writes
+
+    async def read() -> dict[str, str] | None:
+        client = connect(cluster.url, "policy")
+        try:
+            return await evicting_nodes(client)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(read()) == {first.address: "allkeys-lru"}
+
+
 @pytest.mark.slow
 def test_live_and_batch_survive_a_master_failover(cluster, services, tmp_path, face_bgr):
     url = cluster.url

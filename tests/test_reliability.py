@@ -19,7 +19,7 @@ from ingest.samples import write_clip
 
 from .mjpeg_camera import MJPEGCamera
 from .procs import wait_for
-from .test_observability import sample_value, scrape
+from .test_observability import sample_value, scrape, serving
 from .test_pipeline import WORKER_FLAGS, faces_of
 
 
@@ -130,6 +130,37 @@ def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_cl
     assert dropped > 0, "live frames refused by the full Redis must be counted"
     assert worker.stop() == 0 and ingest.stop() == 0
     assert "Traceback" not in worker.output + ingest.output
+
+
+def test_a_redis_that_may_evict_keys_is_warned_about(redis_server, redis_client, services):
+    """A maxmemory with an evicting policy (a cache's settings, or a managed Redis'
+    default) deletes frame streams, consumer groups, leases and tracker state when full,
+    with nothing counted; the worker used to run on it without a word."""
+    redis_client.config_set("maxmemory", 1 << 30)
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    worker_metrics = free_port()
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS,
+                      "--metrics-port", str(worker_metrics))
+    wait_for(lambda: "maxmemory-policy allkeys-lru" in worker.output, 60, "the worker's warning")
+    assert "set maxmemory-policy noeviction" in worker.output
+    assert sample_value(scrape(worker_metrics), "emotion_stream_redis_evicting_nodes") == 1
+    assert worker.stop() == 0
+
+
+def test_a_redis_that_refuses_writes_when_full_is_not_warned_about(redis_server, redis_client, services):
+    redis_client.config_set("maxmemory", 1 << 30)
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    worker_metrics = free_port()
+    worker = services("worker", "worker", "--redis", redis_server.url, *WORKER_FLAGS,
+                      "--metrics-port", str(worker_metrics))
+    # The housekeeper's first pass sets the workers gauge, then reads the policy.
+    wait_for(lambda: serving(worker_metrics), 60, "the worker's metrics")
+    wait_for(lambda: sample_value(scrape(worker_metrics), "emotion_stream_workers_alive") == 1, 60,
+             "the worker's first housekeeping")
+    time.sleep(1)
+    assert sample_value(scrape(worker_metrics), "emotion_stream_redis_evicting_nodes") == 0
+    assert worker.stop() == 0
+    assert "maxmemory-policy" not in worker.output
 
 
 def _worker_and_ingest(services, url: str, source: str, camera: str, fps: int, metrics_port: int):

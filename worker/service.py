@@ -30,7 +30,7 @@ from emotion_stream.keys import Stat
 from emotion_stream.leases import Lease
 from emotion_stream.lifecycle import Supervisor, cancel_and_wait, sleep_or_stop
 from emotion_stream.logs import Throttled
-from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, as_text, retrying
+from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, as_text, evicting_nodes, retrying
 from emotion_stream.schema import (
     DeadLetterKind,
     FrameKind,
@@ -56,6 +56,7 @@ ALIVE_WINDOW_S = 10.0
 GONE_AFTER_S = 3600.0  # a worker with no heartbeat this long is dead, and its consumers are removed
 MAX_CLOCK_SKEW_S = 30.0  # captured_at may be this far past the XADD time (Redis' clock)
 READ_BLOCK_MS = 100  # bounds discovery latency and how long shutdown waits for the reader
+EVICTION_CHECK_S = 60.0  # how often Redis' maxmemory policy is read
 
 
 LEASE_MS = int(3 * HEARTBEAT_S * 1000)  # a worker's name is free this long after it died
@@ -98,6 +99,8 @@ class Worker:
         self._discovered = 0.0
         self._name_lease = Lease(client, keys.worker_lease(self.name), LEASE_MS)
         self._unowned_since: dict[str, float] = {}  # cameras seen without a tracking owner, since when
+        self._evicting: dict[str, str] = {}  # Redis masters that may evict keys, and their policy
+        self._eviction_checked = 0.0
         # Redis' clock minus ours: a frame's age is measured on Redis' clock alone (its
         # XADD time is in the entry id), never against an ingest machine's clock.
         self._clock_offset = 0.0
@@ -269,6 +272,9 @@ class Worker:
                     metrics.BACKLOG.labels(camera, "pending").set(pending)
                 if self.settings.tracking:
                     await self._watch_tracking(now)
+                if now - self._eviction_checked >= EVICTION_CHECK_S:
+                    await self._check_eviction()
+                    self._eviction_checked = now
             except TRANSIENT_ERRORS:
                 pass  # the reader logs outages and backs off
             except Exception:  # housekeeping must never kill the worker
@@ -284,6 +290,25 @@ class Worker:
                 await self.redis.hdel(keys.WORKERS, name)
                 log.info("worker %s: worker %s silent for %.0f s; removed from the consumer groups", self.name,
                          name, now - beats[name])
+
+    async def _check_eviction(self) -> None:
+        """Warn (and gauge) when Redis may evict keys when full: frames, consumer groups,
+        leases and tracking state would vanish with nothing counted. Read every
+        EVICTION_CHECK_S (CONFIG SET changes it live); said again when it changes."""
+        evicting = await evicting_nodes(self.redis)
+        if evicting is None:
+            if not self._eviction_checked:
+                log.info("worker %s: cannot read Redis' maxmemory policy (INFO refused); make sure it is "
+                         "noeviction", self.name)
+            return
+        metrics.REDIS_EVICTING_NODES.set(len(evicting))
+        if evicting and evicting != self._evicting:
+            log.warning("Redis may evict keys when full (maxmemory-policy %s): frames, consumer groups, leases "
+                        "and people would vanish uncounted; set maxmemory-policy noeviction (a full Redis then "
+                        "refuses writes, which every part waits out and counts)",
+                        ", ".join(f"{policy} on {node}" if node != "redis" else policy
+                                  for node, policy in sorted(evicting.items())))
+        self._evicting = evicting
 
     async def _watch_tracking(self, now: float) -> None:
         """Frame records of this worker's cameras with no tracking owner for more than two
