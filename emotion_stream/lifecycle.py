@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # tasks raise after FAILPOINT_DELAY_S, so the suite can check, with real processes, that
 # a failing task is reported and stops its service (failpoints as in etcd's gofail).
 FAILPOINT_DELAY_S = 1.0
+REPEAT_WINDOW_S = 1.0  # a stop signal again within this is the same request (stop_on_signals)
 
 
 class TaskFailed(RuntimeError):
@@ -84,14 +85,23 @@ async def _fail_after(delay: float, name: str) -> None:
 
 def stop_on_signals(stop: asyncio.Event) -> None:
     """Set ``stop`` on SIGINT or SIGTERM; a second signal restores the default (force quit).
-    SIGUSR1 logs the asyncio tasks (:func:`log_tasks`)."""
+    SIGUSR1 logs the asyncio tasks (:func:`log_tasks`).
+
+    A signal within REPEAT_WINDOW_S of the first is the same request, not a second one:
+    ``timeout`` and ``kill -- -PGID`` signal the process and then its process group, so it
+    arrives twice at once, and forced quitting then cut every orderly stop short (no
+    acks written, leases held until they expire, no summary)."""
     loop = asyncio.get_running_loop()
+    first: list[float] = []
 
     def handler(signum: int) -> None:
         if stop.is_set():
+            if first and loop.time() - first[0] < REPEAT_WINDOW_S:
+                return
             loop.remove_signal_handler(signum)
             signal.raise_signal(signum)
             return
+        first.append(loop.time())
         log.info("received %s; shutting down", signal.Signals(signum).name)
         stop.set()
 

@@ -374,3 +374,47 @@ def test_a_camera_whose_clock_is_behind_is_not_skipped_but_an_old_frame_is(redis
     assert not {f.seq for f in faces_of(redis_client, "clock-skew")} & {0, 1, 2}
     stats = redis_client.hgetall(keys.stats("clock-skew"))
     assert int(stats[b"stale"]) == 3 and int(stats[b"processed"]) == 8, stats
+
+
+# ------------------------------------------------------------ 11. one stop request, signalled twice
+def test_a_stop_signal_sent_twice_at_once_stops_in_order(redis_server, redis_client, services):
+    """`timeout` (and `kill -- -PGID`) signals the process and then its process group: the
+    same SIGTERM twice at once. The second was taken for a second request and forced quit:
+    no summary, the camera's lease held until it expired, a worker's batch unacked."""
+    import signal
+
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "twice", "--fps", "5",
+                      "--redis", redis_server.url)
+    wait_for(lambda: redis_client.xlen(keys.frames("twice")) >= 3, 60, "frames")
+    ingest.signal(signal.SIGTERM)
+    ingest.signal(signal.SIGTERM)
+    assert ingest.wait(30) == 0, ingest.output[-2000:]
+    assert "camera twice: " in ingest.output and " frames accepted" in ingest.output
+    assert not redis_client.exists(keys.ingest_lease("twice"))  # given back: a new ingest starts at once
+
+
+def test_a_second_stop_signal_a_moment_later_still_forces_quit(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "stopping.py"
+    script.write_text(
+        "import asyncio, os, signal\n"
+        "from emotion_stream import lifecycle\n"
+        "async def main():\n"
+        "    stop = asyncio.Event()\n"
+        "    lifecycle.stop_on_signals(stop)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await stop.wait()\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    print('stopping in order', flush=True)\n"
+        "    await asyncio.sleep(lifecycle.REPEAT_WINDOW_S)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"  # a stop that hangs, signalled again
+        "    await asyncio.sleep(5)\n"
+        "    print('not forced', flush=True)\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "stopping in order\n", done.stdout + done.stderr
+    assert done.returncode == -signal.SIGTERM
