@@ -34,14 +34,20 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 # Replies that are outages, not refusals, though redis-py derives them from ResponseError
 # (so handlers of ResponseError, a refusal, re-raise these first): a cluster between a
 # master's death and its replica's promotion (the slot down, moving, or its node
-# unreachable), and a Redis at its maxmemory with nothing it may evict, which refuses
-# every write until it has room.
+# unreachable); a Redis at its maxmemory with nothing it may evict, which refuses every
+# write until it has room; and a replica, which refuses writes: a master demoted by a
+# failover (Sentinel, a managed Redis) while its name still leads to it, until the
+# connection is made again (``READONLY_RETRY``) to the promoted one.
 TRANSIENT_RESPONSE_ERRORS = (
     redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
 )
+# Errors after which redis-py drops the connection and sends the command again on a new
+# one (resolving the host name again): a replica's refusal means the master is elsewhere.
+READONLY_RETRY = [redis.exceptions.ReadOnlyError]
 # Errors after which a connection is worth retrying (Redis restarting, a cluster failing
 # over, network blip, Redis out of memory).
 TRANSIENT_ERRORS = (
@@ -78,13 +84,21 @@ class _Parser(DefaultParser):  # type: ignore[misc,valid-type]  # a variable: th
     """Redis 6.2 reports a write refused inside a script as the script's own error
     (``Error running script ...: -OOM command not allowed when used memory >
     'maxmemory'``): read as the refusal it wraps, as Redis 7 reports it, so that a full
-    Redis is an outage to wait out (OutOfMemoryError) wherever a script writes."""
+    Redis or a replica is an outage to wait out wherever a script writes. A master made a
+    replica ends every blocking read with ``UNBLOCKED ... instance state changed``: the
+    replica's refusal too, not a stream deleted under the read."""
+
+    WRAPPED = {": -OOM ": redis.exceptions.OutOfMemoryError, ": -READONLY ": redis.exceptions.ReadOnlyError,
+               "UNBLOCKED force unblock from blocking operation, instance state changed":
+                   redis.exceptions.ReadOnlyError}
 
     @classmethod
     def parse_error(cls, response: str) -> redis.ResponseError:
         error: redis.ResponseError = super().parse_error(response)
-        if type(error) is redis.ResponseError and ": -OOM " in response:
-            return redis.exceptions.OutOfMemoryError(response)
+        if type(error) is redis.ResponseError:
+            for marker, refusal in cls.WRAPPED.items():
+                if marker in response:
+                    return refusal(response)
         return error
 
 
@@ -103,7 +117,8 @@ def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
         for kwargs in (cluster.connection_kwargs, *(node.connection_kwargs for node in cluster.startup_nodes)):
             kwargs["parser_class"] = _Parser
         return cast(aioredis.Redis, cluster)
-    return aioredis.Redis.from_url(url, retry=retry, parser_class=_Parser, **_client_options(url, name))
+    return aioredis.Redis.from_url(url, retry=retry, retry_on_error=READONLY_RETRY, parser_class=_Parser,
+                                   **_client_options(url, name))
 
 
 def is_cluster(client: object) -> bool:
@@ -352,7 +367,8 @@ async def stream_range(client: aioredis.Redis, stream: str, *, after: str = "-",
 def connect_sync(url: str, name: str = "emotion-stream") -> redis.Redis:
     from redis.retry import Retry
 
-    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_client_options(url, name))
+    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+                                retry_on_error=READONLY_RETRY, **_client_options(url, name))
 
 
 class Backoff:

@@ -132,6 +132,34 @@ def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_cl
     assert "Traceback" not in worker.output + ingest.output
 
 
+def test_a_master_demoted_to_replica_is_waited_out_until_promoted(redis_server, redis_client, services, tmp_path):
+    """A failover (Sentinel, a managed Redis) makes the master a replica while its name
+    still leads there: every write is refused with READONLY. Ingest and workers ended
+    with a traceback; now it is an outage to wait out, counted, and they carry on once
+    the name leads to a master again (here the same server, promoted back)."""
+    from emotion_stream.embedded_redis import EmbeddedRedis
+
+    url = redis_server.url
+    ingest_metrics = free_port()
+    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "lab", "--fps", "10", "--redis", url,
+                      "--metrics-port", str(ingest_metrics))
+    wait_for(lambda: len(faces_of(redis_client, "lab")) >= 10, 90, "events before the failover")
+    with EmbeddedRedis(port=free_port(), data_dir=tmp_path / "new-master") as new_master:
+        redis_client.execute_command("REPLICAOF", "127.0.0.1", str(new_master.port))
+        wait_for(lambda: "read only replica" in ingest.output and "read only replica" in worker.output, 30,
+                 "both to meet the replica")
+        time.sleep(2)
+        assert worker.alive() and ingest.alive()
+        redis_client.execute_command("REPLICAOF", "NO", "ONE")  # the data is the new master's: none
+    wait_for(lambda: len(faces_of(redis_client, "lab")) >= 10, 90, "events once a master answers again")
+    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="lab",
+                           reason="redis_unavailable")
+    assert dropped > 0, "live frames refused by the replica must be counted"
+    assert worker.stop() == 0 and ingest.stop() == 0
+    assert "Traceback" not in worker.output + ingest.output
+
+
 def test_a_redis_that_may_evict_keys_is_warned_about(redis_server, redis_client, services):
     """A maxmemory with an evicting policy (a cache's settings, or a managed Redis'
     default) deletes frame streams, consumer groups, leases and tracker state when full,
