@@ -1,7 +1,9 @@
 """Redis connections: clients, the errors worth retrying, and the one retry policy.
 
 ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS) asks for a Redis Cluster:
-any node of it, the client discovers the rest. Code that must differ between a single
+any node of it, the client discovers the rest. ``redis+sentinel://h1:26379,h2:26379/NAME``
+asks Sentinel for the master named NAME, and again after a failover (``SentinelURL``).
+Code that must differ between a single
 Redis and a cluster goes through ``LuaScript`` and ``StreamReader`` here; everything else
 is the same commands on either client. The embedded server for runs without
 ``REDIS_URL`` is in ``embedded_redis.py``.
@@ -14,7 +16,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 3}  # each Sentinel asked; the next if it fails
 # Replies that are outages, not refusals, though redis-py derives them from ResponseError
 # (so handlers of ResponseError, a refusal, re-raise these first): a cluster between a
 # master's death and its replica's promotion (the slot down, moving, or its node
@@ -74,6 +79,37 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/NAME[/DB]``: the
+    Sentinels to ask (port 26379 unless given) for the master of the group NAME. The
+    credentials are the master's; Sentinels are asked without any."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        """ValueError, in words, for what is wrong with ``url``."""
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":") if credentials else ("", "", "")
+        sentinels = [_sentinel_address(address) for address in hosts.split(",") if address]
+        if not sentinels:
+            raise ValueError("the URL names no Sentinel (host:port, comma-separated)")
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError("the URL's path must be the master group's name, and a database number if not 0 "
+                             "(redis+sentinel://host:26379/mymaster/0)")
+        return cls(tuple(sentinels), path[0], int(path[1]) if len(path) == 2 else 0,
+                   unquote(username) or None, unquote(password) or None)
+
+
 def _node_url(url: str) -> str:
     """``redis+cluster://h:p`` -> ``redis://h:p``: the node redis-py starts discovery from."""
     scheme, rest = url.split("://", 1)
@@ -102,12 +138,37 @@ class _Parser(DefaultParser):  # type: ignore[misc,valid-type]  # a variable: th
         return error
 
 
+def _sentinel_address(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; 26379 unless a port is given."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError(f"a Sentinel without a host: {text!r}")
+    if not port:
+        return host, 26379
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"a Sentinel's port must be a number from 1 to 65535, not {port!r}")
+    return host, int(port)
+
+
 def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
     """An asyncio client (a ``RedisCluster`` for cluster URLs; typed as the common
     interface). Short internal retries; callers' loops own long outages."""
     from redis.asyncio.retry import Retry
 
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+    if urlsplit(url).scheme == SENTINEL_SCHEME:
+        from redis.asyncio.sentinel import Sentinel
+
+        where = SentinelURL.parse(url)
+        # The master's connections ask the Sentinels where it is each time they connect,
+        # and reconnect when it turns out a replica (READONLY, or a blocking read ended).
+        sentinel = Sentinel(where.sentinels, sentinel_kwargs=SENTINEL_OPTIONS)
+        return cast(aioredis.Redis, sentinel.master_for(where.service, db=where.db, username=where.username, password=where.password,
+                                   retry=retry, parser_class=_Parser, **_client_options(url, name)))
     if is_cluster_url(url):
         options = _client_options(url, name)
         options.pop("health_check_interval")  # per-node pools check on use
@@ -366,6 +427,14 @@ async def stream_range(client: aioredis.Redis, stream: str, *, after: str = "-",
 
 def connect_sync(url: str, name: str = "emotion-stream") -> redis.Redis:
     from redis.retry import Retry
+
+    if urlsplit(url).scheme == SENTINEL_SCHEME:
+        from redis.sentinel import Sentinel
+
+        where = SentinelURL.parse(url)
+        return cast(redis.Redis, Sentinel(where.sentinels, sentinel_kwargs=SENTINEL_OPTIONS).master_for(
+            where.service, db=where.db, username=where.username, password=where.password,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_client_options(url, name)))
 
     return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
                                 retry_on_error=READONLY_RETRY, **_client_options(url, name))

@@ -19,7 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "EMOTION_STREAM_"
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
 # Hostile-input limits (images.ImageLimits uses the same defaults).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -53,7 +53,8 @@ class Settings(BaseModel):
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "EMOTION_STREAM_REDIS_URL", "redis_url"),
         description="redis://, rediss:// (TLS) or unix:// URL; redis+cluster:// or rediss+cluster:// "
-        "(any node) for a Redis Cluster; unset: an embedded redis-server",
+        "(any node) for a Redis Cluster; redis+sentinel://host:26379[,host:26379...]/NAME for the master "
+        "Sentinel names NAME; unset: an embedded redis-server",
     )
     write_replicas: int = Field(
         0, ge=0, le=16,
@@ -247,6 +248,11 @@ class Settings(BaseModel):
         parts = urlsplit(url)
         if parts.scheme not in REDIS_SCHEMES:
             raise ValueError(f"URL scheme must be one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        if parts.scheme == "redis+sentinel":
+            from .redis_conn import SentinelURL
+
+            SentinelURL.parse(url)  # several hosts: urlsplit's port is no check
+            return url
         try:
             parts.port  # noqa: B018 - parsing it is the check
         except ValueError:
