@@ -41,7 +41,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("folder", type=Path, metavar="FOLDER")
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default %(default)s)")
     p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
-                   help="local workers to start (default: one per CPU core; 0 = external workers only)")
+                   help="local workers to start, for this job alone (default: one per CPU core; 0 = external workers only)")
     add_settings(p, "batch_size", "write_replicas")
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
                    help="fail when no result arrives (or Redis cannot be reached) for S seconds "
@@ -103,7 +103,11 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, workers: 
     if workers:
         share_cores(workers)
         model = await asyncio.to_thread(EmotionModel.from_settings, settings)
-        tasks = start_in_process(settings, url, stop, workers, model, f"batch-{os.getpid()}")
+        # They serve this job alone: on a shared Redis, workers of the job's model and
+        # detector analysed live cameras too, and took a share of their tracking, until
+        # the job ended.
+        tasks = start_in_process(settings.model_copy(update={"track_owner": False}), url, stop, workers, model,
+                                 f"batch-{os.getpid()}", only_cameras={job.camera})
     job_task = asyncio.create_task(_with_progress(job))
     interrupted = asyncio.Event()
     stop_on_signals(interrupted)

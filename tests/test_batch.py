@@ -99,3 +99,25 @@ def test_batch_resumes_after_being_killed(tmp_path, services, face_bgr):
     assert names == [f"img_{i:04d}.jpg" for i in range(total)]  # each exactly once, sorted
     assert f"rows written:         {total} ({done_before} from the interrupted run)" in second.output
     assert not journal.exists()
+
+
+def test_a_batch_jobs_own_workers_leave_live_cameras_alone(tmp_path, services, redis_server, redis_client, face_bgr):
+    """`batch` on a shared Redis starts workers for its job: they read every camera, so
+    live cameras were analysed with the job's model and detector while it ran, and the
+    workers took a share of their tracking, handed back when the job ended."""
+    from emotion_stream import keys
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(folder / f"face_{i:02d}.jpg"), face_bgr)
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "lobby", "--fps", "10", "--redis", redis_server.url)
+    wait_for(lambda: redis_client.xlen(keys.frames("lobby")) >= 3, 60, "the live camera's frames")
+    job = services("batch", "batch", str(folder), "--out", str(tmp_path / "out.csv"), "--workers", "2",
+                   "--redis", redis_server.url)
+    assert job.wait(120) == 0, job.output[-3000:]
+    assert len(read_rows(tmp_path / "out.csv")) == 21
+    assert not redis_client.exists(keys.track_lease("lobby"))  # its tracking taken by nobody
+    assert redis_client.hget(keys.stats("lobby"), "processed") is None  # its frames analysed by nobody
+    assert "lobby" not in job.output, job.output[-3000:]
+    assert ingest.stop() == 0

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -77,12 +78,13 @@ class Worker:
     ACK. Tasks: reader, processor, reclaimer, housekeeper (module docstring). ``run``
     returns after SIGTERM/SIGINT once in-flight work is written."""
 
-    def __init__(self, client: aioredis.Redis, analyzer: FaceAnalyzer, settings: Settings) -> None:
+    def __init__(self, client: aioredis.Redis, analyzer: FaceAnalyzer, settings: Settings,
+                 only_cameras: Collection[str] | None = None) -> None:
         self.redis = client
         self.analyzer = analyzer
         self.settings = settings
         self.name = settings.worker_name or default_worker_name()
-        self.group = ConsumerGroup(client, self.name)
+        self.group = ConsumerGroup(client, self.name, only=only_cameras)
         self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
         self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
                                         threads=settings.cpu_threads or os.cpu_count() or 1, describe=settings.tracking,

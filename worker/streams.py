@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -80,10 +80,12 @@ class ConsumerGroup:
     back makes it re-read the cameras set and rejoin what is still announced.
     """
 
-    def __init__(self, client: aioredis.Redis, consumer: str, group: str = keys.WORKER_GROUP) -> None:
+    def __init__(self, client: aioredis.Redis, consumer: str, group: str = keys.WORKER_GROUP,
+                 only: Collection[str] | None = None) -> None:
         self.redis = client
         self.group = group
         self.consumer = consumer
+        self.only = None if only is None else frozenset(only)  # these cameras alone (a batch job's workers)
         self.reader = StreamReader(client)
         self.streams: list[str] = []
         self._hot: dict[str, float] = {}  # stream -> monotonic time of its last entry
@@ -109,7 +111,7 @@ class ConsumerGroup:
         if members == self._members and not rejoin and not self._failed:
             return []
         self._members = members
-        wanted = sorted(keys.frames(c) for c in self._valid_cameras(members))
+        wanted = sorted(keys.frames(c) for c in self._valid_cameras(members) if self.only is None or c in self.only)
         joined = set() if rejoin else set(self.streams)
         # Streams that could not be joined are tried again at the next full refresh.
         self._failed = await self._ensure_groups([s for s in wanted if s not in joined])
