@@ -112,7 +112,9 @@ async def _demo(args: argparse.Namespace, settings: Settings, url: str, source: 
     camera = asyncio.create_task(
         run_camera(spec, FramePublisher(client, args.camera, settings), IngestOptions(fps=args.fps, loop=True), stop)
     )
-    workers = start_in_process(settings, url, stop, 1, analyzer.model, f"demo-{os.getpid()}")
+    # Its camera alone: a REDIS_URL may be shared with cameras that have their own workers.
+    workers = start_in_process(settings, url, stop, 1, analyzer.model, f"demo-{os.getpid()}",
+                               only_cameras={args.camera})
     tasks = [*workers, asyncio.create_task(printer()), asyncio.create_task(quiet()), camera]
     stopped = asyncio.create_task(stop.wait())
     try:

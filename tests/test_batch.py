@@ -104,7 +104,8 @@ def test_batch_resumes_after_being_killed(tmp_path, services, face_bgr):
 def test_a_batch_jobs_own_workers_leave_live_cameras_alone(tmp_path, services, redis_server, redis_client, face_bgr):
     """`batch` on a shared Redis starts workers for its job: they read every camera, so
     live cameras were analysed with the job's model and detector while it ran, and the
-    workers took a share of their tracking, handed back when the job ended."""
+    workers took a share of their tracking, handed back when the job ended. (The demo's
+    worker, given a REDIS_URL, is kept to its camera the same way.)"""
     from emotion_stream import keys
 
     folder = tmp_path / "images"
@@ -121,3 +122,22 @@ def test_a_batch_jobs_own_workers_leave_live_cameras_alone(tmp_path, services, r
     assert redis_client.hget(keys.stats("lobby"), "processed") is None  # its frames analysed by nobody
     assert "lobby" not in job.output, job.output[-3000:]
     assert ingest.stop() == 0
+
+
+def test_the_demo_on_a_shared_redis_analyses_and_tracks_its_camera_alone(services, redis_server, redis_client):
+    """Its worker consumed every camera, and its tracking owner took a share of them."""
+    from emotion_stream import keys
+
+    url = redis_server.url
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "lobby", "--fps", "10", "--redis", url)
+    # The deployment's worker analyses the live camera; its tracking is left to others.
+    worker = services("worker", "worker", "--redis", url, "--no-track-owner")
+    wait_for(lambda: redis_client.xlen(keys.analysed("lobby")) >= 3, 60, "the live camera's frame records")
+    processed = int(redis_client.hget(keys.stats("lobby"), "processed") or 0)
+    demo = services("demo", "demo", "--redis", url, "--duration", "8")
+    assert demo.wait(120) == 0, demo.output[-3000:]
+    assert " face " in demo.output and "person 1" in demo.output  # its own camera analysed and tracked
+    assert "lobby" not in demo.output
+    assert not redis_client.exists(keys.track_lease("lobby"))
+    assert ingest.stop() == 0 and worker.stop() == 0
+    assert int(redis_client.hget(keys.stats("lobby"), "processed")) > processed  # the worker went on

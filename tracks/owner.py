@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -87,11 +87,13 @@ class TrackOwner:
     """Runs beside a worker's tasks (``Worker``) or alone (``emotion-stream tracks``)."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings, name: str,
-                 class_prior: Mapping[str, float] | None = None) -> None:
-        """``class_prior``: the served model's (see ``TrackerConfig.from_settings``)."""
+                 class_prior: Mapping[str, float] | None = None, only: Collection[str] | None = None) -> None:
+        """``class_prior``: the served model's (see ``TrackerConfig.from_settings``);
+        ``only``: the cameras it may track (a demo's), else any."""
         self.redis = client
         self.settings = settings
         self.name = name
+        self.only = None if only is None else frozenset(only)
         self.config = TrackerConfig.from_settings(settings, class_prior)
         self.lease_ms = int(settings.track_lease_s * 1000)
         self.trackers: dict[str, CameraTracker] = {}
@@ -159,7 +161,7 @@ class TrackOwner:
         if gone:
             await self.redis.hdel(keys.TRACK_OWNERS, *gone)
         members = await self.redis.smembers(keys.TRACKED_CAMERAS)
-        cameras = sorted(as_text(c) for c in members)
+        cameras = sorted(c for c in map(as_text, members) if self.only is None or c in self.only)
         share = math.ceil(len(cameras) / max(1, len(alive)))
         free = [c for c in cameras if c not in self.tokens]
         self._unowned_since = {c: t for c, t in self._unowned_since.items() if c in free}  # not the withdrawn

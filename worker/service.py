@@ -85,6 +85,7 @@ class Worker:
         self.settings = settings
         self.name = settings.worker_name or default_worker_name()
         self.group = ConsumerGroup(client, self.name, only=only_cameras)
+        self.only_cameras = only_cameras
         self.writer = OutcomeWriter(client, keys.WORKER_GROUP, settings.events_max_len, settings.dead_letter_max_len)
         self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
                                         threads=settings.cpu_threads or os.cpu_count() or 1, describe=settings.tracking,
@@ -127,7 +128,8 @@ class Worker:
         background = [supervisor.start(self._reclaimer(stop), "reclaimer"),
                       supervisor.start(self._housekeeper(stop), "housekeeper")]
         if self.settings.tracking and self.settings.track_owner:
-            owner = TrackOwner(self.redis, self.settings, self.name, self.analyzer.model.metadata.class_prior())
+            owner = TrackOwner(self.redis, self.settings, self.name, self.analyzer.model.metadata.class_prior(),
+                               self.only_cameras)
             background.append(supervisor.start(owner.run(stop), "tracks"))
         reader = supervisor.start(self._reader(stop), "reader")
         processor = supervisor.start(self._processor(), "processor")
