@@ -175,18 +175,27 @@ def _known_failure(exc: Exception) -> str | None:
     from emotion_stream.redis_conn import unwrap_cluster_error
 
     if isinstance(exc, (AuthenticationError, NoPermissionError)):
-        return f"Redis refused access: {exc}"  # wrong credentials do not heal by retrying
+        return _refused(exc)  # wrong credentials do not heal by retrying
     if not isinstance(exc, RedisClusterException):
         return None
     reason: BaseException = unwrap_cluster_error(exc)
     if isinstance(reason, (AuthenticationError, NoPermissionError)):
-        return f"Redis refused access: {reason}"
+        return _refused(reason)
     # e.g. a redis+cluster:// URL naming a node that is not in a cluster
     while reason.__cause__ is not None:
         reason = reason.__cause__
     # redis-py puts the node's own answer after this preamble.
     said = str(reason).splitlines()[0].split("at least one reachable node: ")[-1]
     return f"Redis Cluster: {said}"
+
+
+def _refused(reason: BaseException) -> str:
+    from emotion_stream.keys import EVENTS_PATTERN, TRACKS_PATTERN
+
+    said = f"Redis refused access: {reason}"
+    if "channels" in str(reason):  # an ACL lets PSUBSCRIBE use only the patterns it names, literally
+        said += f" (to follow every camera, an ACL user needs &{EVENTS_PATTERN} &{TRACKS_PATTERN})"
+    return said
 
 
 if __name__ == "__main__":

@@ -41,13 +41,26 @@ def _no_secret_anywhere(*texts: str) -> None:
 def test_password_and_acl_user(tmp_path, services):
     with EmbeddedRedis(port=free_port(), password=PASSWORD, data_dir=tmp_path / "redis") as server:
         admin = connect_sync(server.url)
-        admin.execute_command("ACL", "SETUSER", "app", "on", f">{USER_PASSWORD}",
-                              "resetkeys", "~emotion-stream:*", "resetchannels", "&emotion-stream:*", "+@all")
+        # The README's least-privilege user: no @dangerous command (CONFIG, KEYS, FLUSHALL...)
+        # but naming a connection (@dangerous on Redis 6.2) and INFO (the eviction check),
+        # and the pub/sub patterns that follow every camera named as they are.
+        least = ["+@all", "-@dangerous", "+client|setname", "+info"]
+        admin.execute_command("ACL", "SETUSER", "app", "on", f">{USER_PASSWORD}", "resetkeys", "~emotion-stream:*",
+                              "resetchannels", "&emotion-stream:*", "&emotion-stream:events:*",
+                              "&emotion-stream:tracks:*", *least)
+        admin.execute_command("ACL", "SETUSER", "narrow", "on", f">{USER_PASSWORD}", "resetkeys", "~emotion-stream:*",
+                              "resetchannels", "&emotion-stream:*", *least)
         user_url = f"redis://app:{USER_PASSWORD}@127.0.0.1:{server.port}/0"
         metrics_port = free_port()
         worker = services("worker", "worker", "--redis", user_url, *WORKER_FLAGS, "--metrics-port", str(metrics_port))
         ingest = services("ingest", "ingest", "sample:1", "--camera", "vault", "--fps", "5", "--redis", user_url)
         wait_for(lambda: len(faces_of(admin, "vault")) >= 3, 90, "events through an ACL user")
+        follow = services("subscribe", "subscribe", "--redis", user_url, "--count", "3")
+        assert follow.wait(60) == 0, follow.output[-2000:]
+        narrow = services("narrow", "subscribe", "--redis", user_url.replace("app:", "narrow:"), "--count", "3")
+        assert narrow.wait(60) == 1
+        assert narrow.output.strip().splitlines()[-1].endswith(
+            "(to follow every camera, an ACL user needs &emotion-stream:events:* &emotion-stream:tracks:*)")
         # Wrong credentials: a clear error, retried, and never echoed.
         bad = services("bad-worker", "worker", "--redis", f"redis://app:wrong-{USER_PASSWORD}@127.0.0.1:{server.port}/0")
         no_auth = services("no-auth", "ingest", "sample:1", "--camera", "x", "--redis",
