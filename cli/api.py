@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sock = bind(settings.api_host, settings.api_port)
     except ApiError as exc:
         raise CommandError(str(exc)) from None
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings)
 
     async def main(stop: asyncio.Event) -> int:
         return await serve(settings, sock, stop)

@@ -115,7 +115,7 @@ def add_settings(parser: argparse.ArgumentParser, *names: str, absent: Any = Non
 METAVARS = {"redis_url": "URL", "metrics_host": "ADDR", "metrics_port": "PORT", "detect_max_side": "PX",
             "still_detect_size": "PX", "max_frame_age_s": "S", "max_wait_ms": "MS", "claim_idle_ms": "MS",
             "worker_name": "NAME", "api_host": "ADDR", "api_port": "PORT", "api_cors_origin": "ORIGINS",
-            "api_tokens": "TOKENS"}
+            "api_tokens": "TOKENS", "stuck_after_s": "S"}
 _TYPE_METAVARS: dict[object, str] = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
 
 
@@ -139,7 +139,7 @@ def add_service_options(parser: argparse.ArgumentParser, *, metrics: bool = True
     """What every long-running command takes: ``--duration``, the Redis URL and (with
     ``metrics``) the metrics endpoint."""
     parser.add_argument("--duration", type=POSITIVE_SECONDS, default=None, metavar="S", help="stop after S seconds")
-    add_settings(parser, "redis_url", *(("metrics_port", "metrics_host") if metrics else ()))
+    add_settings(parser, "redis_url", *(("metrics_port", "metrics_host", "stuck_after_s") if metrics else ()))
 
 
 def load_analyzer(settings: Settings) -> FaceAnalyzer:
@@ -164,18 +164,21 @@ def progress(total: int | None, desc: str, unit: str = "img") -> Iterator[Any]:
         bar.close()
 
 
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
-    """Start the /metrics HTTP server; returns the bound port (port 0 = any free one)."""
+def serve_metrics(settings: Settings) -> int | None:
+    """Start the /metrics (and /healthz) HTTP server of ``--metrics-port``; returns the
+    bound port (port 0 = any free one)."""
+    port, host = settings.metrics_port, settings.metrics_host
     if port is None:
         return None
-    from prometheus_client import start_http_server
+    from emotion_stream import metrics_http
+    from emotion_stream.liveness import LIVENESS
 
+    LIVENESS.stuck_after_s = settings.stuck_after_s
     try:
-        server, _thread = start_http_server(port, addr=host)
+        bound = metrics_http.serve(host, port)
     except OSError as exc:  # in use, not ours to bind, or a host that does not resolve
         raise CommandError(f"--metrics-port {port} on {host!r}: {exc.strerror or exc}") from None
-    bound = int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics", host, bound)
+    log.info("metrics on http://%s:%d/metrics (liveness: /healthz)", host, bound)
     return bound
 
 

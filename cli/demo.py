@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         raise CommandError(f"{args.source}: {problem}")
     analyzer = load_analyzer(settings)
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings)
     with tempfile.TemporaryDirectory(prefix="emotion-demo-") as tmp, redis_url_or_embedded(settings.redis_url) as url:
         source = args.source or str(_sample_clip(Path(tmp)))
         return run_service(lambda stop: _demo(args, settings, url, source, analyzer, stop), args.duration)

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for camera, spec in cameras:
         if problem := camera_problem(spec, options):
             raise CommandError(f"camera {camera}: {problem}" if args.cameras else problem)
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings)
     log = logging.getLogger("ingest")
 
     async def main(stop: asyncio.Event) -> int:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(str(exc)) from None
     class_prior = meta.class_prior() if meta else None
     name = settings.worker_name or f"tracks-{socket.gethostname()}-{os.getpid()}"
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings)
 
     async def main(stop: asyncio.Event) -> int:
         client = connect(url, name=name)

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ice_servers(settings.webrtc_ice_servers)
     except ValueError as exc:
         raise CommandError(f"--webrtc-ice-servers: {exc}") from None
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings)
 
     async def main(stop: asyncio.Event) -> int:
         client = connect(url, name="emotion-stream-webrtc")

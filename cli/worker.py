@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker import NameInUse, serve
 
     analyzer = load_analyzer(settings)
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings)
     with redis_url_or_embedded(settings.redis_url) as url:
         try:
             return run_service(lambda stop: serve(settings, url, stop, analyzer), args.duration)

@@ -11,10 +11,12 @@ import faulthandler
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from .liveness import keep_ticking
 from .settings import FAILPOINTS
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,10 @@ log = logging.getLogger(__name__)
 # Test failpoints: "EMOTION_STREAM_FAILPOINTS=tracks,reclaimer" makes those supervised
 # tasks raise after FAILPOINT_DELAY_S, so the suite can check, with real processes, that
 # a failing task is reported and stops its service (failpoints as in etcd's gofail).
+# Two more hang a service instead, for its liveness probe: "block-loop" (a service's event
+# loop) and "hang-cpu-stage" (the worker's micro-batch).
 FAILPOINT_DELAY_S = 1.0
+HANG_S = 3600.0
 REPEAT_WINDOW_S = 1.0  # a stop signal again within this is the same request (stop_on_signals)
 
 
@@ -39,7 +44,7 @@ class Supervisor:
         self.service = service
         self.stop = stop
         self.failure: TaskFailed | None = None
-        self._failpoints = set(filter(None, os.environ.get(FAILPOINTS, "").split(",")))
+        self._failpoints = _failpoints()
 
     def start(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         if name in self._failpoints:
@@ -76,6 +81,15 @@ class Supervisor:
         """Raise the first failure, if a task failed."""
         if self.failure is not None:
             raise self.failure
+
+
+def _failpoints() -> set[str]:
+    return set(filter(None, os.environ.get(FAILPOINTS, "").split(",")))
+
+
+def failpoint(name: str) -> bool:
+    """Whether the test failpoint ``name`` is set (module comment above)."""
+    return name in _failpoints()
 
 
 async def _fail_after(delay: float, name: str) -> None:
@@ -175,7 +189,13 @@ def run_service(main: Callable[[asyncio.Event], Awaitable[int | None]], duration
         stop_on_signals(stop)
         if duration is not None:
             asyncio.get_running_loop().call_later(duration, stop.set)
-        return int(await main(stop) or 0)
+        ticker = asyncio.create_task(keep_ticking(stop), name="liveness")
+        if failpoint("block-loop"):
+            asyncio.get_running_loop().call_later(FAILPOINT_DELAY_S, time.sleep, HANG_S)
+        try:
+            return int(await main(stop) or 0)
+        finally:
+            await cancel_and_wait(ticker)
 
     try:
         return asyncio.run(runner())

@@ -13,6 +13,7 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+from .liveness import LIVENESS
 from .schema import DeadLetterKind, SkipReason
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,12 @@ INVALID_CAMERA_IDS = Counter(
     f"{NS}_invalid_camera_ids_total", "Distinct ids in the cameras set that workers refuse to consume"
 )
 REDIS_ERRORS = Counter(f"{NS}_redis_errors_total", "Redis connection failures seen", ["component"])
+LIVENESS_PROBLEMS = Gauge(
+    f"{NS}_liveness_problems",
+    "What is stuck in this process (its event loop not turning, a micro-batch on the CPU thread for too "
+    "long): /healthz answers 503 while above 0",
+)
+LIVENESS_PROBLEMS.set_function(lambda: len(LIVENESS.problems()))
 REDIS_EVICTING_NODES = Gauge(
     f"{NS}_redis_evicting_nodes",
     "Redis masters set to evict keys when full (maxmemory with a policy other than noeviction): data "

@@ -229,6 +229,11 @@ class Settings(BaseModel):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free one); unset: none"
     )
+    stuck_after_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="/healthz on the metrics port answers 503 once the event loop has not turned, or one "
+        "micro-batch has been on the CPU thread, for this long (a liveness probe then restarts the service)",
+    )
     log_level: LogLevel = Field("INFO", description="log verbosity")
     log_format: LogFormat = Field(
         "text", description="text: a readable line a record; json: a JSON object a line, for log collectors"

@@ -418,3 +418,45 @@ def test_a_second_stop_signal_a_moment_later_still_forces_quit(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.stdout == "stopping in order\n", done.stdout + done.stderr
     assert done.returncode == -signal.SIGTERM
+
+
+# ------------------------------------------------------------ 12. liveness
+def _health(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_healthz_on_the_metrics_port_says_when_a_worker_is_stuck(redis_server, redis_client, services):
+    """A hung worker kept answering /metrics (its own thread) with `up` 1: nothing could
+    tell it from a working one, and a liveness probe had nothing to ask."""
+    from emotion_stream.embedded_redis import free_port
+
+    from .test_observability import sample_value, scrape, serving
+
+    url = redis_server.url
+    healthy, hung, blocked = free_port(), free_port(), free_port()
+    services("ingest", "ingest", "sample:1", "--camera", "desk", "--fps", "5", "--redis", url)
+    services("healthy", "worker", "--redis", url, *WORKER_FLAGS, "--metrics-port", str(healthy))
+    stuck = services("hung", "worker", "--redis", url, *WORKER_FLAGS, "--metrics-port", str(hung),
+                     "--stuck-after-s", "3", env={"EMOTION_STREAM_FAILPOINTS": "hang-cpu-stage"})
+    frozen = services("blocked", "tracks", "--redis", url, "--metrics-port", str(blocked), "--stuck-after-s", "3",
+                      env={"EMOTION_STREAM_FAILPOINTS": "block-loop"})
+    for port in (healthy, hung, blocked):
+        wait_for(lambda: serving(port), 60, "the metrics port")
+    wait_for(lambda: _health(hung)[0] == 503, 60, "the hung worker's /healthz to say so")
+    status, body = _health(hung)
+    assert body.startswith("worker cpu stage: one job for "), body
+    assert sample_value(scrape(hung), "emotion_stream_liveness_problems") == 1
+    wait_for(lambda: _health(blocked)[0] == 503, 60, "the blocked loop's /healthz to say so")
+    assert _health(blocked)[1].startswith("the event loop has not turned for "), _health(blocked)
+    assert _health(healthy) == (200, "ok\n")
+    assert sample_value(scrape(healthy), "emotion_stream_liveness_problems") == 0
+    wait_for(lambda: len(faces_of(redis_client, "desk")) >= 3, 60, "the healthy worker's events")
+    for process in (stuck, frozen):
+        process.process.kill()

@@ -29,7 +29,8 @@ from emotion_stream import keys, metrics
 from emotion_stream.images import ImageLimits
 from emotion_stream.keys import Stat
 from emotion_stream.leases import Lease
-from emotion_stream.lifecycle import Supervisor, cancel_and_wait, sleep_or_stop
+from emotion_stream.lifecycle import HANG_S, Supervisor, cancel_and_wait, failpoint, sleep_or_stop
+from emotion_stream.liveness import LIVENESS
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import TRANSIENT_ERRORS, Backoff, as_text, evicting_nodes, retrying
 from emotion_stream.schema import (
@@ -68,6 +69,11 @@ class NameInUse(RuntimeError):
     and its pending entries, each acking and reclaiming the other's work."""
 
 
+def _hang(_messages: object) -> Any:
+    """The CPU stage of the failpoint ``hang-cpu-stage``: one micro-batch that never ends."""
+    time.sleep(HANG_S)
+
+
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -90,6 +96,7 @@ class Worker:
         self.processor = FrameProcessor(analyzer, ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
                                         threads=settings.cpu_threads or os.cpu_count() or 1, describe=settings.tracking,
                                         still_views=settings.still_views)
+        self._process = _hang if failpoint("hang-cpu-stage") else self.processor.process
         self.queue: asyncio.Queue[Entry] = asyncio.Queue(maxsize=2 * settings.batch_size)
         # One CPU thread per worker; OpenCV and TensorFlow release the GIL, so several
         # workers (processes, or in-process for batch mode) use several cores.
@@ -399,7 +406,8 @@ class Worker:
 
         if work:
             loop = asyncio.get_running_loop()
-            analyses, times = await loop.run_in_executor(self.executor, self.processor.process, [m for _, m in work])
+            with LIVENESS.busy("worker cpu stage"):
+                analyses, times = await loop.run_in_executor(self.executor, self._process, [m for _, m in work])
             metrics.BATCH_FRAMES.observe(len(work))
             processed_at = time.time()
             for (entry, message), analysis in zip(work, analyses):
