@@ -36,7 +36,7 @@ def register(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from emotion_stream.redis_conn import TRANSIENT_ERRORS, connect
+    from emotion_stream.redis_conn import ACCESS_ERRORS, TRANSIENT_ERRORS, connect
 
     if not settings.redis_url:
         raise CommandError("cameras needs the Redis to look at: set REDIS_URL or --redis")
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return asyncio.run(main())
+    except ACCESS_ERRORS:
+        raise  # said as refused access (redis-py derives it from ConnectionError)
     except TRANSIENT_ERRORS as exc:  # a one-shot look: said, not retried as services do
         raise CommandError(f"Redis does not answer: {exc}") from None
 

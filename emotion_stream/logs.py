@@ -10,13 +10,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-# scheme://user:password@ in any text: Redis, RTSP, HTTP URLs all carry credentials so.
+# scheme://user:password@ in any text: Redis, RTSP, HTTP URLs all carry credentials so;
+# and a URL's query parameter named *password (a Sentinel URL's sentinel_password).
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):(?P<secret>[^\s@/]*)@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&][A-Za-z_]*password=)[^&\s'\"]*")
 
 
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ***."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
+    text = _CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('head')}***", text)
 
 
 class _Redacting(logging.Filter):

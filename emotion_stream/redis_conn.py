@@ -17,12 +17,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import DefaultParser
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT, KeyT
@@ -83,13 +84,20 @@ def is_cluster_url(url: str) -> bool:
 class SentinelURL:
     """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/NAME[/DB]``: the
     Sentinels to ask (port 26379 unless given) for the master of the group NAME. The
-    credentials are the master's; Sentinels are asked without any."""
+    credentials are the master's; Sentinels are asked without any, unless the query says
+    ``?sentinel_password=SECRET`` (Sentinels with a ``requirepass``, as Bitnami's chart
+    sets them up: the master's password again, as a rule)."""
 
     sentinels: tuple[tuple[str, int], ...]
     service: str
     db: int = 0
     username: str | None = None
     password: str | None = None
+    sentinel_password: str | None = None
+
+    def sentinel_options(self) -> dict[str, Any]:
+        """The connection options of the Sentinels themselves."""
+        return {**SENTINEL_OPTIONS, **({"password": self.sentinel_password} if self.sentinel_password else {})}
 
     @classmethod
     def parse(cls, url: str) -> SentinelURL:
@@ -106,8 +114,41 @@ class SentinelURL:
         if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
             raise ValueError("the URL's path must be the master group's name, and a database number if not 0 "
                              "(redis+sentinel://host:26379/mymaster/0)")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if unknown := sorted(set(query) - {"sentinel_password"}):
+            raise ValueError(f"unknown query parameter {unknown[0]!r} (only sentinel_password)")
         return cls(tuple(sentinels), path[0], int(path[1]) if len(path) == 2 else 0,
-                   unquote(username) or None, unquote(password) or None)
+                   unquote(username) or None, unquote(password) or None,
+                   query.get("sentinel_password", [""])[-1] or None)
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, saying in words what the Sentinels answered when none names
+    the master (redis-py names each by its client's repr, a screenful): a refused access
+    is an AuthenticationError (a missing or wrong ``sentinel_password``: retrying cannot
+    help), anything else each Sentinel's address and answer."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return cast(tuple[str, int], await super().discover_master(service_name))
+        except MasterNotFoundError:
+            pass
+        answers = []
+        for sentinel in self.sentinels:
+            options = sentinel.connection_pool.connection_kwargs
+            where = f"{options.get('host')}:{options.get('port')}"
+            try:
+                masters = await sentinel.sentinel_masters()
+            except ACCESS_ERRORS as exc:
+                raise redis.AuthenticationError(
+                    f"the Sentinel at {where} refused access ({exc}); give its password in the URL's sentinel_password"
+                ) from None
+            except (redis.RedisError, OSError) as exc:
+                answers.append(f"{where}: {exc}")
+                continue
+            answers.append(f"{where}: {'no master' if service_name not in masters else 'its master is down'}")
+        raise MasterNotFoundError(
+            f"no Sentinel names a master {service_name!r} that is up ({'; '.join(answers)})")
 
 
 def _node_url(url: str) -> str:
@@ -161,12 +202,10 @@ def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
 
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
     if urlsplit(url).scheme == SENTINEL_SCHEME:
-        from redis.asyncio.sentinel import Sentinel
-
         where = SentinelURL.parse(url)
         # The master's connections ask the Sentinels where it is each time they connect,
         # and reconnect when it turns out a replica (READONLY, or a blocking read ended).
-        sentinel = Sentinel(where.sentinels, sentinel_kwargs=SENTINEL_OPTIONS)
+        sentinel = _Sentinel(where.sentinels, sentinel_kwargs=where.sentinel_options())
         return cast(aioredis.Redis, sentinel.master_for(where.service, db=where.db, username=where.username, password=where.password,
                                    retry=retry, parser_class=_Parser, **_client_options(url, name)))
     if is_cluster_url(url):
@@ -432,7 +471,7 @@ def connect_sync(url: str, name: str = "emotion-stream") -> redis.Redis:
         from redis.sentinel import Sentinel
 
         where = SentinelURL.parse(url)
-        return cast(redis.Redis, Sentinel(where.sentinels, sentinel_kwargs=SENTINEL_OPTIONS).master_for(
+        return cast(redis.Redis, Sentinel(where.sentinels, sentinel_kwargs=where.sentinel_options()).master_for(
             where.service, db=where.db, username=where.username, password=where.password,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_client_options(url, name)))
 

@@ -54,7 +54,8 @@ class Settings(BaseModel):
         validation_alias=AliasChoices("REDIS_URL", "EMOTION_STREAM_REDIS_URL", "redis_url"),
         description="redis://, rediss:// (TLS) or unix:// URL; redis+cluster:// or rediss+cluster:// "
         "(any node) for a Redis Cluster; redis+sentinel://host:26379[,host:26379...]/NAME for the master "
-        "Sentinel names NAME; unset: an embedded redis-server",
+        "Sentinel names NAME (?sentinel_password=SECRET for Sentinels that require one); unset: an embedded "
+        "redis-server",
     )
     write_replicas: int = Field(
         0, ge=0, le=16,

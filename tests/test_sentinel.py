@@ -21,21 +21,26 @@ GROUP = "events-master"
 
 
 class Servers:
-    """A master, a replica of it, and a Sentinel watching them (quorum 1)."""
+    """A master, a replica of it, and a Sentinel watching them (quorum 1); with a
+    ``password``, each of the three requires it (as Bitnami's Helm chart sets them up)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, password: str | None = None) -> None:
         self.binary = require_system("redis-server", "the Sentinel tests run Debian's redis-server")
         self.root = root
+        self.password = password
         self.ports = {role: free_port() for role in ("master", "replica", "sentinel")}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
         master, replica, sentinel = (self.ports[r] for r in ("master", "replica", "sentinel"))
-        self._run("master", [f"port {master}", "appendonly yes"])
-        self._run("replica", [f"port {replica}", "appendonly yes", f"replicaof 127.0.0.1 {master}"])
+        auth = [f"requirepass {self.password}", f"masterauth {self.password}"] if self.password else []
+        self._run("master", [f"port {master}", "appendonly yes", *auth])
+        self._run("replica", [f"port {replica}", "appendonly yes", f"replicaof 127.0.0.1 {master}", *auth])
         self._run("sentinel", [f"port {sentinel}", f"sentinel monitor {GROUP} 127.0.0.1 {master} 1",
                                f"sentinel down-after-milliseconds {GROUP} 1000",
-                               f"sentinel failover-timeout {GROUP} 10000"], "--sentinel")
+                               f"sentinel failover-timeout {GROUP} 10000",
+                               *([f"sentinel auth-pass {GROUP} {self.password}", f"requirepass {self.password}"]
+                                 if self.password else [])], "--sentinel")
         wait_for(lambda: self.client("replica").info("replication").get("master_link_status") == "up", 30,
                  "the replica in sync")
         wait_for(lambda: self.master_port() == master, 30, "the Sentinel to see the master")
@@ -56,7 +61,7 @@ class Servers:
             return False
 
     def client(self, role: str) -> redis.Redis:
-        return redis.Redis(port=self.ports[role], socket_timeout=5)
+        return redis.Redis(port=self.ports[role], password=self.password, socket_timeout=5)
 
     def master_port(self) -> int:
         _, port = self.client("sentinel").execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", GROUP)
@@ -113,3 +118,29 @@ def test_a_sentinel_url_that_names_no_master_group_is_a_usage_error(services):
     assert job.wait(60) == 2
     assert job.output.strip().splitlines()[-1].startswith(
         "emotion-stream cameras: error: --redis: the URL's path must be the master group's name")
+
+
+def test_sentinels_that_require_a_password_are_given_it(tmp_path, services):
+    """Bitnami's chart protects the Sentinels with the master's password: a URL without
+    ``sentinel_password`` is refused in one line, with it the pipeline runs."""
+    from emotion_stream.redis_conn import connect_sync
+
+    secret = "s3nt1nel-pass"
+    servers = Servers(tmp_path / "servers", password=secret)
+    try:
+        servers.start()
+        port = servers.ports["sentinel"]
+        bare = services("bare", "cameras", "--redis", f"redis+sentinel://:{secret}@127.0.0.1:{port}/{GROUP}")
+        assert bare.wait(60) == 1
+        url = f"redis+sentinel://:{secret}@127.0.0.1:{port}/{GROUP}?sentinel_password={secret}"
+        worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+        ingest = services("ingest", "ingest", "sample:1", "--camera", "vault", "--fps", "5", "--redis", url)
+        client = connect_sync(url, "tests")
+        wait_for(lambda: len(faces_of(client, "vault")) >= 3, 90, "events through password-protected Sentinels")
+        assert worker.stop() == 0 and ingest.stop() == 0
+        client.close()
+        for service in (bare, worker, ingest):
+            assert secret not in service.output
+        assert bare.output.strip().splitlines()[-1].startswith("emotion-stream cameras: error: Redis refused access")
+    finally:
+        servers.stop()
