@@ -3,10 +3,9 @@
 ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS) asks for a Redis Cluster:
 any node of it, the client discovers the rest. ``redis+sentinel://h1:26379,h2:26379/NAME``
 asks Sentinel for the master named NAME, and again after a failover (``SentinelURL``).
-Code that must differ between a single
-Redis and a cluster goes through ``LuaScript`` and ``StreamReader`` here; everything else
-is the same commands on either client. The embedded server for runs without
-``REDIS_URL`` is in ``embedded_redis.py``.
+Code that must differ between a single Redis and a cluster goes through ``LuaScript`` and
+``StreamReader`` here; everything else is the same commands on either client. The
+embedded server for runs without ``REDIS_URL`` is in ``embedded_redis.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -196,8 +195,9 @@ def _sentinel_address(text: str) -> tuple[str, int]:
 
 
 def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
-    """An asyncio client (a ``RedisCluster`` for cluster URLs; typed as the common
-    interface). Short internal retries; callers' loops own long outages."""
+    """An asyncio client (a ``RedisCluster`` for cluster URLs, the master's client for
+    Sentinel URLs; typed as the common interface). Short internal retries; callers'
+    loops own long outages."""
     from redis.asyncio.retry import Retry
 
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
@@ -206,8 +206,9 @@ def connect(url: str, name: str = "emotion-stream") -> aioredis.Redis:
         # The master's connections ask the Sentinels where it is each time they connect,
         # and reconnect when it turns out a replica (READONLY, or a blocking read ended).
         sentinel = _Sentinel(where.sentinels, sentinel_kwargs=where.sentinel_options())
-        return cast(aioredis.Redis, sentinel.master_for(where.service, db=where.db, username=where.username, password=where.password,
-                                   retry=retry, parser_class=_Parser, **_client_options(url, name)))
+        master = sentinel.master_for(where.service, db=where.db, username=where.username, password=where.password,
+                                     retry=retry, parser_class=_Parser, **_client_options(url, name))
+        return cast(aioredis.Redis, master)
     if is_cluster_url(url):
         options = _client_options(url, name)
         options.pop("health_check_interval")  # per-node pools check on use
@@ -467,16 +468,16 @@ async def stream_range(client: aioredis.Redis, stream: str, *, after: str = "-",
 def connect_sync(url: str, name: str = "emotion-stream") -> redis.Redis:
     from redis.retry import Retry
 
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
     if urlsplit(url).scheme == SENTINEL_SCHEME:
-        from redis.sentinel import Sentinel
+        from redis.sentinel import Sentinel as SyncSentinel
 
         where = SentinelURL.parse(url)
-        return cast(redis.Redis, Sentinel(where.sentinels, sentinel_kwargs=where.sentinel_options()).master_for(
-            where.service, db=where.db, username=where.username, password=where.password,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_client_options(url, name)))
-
-    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-                                retry_on_error=READONLY_RETRY, **_client_options(url, name))
+        master = SyncSentinel(where.sentinels, sentinel_kwargs=where.sentinel_options()).master_for(
+            where.service, db=where.db, username=where.username, password=where.password, retry=retry,
+            **_client_options(url, name))
+        return cast(redis.Redis, master)
+    return redis.Redis.from_url(url, retry=retry, retry_on_error=READONLY_RETRY, **_client_options(url, name))
 
 
 class Backoff:
