@@ -41,7 +41,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("folder", type=Path, metavar="FOLDER")
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default %(default)s)")
     p.add_argument("--workers", type=number(int, 0), default=None, metavar="N",
-                   help="local workers to start, for this job alone (default: one per CPU core; 0 = external workers only)")
+                   help="local workers to start, for this job alone (default: one per CPU core; "
+                   "0 = external workers only)")
     add_settings(p, "batch_size", "write_replicas")
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=None, metavar="S",
                    help="fail when no result arrives (or Redis cannot be reached) for S seconds "

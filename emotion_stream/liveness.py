@@ -1,5 +1,5 @@
 """Whether a service is alive, for ``GET /healthz`` beside ``/metrics`` (a Kubernetes
-liveness probe, a compose healthcheck).
+liveness probe, say).
 
 The metrics server runs on a thread of its own, so it answers even when the service is
 hung: ``/metrics`` alone cannot tell. Alive means its event loop turns (a task of
