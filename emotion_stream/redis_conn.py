@@ -33,21 +33,28 @@ from .logs import Throttled
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+class PersistenceError(redis.ResponseError):
+    """``MISCONF``: Redis cannot write its snapshot or append-only file (a full disk, a
+    folder it may not write) and refuses every write until it can again."""
+
+
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 3}  # each Sentinel asked; the next if it fails
 # Replies that are outages, not refusals, though redis-py derives them from ResponseError
 # (so handlers of ResponseError, a refusal, re-raise these first): a cluster between a
 # master's death and its replica's promotion (the slot down, moving, or its node
-# unreachable); a Redis at its maxmemory with nothing it may evict, which refuses every
-# write until it has room; and a replica, which refuses writes: a master demoted by a
-# failover (Sentinel, a managed Redis) while its name still leads to it, until the
-# connection is made again (``READONLY_RETRY``) to the promoted one.
+# unreachable); a Redis at its maxmemory with nothing it may evict, or one that cannot
+# persist (its disk full), which refuse every write until they can again; and a replica,
+# which refuses writes: a master demoted by a failover (Sentinel, a managed Redis) while
+# its name still leads to it, until the connection is made again (``READONLY_RETRY``)
+# to the promoted one.
 TRANSIENT_RESPONSE_ERRORS = (
     redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.OutOfMemoryError,
+    PersistenceError,
     redis.exceptions.ReadOnlyError,
 )
 # Errors after which redis-py drops the connection and sends the command again on a new
@@ -162,16 +169,20 @@ class _Parser(DefaultParser):  # type: ignore[misc,valid-type]  # a variable: th
     'maxmemory'``): read as the refusal it wraps, as Redis 7 reports it, so that a full
     Redis or a replica is an outage to wait out wherever a script writes. A master made a
     replica ends every blocking read with ``UNBLOCKED ... instance state changed``: the
-    replica's refusal too, not a stream deleted under the read."""
+    replica's refusal too, not a stream deleted under the read. ``MISCONF`` (Redis
+    cannot persist), which redis-py has no class for, is a PersistenceError."""
 
     WRAPPED = {": -OOM ": redis.exceptions.OutOfMemoryError, ": -READONLY ": redis.exceptions.ReadOnlyError,
                "UNBLOCKED force unblock from blocking operation, instance state changed":
-                   redis.exceptions.ReadOnlyError}
+                   redis.exceptions.ReadOnlyError,
+               ": -MISCONF ": PersistenceError}
 
     @classmethod
     def parse_error(cls, response: str) -> redis.ResponseError:
         error: redis.ResponseError = super().parse_error(response)
         if type(error) is redis.ResponseError:
+            if response.startswith("MISCONF "):
+                return PersistenceError(response.removeprefix("MISCONF "))
             for marker, refusal in cls.WRAPPED.items():
                 if marker in response:
                     return refusal(response)

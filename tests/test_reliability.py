@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import pytest
@@ -128,6 +129,42 @@ def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_cl
     dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="full",
                            reason="redis_unavailable")
     assert dropped > 0, "live frames refused by the full Redis must be counted"
+    assert worker.stop() == 0 and ingest.stop() == 0
+    assert "Traceback" not in worker.output + ingest.output
+
+
+def test_a_redis_that_cannot_persist_is_waited_out_like_an_outage(redis_server, redis_client, services):
+    """A full disk under Redis: its snapshot fails, and (stop-writes-on-bgsave-error, the
+    default) it refuses every write with MISCONF until one succeeds. Ingest, the worker
+    and its tracking ended with a traceback; now they wait it out, counted."""
+    url = redis_server.url
+    ingest_metrics = free_port()
+    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
+    ingest = services("ingest", "ingest", "sample:1", "--camera", "disk", "--fps", "10", "--redis", url,
+                      "--metrics-port", str(ingest_metrics))
+    wait_for(lambda: len(faces_of(redis_client, "disk")) >= 10, 90, "events before the disk fills")
+    # A snapshot that cannot be written: a folder where its file must go.
+    blocker = Path(redis_client.config_get("dir")["dir"]) / "blocked.rdb"
+    blocker.mkdir()
+    redis_client.config_set("dbfilename", blocker.name)
+    redis_client.config_set("save", "3600 1")
+    redis_client.bgsave()
+    refusal = "Redis is configured to save RDB snapshots"  # MISCONF's words on Redis 6.2 and 7
+    try:
+        wait_for(lambda: refusal in ingest.output and refusal in worker.output, 30, "both to meet the refusal")
+        time.sleep(2)
+        assert worker.alive() and ingest.alive()
+    finally:
+        blocker.rmdir()  # room again: a snapshot that succeeds allows writes again
+        redis_client.bgsave()
+        wait_for(lambda: redis_client.info("persistence")["rdb_last_bgsave_status"] == "ok", 30, "a snapshot")
+        redis_client.config_set("save", "")
+    before = max(f.seq for f in faces_of(redis_client, "disk"))
+    wait_for(lambda: max(f.seq for f in faces_of(redis_client, "disk")) >= before + 20, 90,
+             "events once Redis can persist again")
+    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="disk",
+                           reason="redis_unavailable")
+    assert dropped > 0, "live frames refused meanwhile must be counted"
     assert worker.stop() == 0 and ingest.stop() == 0
     assert "Traceback" not in worker.output + ingest.output
 
