@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import cv2
@@ -104,97 +106,93 @@ def test_ingest_announces_its_camera_again_when_redis_lost_it(redis_server, redi
     assert live.stop() == 0 and tape.stop() == 0
 
 
-@pytest.mark.slow
-def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_client, services):
-    """Redis at its maxmemory with nothing it may evict (noeviction, the default policy)
-    refuses every write: ingest drops and counts live frames, the worker and its
-    tracking wait, and all carry on once Redis has room; no traceback, nobody exits."""
-    url = redis_server.url
+def _refused_writes_are_waited_out(services, redis_client, url: str, camera: str, refusal: str,
+                                   refusing: Callable[[], AbstractContextManager[object]]) -> None:
+    """Ingest and a worker running when Redis starts refusing writes (``refusing()``, a
+    context that ends the refusal): both log ``refusal`` and wait, nobody exits, ingest
+    counts the live frames it drops, and events flow again once writes are allowed."""
     ingest_metrics = free_port()
     worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
-    ingest = services("ingest", "ingest", "sample:1", "--camera", "full", "--fps", "10", "--redis", url,
+    ingest = services("ingest", "ingest", "sample:1", "--camera", camera, "--fps", "10", "--redis", url,
                       "--metrics-port", str(ingest_metrics))
-    wait_for(lambda: len(faces_of(redis_client, "full")) >= 10, 90, "events before Redis is full")
-    redis_client.config_set("maxmemory-policy", "noeviction")
-    redis_client.config_set("maxmemory", redis_client.info("memory")["used_memory"])
-    try:
-        wait_for(lambda: "used memory > 'maxmemory'" in ingest.output, 30, "ingest to meet the full Redis")
-        time.sleep(3)
-        assert worker.alive() and ingest.alive()
-    finally:
-        redis_client.config_set("maxmemory", 0)
-    before = max(f.seq for f in faces_of(redis_client, "full"))
-    wait_for(lambda: max(f.seq for f in faces_of(redis_client, "full")) >= before + 20, 90,
-             "events to resume once Redis has room")
-    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="full",
-                           reason="redis_unavailable")
-    assert dropped > 0, "live frames refused by the full Redis must be counted"
-    assert worker.stop() == 0 and ingest.stop() == 0
-    assert "Traceback" not in worker.output + ingest.output
+    wait_for(lambda: len(faces_of(redis_client, camera)) >= 10, 90, "events before writes are refused")
 
+    def last_seq() -> int:
+        return max((f.seq for f in faces_of(redis_client, camera)), default=-1)
 
-def test_a_redis_that_cannot_persist_is_waited_out_like_an_outage(redis_server, redis_client, services):
-    """A full disk under Redis: its snapshot fails, and (stop-writes-on-bgsave-error, the
-    default) it refuses every write with MISCONF until one succeeds. Ingest, the worker
-    and its tracking ended with a traceback; now they wait it out, counted."""
-    url = redis_server.url
-    ingest_metrics = free_port()
-    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
-    ingest = services("ingest", "ingest", "sample:1", "--camera", "disk", "--fps", "10", "--redis", url,
-                      "--metrics-port", str(ingest_metrics))
-    wait_for(lambda: len(faces_of(redis_client, "disk")) >= 10, 90, "events before the disk fills")
-    # A snapshot that cannot be written: a folder where its file must go.
-    blocker = Path(redis_client.config_get("dir")["dir"]) / "blocked.rdb"
-    blocker.mkdir()
-    redis_client.config_set("dbfilename", blocker.name)
-    redis_client.config_set("save", "3600 1")
-    redis_client.bgsave()
-    refusal = "Redis is configured to save RDB snapshots"  # MISCONF's words on Redis 6.2 and 7
-    try:
+    with refusing():
+        before = last_seq()
         wait_for(lambda: refusal in ingest.output and refusal in worker.output, 30, "both to meet the refusal")
         time.sleep(2)
         assert worker.alive() and ingest.alive()
-    finally:
-        blocker.rmdir()  # room again: a snapshot that succeeds allows writes again
-        redis_client.bgsave()
-        wait_for(lambda: redis_client.info("persistence")["rdb_last_bgsave_status"] == "ok", 30, "a snapshot")
-        redis_client.config_set("save", "")
-    before = max(f.seq for f in faces_of(redis_client, "disk"))
-    wait_for(lambda: max(f.seq for f in faces_of(redis_client, "disk")) >= before + 20, 90,
-             "events once Redis can persist again")
-    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="disk",
+    wait_for(lambda: last_seq() >= before + 20, 90, "events once writes are allowed again")
+    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera=camera,
                            reason="redis_unavailable")
     assert dropped > 0, "live frames refused meanwhile must be counted"
     assert worker.stop() == 0 and ingest.stop() == 0
     assert "Traceback" not in worker.output + ingest.output
 
 
+@pytest.mark.slow
+def test_redis_out_of_memory_is_waited_out_like_an_outage(redis_server, redis_client, services):
+    """Redis at its maxmemory with nothing it may evict (noeviction, the default policy)
+    refuses every write; it used to end ingest and workers with a traceback."""
+
+    @contextmanager
+    def full() -> Iterator[None]:
+        redis_client.config_set("maxmemory-policy", "noeviction")
+        redis_client.config_set("maxmemory", redis_client.info("memory")["used_memory"])
+        try:
+            yield
+        finally:
+            redis_client.config_set("maxmemory", 0)
+
+    _refused_writes_are_waited_out(services, redis_client, redis_server.url, "full", "used memory > 'maxmemory'", full)
+
+
+def test_a_redis_that_cannot_persist_is_waited_out_like_an_outage(redis_server, redis_client, services):
+    """A full disk under Redis: its snapshot fails, and (stop-writes-on-bgsave-error, the
+    default) it refuses every write with MISCONF until one succeeds. Ingest, the worker
+    and its tracking ended with a traceback."""
+
+    @contextmanager
+    def cannot_persist() -> Iterator[None]:
+        # A snapshot that cannot be written: a folder where its file must go.
+        blocker = Path(redis_client.config_get("dir")["dir"]) / "blocked.rdb"
+        blocker.mkdir()
+        redis_client.config_set("dbfilename", blocker.name)
+        redis_client.config_set("save", "3600 1")
+        redis_client.bgsave()
+        try:
+            yield
+        finally:
+            blocker.rmdir()  # room again: a snapshot that succeeds allows writes again
+            redis_client.bgsave()
+            wait_for(lambda: redis_client.info("persistence")["rdb_last_bgsave_status"] == "ok", 30, "a snapshot")
+            redis_client.config_set("save", "")
+
+    _refused_writes_are_waited_out(services, redis_client, redis_server.url, "disk",
+                                   "Redis is configured to save RDB snapshots",  # MISCONF's words on 6.2 and 7
+                                   cannot_persist)
+
+
 def test_a_master_demoted_to_replica_is_waited_out_until_promoted(redis_server, redis_client, services, tmp_path):
     """A failover (Sentinel, a managed Redis) makes the master a replica while its name
     still leads there: every write is refused with READONLY. Ingest and workers ended
-    with a traceback; now it is an outage to wait out, counted, and they carry on once
-    the name leads to a master again (here the same server, promoted back)."""
+    with a traceback; now they carry on once the name leads to a master again (here the
+    same server, promoted back)."""
     from emotion_stream.embedded_redis import EmbeddedRedis
 
-    url = redis_server.url
-    ingest_metrics = free_port()
-    worker = services("worker", "worker", "--redis", url, *WORKER_FLAGS)
-    ingest = services("ingest", "ingest", "sample:1", "--camera", "lab", "--fps", "10", "--redis", url,
-                      "--metrics-port", str(ingest_metrics))
-    wait_for(lambda: len(faces_of(redis_client, "lab")) >= 10, 90, "events before the failover")
-    with EmbeddedRedis(port=free_port(), data_dir=tmp_path / "new-master") as new_master:
-        redis_client.execute_command("REPLICAOF", "127.0.0.1", str(new_master.port))
-        wait_for(lambda: "read only replica" in ingest.output and "read only replica" in worker.output, 30,
-                 "both to meet the replica")
-        time.sleep(2)
-        assert worker.alive() and ingest.alive()
-        redis_client.execute_command("REPLICAOF", "NO", "ONE")  # the data is the new master's: none
-    wait_for(lambda: len(faces_of(redis_client, "lab")) >= 10, 90, "events once a master answers again")
-    dropped = sample_value(scrape(ingest_metrics), "emotion_stream_frames_dropped_total", camera="lab",
-                           reason="redis_unavailable")
-    assert dropped > 0, "live frames refused by the replica must be counted"
-    assert worker.stop() == 0 and ingest.stop() == 0
-    assert "Traceback" not in worker.output + ingest.output
+    @contextmanager
+    def demoted() -> Iterator[None]:
+        with EmbeddedRedis(port=free_port(), data_dir=tmp_path / "new-master") as new_master:
+            redis_client.execute_command("REPLICAOF", "127.0.0.1", str(new_master.port))
+            try:
+                yield
+            finally:
+                redis_client.execute_command("REPLICAOF", "NO", "ONE")  # the data is the new master's: none
+
+    _refused_writes_are_waited_out(services, redis_client, redis_server.url, "lab", "read only replica", demoted)
 
 
 def test_a_redis_that_may_evict_keys_is_warned_about(redis_server, redis_client, services):
