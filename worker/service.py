@@ -284,8 +284,8 @@ class Worker:
                 if self.settings.tracking:
                     await self._watch_tracking(now)
                 if now - self._eviction_checked >= EVICTION_CHECK_S:
-                    await self._check_eviction()
-                    self._eviction_checked = now
+                    first, self._eviction_checked = not self._eviction_checked, now  # an outage: next minute
+                    await self._check_eviction(first)
             except TRANSIENT_ERRORS:
                 pass  # the reader logs outages and backs off
             except Exception:  # housekeeping must never kill the worker
@@ -302,13 +302,13 @@ class Worker:
                 log.info("worker %s: worker %s silent for %.0f s; removed from the consumer groups", self.name,
                          name, now - beats[name])
 
-    async def _check_eviction(self) -> None:
+    async def _check_eviction(self, first: bool) -> None:
         """Warn (and gauge) when Redis may evict keys when full: frames, consumer groups,
         leases and tracking state would vanish with nothing counted. Read every
         EVICTION_CHECK_S (CONFIG SET changes it live); said again when it changes."""
         evicting = await evicting_nodes(self.redis)
         if evicting is None:
-            if not self._eviction_checked:
+            if first:
                 log.info("worker %s: cannot read Redis' maxmemory policy (INFO refused); make sure it is "
                          "noeviction", self.name)
             return
