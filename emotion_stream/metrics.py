@@ -55,7 +55,7 @@ FRAMES_UNCONFIRMED = Counter(
 )
 FRAMES_DROPPED = Counter(
     f"{NS}_frames_dropped_total",
-    "Frames lost before reaching Redis (source errors, Redis unavailable, too large)",
+    "Frames lost before reaching Redis (source errors, Redis unavailable or slower than the camera, too large)",
     ["camera", "reason"],
 )
 SOURCE_RECONNECTS = Counter(f"{NS}_source_reconnects_total", "Video source reopen attempts", ["camera"])
@@ -199,7 +199,7 @@ WEBHOOK_BACKLOG = Gauge(f"{NS}_webhook_backlog_events", "Events waiting for deli
 STAGES = ("queue_wait", "decode", "detect", "classify", "publish")
 DEAD_LETTER_KINDS = tuple(DeadLetterKind)
 SKIP_REASONS = tuple(SkipReason)
-DROP_REASONS = ("redis_unavailable", "encode_error", "too_large", "bad_frame", "source_stalled")
+DROP_REASONS = ("redis_unavailable", "redis_slow", "encode_error", "too_large", "bad_frame", "source_stalled")
 
 
 def init_camera_series(camera: str, *, ingest: bool = False) -> str:

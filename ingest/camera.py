@@ -13,6 +13,7 @@ from emotion_stream.lifecycle import sleep_or_stop
 from emotion_stream.logs import Throttled
 from emotion_stream.redis_conn import Backoff
 
+from .live_sender import LiveSender
 from .publisher import FramePublisher
 from .sources import RateLimiter, SampleSource, SourceSpec, VideoClock, VideoSource, open_source, valid_frame
 
@@ -105,7 +106,9 @@ async def _pump(
     throttled: Throttled,
 ) -> tuple[bool, bool, int]:
     """Read and publish until a file ends or the source fails: returns (ended, stalled,
-    the number of frames read)."""
+    the number of frames read). Live frames (and a file played in real time) are written
+    by a ``LiveSender``, so that reading never waits on Redis; a recorded video's, in
+    turn, as the workers make room."""
     camera = publisher.camera
     label = metrics.camera_label(camera)
     # A file plays on its own clock (each frame at its timestamp), as a camera would
@@ -126,51 +129,57 @@ async def _pump(
     clock = VideoClock(pace)
     zero = next_due = time.monotonic()  # a file's frame at position p is due at zero + p
     frames = 0
-    while not stop.is_set():
-        read = asyncio.ensure_future(asyncio.to_thread(source.read))
-        done, _ = await asyncio.wait({read}, timeout=options.stall_timeout)
-        if not done:
-            # OpenCV cannot interrupt a blocked read, and releasing a capture under a
-            # reading thread is unsafe: abandon this capture, close it when read returns.
-            read.add_done_callback(lambda _: source.close())
-            metrics.FRAMES_DROPPED.labels(label, "source_stalled").inc()
-            log.warning("camera %s: no frame for %.0f s; treating the source as lost", camera, options.stall_timeout)
-            return False, True, frames
-        frame = read.result()
-        if frame is None:
-            if spec.is_file:
-                if options.loop and await asyncio.to_thread(source.rewind):
-                    clock.rewound()
-                    continue
-                return True, False, frames
-            return False, False, frames
-        position = clock.next(source.position_s()) if spec.is_file else 0.0
-        if not valid_frame(frame):
-            metrics.FRAMES_DROPPED.labels(label, "bad_frame").inc()
-            throttled.warning(f"bad:{camera}", "camera %s: unusable frame %s dropped", camera, _describe(frame))
-            continue
-        backoff.reset()
-        frames += 1
-        if spec.is_file and not recorded:
-            delay = zero + position - time.monotonic()
-            if delay > 0:
-                await sleep_or_stop(stop, delay)
-            else:
-                zero = time.monotonic() - position  # fell behind: do not burst to catch up
-        elif spec.is_sample:
-            next_due += 1.0 / pace
-            delay = next_due - time.monotonic()
-            if delay > 0:
-                await sleep_or_stop(stop, delay)
-            else:
-                next_due = time.monotonic()
-        if not limiter.ready(position if spec.is_file else None):
-            continue
-        if not recorded:
-            await publisher.publish(frame, time.time())
-        elif await publisher.wait_for_room(stop):
-            await publisher.publish(frame, started + position, position_s=round(position, 6))
-    return False, False, frames
+    sender = None if recorded else LiveSender(publisher)  # live: reading never waits on Redis
+    try:
+        while not stop.is_set():
+            read = asyncio.ensure_future(asyncio.to_thread(source.read))
+            done, _ = await asyncio.wait({read}, timeout=options.stall_timeout)
+            if not done:
+                # OpenCV cannot interrupt a blocked read, and releasing a capture under a
+                # reading thread is unsafe: abandon this capture, close it when read returns.
+                read.add_done_callback(lambda _: source.close())
+                metrics.FRAMES_DROPPED.labels(label, "source_stalled").inc()
+                log.warning("camera %s: no frame for %.0f s; treating the source as lost", camera,
+                            options.stall_timeout)
+                return False, True, frames
+            frame = read.result()
+            if frame is None:
+                if spec.is_file:
+                    if options.loop and await asyncio.to_thread(source.rewind):
+                        clock.rewound()
+                        continue
+                    return True, False, frames
+                return False, False, frames
+            position = clock.next(source.position_s()) if spec.is_file else 0.0
+            if not valid_frame(frame):
+                metrics.FRAMES_DROPPED.labels(label, "bad_frame").inc()
+                throttled.warning(f"bad:{camera}", "camera %s: unusable frame %s dropped", camera, _describe(frame))
+                continue
+            backoff.reset()
+            frames += 1
+            if spec.is_file and not recorded:
+                delay = zero + position - time.monotonic()
+                if delay > 0:
+                    await sleep_or_stop(stop, delay)
+                else:
+                    zero = time.monotonic() - position  # fell behind: do not burst to catch up
+            elif spec.is_sample:
+                next_due += 1.0 / pace
+                delay = next_due - time.monotonic()
+                if delay > 0:
+                    await sleep_or_stop(stop, delay)
+                else:
+                    next_due = time.monotonic()
+            if not limiter.ready(position if spec.is_file else None):
+                continue
+            if sender is not None:
+                sender.put(frame, time.time())
+            elif await publisher.wait_for_room(stop):
+                await publisher.publish(frame, started + position, position_s=round(position, 6))
+        return False, False, frames
+    finally:
+        if sender is not None:
+            await sender.close()  # the frame still waiting goes first (before a file's end marker)
 
 
 def _describe(frame: object) -> str:

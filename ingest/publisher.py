@@ -252,6 +252,13 @@ class FramePublisher:
         self._wait_ms = self.settings.write_replicas_timeout_ms if confirmed else 1
         return as_text(entry_id), int(lost), confirmed
 
+    def superseded(self, writing_s: float) -> None:
+        """A live frame replaced by a newer one before it could be written (LiveSender):
+        Redis' round trips are slower than the camera's frames."""
+        self._drop("redis_slow", "camera %s: a frame dropped, the newer one kept: the write before it has taken %s "
+                   "(Redis round trips slower than the camera; a lower --fps sends every frame)",
+                   f"{writing_s * 1000:.0f} ms")
+
     def _drop(self, reason: str, msg: str, detail: object) -> None:
         self.dropped[reason] += 1
         metrics.FRAMES_DROPPED.labels(self._label, reason).inc()

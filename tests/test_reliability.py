@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -478,3 +479,27 @@ def test_workers_long_dead_leave_the_workers_hash_and_the_consumer_groups(redis_
     wait_for(lambda: consumers() == {"live"}, 60, "the dead workers' consumers removed")
     assert set(redis_client.hkeys(keys.WORKERS)) == {b"live", b"resting"}  # silent 10 min: still listed
     assert "worker ghost silent for 7" in worker.output and "worker holding silent for 7" in worker.output
+
+
+def test_a_camera_is_read_in_real_time_however_far_away_redis_is(redis_server, services, tmp_path):
+    """Ingest near the cameras, Redis in another region: each frame's write waits a round
+    trip. Reading waited on it, so a 15 fps file through 120 ms round trips played in
+    slow motion (every frame sent, 90 frames in 11 s) and a live camera fell further
+    behind, with no word. Now the reader keeps the camera's pace; frames it reads while
+    the last is being written are dropped, newest kept, and counted."""
+    from .latency_proxy import LatencyProxy
+
+    clip = write_clip(tmp_path / "far.avi", seconds=6.0, fps=15, faces=1)
+    port = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+    with LatencyProxy(port, 0.06) as far:
+        ingest = services("ingest", "ingest", str(clip), "--camera", "far", "--redis", f"redis://127.0.0.1:{far}/0")
+        assert ingest.wait(90) == 0, ingest.output[-2000:]
+    output = ingest.output
+    summary = re.search(r"camera far: (\d+) frames accepted, 0 unconfirmed, dropped: redis_slow (\d+)", output)
+    assert summary, output[-2000:]
+    accepted, slow = int(summary[1]), int(summary[2])
+    assert accepted + slow == 90 and slow > 0  # every frame of the file accounted for
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in output.splitlines()
+              if "camera far: reading " in line or "camera far: end of " in line]
+    assert len(stamps) == 2 and (stamps[1] - stamps[0]).total_seconds() < 8.0, stamps  # played in about 6 s
+    assert "Redis round trips slower than the camera" in output
