@@ -43,6 +43,7 @@ from emotion_stream import keys, metrics
 from emotion_stream.events import live_events, live_track_events
 from emotion_stream.schema import FaceEvent
 from emotion_stream.settings import Settings
+from ingest.live_sender import LiveSender
 from ingest.publisher import FramePublisher
 from ingest.sources import RateLimiter
 
@@ -168,8 +169,10 @@ class Session:
         return await self._display.get()
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        """Read every incoming frame; keep the newest for display; publish at --fps."""
+        """Read every incoming frame; keep the newest for display; publish at --fps (from
+        a task of its own: aiortc queues the frames we have not read yet, unbounded)."""
         limiter = RateLimiter(self.gateway.fps)
+        sender = LiveSender(self.publisher)
         received = 0
         try:
             while not self._stop.is_set():
@@ -190,13 +193,17 @@ class Session:
                     # aiortc's decoder thread runs has stalled the pump here.
                     image = frame.to_ndarray(format="bgr24")
                     self.published_size = (image.shape[1], image.shape[0])
-                    await self.publisher.publish(image, captured_at)
+                    sender.put(image, captured_at)
         except MediaStreamError:
             log.info("camera %s: browser track ended", self.camera)
         except Exception:
             log.exception("camera %s: ingest from the browser failed", self.camera)
             await self.close("failed")
         finally:
+            try:
+                await sender.close()  # the frame still waiting goes first
+            except Exception:  # refused access, say: this session's writes are over either way
+                log.exception("camera %s: writing the browser's frames failed", self.camera)
             await self.close("ended")
 
     async def _relay_events(self) -> None:
