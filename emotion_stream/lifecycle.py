@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from .liveness import keep_ticking
+from .liveness import LIVENESS, TICK_S
 from .settings import FAILPOINTS
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,13 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
+
+
+async def keep_ticking(stop: asyncio.Event) -> None:
+    """Tick ``LIVENESS`` every TICK_S until ``stop``: proof that the loop turns."""
+    while not stop.is_set():
+        LIVENESS.tick()
+        await sleep_or_stop(stop, TICK_S)
 
 
 def run_service(main: Callable[[asyncio.Event], Awaitable[int | None]], duration: float | None = None) -> int:

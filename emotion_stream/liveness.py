@@ -11,7 +11,6 @@ restarting it is the cure.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import threading
@@ -62,11 +61,3 @@ class Liveness:
 
 
 LIVENESS = Liveness()  # one a process: the metrics server's thread reads what the service marks
-
-
-async def keep_ticking(stop: asyncio.Event) -> None:
-    """Tick ``LIVENESS`` every TICK_S until ``stop``: proof that the loop turns."""
-    while not stop.is_set():
-        LIVENESS.tick()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), TICK_S)
